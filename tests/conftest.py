@@ -1,0 +1,50 @@
+"""Shared fixtures: where the shared test data lives, and skips that say why.
+
+Tests that need `../shared/data` or the conversion stack skip with a reason
+when it is missing; CI has both, so there they run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+FLICKR_PHOTOS = SHARED_DATA / "flickr8k" / "Flicker8k_Dataset"
+
+
+def _has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared test data not found at {SHARED_DATA} (it is present in CI)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def flickr_photos(shared_data: Path) -> list[Path]:
+    photos = sorted(FLICKR_PHOTOS.glob("*.jpg"))
+    if not photos:
+        pytest.skip(f"no Flickr8k photos in {FLICKR_PHOTOS}")
+    return photos
+
+
+@pytest.fixture(scope="session")
+def tensorflow_stack() -> None:
+    """Skip unless the conversion extra (TensorFlow, tf2onnx) is installed."""
+    missing = [m for m in ("tensorflow", "tf2onnx", "onnx", "h5py") if not _has_module(m)]
+    if missing:
+        pytest.skip(f"conversion stack not installed ({', '.join(missing)}); pip install capgen[convert]")
+
+
+@pytest.fixture(scope="session")
+def tf_keras_stack(tensorflow_stack: None) -> None:
+    """Skip unless tf-keras (Keras 2 behaviour) is installed."""
+    if not _has_module("tf_keras"):
+        pytest.skip("tf-keras not installed (make install adds it with --no-deps)")
