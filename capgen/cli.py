@@ -43,5 +43,13 @@ def _tutorial_argv(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    app = build_app()
-    app(args=_tutorial_argv(sys.argv[1:]), prog_name="capgen")
+    """Run the CLI; any CapgenError becomes one line on stderr and its documented exit code."""
+    from capgen.runtime.errors import CapgenError
+
+    try:
+        app = build_app()
+        app(args=_tutorial_argv(sys.argv[1:]), prog_name="capgen", standalone_mode=True)
+    except CapgenError as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"capgen: error: {message}", file=sys.stderr)
+        sys.exit(error.exit_code)

