@@ -1,0 +1,148 @@
+"""`model_9.h5` + `tokenizer.p` -> a model folder: the decoder conversion, start to end.
+
+Everything about the decoder is read with h5py and a restricted unpickler, so
+this path never imports TensorFlow; only exporting an encoder that is not yet
+cached does (in capgen.convert.encoder).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from capgen.convert.architecture import DecoderArchitecture, read_architecture
+from capgen.convert.decoder_weights import assemble_decoder_weights
+from capgen.convert.hashing import sha256_file
+from capgen.convert.keras_reader import read_keras_model
+from capgen.convert.model_folder import (
+    EncoderInfo,
+    ModelFolderSpec,
+    check_encoder_fits,
+    describe_encoder,
+    prepare_target,
+    write_model_folder,
+)
+from capgen.convert.tokenizer import build_vocabulary, choose_delimiters, read_tokenizer
+from capgen.runtime.errors import InputError, ModelError, TokenizerError
+
+
+@dataclass(frozen=True)
+class ConversionReport:
+    """What the converter found and where it wrote; the CLI prints this."""
+
+    out_dir: Path
+    architecture: DecoderArchitecture
+    vocab_size: int
+    max_length: int
+    start_token: str
+    end_token: str
+    encoder_kind: str
+    encoder_path: Path
+
+
+def resolve_max_length(arch: DecoderArchitecture, override: int | None) -> int:
+    """The model's fixed sequence length; an override only where the input is variable length."""
+    if override is not None and override < 1:
+        raise InputError(f"--max-length must be at least 1, got {override}")
+    if arch.max_length is None:
+        if override is None:
+            raise InputError(
+                f"the model's word-id input {arch.sequence_input!r} has no fixed length; "
+                "pass --max-length (the max_length the model was trained with)"
+            )
+        return override
+    if override is not None and override != arch.max_length:
+        raise InputError(
+            f"--max-length {override} contradicts the model, whose word-id input is fixed at "
+            f"{arch.max_length} tokens"
+        )
+    return arch.max_length
+
+
+def _encoder_from_choice(choice: str, feature_size: int, weights: Path | None) -> EncoderInfo:
+    """`xception`/`xception+colour` come from the cache (exported once); anything else is a path."""
+    from capgen.convert import encoder as encoders
+
+    if choice in encoders.ENCODER_KINDS:
+        expected = encoders.feature_size(choice)
+        if expected != feature_size:
+            raise ModelError(
+                f"encoder {choice!r} outputs {expected} features but the decoder's photo input "
+                f"takes {feature_size}; pass --encoder with the encoder the model was trained with "
+                "(xception, xception+colour, or PATH to an encoder ONNX)"
+            )
+        path = encoders.ensure_encoder(choice, weights)
+        info = describe_encoder(path, choice)
+        record = encoders.encoder_record(path)
+        weights_source = {"name": str(record.get("weights_file", "")),
+                          "sha256": str(record.get("weights_sha256", ""))}
+        return EncoderInfo(info.path, info.kind, info.feature_size, info.preprocessing, weights_source)
+    path = Path(choice)
+    if not path.is_file():
+        kinds = ", ".join(encoders.ENCODER_KINDS)
+        raise InputError(f"--encoder {choice!r} is neither one of {kinds} nor an ONNX file")
+    return describe_encoder(path)
+
+
+def _source(path: Path) -> dict[str, str]:
+    return {"name": path.name, "sha256": sha256_file(path)}
+
+
+def convert_model(
+    model_path: Path,
+    tokenizer_path: Path,
+    out_dir: Path,
+    *,
+    architecture_json: Path | None = None,
+    encoder: str | EncoderInfo = "xception",
+    encoder_weights: Path | None = None,
+    start_token: str | None = None,
+    end_token: str | None = None,
+    max_length: int | None = None,
+    name: str = "default",
+    description: str | None = None,
+    force: bool = False,
+) -> ConversionReport:
+    """Convert the tutorial's decoder and assemble the model folder at `out_dir`."""
+    out_dir = Path(out_dir)
+    prepare_target(out_dir, force)
+    files = read_keras_model(Path(model_path), Path(architecture_json) if architecture_json else None)
+    arch = read_architecture(files.model_config, files.keras_version)
+    tokenizer = read_tokenizer(Path(tokenizer_path))
+    vocabulary = build_vocabulary(tokenizer, arch.vocab_size)
+    start, end = choose_delimiters(vocabulary, start_token, end_token)
+    if vocabulary.index(start) >= arch.embedding_input_dim:
+        raise TokenizerError(f"start token {start!r} has id {vocabulary.index(start)}, beyond the "
+                             f"model's embedding of {arch.embedding_input_dim} ids")
+    length = resolve_max_length(arch, max_length)
+    weights = assemble_decoder_weights(arch, files.weights)
+    if isinstance(encoder, EncoderInfo):
+        check_encoder_fits(encoder, arch.feature_size)
+        encoder_info = encoder
+    else:
+        encoder_info = _encoder_from_choice(encoder, arch.feature_size, encoder_weights)
+    sources = {"model": _source(Path(model_path)), "tokenizer": _source(Path(tokenizer_path))}
+    if architecture_json is not None:
+        sources["architecture"] = _source(Path(architecture_json))
+    spec = ModelFolderSpec(
+        weights=weights,
+        vocabulary=vocabulary,
+        start_token=start,
+        end_token=end,
+        max_length=length,
+        sources=sources,
+        name=name,
+        description=description or f"converted from {Path(model_path).name} and "
+                                   f"{Path(tokenizer_path).name}",
+    )
+    write_model_folder(out_dir, spec, encoder_info, force=force)
+    return ConversionReport(
+        out_dir=out_dir,
+        architecture=arch,
+        vocab_size=arch.vocab_size,
+        max_length=length,
+        start_token=start,
+        end_token=end,
+        encoder_kind=encoder_info.kind,
+        encoder_path=encoder_info.path,
+    )

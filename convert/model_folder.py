@@ -1,0 +1,221 @@
+"""Write a model folder exactly as docs/design.md describes it.
+
+The folder is assembled in a hidden staging folder beside the target and moved
+into place at the end, so an interrupted conversion never leaves a half-written
+folder that the runtime would try to load. The manifest records each file's
+sha256 and size (so the runtime can detect damage), the sources' sha256 (so a
+folder can be traced to the exact `model_9.h5`/`tokenizer.p`) and the versions
+that converted it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from capgen.convert.hashing import sha256_file
+from capgen.convert.step_graph import (
+    FORMAT_VERSION,
+    DecoderWeights,
+    build_projection_graph,
+    build_step_graph,
+    step_metadata,
+)
+from capgen.runtime.errors import InputError, ModelError
+
+ENCODER_FILE = "encoder.onnx"
+PROJECTION_FILE = "photo_projection.onnx"
+STEP_FILE = "decoder_step.onnx"
+VOCABULARY_FILE = "vocabulary.json"
+MANIFEST_FILE = "manifest.json"
+_VERSIONED_PACKAGES = ("capgen", "tensorflow", "keras", "tf2onnx", "onnx", "h5py")
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """An encoder ONNX and what the manifest says about it."""
+
+    path: Path
+    kind: str
+    feature_size: int
+    preprocessing: dict[str, Any]
+    weights_source: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class ModelFolderSpec:
+    """Everything a model folder is made of, besides the encoder."""
+
+    weights: DecoderWeights
+    vocabulary: list[str | None]
+    start_token: str
+    end_token: str
+    max_length: int
+    sources: dict[str, dict[str, str]]
+    name: str = "default"
+    description: str = ""
+    extra_decoder: dict[str, Any] = field(default_factory=dict)
+
+
+def describe_encoder(path: Path, kind: str | None = None) -> EncoderInfo:
+    """Read an encoder ONNX's feature size and recorded preprocessing from the file itself."""
+    import onnx
+
+    from capgen.convert.encoder import PREPROCESSING
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"encoder ONNX not found: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # onnx raises DecodeError and friends for non-ONNX bytes
+        raise ModelError(f"{path} is not a readable ONNX encoder: {error}") from error
+    props = {prop.key: prop.value for prop in model.metadata_props}
+    outputs = {output.name: output for output in model.graph.output}
+    if "features" not in outputs:
+        raise ModelError(f"encoder {path} has no output named 'features' (has {', '.join(outputs)})")
+    dims = outputs["features"].type.tensor_type.shape.dim
+    if len(dims) != 2 or not dims[1].dim_value:
+        raise ModelError(f"encoder {path}: output 'features' must be [N, F] with a fixed F")
+    size = int(dims[1].dim_value)
+    preprocessing = dict(PREPROCESSING)
+    if "capgen.encoder.preprocessing" in props:
+        preprocessing = json.loads(props["capgen.encoder.preprocessing"])
+    recorded_kind = props.get("capgen.encoder.kind")
+    chosen_kind = recorded_kind or kind or ("xception" if size == 2048 else "custom")
+    return EncoderInfo(path=path, kind=chosen_kind, feature_size=size, preprocessing=preprocessing)
+
+
+def check_encoder_fits(encoder: EncoderInfo, feature_size: int) -> None:
+    if encoder.feature_size != feature_size:
+        raise ModelError(
+            f"encoder {encoder.kind!r} ({encoder.path.name}) outputs {encoder.feature_size} features "
+            f"but the decoder's photo input takes {feature_size}; choose the encoder the model was "
+            "trained with (--encoder xception | xception+colour | PATH to an encoder ONNX)"
+        )
+
+
+def converted_with() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in _VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def prepare_target(out_dir: Path, force: bool) -> None:
+    """Refuse to overwrite a folder unless --force, and never one that is not a model folder."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise InputError(f"output {out_dir} exists and is not a folder")
+    if not any(out_dir.iterdir()):
+        return
+    if not force:
+        raise InputError(f"output folder {out_dir} already exists; pass --force to replace it")
+    if not (out_dir / MANIFEST_FILE).is_file():
+        raise InputError(
+            f"refusing to replace {out_dir}: it is not empty and not a capgen model folder"
+        )
+
+
+def _place_encoder(source: Path, target: Path) -> None:
+    """Hard-link the cached encoder when possible (83 MB saved per model), else copy it."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _manifest(spec: ModelFolderSpec, encoder: EncoderInfo, staging: Path) -> dict[str, Any]:
+    weights = spec.weights
+    vocabulary_ids = {word: index for index, word in enumerate(spec.vocabulary) if word is not None}
+    encoder_entry: dict[str, Any] = {
+        "file": ENCODER_FILE,
+        "kind": encoder.kind,
+        "feature_size": encoder.feature_size,
+        "input": encoder.preprocessing,
+    }
+    sources = dict(spec.sources)
+    if encoder.weights_source is not None:
+        sources["encoder_weights"] = encoder.weights_source
+    files = {
+        name: {"sha256": sha256_file(staging / name), "bytes": (staging / name).stat().st_size}
+        for name in (ENCODER_FILE, PROJECTION_FILE, STEP_FILE, VOCABULARY_FILE)
+    }
+    return {
+        "format": "capgen-model",
+        "format_version": FORMAT_VERSION,
+        "name": spec.name,
+        "description": spec.description,
+        "encoder": encoder_entry,
+        "decoder": {
+            "projection_file": PROJECTION_FILE,
+            "step_file": STEP_FILE,
+            "units": weights.units,
+            "embedding_size": weights.embedding_size,
+            "projection_size": weights.projection_size,
+            "recurrent_activation": weights.recurrent_activation,
+            "merge": weights.merge,
+            "scores": "log_probabilities",
+            **spec.extra_decoder,
+        },
+        "vocabulary": {
+            "file": VOCABULARY_FILE,
+            "size": len(spec.vocabulary),
+            "start_token": spec.start_token,
+            "end_token": spec.end_token,
+            "start_id": vocabulary_ids[spec.start_token],
+            "end_id": vocabulary_ids[spec.end_token],
+        },
+        "max_length": spec.max_length,
+        "files": files,
+        "sources": sources,
+        "converted_with": converted_with(),
+        "created": datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+    }
+
+
+def write_model_folder(
+    out_dir: Path, spec: ModelFolderSpec, encoder: EncoderInfo, force: bool = False
+) -> Path:
+    """Build the decoder graphs, place the encoder, write vocabulary and manifest; return out_dir."""
+    import onnx
+
+    out_dir = Path(out_dir)
+    check_encoder_fits(encoder, spec.weights.feature_size)
+    if len(spec.vocabulary) != spec.weights.vocab_size:
+        raise ModelError(f"vocabulary has {len(spec.vocabulary)} ids but the decoder predicts "
+                         f"{spec.weights.vocab_size}")
+    prepare_target(out_dir, force)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        _place_encoder(encoder.path, staging / ENCODER_FILE)
+        onnx.save(build_projection_graph(spec.weights), str(staging / PROJECTION_FILE))
+        meta = step_metadata(spec.vocabulary, spec.start_token, spec.end_token, spec.max_length)
+        onnx.save(build_step_graph(spec.weights, meta), str(staging / STEP_FILE))
+        (staging / VOCABULARY_FILE).write_text(json.dumps(spec.vocabulary, ensure_ascii=False) + "\n",
+                                               encoding="utf-8")
+        manifest = _manifest(spec, encoder, staging)
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
+                                             encoding="utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return out_dir

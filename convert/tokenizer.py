@@ -1,0 +1,196 @@
+"""Read a pickled Keras `Tokenizer` without Keras and without running its code.
+
+`pickle.load` on a file from the internet runs whatever the file asks for, and
+the tutorial's `tokenizer.p` also names the Keras module it was made with
+(five different paths across Keras versions, none of which exists in Keras 3).
+A restricted unpickler solves both: it admits only the Tokenizer class (mapped
+to an inert stand-in that merely receives the pickled attributes) and the few
+plain containers the real files use, and refuses every other global BEFORE it
+is imported or called.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from capgen.convert.source_files import check_source_file
+from capgen.runtime.errors import TokenizerError, UnsafePickleError
+
+TOKENIZER_MODULES = frozenset(
+    {
+        "keras_preprocessing.text",
+        "keras.preprocessing.text",
+        "keras.src.preprocessing.text",
+        "keras.src.legacy.preprocessing.text",
+        "tf_keras.src.preprocessing.text",
+        "tf_keras.preprocessing.text",
+        "tensorflow.keras.preprocessing.text",
+        "tensorflow.python.keras.preprocessing.text",
+    }
+)
+
+# word_counts is an OrderedDict; word_docs/index_docs are defaultdict(int).
+_PLAIN_GLOBALS: dict[tuple[str, str], Any] = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("collections", "defaultdict"): collections.defaultdict,
+    ("builtins", "int"): int,
+    ("builtins", "list"): list,
+}
+
+# (start, end) pairs seen in the tutorial and its forks, in order of preference.
+DELIMITER_PAIRS: tuple[tuple[str, str], ...] = (
+    ("start", "end"),
+    ("startseq", "endseq"),
+    ("<start>", "<end>"),
+)
+
+
+class _InertTokenizer:
+    """Stands in for keras Tokenizer: pickle's BUILD step fills its __dict__, nothing else runs."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if name == "Tokenizer" and module in TOKENIZER_MODULES:
+            return _InertTokenizer
+        allowed = _PLAIN_GLOBALS.get((module, name))
+        if allowed is not None:
+            return allowed
+        raise UnsafePickleError(
+            f"refused to load the tokenizer: the pickle asks for {module}.{name}, "
+            "which is not part of a Keras Tokenizer (nothing was executed)"
+        )
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafePickleError("refused to load the tokenizer: it uses pickle persistent ids")
+
+
+@dataclass(frozen=True)
+class TokenizerState:
+    """The parts of a Keras Tokenizer that decide which id means which word."""
+
+    word_index: dict[str, int]
+    num_words: int | None
+    oov_token: str | None
+    lower: bool
+    filters: str
+    split: str
+    char_level: bool
+
+    @property
+    def index_word(self) -> dict[int, str]:
+        return {index: word for word, index in self.word_index.items()}
+
+
+def _loads_restricted(data: bytes) -> Any:
+    return _RestrictedUnpickler(io.BytesIO(data)).load()
+
+
+def _state_from(obj: Any, path: Path) -> TokenizerState:
+    if not isinstance(obj, _InertTokenizer):
+        raise TokenizerError(
+            f"{path} holds a pickled {type(obj).__name__}, not a Keras Tokenizer"
+        )
+    state = vars(obj)
+    word_index = state.get("word_index")
+    if not isinstance(word_index, dict) or not word_index:
+        raise TokenizerError(f"{path}: the Tokenizer has no word_index (was it fitted on texts?)")
+    clean: dict[str, int] = {}
+    for word, index in word_index.items():
+        if not isinstance(word, str) or isinstance(index, bool) or not isinstance(index, int):
+            raise TokenizerError(f"{path}: word_index has a non word->id entry {word!r}: {index!r}")
+        if index < 1:
+            raise TokenizerError(f"{path}: word_index gives {word!r} the id {index}; ids start at 1")
+        clean[word] = index
+    num_words = state.get("num_words")
+    if num_words is not None and (isinstance(num_words, bool) or not isinstance(num_words, int)):
+        raise TokenizerError(f"{path}: num_words is {num_words!r}, not an integer")
+    oov_token = state.get("oov_token")
+    return TokenizerState(
+        word_index=clean,
+        num_words=num_words,
+        oov_token=oov_token if isinstance(oov_token, str) else None,
+        lower=bool(state.get("lower", True)),
+        filters=str(state.get("filters", "")),
+        split=str(state.get("split", " ")),
+        char_level=bool(state.get("char_level", False)),
+    )
+
+
+def read_tokenizer(path: Path) -> TokenizerState:
+    """Load a tutorial `tokenizer.p` safely; every failure is a one-line TokenizerError."""
+    path = check_source_file(Path(path), "tokenizer", empty_error=TokenizerError)
+    data = path.read_bytes()
+    try:
+        obj = _loads_restricted(data)
+    except UnsafePickleError:
+        raise
+    except (pickle.UnpicklingError, EOFError) as error:
+        raise TokenizerError(
+            f"{path} is not a readable pickle (truncated or not a pickle: {error})"
+        ) from error
+    except Exception as error:  # malformed opcodes surface as assorted builtin errors
+        raise TokenizerError(
+            f"{path} is not a readable tokenizer pickle ({type(error).__name__}: {error})"
+        ) from error
+    return _state_from(obj, path)
+
+
+def build_vocabulary(tokenizer: TokenizerState, vocab_size: int) -> list[str | None]:
+    """index -> word for ids 0..vocab_size-1 (None for padding id 0 and ids with no word).
+
+    The tutorial sizes its output layer as len(word_index) + 1; a tokenizer
+    with num_words only ever emits ids below num_words. Anything else means the
+    tokenizer was not the one the model was trained with.
+    """
+    largest_id = max(tokenizer.word_index.values())
+    fits_all_words = largest_id + 1 == vocab_size
+    fits_num_words = tokenizer.num_words is not None and tokenizer.num_words == vocab_size and (
+        largest_id + 1 >= vocab_size
+    )
+    if not (fits_all_words or fits_num_words):
+        limit = f" (num_words={tokenizer.num_words})" if tokenizer.num_words is not None else ""
+        raise TokenizerError(
+            f"tokenizer does not match the model: it has {len(tokenizer.word_index):,} words "
+            f"(ids up to {largest_id:,}, so a vocabulary of {largest_id + 1:,} counting padding id 0)"
+            f"{limit}, but the model's output layer predicts {vocab_size:,} ids; "
+            "use the tokenizer.p saved with this model"
+        )
+    vocabulary: list[str | None] = [None] * vocab_size
+    for word, index in tokenizer.word_index.items():
+        if index < vocab_size and vocabulary[index] is None:
+            vocabulary[index] = word
+    return vocabulary
+
+
+def choose_delimiters(
+    vocabulary: list[str | None], start_token: str | None = None, end_token: str | None = None
+) -> tuple[str, str]:
+    """The caption start/end words: the override if given, else the first known pair present."""
+    known = {word for word in vocabulary if word is not None}
+    if start_token is None or end_token is None:
+        for start, end in DELIMITER_PAIRS:
+            if (start_token or start) in known and (end_token or end) in known:
+                start_token, end_token = start_token or start, end_token or end
+                break
+    tried = ", ".join(f"{s}/{e}" for s, e in DELIMITER_PAIRS)
+    for role, token in (("start", start_token), ("end", end_token)):
+        if token is None:
+            raise TokenizerError(
+                f"no {role} token found in the tokenizer's vocabulary (tried {tried}); "
+                f"pass --{role}-token WORD"
+            )
+        if token not in known:
+            raise TokenizerError(
+                f"{role} token {token!r} is not in the tokenizer's vocabulary; "
+                f"pass --{role}-token with a word it has"
+            )
+    assert start_token is not None and end_token is not None
+    if start_token == end_token:
+        raise TokenizerError(f"start and end token are both {start_token!r}; they must differ")
+    return start_token, end_token
