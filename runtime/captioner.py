@@ -1,0 +1,185 @@
+"""`Captioner`: the whole Python API for captioning images.
+
+    from capgen import Captioner
+    captioner = Captioner()                       # the default model (capgen setup)
+    captioner.caption("photo.jpg").text           # beam search, beam 3
+    captioner.caption("photo.jpg", beam_size=1)   # the tutorial's greedy loop
+
+Sessions are created once here; nothing in a call mutates the captioner, so
+one instance can be shared by many threads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from capgen.runtime.decoding import DecodingOptions, DecodingResult, decode
+from capgen.runtime.encoder import Encoder
+from capgen.runtime.errors import CapgenError, ModelError
+from capgen.runtime.home import default_model_dir
+from capgen.runtime.manifest import Manifest, load_manifest, verify_files
+from capgen.runtime.preprocess import DEFAULT_MAX_PIXELS, prepare, resample_filter
+from capgen.runtime.step_model import StepModel
+from capgen.runtime.vocabulary import Vocabulary, load_vocabulary
+
+DEFAULT_BATCH_SIZE = 8
+
+
+def resolve_model_dir(model_dir: str | Path | None) -> tuple[Path, bool]:
+    """The folder to load and whether it is the default (demonstration) model."""
+    if model_dir is not None:
+        return Path(model_dir), False
+    folder = default_model_dir()
+    if not (folder / "manifest.json").is_file():
+        raise ModelError(
+            f"no default model at {folder}; run `make setup` or `capgen setup` to build it, "
+            "or pass a model folder (capgen convert model model_9.h5 tokenizer.p -o mymodel/)"
+        )
+    return folder, True
+
+
+class Captioner:
+    """Captions images with one converted model folder (docs/design.md)."""
+
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        threads: int | None = None,
+        int8: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ModelError(f"threads must be a positive integer, got {threads!r}")
+        folder, self.is_default_model = resolve_model_dir(model_dir)
+        manifest = load_manifest(folder)
+        encoder_file = manifest.encoder.int8_file if int8 else manifest.encoder.file
+        if encoder_file is None:
+            raise ModelError(f"{folder}: this model has no INT8 encoder (manifest lists no encoder.int8_file)")
+        decoder = manifest.decoder
+        verify_files(
+            manifest, [encoder_file, decoder.projection_file, decoder.step_file, manifest.vocabulary.file]
+        )
+        self.manifest: Manifest = manifest
+        self.vocabulary: Vocabulary = load_vocabulary(manifest.path(manifest.vocabulary.file), manifest.vocabulary)
+        self._resize_filter = resample_filter(manifest.encoder.resize_filter)
+        self._max_pixels = max_pixels
+        self._encoder = Encoder(manifest.path(encoder_file), manifest.encoder, threads=threads)
+        self._step_model = StepModel(
+            manifest.path(decoder.projection_file),
+            manifest.path(decoder.step_file),
+            decoder,
+            vocab_size=self.vocabulary.size,
+            threads=threads,
+        )
+        self._step_model.check_vocabulary()
+
+    def preprocess(self, image: Any) -> np.ndarray:
+        """uint8 [H, W, 3] pixels exactly as the encoder sees them."""
+        spec = self.manifest.encoder
+        return prepare(image, spec.width, spec.height, self._resize_filter, self._max_pixels)
+
+    def features(self, pixels: np.ndarray) -> np.ndarray:
+        """Encoder features [N, F] for preprocessed pixels [N, H, W, 3]."""
+        return self._encoder.encode(pixels)
+
+    def decode_features(self, features: np.ndarray, options: DecodingOptions) -> list[DecodingResult]:
+        photo = self._step_model.project(np.ascontiguousarray(features, dtype=np.float32))
+        return decode(self._step_model, photo, self.vocabulary, options, self.manifest.max_length)
+
+    def caption(
+        self,
+        image: Any,
+        beam_size: int = 3,
+        max_length: int | None = None,
+        length_penalty: float | None = None,
+        n_best: int = 1,
+        options: DecodingOptions | None = None,
+    ) -> DecodingResult:
+        """Caption one image (path, bytes, file object, PIL image or array; see preprocess.py)."""
+        options = options or DecodingOptions(beam_size, max_length, length_penalty, n_best)
+        ((_, outcome),) = self.iter_captions([image], options=options, batch_size=1)
+        if isinstance(outcome, CapgenError):
+            raise outcome
+        return outcome
+
+    def caption_batch(
+        self,
+        images: Iterable[Any],
+        beam_size: int = 3,
+        max_length: int | None = None,
+        length_penalty: float | None = None,
+        n_best: int = 1,
+        options: DecodingOptions | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        errors: Literal["raise", "return"] = "raise",
+    ) -> list[DecodingResult | CapgenError]:
+        """Caption many images; with errors="return", failures are CapgenError items in the list."""
+        options = options or DecodingOptions(beam_size, max_length, length_penalty, n_best)
+        results: list[DecodingResult | CapgenError] = []
+        for _, outcome in self.iter_captions(images, options=options, batch_size=batch_size):
+            if isinstance(outcome, CapgenError) and errors == "raise":
+                raise outcome
+            results.append(outcome)
+        return results
+
+    def iter_captions(
+        self,
+        images: Iterable[Any],
+        options: DecodingOptions | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> Iterator[tuple[Any, DecodingResult | CapgenError]]:
+        """(image, result or error) in input order, as soon as each batch is done.
+
+        Images are preprocessed one by one (a bad one becomes its error and
+        the rest go on), then encoded `batch_size` at a time, and every image of
+        the batch is decoded together, one step call per word position.
+        """
+        options = options or DecodingOptions()
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ModelError(f"batch_size must be a positive integer, got {batch_size!r}")
+        pending: list[tuple[Any, np.ndarray | CapgenError, float]] = []
+        ready = 0
+        for image in images:
+            started = time.perf_counter()
+            try:
+                prepared: np.ndarray | CapgenError = self.preprocess(image)
+                ready += 1
+            except CapgenError as exc:
+                prepared = exc
+            pending.append((image, prepared, time.perf_counter() - started))
+            if ready == batch_size:
+                yield from self._finish_batch(pending, options)
+                pending, ready = [], 0
+        if pending:
+            yield from self._finish_batch(pending, options)
+
+    def _finish_batch(
+        self, pending: list[tuple[Any, np.ndarray | CapgenError, float]], options: DecodingOptions
+    ) -> Iterator[tuple[Any, DecodingResult | CapgenError]]:
+        good = [item for item in pending if not isinstance(item[1], CapgenError)]
+        results: list[DecodingResult] = []
+        encode_each = decode_each = 0.0
+        if good:
+            started = time.perf_counter()
+            features = self.features(np.stack([item[1] for item in good]))  # type: ignore[misc]
+            encoded = time.perf_counter()
+            results = self.decode_features(features, options)
+            decode_each = (time.perf_counter() - encoded) / len(good)
+            encode_each = (encoded - started) / len(good)
+        produced = iter(results)
+        for image, prepared, preprocess_seconds in pending:
+            if isinstance(prepared, CapgenError):
+                yield image, prepared
+                continue
+            timings = {
+                "preprocess": preprocess_seconds,
+                "encode": encode_each,
+                "decode": decode_each,
+                "total": preprocess_seconds + encode_each + decode_each,
+            }
+            yield image, next(produced).with_timings(timings)

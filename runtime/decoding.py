@@ -1,0 +1,284 @@
+"""Search strategies over the step model: greedy (the tutorial's loop) and beam search.
+
+Shaped like openai/whisper's decoding.py: one frozen `DecodingOptions`, one
+`DecodingResult`, and strategies that only see a step model
+(`initial_state`, `step`). Every strategy advances all hypotheses of all
+images in ONE step call per word position, because a step is a few
+microseconds of compute and the per-call overhead would otherwise dominate.
+
+Stopping follows the tutorial exactly: a caption ends after the end token
+(which is kept in `tokens` and `raw`, like the tutorial's `in_text`), or when
+the model's best word is an id with no word (the tutorial's
+`if word is None: break`; the id is not kept), or after `max_length` words.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Literal, Protocol
+
+import numpy as np
+
+from capgen.runtime.errors import InputError
+from capgen.runtime.vocabulary import Vocabulary
+
+StopReason = Literal["end", "no_word", "max_length"]
+
+
+class StepModelLike(Protocol):
+    def initial_state(self, rows: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def step(
+        self, words: np.ndarray, h: np.ndarray, c: np.ndarray, photo: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """How to search. `beam_size=1` is the tutorial's greedy loop, token for token.
+
+    - `max_length`: most words generated after the start token; None = the model's.
+    - `length_penalty`: None ranks finished captions by total log-probability
+      (what beam search in the tutorial's follow-ups does, and favours short
+      captions); a number alpha divides it by ((5 + length) / 6) ** alpha (GNMT).
+    - `n_best`: how many ranked captions to return (the best plus alternatives).
+    """
+
+    beam_size: int = 3
+    max_length: int | None = None
+    length_penalty: float | None = None
+    n_best: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.beam_size, int) or self.beam_size < 1:
+            raise InputError(f"beam_size must be a positive integer, got {self.beam_size!r}")
+        if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 1):
+            raise InputError(f"max_length must be a positive integer, got {self.max_length!r}")
+        if not isinstance(self.n_best, int) or not 1 <= self.n_best <= self.beam_size:
+            raise InputError(f"n_best must be between 1 and beam_size ({self.beam_size}), got {self.n_best!r}")
+        if self.length_penalty is not None and not (
+            isinstance(self.length_penalty, (int, float)) and math.isfinite(self.length_penalty)
+            and self.length_penalty >= 0
+        ):
+            raise InputError(f"length_penalty must be a non-negative number or None, got {self.length_penalty!r}")
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    tokens: tuple[int, ...]
+    log_probability: float
+    stop_reason: StopReason
+
+    def score(self, length_penalty: float | None) -> float:
+        if length_penalty is None:
+            return self.log_probability
+        return self.log_probability / (((5.0 + len(self.tokens)) / 6.0) ** length_penalty)
+
+
+@dataclass(frozen=True)
+class DecodingResult:
+    """One caption. `tokens` are the generated ids (end included when `finished`).
+
+    `timings` are seconds per stage (preprocess, encode, decode, total); in a
+    batch, encode and decode are the batch's time divided by its size.
+    `alternatives` holds the next-best captions when `n_best` > 1.
+    """
+
+    text: str
+    tokens: tuple[int, ...]
+    raw: str
+    log_probability: float
+    finished: bool
+    stop_reason: StopReason
+    timings: dict[str, float] = field(default_factory=dict)
+    alternatives: tuple[DecodingResult, ...] = ()
+
+    def with_timings(self, timings: dict[str, float]) -> DecodingResult:
+        return replace(self, timings=dict(timings))
+
+
+def to_result(ranked: list[Hypothesis], vocabulary: Vocabulary) -> DecodingResult:
+    """The best hypothesis as a result, the rest as its alternatives."""
+
+    def one(hyp: Hypothesis) -> DecodingResult:
+        words = [vocabulary.words[i] or "" for i in hyp.tokens]
+        text_words = words[:-1] if hyp.stop_reason == "end" else words
+        start_word = vocabulary.words[vocabulary.start_id] or ""
+        return DecodingResult(
+            text=" ".join(text_words),
+            tokens=hyp.tokens,
+            raw=" ".join([start_word, *words]),
+            log_probability=hyp.log_probability,
+            finished=hyp.stop_reason == "end",
+            stop_reason=hyp.stop_reason,
+        )
+
+    best = one(ranked[0])
+    return replace(best, alternatives=tuple(one(h) for h in ranked[1:]))
+
+
+def _null_mask(vocabulary: Vocabulary, vocab_size: int) -> np.ndarray:
+    mask = np.zeros(vocab_size, dtype=bool)
+    mask[vocabulary.null_ids()] = True
+    return mask
+
+
+def greedy_search(
+    model: StepModelLike, photo: np.ndarray, vocabulary: Vocabulary, max_length: int
+) -> list[list[Hypothesis]]:
+    """The tutorial's argmax loop for a batch of images, one step call per word position."""
+    count = photo.shape[0]
+    is_null = _null_mask(vocabulary, vocabulary.size)
+    end_id = vocabulary.end_id
+    words = np.full(count, vocabulary.start_id, dtype=np.int64)
+    h, c = model.initial_state(count)
+    rows = list(range(count))  # image index of each active row
+    tokens: list[list[int]] = [[] for _ in range(count)]
+    log_probability = [0.0] * count
+    reasons: list[StopReason] = ["max_length"] * count
+    for _ in range(max_length):
+        log_probs, h, c = model.step(words, h, c, photo)
+        chosen = log_probs.argmax(axis=1)
+        keep: list[int] = []
+        for row, image in enumerate(rows):
+            token = int(chosen[row])
+            if is_null[token]:
+                reasons[image] = "no_word"
+                continue
+            tokens[image].append(token)
+            log_probability[image] += float(log_probs[row, token])
+            if token == end_id:
+                reasons[image] = "end"
+            else:
+                keep.append(row)
+        if len(keep) == len(rows):
+            words = chosen
+            continue
+        if not keep:
+            break
+        rows = [rows[r] for r in keep]
+        words, h, c, photo = chosen[keep], h[keep], c[keep], photo[keep]
+    return [
+        [Hypothesis(tuple(tokens[i]), log_probability[i], reasons[i])] for i in range(count)
+    ]
+
+
+@dataclass
+class _ImageBeams:
+    """Search state of one image: its pools of ended, stopped and live hypotheses."""
+
+    ended: list[Hypothesis] = field(default_factory=list)
+    stopped: list[Hypothesis] = field(default_factory=list)
+    done: bool = False
+
+
+def beam_search(
+    model: StepModelLike,
+    photo: np.ndarray,
+    vocabulary: Vocabulary,
+    max_length: int,
+    beam_size: int,
+    length_penalty: float | None = None,
+    n_best: int = 1,
+) -> list[list[Hypothesis]]:
+    """Beam search for a batch of images; all live beams of all images share one step call.
+
+    An image is done when `beam_size` hypotheses have ended (end token) or
+    stopped (no-word id, like the tutorial); with beam_size 1 that is exactly
+    the greedy loop. If none ended by `max_length`, the live beams are returned
+    flagged unfinished.
+    """
+    count = photo.shape[0]
+    vocab_size = vocabulary.size
+    is_null = _null_mask(vocabulary, vocab_size)
+    end_id = vocabulary.end_id
+    terminal_per_beam = 1 + int(is_null.sum())
+    state = [_ImageBeams() for _ in range(count)]
+    # Live rows, grouped by image in image order.
+    row_image = np.arange(count)
+    row_logp = np.zeros(count, dtype=np.float64)
+    row_tokens: list[tuple[int, ...]] = [() for _ in range(count)]
+    words = np.full(count, vocabulary.start_id, dtype=np.int64)
+    h, c = model.initial_state(count)
+    for _ in range(max_length):
+        log_probs, h_out, c_out = model.step(words, h, c, photo[row_image])
+        candidates = row_logp[:, None] + log_probs
+        next_rows: list[int] = []
+        next_words: list[int] = []
+        next_logp: list[float] = []
+        next_tokens: list[tuple[int, ...]] = []
+        next_image: list[int] = []
+        start = 0
+        while start < len(row_image):
+            image = int(row_image[start])
+            stop = start
+            while stop < len(row_image) and row_image[stop] == image:
+                stop += 1
+            flat = candidates[start:stop].ravel()
+            wanted = min(flat.size, beam_size * (1 + terminal_per_beam))
+            top = np.argpartition(-flat, wanted - 1)[:wanted]
+            top = top[np.lexsort((top, -flat[top]))]  # best first; ties to the lower id, like argmax
+            beams = state[image]
+            kept = 0
+            for index in top.tolist():
+                row = start + index // vocab_size
+                token = index % vocab_size
+                if is_null[token]:
+                    beams.stopped.append(Hypothesis(row_tokens[row], float(row_logp[row]), "no_word"))
+                elif token == end_id:
+                    beams.ended.append(Hypothesis((*row_tokens[row], token), float(flat[index]), "end"))
+                else:
+                    next_rows.append(row)
+                    next_words.append(token)
+                    next_logp.append(float(flat[index]))
+                    next_tokens.append((*row_tokens[row], token))
+                    next_image.append(image)
+                    kept += 1
+                if kept == beam_size or len(beams.ended) + len(beams.stopped) >= beam_size:
+                    break
+            if len(beams.ended) + len(beams.stopped) >= beam_size:
+                beams.done = True
+                del next_rows[len(next_rows) - kept :]
+                del next_words[len(next_words) - kept :]
+                del next_logp[len(next_logp) - kept :]
+                del next_tokens[len(next_tokens) - kept :]
+                del next_image[len(next_image) - kept :]
+            start = stop
+        if not next_rows:
+            row_tokens = []
+            break
+        row_image = np.array(next_image, dtype=np.int64)
+        row_logp = np.array(next_logp, dtype=np.float64)
+        row_tokens = next_tokens
+        words = np.array(next_words, dtype=np.int64)
+        h, c = h_out[next_rows], c_out[next_rows]
+    cut: dict[int, list[Hypothesis]] = {}
+    for row, tokens in enumerate(row_tokens):
+        cut.setdefault(int(row_image[row]), []).append(Hypothesis(tokens, float(row_logp[row]), "max_length"))
+    ranked: list[list[Hypothesis]] = []
+    for image, beams in enumerate(state):
+        def by_score(hyp: Hypothesis) -> float:
+            return -hyp.score(length_penalty)
+
+        unfinished = sorted(beams.stopped + cut.get(image, []), key=by_score)
+        ranked.append((sorted(beams.ended, key=by_score) + unfinished)[:n_best])
+    return ranked
+
+
+def decode(
+    model: StepModelLike,
+    photo: np.ndarray,
+    vocabulary: Vocabulary,
+    options: DecodingOptions,
+    model_max_length: int,
+) -> list[DecodingResult]:
+    """Captions for a batch of projected photos [N, P], one result per image."""
+    max_length = options.max_length or model_max_length
+    if options.beam_size == 1:
+        ranked = greedy_search(model, photo, vocabulary, max_length)
+    else:
+        ranked = beam_search(
+            model, photo, vocabulary, max_length, options.beam_size, options.length_penalty, options.n_best
+        )
+    return [to_result(hyps, vocabulary) for hyps in ranked]

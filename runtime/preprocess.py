@@ -1,0 +1,216 @@
+"""Any image a user has -> the uint8 RGB pixels the encoder graph expects.
+
+For an ordinary RGB photo this is exactly the tutorial's
+`Image.open(p).resize((299, 299))` (BICUBIC, Pillow's default since 7.0, named
+explicitly), so converted models see the pixels they were trained on. Beyond
+the tutorial, which crashes on them, every other kind of image is turned into
+RGB first (see `to_rgb`) and EXIF orientation is applied.
+
+Accepted sources:
+- a path (`str` or `os.PathLike`): a file in one of `ALLOWED_FORMATS`
+  (first frame of animated GIF / multi-page TIFF);
+- `bytes` / `bytearray` / `memoryview`: the encoded file's content (not a path);
+- a binary file object (anything with `.read()`);
+- a `PIL.Image.Image` (its current frame);
+- a numpy array `HxW`, `HxWx1`, `HxWx3` or `HxWx4` (RGB(A)): `uint8` as is,
+  `uint16` as 16-bit (divided by 257), `bool` as black/white, floats must lie
+  in [0, 1] (the matplotlib/skimage convention) and are scaled by 255.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from capgen.runtime.errors import ImageError, ImageTooLargeError, InputError
+
+Image.init()
+# Formats a photo plausibly comes in. Restricting the list keeps Pillow away
+# from formats that shell out (EPS -> Ghostscript) or are rarely fuzzed.
+ALLOWED_FORMATS = tuple(
+    name
+    for name in ("JPEG", "MPO", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM", "TGA", "ICO", "AVIF")
+    if name in Image.OPEN
+)
+IMAGE_SUFFIXES = frozenset(
+    suffix for suffix, name in Image.registered_extensions().items() if name in ALLOWED_FORMATS
+)
+# Pillow's own bomb threshold (~89 Mpx, a 9500x9500 photo); above it decoding
+# would take gigabytes, so such images are refused before any pixel is decoded.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
+
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_HTML_PREFIXES = (b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")
+
+
+def _describe_non_image(head: bytes) -> str:
+    stripped = head.lstrip().lower()
+    if stripped.startswith(_HTML_PREFIXES):
+        return "not an image: the file is an HTML/XML page (a failed download?)"
+    if stripped.startswith(b"version https://git-lfs"):
+        return "not an image: the file is a Git LFS pointer; run `git lfs pull`"
+    return "not an image in a supported format (" + ", ".join(ALLOWED_FORMATS) + ")"
+
+
+def _decode(stream: BinaryIO, max_pixels: int) -> Image.Image:
+    """Open and fully decode the first frame, mapping every Pillow failure to an ImageError.
+
+    Pillow raises a zoo of exception types on hostile input (OSError,
+    SyntaxError, ValueError, struct.error, EOFError, ...), so anything
+    escaping the decoder is by definition a bad image, not a capgen bug.
+    """
+    head = stream.read(64)
+    if not head:
+        raise ImageError("empty file")
+    stream.seek(0)
+    try:
+        image = Image.open(stream, formats=ALLOWED_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"image is too large to decode safely ({exc})") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(_describe_non_image(head)) from None
+    except Exception as exc:
+        raise ImageError(f"cannot read image header ({type(exc).__name__}: {exc})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} = {width * height} pixels, more than the "
+            f"{max_pixels} capgen decodes (decompression bomb guard)"
+        )
+    try:
+        image.load()
+        return ImageOps.exif_transpose(image)
+    except Exception as exc:
+        # Truncated files land here too: LOAD_TRUNCATED_IMAGES stays off, a
+        # half-grey photo would caption confidently and wrongly.
+        raise ImageError(f"cannot decode image ({type(exc).__name__}: {exc})") from None
+
+
+def _open_path(path: str | os.PathLike[str], max_pixels: int) -> Image.Image:
+    try:
+        with open(path, "rb") as handle:
+            return _decode(handle, max_pixels)
+    except FileNotFoundError:
+        raise InputError("no such file") from None
+    except IsADirectoryError:
+        raise InputError("is a directory, not an image") from None
+    except PermissionError:
+        raise InputError("permission denied") from None
+    except OSError as exc:
+        raise InputError(f"cannot read ({exc.strerror or exc})") from None
+
+
+def _from_array(array: np.ndarray) -> Image.Image:
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise InputError(f"array of shape {array.shape} is not HxW, HxWx1, HxWx3 or HxWx4")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise InputError(f"array of shape {array.shape} has no pixels")
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype == np.uint16:
+        array = np.round(array / 257.0).astype(np.uint8)
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
+            raise InputError("float arrays must hold values in [0, 1]")
+        array = np.round(array * 255.0).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise InputError(f"array dtype {array.dtype} is not supported (use uint8, uint16 or float in [0, 1])")
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def load_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A decoded, upright PIL image from any supported source (see module docstring)."""
+    if isinstance(source, Image.Image):
+        try:
+            source.load()
+        except Exception as exc:
+            raise ImageError(f"cannot decode image ({type(exc).__name__}: {exc})") from None
+        if source.width * source.height > max_pixels:
+            raise ImageTooLargeError(f"image has {source.width * source.height} pixels, more than {max_pixels}")
+        return source
+    if isinstance(source, np.ndarray):
+        return _from_array(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _decode(io.BytesIO(bytes(source)), max_pixels)
+    if isinstance(source, (str, os.PathLike)):
+        return _open_path(source, max_pixels)
+    if hasattr(source, "read"):
+        try:
+            data = source.read()
+        except PermissionError:
+            raise InputError("permission denied") from None
+        except OSError as exc:
+            raise InputError(f"cannot read ({exc.strerror or exc})") from None
+        if not isinstance(data, (bytes, bytearray)):
+            raise InputError("file object must be opened in binary mode")
+        return _decode(io.BytesIO(data), max_pixels)
+    raise InputError(f"cannot make an image from a {type(source).__name__}")
+
+
+def _alpha_on_white(image: Image.Image) -> Image.Image:
+    """Composite onto white: a transparent logo or icon is drawn on a white page
+    almost everywhere it is shown, while the tutorial's dropping of alpha
+    reveals whatever colour the invisible pixels happen to store (often black)."""
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB pixels for any Pillow mode; RGB images are returned untouched (tutorial parity)."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    try:
+        if mode in _ALPHA_MODES or (mode in ("P", "L") and "transparency" in image.info):
+            return _alpha_on_white(image)
+        if mode in _SIXTEEN_BIT_MODES:
+            # 16-bit (and 32-bit integer) grey: full range 0..65535 maps onto 0..255.
+            values = np.clip(np.asarray(image, dtype=np.float64), 0, 65535)
+            return Image.fromarray(np.round(values / 257.0).astype(np.uint8)).convert("RGB")
+        if mode == "F":
+            # Float grey: [0, 1] data is scaled, anything else is taken as 0..255.
+            values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+            if values.size and values.max() <= 1.0:
+                values = values * 255.0
+            return Image.fromarray(np.round(np.clip(values, 0, 255)).astype(np.uint8)).convert("RGB")
+        return image.convert("RGB")
+    except Exception as exc:
+        raise ImageError(f"cannot convert {mode} image to RGB ({type(exc).__name__}: {exc})") from None
+
+
+def resample_filter(name: str) -> Image.Resampling:
+    try:
+        return Image.Resampling[name.upper()]
+    except KeyError:
+        raise InputError(f"unknown resize filter {name!r}") from None
+
+
+def prepare(
+    source: Any,
+    width: int,
+    height: int,
+    resize_filter: Image.Resampling = Image.Resampling.BICUBIC,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """uint8 [height, width, 3] RGB pixels for the encoder."""
+    rgb = to_rgb(load_image(source, max_pixels))
+    try:
+        resized = rgb.resize((width, height), resize_filter)
+    except Exception as exc:
+        raise ImageError(f"cannot resize image ({type(exc).__name__}: {exc})") from None
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def is_image_path(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES

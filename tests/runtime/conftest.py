@@ -1,0 +1,38 @@
+"""Fixtures for runtime tests: a tiny model folder and a private cache folder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tiny_model import TinyModel, write_tiny_model
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CAPGEN_SCRIPT = REPO_ROOT / ".venv" / "bin" / "capgen"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_capgen_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Keep verification stamps and the 'default model' out of the developer's real cache."""
+    home = tmp_path_factory.mktemp("capgen_home")
+    previous = os.environ.get("CAPGEN_HOME")
+    os.environ["CAPGEN_HOME"] = str(home)
+    yield home
+    if previous is None:
+        os.environ.pop("CAPGEN_HOME", None)
+    else:
+        os.environ["CAPGEN_HOME"] = previous
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model", with_int8=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_captioner(tiny_model: TinyModel):  # type: ignore[no-untyped-def]
+    from capgen.runtime.captioner import Captioner
+
+    return Captioner(tiny_model.folder)
