@@ -1,0 +1,46 @@
+"""`capgen convert quantize MODEL_DIR`: add a static-QDQ INT8 encoder to a model folder."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def quantize_command(
+    model_dir: Annotated[Path, typer.Argument(help="A converted capgen model folder.")],
+    scenes: Annotated[
+        int,
+        typer.Option(
+            help="Train-split synthetic scenes added to the calibration photos "
+            "(xception+colour encoders only)."
+        ),
+    ] = 16,
+) -> None:
+    """Quantize the encoder to INT8 (u8 activations, s8 per-channel weights) and record it in the manifest."""
+    from capgen.convert.cli import require_convert_stack
+
+    require_convert_stack()
+    from capgen.convert.calibration import fetch_kitchenware_photos, photo_pixels
+    from capgen.convert.quantize import (
+        INT8_FILENAME,
+        feature_cosines,
+        quantize_model_folder,
+        read_manifest_json,
+    )
+
+    started = time.perf_counter()
+    quantize_model_folder(model_dir, scene_count=scenes, echo=typer.echo)
+    typer.echo(f"quantized in {time.perf_counter() - started:.1f} s")
+    # A quick sanity check a user can read: how far INT8 moved the features of
+    # the calibration photos (not an accuracy claim; see benchmarks/ for that).
+    fp32_name = read_manifest_json(model_dir)["encoder"]["file"]
+    sample = photo_pixels(fetch_kitchenware_photos()[:4])
+    cosines = feature_cosines(model_dir / fp32_name, model_dir / INT8_FILENAME, sample)
+    typer.echo(f"feature cosine INT8 vs FP32 on {len(sample)} photos: min {cosines.min():.4f}")
+
+
+def register_quantize_command(convert_app: typer.Typer) -> None:
+    convert_app.command("quantize")(quantize_command)

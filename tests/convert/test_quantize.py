@@ -1,0 +1,132 @@
+"""`capgen convert quantize`: the INT8 encoder keeps the features and is recorded in the manifest.
+
+Calibration uses only a few kitchenware photos (fast); the check runs on the
+real Flickr8k photos, which calibration never saw.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+MIN_COSINE = 0.98
+CALIBRATION_PHOTOS = 4
+
+
+def _write_model_folder(folder: Path, encoder_source: Path, kind: str) -> None:
+    """A model folder whose manifest follows docs/design.md; only the encoder is real."""
+    from capgen.convert.hashing import sha256_file
+
+    folder.mkdir()
+    shutil.copyfile(encoder_source, folder / "encoder.onnx")
+    files = {
+        "encoder.onnx": {
+            "sha256": sha256_file(folder / "encoder.onnx"),
+            "bytes": (folder / "encoder.onnx").stat().st_size,
+        }
+    }
+    for name in ("photo_projection.onnx", "decoder_step.onnx", "vocabulary.json"):
+        files[name] = {"sha256": "0" * 64, "bytes": 1}
+    manifest = {
+        "format": "capgen-model",
+        "format_version": 1,
+        "name": "quantize-test",
+        "encoder": {
+            "file": "encoder.onnx",
+            "kind": kind,
+            "feature_size": 2048,
+            "input": {"height": 299, "width": 299, "resize_filter": "BICUBIC"},
+        },
+        "decoder": {
+            "projection_file": "photo_projection.onnx",
+            "step_file": "decoder_step.onnx",
+            "units": 256,
+            "projection_size": 256,
+        },
+        "vocabulary": {
+            "file": "vocabulary.json",
+            "size": 10,
+            "start_token": "start",
+            "end_token": "end",
+            "start_id": 1,
+            "end_id": 2,
+        },
+        "max_length": 32,
+        "files": files,
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+@pytest.mark.convert
+@pytest.mark.slow
+def test_int8_encoder_keeps_features_and_updates_manifest(
+    tmp_path: Path, flickr_photos: list[Path], tensorflow_stack: None
+) -> None:
+    from capgen.convert.calibration import fetch_kitchenware_photos, photo_pixels
+    from capgen.convert.encoder import ensure_encoder
+    from capgen.convert.hashing import sha256_file
+    from capgen.convert.quantize import INT8_FILENAME, feature_cosines, quantize_model_folder
+    from capgen.runtime.manifest import load_manifest, verify_file
+
+    folder = tmp_path / "model"
+    _write_model_folder(folder, ensure_encoder("xception"), "xception")
+    calibration = photo_pixels(fetch_kitchenware_photos()[:CALIBRATION_PHOTOS])
+    messages: list[str] = []
+
+    report = quantize_model_folder(folder, images=calibration, echo=messages.append)
+
+    int8_path = folder / INT8_FILENAME
+    assert report.output == int8_path and int8_path.is_file()
+    # INT8 weights are a quarter of FP32; QDQ scales and the float bias add a little.
+    assert report.int8_bytes < report.fp32_bytes / 3
+    assert report.excluded_nodes == ()  # plain Xception: everything is quantized
+
+    cosines = feature_cosines(folder / "encoder.onnx", int8_path, photo_pixels(flickr_photos))
+    assert cosines.min() >= MIN_COSINE, f"cosines {np.round(cosines, 4)}"
+
+    manifest = load_manifest(folder)
+    assert manifest.encoder.int8_file == INT8_FILENAME
+    record = manifest.files[INT8_FILENAME]
+    assert record.sha256 == sha256_file(int8_path)
+    assert record.bytes == int8_path.stat().st_size
+    verify_file(int8_path, record, use_stamps=False)
+    assert any("wrote" in message for message in messages)
+
+
+@pytest.mark.convert
+def test_colour_branch_is_left_in_float(tensorflow_stack: None) -> None:
+    """Nodes not upstream of Xception's pooling (colour features, the Concat) are excluded."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from capgen.convert.quantize import nodes_kept_float, xception_branch_nodes
+
+    nodes = [
+        helper.make_node("Cast", ["image"], ["x"], name="scale", to=TensorProto.FLOAT),
+        helper.make_node("Conv", ["x", "w"], ["conv"], name="xception_conv"),
+        helper.make_node("GlobalAveragePool", ["conv"], ["pool"], name="pool"),
+        helper.make_node("Squeeze", ["pool", "axes"], ["pooled"], name="squeeze"),
+        helper.make_node(
+            "ReduceMean", ["x", "axes"], ["colour"], name="colour_mean", keepdims=0
+        ),
+        helper.make_node("Concat", ["pooled", "colour"], ["features"], name="concat", axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "toy",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, None])],
+        initializer=[
+            helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 1, 1], np.ones(12, np.float32)),
+            helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model)
+
+    assert xception_branch_nodes(model) == {"scale", "xception_conv", "pool"}
+    assert nodes_kept_float(model) == ["colour_mean", "concat"]
