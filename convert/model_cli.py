@@ -1,0 +1,76 @@
+"""`capgen convert model MODEL TOKENIZER -o OUT`: the tutorial user's one conversion command.
+
+It prints what it read from the user's files (vocabulary, max_length, sizes,
+activation, merge, delimiters) so a user can see at a glance that capgen
+understood their model the way they trained it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def model_command(
+    model: Annotated[Path, typer.Argument(help="The decoder: model_9.h5 (Keras 2/3), .keras, or a weights-only .h5.")],
+    tokenizer: Annotated[Path, typer.Argument(help="The pickled Keras Tokenizer (tokenizer.p).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Model folder to write.")],
+    architecture: Annotated[
+        Path | None,
+        typer.Option("--architecture", help="model.to_json() output, for a weights-only .h5."),
+    ] = None,
+    encoder: Annotated[
+        str,
+        typer.Option(help="xception, xception+colour, or PATH to an encoder ONNX."),
+    ] = "xception",
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="Keras Xception no-top weights .h5 for the encoder (default: ImageNet)."),
+    ] = None,
+    start_token: Annotated[str | None, typer.Option(help="Caption start word (default: detected).")] = None,
+    end_token: Annotated[str | None, typer.Option(help="Caption end word (default: detected).")] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help="Only for models whose word input has no fixed length.")
+    ] = None,
+    name: Annotated[str, typer.Option(help="Name recorded in the manifest.")] = "default",
+    force: Annotated[bool, typer.Option(help="Replace an existing model folder.")] = False,
+) -> None:
+    """Convert a tutorial model (model_9.h5 + tokenizer.p) into a capgen model folder."""
+    from capgen.convert.cli import require_convert_stack
+    from capgen.convert.convert_model import convert_model
+
+    require_convert_stack()
+    started = time.perf_counter()
+    report = convert_model(
+        model,
+        tokenizer,
+        output,
+        architecture_json=architecture,
+        encoder=encoder,
+        encoder_weights=weights,
+        start_token=start_token,
+        end_token=end_token,
+        max_length=max_length,
+        name=name,
+        force=force,
+    )
+    arch = report.architecture
+    merge_order = "photo, words" if arch.photo_first else "words, photo"
+    typer.echo(f"vocabulary:     {report.vocab_size:,} ids (start {report.start_token!r}, "
+               f"end {report.end_token!r})")
+    typer.echo(f"max length:     {report.max_length}")
+    typer.echo(f"photo features: {arch.feature_size} -> Dense {arch.projection_size} "
+               f"({arch.photo_activation})")
+    typer.echo(f"words:          Embedding {arch.embedding_size} -> LSTM {arch.units} "
+               f"(recurrent activation {arch.recurrent_activation})")
+    typer.echo(f"merge:          {arch.merge} ({merge_order}) -> Dense {arch.hidden_size} "
+               f"({arch.hidden_activation}) -> softmax {arch.vocab_size:,}")
+    typer.echo(f"encoder:        {report.encoder_kind} ({report.encoder_path})")
+    typer.echo(f"wrote {report.out_dir} ({time.perf_counter() - started:.1f} s)")
+
+
+def register_model_command(convert_app: typer.Typer) -> None:
+    convert_app.command("model")(model_command)
