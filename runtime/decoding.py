@@ -201,37 +201,46 @@ def beam_search(
     row_tokens: list[tuple[int, ...]] = [() for _ in range(count)]
     words = np.full(count, vocabulary.start_id, dtype=np.int64)
     h, c = model.initial_state(count)
+    wanted = beam_size * (1 + terminal_per_beam)
+    per_row = min(wanted, vocab_size)
     for _ in range(max_length):
         log_probs, h_out, c_out = model.step(words, h, c, photo[row_image])
-        candidates = row_logp[:, None] + log_probs
+        # Each row's best `per_row` words hold every candidate its image can keep
+        # this step, so the per-image selection below works on a few dozen
+        # numbers instead of beam_size x V.
+        if per_row < vocab_size:
+            row_top = np.argpartition(log_probs, vocab_size - per_row, axis=1)[:, vocab_size - per_row :]
+        else:
+            row_top = np.broadcast_to(np.arange(vocab_size), log_probs.shape)
+        row_scores = row_logp[:, None] + np.take_along_axis(log_probs, row_top, axis=1)
         next_rows: list[int] = []
         next_words: list[int] = []
         next_logp: list[float] = []
         next_tokens: list[tuple[int, ...]] = []
         next_image: list[int] = []
-        start = 0
-        while start < len(row_image):
+        boundaries = np.flatnonzero(np.diff(row_image)) + 1
+        for start, stop in zip(
+            [0, *boundaries.tolist()], [*boundaries.tolist(), len(row_image)], strict=True
+        ):
             image = int(row_image[start])
-            stop = start
-            while stop < len(row_image) and row_image[stop] == image:
-                stop += 1
-            flat = candidates[start:stop].ravel()
-            wanted = min(flat.size, beam_size * (1 + terminal_per_beam))
-            top = np.argpartition(-flat, wanted - 1)[:wanted]
-            top = top[np.lexsort((top, -flat[top]))]  # best first; ties to the lower id, like argmax
+            scores = row_scores[start:stop].ravel()
+            token_ids = row_top[start:stop].ravel()
+            # best first; ties to the lower (row, token), like argmax
+            order = np.lexsort((token_ids, np.repeat(np.arange(start, stop), per_row), -scores))
             beams = state[image]
             kept = 0
-            for index in top.tolist():
-                row = start + index // vocab_size
-                token = index % vocab_size
+            for index in order.tolist():
+                row = start + index // per_row
+                token = int(token_ids[index])
+                score = float(scores[index])
                 if is_null[token]:
                     beams.stopped.append(Hypothesis(row_tokens[row], float(row_logp[row]), "no_word"))
                 elif token == end_id:
-                    beams.ended.append(Hypothesis((*row_tokens[row], token), float(flat[index]), "end"))
+                    beams.ended.append(Hypothesis((*row_tokens[row], token), score, "end"))
                 else:
                     next_rows.append(row)
                     next_words.append(token)
-                    next_logp.append(float(flat[index]))
+                    next_logp.append(score)
                     next_tokens.append((*row_tokens[row], token))
                     next_image.append(image)
                     kept += 1
@@ -244,7 +253,6 @@ def beam_search(
                 del next_logp[len(next_logp) - kept :]
                 del next_tokens[len(next_tokens) - kept :]
                 del next_image[len(next_image) - kept :]
-            start = stop
         if not next_rows:
             row_tokens = []
             break

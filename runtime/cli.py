@@ -1,0 +1,221 @@
+"""`capgen caption` and `capgen info`: the runtime's command line.
+
+Output of `capgen caption`:
+- one image: just its caption on stdout; several images: `path<TAB>caption`
+  per line, in input order (folders and globs expand to their sorted images);
+- `--json`: one JSON object per line (path, caption, log_probability,
+  finished, tokens, timings in ms; alternatives with --n-best); a failed image
+  is a line `{"path": ..., "error": ...}`;
+- `--output FILE`: the same JSON Lines appended to FILE and flushed as each
+  image finishes; `--resume` skips images FILE already has a caption for
+  (failed ones are retried);
+- every failure is also reported on stderr as `capgen: <path>: <reason>` and
+  the other images are still captioned; exit status 0 when all succeeded, 1
+  when any image failed, 130 on Ctrl-C (what finished is already written),
+  and the error's own code (see errors.py) when nothing could run at all.
+
+Heavy imports (numpy, onnxruntime, Pillow) happen inside the commands so
+`capgen --help` and the other subcommands stay fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from capgen.runtime.errors import CapgenError, InputError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEMO_NOTE = (
+    "capgen: note: using the default demonstration model, trained on synthetic scenes "
+    "(shapes and colours), not on photos. To caption photos, convert your own: "
+    "capgen convert model model_9.h5 tokenizer.p -o mymodel/ && capgen caption --model mymodel/ IMAGE"
+)
+INTERRUPTED_EXIT = 130
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(message.encode("utf-8", errors="replace").decode("utf-8") + "\n")
+    sys.stderr.flush()
+
+
+def cli_errors(function: F) -> F:
+    """Map CapgenError to `capgen: error: <message>` and its exit code: never a traceback."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except CapgenError as err:
+            _say(f"capgen: error: {err}")
+            raise typer.Exit(err.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _emit(line: str, progress: Any) -> None:
+    if progress is not None:
+        progress.write(line, file=sys.stdout)
+    else:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+@cli_errors
+def caption_command(
+    images: Annotated[list[str] | None, typer.Argument(help="Images, folders or globs.", show_default=False)] = None,
+    image: Annotated[
+        list[str] | None, typer.Option("--image", "-i", help="An image (repeatable; the tutorial's flag).")
+    ] = None,
+    beam_size: Annotated[int, typer.Option("--beam-size", "-b", help="1 = the tutorial's greedy loop.")] = 3,
+    max_length: Annotated[int | None, typer.Option(help="Most words per caption (default: the model's).")] = None,
+    length_penalty: Annotated[
+        float | None, typer.Option(help="Rank beams by logp / ((5+len)/6)^alpha (default: total logp).")
+    ] = None,
+    n_best: Annotated[int, typer.Option(help="Alternatives to include in --json output.")] = 1,
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="Model folder (default: capgen setup's).")] = None,
+    threads: Annotated[int | None, typer.Option(help="onnxruntime threads per session (default: all cores).")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="Use the model's INT8 encoder.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images encoded and decoded together.")] = 8,
+    json_lines: Annotated[bool, typer.Option("--json", help="JSON Lines on stdout.")] = False,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Append JSON Lines here as produced.")] = None,
+    resume: Annotated[bool, typer.Option(help="Skip images --output already has captions for.")] = False,
+    raw: Annotated[bool, typer.Option("--raw", help="The tutorial's exact 'start … end' string.")] = False,
+    annotate: Annotated[Path | None, typer.Option(help="Save each image with its caption beneath here.")] = None,
+) -> None:
+    """Caption images: one caption per image (path<TAB>caption when several)."""
+    from capgen.runtime.inputs import expand_inputs, printable
+
+    arguments = [*(image or []), *(images or [])]
+    if not arguments:
+        raise InputError("no images given; usage: capgen caption IMAGE... (or -i IMAGE)")
+    if resume and output is None:
+        raise InputError("--resume needs --output FILE")
+    paths = expand_inputs(arguments)
+
+    from capgen.runtime import results
+    from capgen.runtime.captioner import Captioner
+    from capgen.runtime.decoding import DecodingOptions
+
+    options = DecodingOptions(beam_size=beam_size, max_length=max_length, length_penalty=length_penalty, n_best=n_best)
+    done = results.prepare_resume(output) if resume and output is not None else set()
+    todo = [path for path in paths if path not in done]
+    if output is not None and not resume:
+        try:
+            output.write_bytes(b"")
+        except OSError as exc:
+            raise InputError(f"{output}: cannot write ({exc.strerror or exc})") from exc
+    if annotate is not None:
+        try:
+            annotate.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"{annotate}: cannot create folder ({exc.strerror or exc})") from exc
+    captioner = Captioner(model, threads=threads, int8=int8)
+    if captioner.is_default_model:
+        _say(DEMO_NOTE)
+    writer = results.JsonlWriter(output) if output is not None else None
+    progress = None
+    if sys.stderr.isatty() and len(todo) > 1:
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(todo), unit="img", file=sys.stderr, dynamic_ncols=True)
+    show_path = len(paths) > 1
+    failures = 0
+    taken: set[Path] = set()
+    try:
+        for path, outcome in captioner.iter_captions(todo, options=options, batch_size=batch_size):
+            shown = printable(path)
+            if isinstance(outcome, CapgenError):
+                failures += 1
+                _say(f"capgen: {shown}: {outcome}")
+                record = results.error_record(path, str(outcome))
+                if json_lines:
+                    _emit(results.to_line(record).rstrip("\n"), progress)
+            else:
+                record = results.success_record(path, outcome, raw=raw)
+                if json_lines:
+                    _emit(results.to_line(record).rstrip("\n"), progress)
+                else:
+                    text = record["caption"]
+                    _emit(f"{shown}\t{text}" if show_path else text, progress)
+                if annotate is not None:
+                    from capgen.runtime.annotate import annotated_path, save_annotated
+
+                    save_annotated(path, record["caption"], annotated_path(annotate, path, taken))
+            if writer is not None:
+                writer.write(record)
+            if progress is not None:
+                progress.update(1)
+    except KeyboardInterrupt:
+        _say("capgen: interrupted; results so far are written")
+        raise typer.Exit(INTERRUPTED_EXIT) from None
+    finally:
+        if progress is not None:
+            progress.close()
+        if writer is not None:
+            writer.close()
+    if failures:
+        raise typer.Exit(1)
+
+
+@cli_errors
+def info_command(
+    model_dir: Annotated[Path | None, typer.Argument(help="Model folder (default: capgen setup's).")] = None,
+) -> None:
+    """Show what a model folder's manifest says and verify every file's size and sha256."""
+    from capgen.runtime.captioner import resolve_model_dir
+    from capgen.runtime.errors import ModelIntegrityError
+    from capgen.runtime.manifest import load_manifest, verify_file
+
+    folder, is_default = resolve_model_dir(model_dir)
+    manifest = load_manifest(folder)
+    enc, dec, voc = manifest.encoder, manifest.decoder, manifest.vocabulary
+    raw = manifest.raw
+    lines = [
+        f"model:        {manifest.name}{'  (default demonstration model)' if is_default else ''}",
+        f"folder:       {folder}",
+        f"description:  {manifest.description}",
+        f"format:       {raw.get('format')} v{raw.get('format_version')}",
+        f"encoder:      {enc.file} ({enc.kind}, {enc.height}x{enc.width} RGB uint8, "
+        f"{enc.resize_filter} resize, {enc.feature_size} features)",
+        f"int8 encoder: {enc.int8_file or 'none'}",
+        f"decoder:      {dec.projection_file} + {dec.step_file} ({dec.units} LSTM units, "
+        f"{raw.get('decoder', {}).get('recurrent_activation', '?')} gates, "
+        f"{raw.get('decoder', {}).get('merge', '?')} merge)",
+        f"vocabulary:   {voc.file}: {voc.size} ids, start {voc.start_token!r}={voc.start_id}, "
+        f"end {voc.end_token!r}={voc.end_id}",
+        f"max_length:   {manifest.max_length}",
+    ]
+    for key, value in sorted((raw.get("sources") or {}).items()):
+        if isinstance(value, dict):
+            lines.append(f"source:       {key}: {value.get('name', '?')} sha256 {str(value.get('sha256', '?'))[:16]}…")
+    converted = raw.get("converted_with") or {}
+    if converted:
+        lines.append("converted:    " + ", ".join(f"{k} {v}" for k, v in sorted(converted.items())))
+    if raw.get("created"):
+        lines.append(f"created:      {raw['created']}")
+    sys.stdout.write("\n".join(lines) + "\nfiles:\n")
+    problems = []
+    for name, record in manifest.files.items():
+        try:
+            verify_file(manifest.path(name), record, use_stamps=False)
+            status = "ok"
+        except ModelIntegrityError as err:
+            status = f"FAILED: {err}"
+            problems.append(err)
+        sys.stdout.write(f"  {name:<24} {record.bytes:>12} bytes  sha256 {record.sha256[:16]}…  {status}\n")
+    sys.stdout.flush()
+    if problems:
+        raise ModelIntegrityError(f"{len(problems)} file(s) do not match the manifest: {problems[0]}")
+
+
+def register_runtime_commands(app: typer.Typer) -> None:
+    """Add `caption` and `info` to the root app (capgen/cli.py)."""
+    app.command("caption")(caption_command)
+    app.command("info")(info_command)
