@@ -11,6 +11,7 @@ is imported or called.
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import io
 import pickle
@@ -56,6 +57,9 @@ class _InertTokenizer:
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
+        # Protocol-2 pickles use Python 2 names (__builtin__.long = int); map them as pickle does.
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if name == "Tokenizer" and module in TOKENIZER_MODULES:
             return _InertTokenizer
         allowed = _PLAIN_GLOBALS.get((module, name))
