@@ -40,9 +40,10 @@ def model_command(
 ) -> None:
     """Convert a tutorial model (model_9.h5 + tokenizer.p) into a capgen model folder."""
     from capgen.convert.cli import require_convert_stack
+
+    require_convert_stack()  # before importing the converter, which needs onnx
     from capgen.convert.convert_model import convert_model
 
-    require_convert_stack()
     started = time.perf_counter()
     report = convert_model(
         model,
