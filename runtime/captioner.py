@@ -20,7 +20,7 @@ import numpy as np
 
 from capgen.runtime.decoding import DecodingOptions, DecodingResult, decode
 from capgen.runtime.encoder import Encoder
-from capgen.runtime.errors import CapgenError, ModelError
+from capgen.runtime.errors import CapgenError, InputError, ModelError
 from capgen.runtime.home import default_model_dir
 from capgen.runtime.manifest import Manifest, load_manifest, verify_files
 from capgen.runtime.preprocess import DEFAULT_MAX_PIXELS, prepare, resample_filter
@@ -54,7 +54,7 @@ class Captioner:
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise ModelError(f"threads must be a positive integer, got {threads!r}")
+            raise InputError(f"threads must be a positive integer, got {threads!r}")
         folder, self.is_default_model = resolve_model_dir(model_dir)
         manifest = load_manifest(folder)
         encoder_file = manifest.encoder.int8_file if int8 else manifest.encoder.file
@@ -141,7 +141,7 @@ class Captioner:
         """
         options = options or DecodingOptions()
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise ModelError(f"batch_size must be a positive integer, got {batch_size!r}")
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         pending: list[tuple[Any, np.ndarray | CapgenError, float]] = []
         ready = 0
         for image in images:
