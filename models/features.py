@@ -1,0 +1,107 @@
+"""Encoder features for a dataset, computed once with onnxruntime and cached.
+
+The tutorial extracts features once and pickles them; we do the same, but
+with the project's own encoder ONNX (exactly what the runtime will run) and a
+cache keyed by the encoder file's sha256, so a changed encoder can never be
+paired with stale features.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+INPUT_SIZE = 299
+BATCH_SIZE = 16
+
+
+def load_image_uint8(path: Path) -> np.ndarray:
+    """The runtime's own preprocessing (RGB, BICUBIC resize to 299x299, uint8 HWC),
+    so training features are exactly what the runtime computes at caption time."""
+    from capgen.runtime.preprocess import prepare
+
+    return prepare(path, INPUT_SIZE, INPUT_SIZE)
+
+
+def _batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _sha256(path: Path) -> str:
+    from capgen.convert.hashing import sha256_file
+
+    return sha256_file(path)
+
+
+def cache_path(images_dir: Path, encoder_path: Path) -> Path:
+    """Where the features of `images_dir` under this exact encoder are kept."""
+    return images_dir.parent / f"features-{_sha256(encoder_path)[:16]}.npz"
+
+
+def extract_features(
+    image_paths: Sequence[Path], encoder_path: Path, show_progress: bool = True
+) -> np.ndarray:
+    """Run the encoder ONNX over the images; float32 [N, F]."""
+    import onnxruntime as ort
+    from tqdm import tqdm
+
+    session = ort.InferenceSession(str(encoder_path), providers=["CPUExecutionProvider"])
+    outputs = []
+    batches = _batches(list(image_paths), BATCH_SIZE)
+    total = -(-len(image_paths) // BATCH_SIZE)
+    for batch in tqdm(batches, total=total, disable=not show_progress, desc="features"):
+        images = np.stack([load_image_uint8(p) for p in batch])
+        outputs.append(session.run(["features"], {"image": images})[0])
+    return np.concatenate(outputs).astype(np.float32)
+
+
+def cached_features(
+    images_dir: Path, names: Sequence[str], encoder_path: Path, show_progress: bool = True
+) -> dict[str, np.ndarray]:
+    """Features by image name; computes only the names the cache lacks."""
+    path = cache_path(images_dir, encoder_path)
+    known: dict[str, np.ndarray] = {}
+    if path.is_file():
+        with np.load(path) as stored:
+            known = dict(zip(stored["names"].tolist(), stored["features"], strict=True))
+    missing = [n for n in names if n not in known]
+    if missing:
+        computed = extract_features([images_dir / n for n in missing], encoder_path, show_progress)
+        known.update(zip(missing, computed, strict=True))
+        all_names = sorted(known)
+        partial = path.with_name(path.name + ".partial.npz")
+        np.savez(partial, names=np.array(all_names), features=np.stack([known[n] for n in all_names]))
+        os.replace(partial, path)
+    return {n: known[n] for n in names}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Cache encoder features for a Flickr8k-layout dataset.")
+    parser.add_argument("dataset", type=Path)
+    parser.add_argument("--encoder", default="xception+colour", help="encoder kind or .onnx path")
+    args = parser.parse_args(argv)
+    from capgen.models.flickr8k import Flickr8kDataset
+
+    dataset = Flickr8kDataset(args.dataset)
+    encoder = resolve_encoder(args.encoder)
+    names = sorted(dataset.images_with_captions())
+    features = cached_features(dataset.images_dir, names, encoder)
+    print(f"{len(features)} feature vectors in {cache_path(dataset.images_dir, encoder)}")
+
+
+def resolve_encoder(kind_or_path: str) -> Path:
+    """An encoder kind ('xception', 'xception+colour') or a path to an encoder ONNX."""
+    if kind_or_path.endswith(".onnx"):
+        return Path(kind_or_path)
+    from capgen.convert.encoder import ensure_encoder
+
+    return ensure_encoder(kind_or_path)
+
+
+if __name__ == "__main__":
+    main()
