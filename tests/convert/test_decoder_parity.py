@@ -230,3 +230,23 @@ def test_family_variant_captions_match_keras(
     assert manifest["decoder"]["merge"] == shape.merge
     assert manifest["encoder"]["feature_size"] == shape.feature_size
     assert manifest["max_length"] == shape.max_length
+
+
+def test_runtime_captioner_reads_the_folder_and_agrees(
+    real_decoders: dict[str, SavedDecoder], shared_data: Path, encoder_2048: Path, tmp_path: Path,
+) -> None:
+    """The converted folder, run by capgen's own runtime (greedy), gives the tutorial's words."""
+    from capgen.runtime.captioner import Captioner
+    from capgen.runtime.decoding import DecodingOptions
+
+    saved = real_decoders["keras3 .keras"]
+    tokenizer_path = shared_data / "model_configs" / REAL_TOKENIZER
+    folder = _convert(saved, tokenizer_path, tmp_path / "model", encoder_2048)
+    expected = tutorial_greedy(_predict(saved.keras_model), load_tokenizer_like_the_tutorial(tokenizer_path),
+                               TEST_PHOTOS, REAL_SHAPE.max_length)
+
+    captioner = Captioner(folder)
+    results = captioner.decode_features(TEST_PHOTOS, DecodingOptions(beam_size=1))
+    vocabulary = json.loads((folder / "vocabulary.json").read_text())
+    for want, got in zip(expected, results, strict=True):
+        assert [vocabulary[token] for token in got.tokens if vocabulary[token] is not None] == want.words
