@@ -90,6 +90,11 @@ def caption_command(
     annotate: Annotated[Path | None, typer.Option(help="Save each image with its caption beneath here.")] = None,
 ) -> None:
     """Caption images: one caption per image (path<TAB>caption when several)."""
+    import warnings
+
+    # Pillow warns about oddities it recovers from (corrupt EXIF, huge images we
+    # refuse anyway); the CLI reports problems itself, one line per image.
+    warnings.filterwarnings("ignore", module="PIL")
     from capgen.runtime.inputs import expand_inputs, printable
 
     arguments = [*(image or []), *(images or [])]
