@@ -21,6 +21,7 @@ Heavy imports (numpy, onnxruntime, Pillow) happen inside the commands so
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,7 @@ DEMO_NOTE = (
     "capgen convert model model_9.h5 tokenizer.p -o mymodel/ && capgen caption --model mymodel/ IMAGE"
 )
 INTERRUPTED_EXIT = 130
+BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE, what a shell reports for a tool killed by a closed pipe
 
 
 def _say(message: str) -> None:
@@ -160,6 +162,10 @@ def caption_command(
     except KeyboardInterrupt:
         _say("capgen: interrupted; results so far are written")
         raise typer.Exit(INTERRUPTED_EXIT) from None
+    except BrokenPipeError:
+        # `capgen caption folder | head -1`: the reader left; stop quietly like other Unix tools.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(BROKEN_PIPE_EXIT) from None
     finally:
         if progress is not None:
             progress.close()
