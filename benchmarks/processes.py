@@ -1,0 +1,89 @@
+"""Child processes the benchmark measures: one-shot cold starts and long-lived workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from capgen.benchmarks.fixtures import BenchModel
+
+
+@dataclass(frozen=True)
+class ColdRun:
+    wall_seconds: float
+    peak_rss_mb: float
+    stdout: str
+
+
+def run_cold(command: list[str], log: Path) -> ColdRun:
+    """Run a fresh process to completion; wall time and its own peak RSS (wait4's rusage)."""
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out_path = log.with_suffix(".out")
+    with out_path.open("w") as out, log.open("a") as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=out, stderr=err, env=environment)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        tail = "\n".join(log.read_text().strip().splitlines()[-5:])
+        raise RuntimeError(f"{' '.join(command[:3])} ... exited with {process.returncode}:\n{tail}")
+    # ru_maxrss is in KiB on Linux.
+    return ColdRun(wall, usage.ru_maxrss / 1024.0, out_path.read_text())
+
+
+class Worker:
+    """A `capgen.benchmarks.worker` process; requests are answered one at a time."""
+
+    def __init__(
+        self, arm: str, model: BenchModel, log: Path, weights: Path | None = None, int8: bool = False
+    ) -> None:
+        command = [sys.executable, "-m", "capgen.benchmarks.worker", arm, json.dumps(model.to_json())]
+        if weights is not None:
+            command += ["--weights", str(weights)]
+        if int8:
+            command.append("--int8")
+        self.name = f"{arm}{'-int8' if int8 else ''}:{model.name}"
+        self._log = log.open("a")
+        environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        self._process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            env=environment,
+        )
+        self.ready = self._answer()
+
+    def _answer(self) -> dict[str, Any]:
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline()
+        if not line:
+            self._process.wait()
+            raise RuntimeError(f"worker {self.name} died (exit {self._process.returncode}); see {self._log.name}")
+        return json.loads(line)
+
+    def request(self, op: str, **arguments: Any) -> dict[str, Any]:
+        assert self._process.stdin is not None
+        self._process.stdin.write(json.dumps({"op": op, **arguments}) + "\n")
+        self._process.stdin.flush()
+        return self._answer()
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            try:
+                assert self._process.stdin is not None
+                self._process.stdin.write(json.dumps({"op": "quit"}) + "\n")
+                self._process.stdin.close()
+                self._process.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self._process.kill()
+                self._process.wait()
+        self._log.close()

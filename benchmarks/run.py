@@ -1,0 +1,324 @@
+"""`capgen bench`: capgen against the tutorial's Keras code, same models, photos, machine and run.
+
+Every comparison alternates the two arms request by request (which arm goes
+first alternates too), repeats, and reports medians with spread; a ratio is
+baseline median ÷ capgen median from the same run. Sections:
+
+1. cold start (fresh process, one photo, wall time and peak RSS);
+2. warm end-to-end latency, greedy and beam 3, FP32 and INT8 encoders;
+3. decoder alone, one 32-word caption;
+4. encoder alone, batch 1 and 8;
+5. throughput over a folder of photos;
+6. peak memory (cold processes; warm workers too);
+7. scaling with caption length (both arms) and beam size (capgen);
+8. encoder GFLOP/s against an onnxruntime matmul's on this machine;
+plus the INT8 encoder's caption accuracy on the default model's test split.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from capgen.benchmarks import fixtures
+from capgen.benchmarks.fixtures import BenchModel
+from capgen.benchmarks.machine import XCEPTION_GFLOP, machine_info, matmul_ceiling
+from capgen.benchmarks.processes import Worker, run_cold
+from capgen.benchmarks.stats import summarize
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure; FULL for the committed results, QUICK for a smoke run."""
+
+    repetitions: int = 5
+    cold_repetitions: int = 3
+    beam_repetitions: int = 3
+    throughput_photos: int = 64
+    throughput_baseline_repetitions: int = 1
+    throughput_capgen_repetitions: int = 3
+    decoder_steps: int = 32
+    scaling_lengths: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    beam_sizes: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
+    encoder_batches: tuple[int, ...] = (1, 8)
+    matmul_size: int = 2048
+    int8: bool = True
+    int8_eval_scenes: int = 300
+    include_default_model: bool = True
+
+
+FULL = Plan()
+QUICK = Plan(
+    repetitions=2,
+    cold_repetitions=1,
+    beam_repetitions=1,
+    throughput_photos=8,
+    throughput_capgen_repetitions=1,
+    decoder_steps=8,
+    scaling_lengths=(1, 4, 8),
+    beam_sizes=(1, 3),
+    matmul_size=1024,
+    int8_eval_scenes=20,
+)
+
+
+def _capgen_cli() -> str:
+    beside = Path(os.sys.executable).with_name("capgen")
+    return str(beside) if beside.is_file() else "capgen"
+
+
+class _Session:
+    """State shared by the sections of one run."""
+
+    def __init__(self, plan: Plan, echo: Echo, logs: Path) -> None:
+        self.plan = plan
+        self.echo = echo
+        self.logs = logs
+        from capgen.convert.weights import fetch_imagenet_weights
+
+        self.weights = fetch_imagenet_weights()
+
+    def log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+
+def _photos_for(model: BenchModel, count: int) -> list[Path]:
+    """Photos like the ones a model was made for: Flickr8k photos, or scenes for the default model."""
+    if model.colour:
+        return fixtures.photo_folder(len(fixtures.flickr_photos()) + count)[-count:]
+    return fixtures.flickr_photos()[:count]
+
+
+def _cold_start(session: _Session, model: BenchModel) -> dict[str, Any]:
+    plan = session.plan
+    photo = str(_photos_for(model, 1)[0])
+    repo = fixtures.REPO_ROOT
+    baseline_cmd = [os.sys.executable, str(fixtures.TUTORIAL_SCRIPT), "-i", photo, "-m", str(model.keras_file),
+                    "-t", str(model.tokenizer), "--weights", str(session.weights)]
+    if model.colour:
+        baseline_cmd.append("--colour")
+    capgen_cmd = [_capgen_cli(), "caption", photo, "--model", str(model.model_dir), "--beam-size", "1"]
+    probe = [os.sys.executable, str(repo / "benchmarks" / "capgen_probe.py"), str(model.model_dir), photo]
+    arms: dict[str, list[str]] = {"baseline": baseline_cmd, "capgen": capgen_cmd}
+    if plan.int8:
+        arms["capgen_int8"] = [*capgen_cmd, "--int8"]
+    walls: dict[str, list[float]] = {name: [] for name in arms}
+    rss: dict[str, list[float]] = {name: [] for name in arms}
+    stages: dict[str, list[dict[str, float]]] = {"baseline": [], "capgen": []}
+    for rep in range(plan.cold_repetitions):
+        order = list(arms) if rep % 2 == 0 else list(reversed(arms))
+        for name in order:
+            command = list(arms[name])
+            timings = session.logs / f"cold-{model.name}-{name}-{rep}.json"
+            if name == "baseline":
+                command += ["--timings", str(timings)]
+            run = run_cold(command, session.log(f"cold-{model.name}-{name}"))
+            walls[name].append(run.wall_seconds)
+            rss[name].append(run.peak_rss_mb)
+            if name == "baseline":
+                stages["baseline"].append(_read_json(timings))
+        timings = session.logs / f"cold-{model.name}-probe-{rep}.json"
+        run_cold([*probe, str(timings)], session.log(f"cold-{model.name}-probe"))
+        stages["capgen"].append(_read_json(timings))
+    session.echo(
+        f"  cold start: baseline {_median(walls['baseline']):.2f} s, capgen {_median(walls['capgen']):.2f} s"
+    )
+    return {
+        "photo": photo,
+        "wall_seconds": {name: summarize(values) for name, values in walls.items()},
+        "peak_rss_mb": {name: summarize(values) for name, values in rss.items()},
+        "stages": {name: _median_dict(values) for name, values in stages.items()},
+        "commands": {"baseline": " ".join(baseline_cmd[1:4]) + " ...", "capgen": " ".join(capgen_cmd[1:2]) + " ..."},
+    }
+
+
+def _read_json(path: Path) -> dict[str, float]:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def _median(values: list[float]) -> float:
+    return float(summarize(values)["median"])
+
+
+def _median_dict(rows: list[dict[str, float]]) -> dict[str, float]:
+    if not rows:
+        return {}
+    return {key: _median([row[key] for row in rows]) for key in rows[0]}
+
+
+def _alternate(
+    workers: dict[str, Worker], repetitions: int, request: Callable[[int], tuple[str, dict[str, Any]]]
+) -> dict[str, list[dict[str, Any]]]:
+    """Send the same request to every worker, `repetitions` times, rotating who goes first."""
+    answers: dict[str, list[dict[str, Any]]] = {name: [] for name in workers}
+    names = list(workers)
+    for rep in range(repetitions):
+        op, arguments = request(rep)
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:
+            answers[name].append(workers[name].request(op, **arguments))
+    return answers
+
+
+def _seconds(answers: dict[str, list[dict[str, Any]]], key: str = "seconds") -> dict[str, Any]:
+    return {name: summarize([a[key] for a in rows]) for name, rows in answers.items()}
+
+
+def _warm(session: _Session, model: BenchModel, primary: bool) -> dict[str, Any]:
+    plan = session.plan
+    echo = session.echo
+    workers: dict[str, Worker] = {}
+    try:
+        workers["baseline"] = Worker("baseline", model, session.log(f"worker-baseline-{model.name}"), weights=session.weights)
+        workers["capgen"] = Worker("capgen", model, session.log(f"worker-capgen-{model.name}"))
+        if plan.int8:
+            workers["capgen_int8"] = Worker("capgen", model, session.log(f"worker-capgen-int8-{model.name}"), int8=True)
+        result: dict[str, Any] = {"setup": {name: w.ready["setup"] for name, w in workers.items()}}
+        photos = [str(p) for p in _photos_for(model, max(plan.repetitions, 1))]
+        warmup = {"op": "latency", "photo": photos[0], "beam": 1}
+        for worker in workers.values():
+            worker.request(**warmup)
+
+        result["latency"] = {}
+        for beam, reps in ((1, plan.repetitions), (3, plan.beam_repetitions)):
+            answers = _alternate(workers, reps, lambda rep, b=beam: ("latency", {"photo": photos[rep % len(photos)], "beam": b}))
+            same = sum(
+                a["text"] == b["text"] for a, b in zip(answers["baseline"], answers["capgen"], strict=True)
+            )
+            result["latency"][f"beam{beam}"] = {
+                "seconds": _seconds(answers),
+                "stages": {name: _median_dict([a["stages"] for a in rows]) for name, rows in answers.items()},
+                "same_caption_as_baseline": f"{same}/{reps}",
+                "example": {name: rows[0]["text"] for name, rows in answers.items()},
+            }
+            echo(
+                f"  warm latency beam {beam}: baseline {result['latency'][f'beam{beam}']['seconds']['baseline']['median']:.3f} s, "
+                f"capgen {result['latency'][f'beam{beam}']['seconds']['capgen']['median'] * 1000:.1f} ms"
+            )
+
+        if not model.colour:
+            steps = plan.decoder_steps
+            answers = _alternate(workers, plan.repetitions, lambda rep: ("decode", {"photo": photos[rep % len(photos)], "steps": steps, "beam": 1}))
+            result["decoder"] = {"steps": steps, "seconds": _seconds(answers),
+                                 "words": {name: rows[0]["words"] for name, rows in answers.items()}}
+            result["encoder"] = {}
+            for batch in plan.encoder_batches:
+                answers = _alternate(workers, plan.repetitions, lambda rep, n=batch: ("encode", {"photo": photos[rep % len(photos)], "batch": n}))
+                result["encoder"][f"batch{batch}"] = {"seconds": _seconds(answers)}
+            result["scaling_length"] = {}
+            for length in plan.scaling_lengths:
+                answers = _alternate(workers, max(plan.repetitions // 2, 1), lambda rep, n=length: ("decode", {"photo": photos[rep % len(photos)], "steps": n, "beam": 1}))
+                result["scaling_length"][str(length)] = _seconds(answers)
+            capgen_only = {"capgen": workers["capgen"]}
+            result["scaling_beam"] = {}
+            for beam in plan.beam_sizes:
+                answers = _alternate(capgen_only, plan.repetitions, lambda rep, b=beam: ("decode", {"photo": photos[rep % len(photos)], "steps": plan.decoder_steps, "beam": b}))
+                result["scaling_beam"][str(beam)] = _seconds(answers)["capgen"]
+            echo(f"  decoder {steps} words: baseline {result['decoder']['seconds']['baseline']['median']:.3f} s, "
+                 f"capgen {result['decoder']['seconds']['capgen']['median'] * 1000:.2f} ms")
+        else:
+            result["encoder"] = {}
+            capgen_arms = {name: w for name, w in workers.items() if name != "baseline"}
+            for batch in plan.encoder_batches:
+                answers = _alternate(capgen_arms, plan.repetitions, lambda rep, n=batch: ("encode", {"photo": photos[rep % len(photos)], "batch": n}))
+                result["encoder"][f"batch{batch}"] = {"seconds": _seconds(answers)}
+
+        if primary:
+            folder = [str(p) for p in fixtures.photo_folder(plan.throughput_photos)]
+            result["throughput"] = {"photos": len(folder), "images_per_second": {}}
+            runs = {"baseline": plan.throughput_baseline_repetitions}
+            runs.update({name: plan.throughput_capgen_repetitions for name in workers if name != "baseline"})
+            for name, reps in runs.items():
+                rates = []
+                for _ in range(reps):
+                    answer = workers[name].request("throughput", photos=folder, beam=1)
+                    rates.append(answer["count"] / answer["seconds"])
+                result["throughput"]["images_per_second"][name] = summarize(rates)
+            echo(f"  throughput: baseline {result['throughput']['images_per_second']['baseline']['median']:.2f} img/s, "
+                 f"capgen {result['throughput']['images_per_second']['capgen']['median']:.1f} img/s")
+        result["worker_rss_mb"] = {name: w.request("rss") for name, w in workers.items()}
+        return result
+    finally:
+        for worker in workers.values():
+            worker.close()
+
+
+def _encoder_efficiency(model_result: dict[str, Any], ceiling: dict[str, float]) -> dict[str, Any]:
+    efficiency: dict[str, Any] = {}
+    for batch_key, entry in model_result.get("encoder", {}).items():
+        batch = int(batch_key.removeprefix("batch"))
+        for arm, stats in entry["seconds"].items():
+            per_image = float(stats["median"]) / batch
+            gflops = XCEPTION_GFLOP / per_image
+            efficiency[f"{arm}_{batch_key}"] = {
+                "ms_per_image": per_image * 1000,
+                "gflops": gflops,
+                "share_of_matmul": gflops / ceiling["gflops_best"],
+            }
+    return efficiency
+
+
+def run_benchmarks(
+    output_dir: Path, quick: bool = False, echo: Echo = print, plan: Plan | None = None
+) -> dict[str, Any]:
+    """Run every section, write results.json, RESULTS.md and the breakdown chart; return the results."""
+    from capgen.benchmarks.report import write_outputs
+
+    plan = plan or (QUICK if quick else FULL)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"machine": machine_info(), "plan": asdict(plan), "quick": quick, "models": {}}
+    echo(f"load average at start: {results['machine']['load_average_at_start']}")
+    with tempfile.TemporaryDirectory(prefix="capgen-bench-") as scratch:
+        session = _Session(plan, echo, Path(scratch))
+        models = [fixtures.prepare_tutorial7577(echo)]
+        default = fixtures.prepare_default(echo) if plan.include_default_model else None
+        if default is not None:
+            models.append(default)
+        else:
+            echo("default model not found (models/default/model.keras): benchmarking the 7,577-word decoder only")
+        if plan.int8:
+            for model in models:
+                fixtures.ensure_int8(model, echo)
+        primary = models[-1]
+        for model in models:
+            echo(f"model {model.name}: {model.note}")
+            entry: dict[str, Any] = {"note": model.note, "primary": model is primary}
+            entry["cold_start"] = _cold_start(session, model)
+            entry.update(_warm(session, model, primary=model is primary))
+            results["models"][model.name] = entry
+        echo("matmul ceiling (onnxruntime)")
+        results["matmul"] = matmul_ceiling(plan.matmul_size)
+        results["encoder_efficiency"] = _encoder_efficiency(results["models"][models[0].name], results["matmul"])
+        if plan.int8 and default is not None and plan.int8_eval_scenes > 0:
+            from capgen.benchmarks.int8_eval import evaluate_int8
+
+            echo(f"INT8 vs FP32 captions on {plan.int8_eval_scenes} test-split scenes")
+            results["int8_accuracy"] = evaluate_int8(default.model_dir, plan.int8_eval_scenes)
+    write_outputs(results, output_dir)
+    echo(f"wrote {output_dir / 'results.json'}, RESULTS.md, latency_breakdown.png")
+    return results
+
+
+def smoke_plan() -> Plan:
+    """The smallest plan that still runs every code path (tests)."""
+    return replace(
+        QUICK,
+        repetitions=1,
+        throughput_photos=2,
+        decoder_steps=2,
+        scaling_lengths=(1, 2),
+        beam_sizes=(1, 2),
+        encoder_batches=(1, 2),
+        matmul_size=256,
+        include_default_model=False,
+        int8_eval_scenes=0,
+    )
