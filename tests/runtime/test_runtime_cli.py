@@ -198,12 +198,16 @@ def _records(output: Path) -> list[dict]:  # type: ignore[type-arg]
     return [json.loads(line) for line in data.splitlines()]
 
 
+def _batch_args(model: TinyModel, photos: list[Path], output: Path) -> list[str]:
+    return ["caption", "-m", str(model.folder), str(photos[0].parent), "-o", str(output), "--batch-size", "1"]
+
+
+@pytest.mark.slow
 def test_killed_batch_keeps_finished_lines_and_resume_finishes(
     tiny_model: TinyModel, many_photos: list[Path], home: Path, tmp_path: Path
 ) -> None:
     output = tmp_path / "captions.jsonl"
-    args = ["caption", "-m", str(tiny_model.folder), str(many_photos[0].parent), "-o", str(output),
-            "--batch-size", "1"]
+    args = _batch_args(tiny_model, many_photos, output)
     _stop_after_first_lines(args, output, home, signal.SIGKILL)
     first = _records(output)
     assert 3 <= len(first) < len(many_photos), "the batch finished before it could be killed"
@@ -215,13 +219,12 @@ def test_killed_batch_keeps_finished_lines_and_resume_finishes(
     assert sorted(r["path"] for r in final) == [str(p) for p in many_photos]
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_with_finished_work_written(
     tiny_model: TinyModel, many_photos: list[Path], home: Path, tmp_path: Path
 ) -> None:
     output = tmp_path / "captions.jsonl"
-    args = ["caption", "-m", str(tiny_model.folder), str(many_photos[0].parent), "-o", str(output),
-            "--batch-size", "1"]
-    process = _stop_after_first_lines(args, output, home, signal.SIGINT)
+    process = _stop_after_first_lines(_batch_args(tiny_model, many_photos, output), output, home, signal.SIGINT)
     assert process.returncode == 130
     stderr = process.stderr.read() if process.stderr else b""
     assert b"Traceback" not in stderr and b"interrupted" in stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -57,6 +58,7 @@ def mutated_images(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's notes on the corrupt EXIF we feed it
 @settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_images())
 def test_mutated_bytes_give_pixels_or_a_capgen_error(data: bytes) -> None:
