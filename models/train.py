@@ -144,20 +144,23 @@ def train(
 
     model = build_decoder(train_photos.shape[1], vocab_size, max_length)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # The best model so far is on disk during training, so a long run can be
+    # evaluated (or stopped) early without losing it.
+    best = keras.callbacks.ModelCheckpoint(output_dir / MODEL_FILENAME, monitor="val_loss", save_best_only=True)
+    with open(output_dir / TOKENIZER_FILENAME, "wb") as handle:
+        pickle.dump(tokenizer, handle)
     started = time.monotonic()
     history = model.fit(
         _dataset(train_samples, train_photos, batch_size, shuffle=True),
         validation_data=_dataset(dev_samples, dev_photos, batch_size, shuffle=False),
         epochs=epochs,
-        callbacks=[stop],
+        callbacks=[stop, best],
         verbose=2 if show_progress else 0,
     )
     seconds = time.monotonic() - started
 
-    output_dir.mkdir(parents=True, exist_ok=True)
     model.save(output_dir / MODEL_FILENAME)
-    with open(output_dir / TOKENIZER_FILENAME, "wb") as handle:
-        pickle.dump(tokenizer, handle)
     val_losses = [float(v) for v in history.history["val_loss"]]
     record = {
         "dataset": str(dataset_root),

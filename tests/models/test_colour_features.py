@@ -1,0 +1,118 @@
+"""The colour-binding features: they convert to ONNX unchanged and describe what was drawn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from capgen.models import scenes
+from capgen.models.features import load_image_uint8
+
+pytestmark = pytest.mark.convert
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, list[dict]]:
+    """A handful of generated scenes as the encoder sees them, with what was drawn."""
+    root = tmp_path_factory.mktemp("colour-scenes")
+    generated = scenes.generate(root, seed=21, counts={"train": 10, "dev": 0, "test": 0})
+    names = sorted(generated)
+    images = np.stack([load_image_uint8(root / scenes.IMAGES_DIRNAME / n) for n in names])
+    truth = scenes.load_ground_truth(root)
+    return images, [truth[n] for n in names]
+
+
+@pytest.fixture(scope="module")
+def computed(tensorflow_stack: None, drawn: tuple[np.ndarray, list[dict]]) -> np.ndarray:
+    import tensorflow as tf
+
+    from capgen.convert.colour_features import colour_features
+
+    return colour_features(tf.constant(drawn[0])).numpy()
+
+
+def _per_colour(features: np.ndarray) -> np.ndarray:
+    from capgen.convert.colour_features import GRID, PER_COLOUR_SIZE, PROTOTYPES
+
+    block = len(PROTOTYPES) * (PER_COLOUR_SIZE + GRID * GRID)
+    return features[:, :block].reshape(len(features), len(PROTOTYPES), -1)
+
+
+def test_size_matches_the_declared_constant(computed: np.ndarray) -> None:
+    from capgen.convert.colour_features import COLOUR_FEATURE_SIZE
+
+    assert computed.shape[1] == COLOUR_FEATURE_SIZE
+    assert computed.dtype == np.float32
+    assert np.isfinite(computed).all()
+
+
+def test_drawn_colours_are_present_and_others_are_zero(
+    computed: np.ndarray, drawn: tuple[np.ndarray, list[dict]]
+) -> None:
+    from capgen.convert.colour_features import PROTOTYPES
+
+    per_colour = _per_colour(computed)
+    for row, scene in enumerate(drawn[1]):
+        present = {g["colour"] for g in scene["groups"]}
+        for column, colour in enumerate(PROTOTYPES):
+            presence = per_colour[row, column, 0]
+            if colour in present:
+                assert presence > 0.9, (colour, scene)
+            else:
+                assert np.all(per_colour[row, column, :] == 0), (colour, scene)
+
+
+def test_euler_number_counts_the_objects_of_each_colour(
+    computed: np.ndarray, drawn: tuple[np.ndarray, list[dict]]
+) -> None:
+    from capgen.convert.colour_features import PROTOTYPES
+
+    per_colour = _per_colour(computed)
+    euler_column = 6
+    colours = list(PROTOTYPES)
+    for row, scene in enumerate(drawn[1]):
+        for group in scene["groups"]:
+            counted = per_colour[row, colours.index(group["colour"]), euler_column]
+            assert counted == len(group["objects"]), (group, counted)
+
+
+def test_square_and_diamond_have_opposite_fourfold_harmonic(tensorflow_stack: None, tmp_path: Path) -> None:
+    """The k=4 orientation harmonic tells a square (+) from a diamond (-) of the same colour."""
+    import tensorflow as tf
+
+    from capgen.convert.colour_features import HARMONICS, PER_COLOUR_BASIC, colour_features
+
+    def single(shape: str) -> np.ndarray:
+        scene = scenes.Scene(
+            "probe.jpg", 300, 300, "white", "plain", 95,
+            (scenes.Group("blue", shape, "large", (scenes.PlacedObject(150, 150, 50, 0),)),),
+        )
+        (tmp_path / "probe.jpg").write_bytes(scenes.render(scene, 0, 0))
+        image = load_image_uint8(tmp_path / "probe.jpg")[None]
+        return _per_colour(colour_features(tf.constant(image)).numpy())[0, 2]
+
+    k4_real = PER_COLOUR_BASIC + 2 * HARMONICS.index(4)
+    assert single("square")[k4_real] > 0.5
+    assert single("diamond")[k4_real] < -0.5
+    assert abs(single("circle")[k4_real]) < 0.2
+
+
+def test_onnx_export_matches_tensorflow(
+    tensorflow_stack: None, computed: np.ndarray, drawn: tuple[np.ndarray, list[dict]]
+) -> None:
+    import onnxruntime as ort
+    import tensorflow as tf
+    import tf2onnx
+
+    from capgen.convert.colour_features import colour_features
+
+    spec = (tf.TensorSpec([None, 299, 299, 3], tf.uint8, name="image"),)
+    function = tf.function(colour_features, input_signature=spec)
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=17)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    exported = session.run(None, {session.get_inputs()[0].name: drawn[0]})[0]
+    # Masks are sharp sigmoids, so float reassociation moves a few values slightly.
+    assert np.allclose(exported, computed, atol=0.02), np.abs(exported - computed).max()
+    assert np.median(np.abs(exported - computed)) < 1e-4
