@@ -21,6 +21,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from capgen.runtime.errors import InputError
+from capgen.runtime.top_k import top_k_indices
 from capgen.runtime.vocabulary import Vocabulary
 
 StopReason = Literal["end", "no_word", "max_length"]
@@ -208,10 +209,7 @@ def beam_search(
         # Each row's best `per_row` words hold every candidate its image can keep
         # this step, so the per-image selection below works on a few dozen
         # numbers instead of beam_size x V.
-        if per_row < vocab_size:
-            row_top = np.argpartition(log_probs, vocab_size - per_row, axis=1)[:, vocab_size - per_row :]
-        else:
-            row_top = np.broadcast_to(np.arange(vocab_size), log_probs.shape)
+        row_top = top_k_indices(log_probs, per_row)
         row_scores = row_logp[:, None] + np.take_along_axis(log_probs, row_top, axis=1)
         next_rows: list[int] = []
         next_words: list[int] = []
