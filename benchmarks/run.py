@@ -40,6 +40,7 @@ class Plan:
     repetitions: int = 5
     cold_repetitions: int = 3
     beam_repetitions: int = 3
+    latency_beams: tuple[int, ...] = (1, 3)
     throughput_photos: int = 64
     throughput_baseline_repetitions: int = 1
     throughput_capgen_repetitions: int = 3
@@ -188,7 +189,8 @@ def _warm(session: _Session, model: BenchModel, primary: bool) -> dict[str, Any]
             worker.request(**warmup)
 
         result["latency"] = {}
-        for beam, reps in ((1, plan.repetitions), (3, plan.beam_repetitions)):
+        for beam in plan.latency_beams:
+            reps = plan.repetitions if beam == 1 else plan.beam_repetitions
             answers = _alternate(workers, reps, lambda rep, b=beam: ("latency", {"photo": photos[rep % len(photos)], "beam": b}))
             same = sum(
                 a["text"] == b["text"] for a, b in zip(answers["baseline"], answers["capgen"], strict=True)
@@ -313,6 +315,8 @@ def smoke_plan() -> Plan:
     return replace(
         QUICK,
         repetitions=1,
+        latency_beams=(1,),
+        int8=False,
         throughput_photos=2,
         decoder_steps=2,
         scaling_lengths=(1, 2),
