@@ -111,6 +111,9 @@ def caption_command(
     from capgen.runtime.decoding import DecodingOptions
 
     options = DecodingOptions(beam_size=beam_size, max_length=max_length, length_penalty=length_penalty, n_best=n_best)
+    captioner = Captioner(model, threads=threads, int8=int8)  # before touching --output: a bad model changes nothing
+    if captioner.is_default_model:
+        _say(DEMO_NOTE)
     done = results.prepare_resume(output) if resume and output is not None else set()
     todo = [path for path in paths if path not in done]
     if output is not None and not resume:
@@ -123,9 +126,6 @@ def caption_command(
             annotate.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InputError(f"{annotate}: cannot create folder ({exc.strerror or exc})") from exc
-    captioner = Captioner(model, threads=threads, int8=int8)
-    if captioner.is_default_model:
-        _say(DEMO_NOTE)
     writer = results.JsonlWriter(output) if output is not None else None
     progress = None
     if sys.stderr.isatty() and len(todo) > 1:

@@ -11,7 +11,7 @@ Accepted sources:
   (first frame of animated GIF / multi-page TIFF);
 - `bytes` / `bytearray` / `memoryview`: the encoded file's content (not a path);
 - a binary file object (anything with `.read()`);
-- a `PIL.Image.Image` (its current frame);
+- a `PIL.Image.Image` (its current frame, EXIF orientation applied);
 - a numpy array `HxW`, `HxWx1`, `HxWx3` or `HxWx4` (RGB(A)): `uint8` as is,
   `uint16` as 16-bit (divided by 257), `bool` as black/white, floats must lie
   in [0, 1] (the matplotlib/skimage convention) and are scaled by 255.
@@ -137,7 +137,8 @@ def load_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
             raise ImageError(f"cannot decode image ({type(exc).__name__}: {exc})") from None
         if source.width * source.height > max_pixels:
             raise ImageTooLargeError(f"image has {source.width * source.height} pixels, more than {max_pixels}")
-        return source
+        # Same pixels as captioning the file itself; a no-op for images already made upright.
+        return ImageOps.exif_transpose(source)
     if isinstance(source, np.ndarray):
         return _from_array(source)
     if isinstance(source, (bytes, bytearray, memoryview)):

@@ -127,11 +127,18 @@ def test_max_length_option_overrides_the_model() -> None:
         {"n_best": 4, "beam_size": 3},
         {"length_penalty": -1.0},
         {"length_penalty": float("nan")},
+        {"beam_size": 2.5},
     ],
 )
 def test_invalid_options_are_input_errors(options: dict[str, object]) -> None:
     with pytest.raises(InputError):
         DecodingOptions(**options)  # type: ignore[arg-type]
+
+
+def test_numpy_integers_are_fine_and_bools_are_not() -> None:
+    assert DecodingOptions(beam_size=np.int64(2), max_length=np.int32(5)).beam_size == 2  # type: ignore[arg-type]
+    with pytest.raises(InputError):
+        DecodingOptions(beam_size=True)
 
 
 @pytest.fixture(scope="module", params=[0, 1, 2, 3, 4])

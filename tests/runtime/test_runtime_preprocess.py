@@ -138,6 +138,16 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     assert pixels[:15].mean() > 200 and pixels[25:].mean() < 50  # white is now on top
 
 
+def test_an_opened_pil_image_is_made_upright_like_its_file(tmp_path: Path) -> None:
+    image = _photo(9, (40, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = _save(image, tmp_path / "rotated.png", exif=exif)
+    with Image.open(path) as opened:
+        assert np.array_equal(prepare(opened, SIZE, SIZE), prepare(path, SIZE, SIZE))
+        assert load_image(opened).size == (20, 40)
+
+
 def test_one_pixel_image(tmp_path: Path) -> None:
     path = _save(Image.new("RGB", (1, 1), (10, 200, 30)), tmp_path / "dot.png")
     pixels = prepare(path, SIZE, SIZE)
