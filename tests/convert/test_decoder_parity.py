@@ -149,7 +149,7 @@ def test_real_decoder_captions_match_keras(
     assert_same_captions(expected, actual)
     # A meaningful comparison: peaked softmax, captions that differ, and some that stop on `end`.
     first_step = np.stack([caption.probabilities[0] for caption in expected])
-    assert float(np.median(first_step.max(axis=1))) > 0.3
+    assert float(np.median(first_step.max(axis=1))) > 0.1  # uniform would be 1/7,577
     assert len({tuple(caption.words) for caption in expected}) > 1
     assert any(caption.words[-1:] == ["end"] for caption in expected)
 
