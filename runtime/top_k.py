@@ -41,9 +41,10 @@ def _get_session() -> ort.InferenceSession:
         return _session
 
 
-def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
-    """int64 [R, k]: each row's k highest-scoring columns, best first (ties: lower column first)."""
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values, indices) [R, k]: each row's k highest scores, best first (ties: lower column first)."""
     if k >= scores.shape[1]:
-        return np.argsort(-scores, axis=1, kind="stable")
-    (indices,) = _get_session().run(["indices"], {"scores": scores, "k": np.array([k], dtype=np.int64)})
-    return indices
+        indices = np.argsort(-scores, axis=1, kind="stable")
+        return np.take_along_axis(scores, indices, axis=1), indices
+    values, indices = _get_session().run(None, {"scores": scores, "k": np.array([k], dtype=np.int64)})
+    return values, indices

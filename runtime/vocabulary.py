@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-
-import numpy as np
 
 from capgen.runtime.errors import ModelError
 from capgen.runtime.manifest import VocabularySpec
@@ -33,9 +32,10 @@ class Vocabulary:
             return self.words[token_id]
         return None
 
-    def null_ids(self) -> np.ndarray:
+    @cached_property
+    def null_id_set(self) -> frozenset[int]:
         """Ids without a word: the tutorial stops decoding when it predicts one."""
-        return np.array([i for i, word in enumerate(self.words) if word is None], dtype=np.int64)
+        return frozenset(i for i, word in enumerate(self.words) if word is None)
 
     def join(self, token_ids: list[int] | tuple[int, ...]) -> str:
         return " ".join(self.words[i] or "" for i in token_ids)
