@@ -1,8 +1,9 @@
 """`capgen caption` and `capgen info`: the runtime's command line.
 
 Output of `capgen caption`:
-- one image: just its caption on stdout; several images: `path<TAB>caption`
-  per line, in input order (folders and globs expand to their sorted images);
+- one image file given: just its caption on stdout; several arguments, a
+  folder or a glob: `path<TAB>caption` per line, in input order (folders,
+  not recursively, and globs expand to their sorted images);
 - `--json`: one JSON object per line (path, caption, log_probability,
   finished, tokens, timings in ms; alternatives with --n-best); a failed image
   is a line `{"path": ..., "error": ...}`;
@@ -104,7 +105,7 @@ def caption_command(
         raise InputError("no images given; usage: capgen caption IMAGE... (or -i IMAGE)")
     if resume and output is None:
         raise InputError("--resume needs --output FILE")
-    paths = expand_inputs(arguments)
+    paths, empty_folders = expand_inputs(arguments)
 
     from capgen.runtime import results
     from capgen.runtime.captioner import Captioner
@@ -132,8 +133,12 @@ def caption_command(
         from tqdm import tqdm
 
         progress = tqdm(total=len(todo), unit="img", file=sys.stderr, dynamic_ncols=True)
-    show_path = len(paths) > 1
-    failures = 0
+    # Just the caption for `capgen caption photo.jpg`; with several arguments, a
+    # folder or a glob, each line says which image it is about.
+    show_path = not (len(arguments) == 1 and paths == arguments)
+    failures = len(empty_folders)
+    for folder in empty_folders:
+        _say(f"capgen: {printable(folder)}: no images in this folder (not searched recursively)")
     taken: set[Path] = set()
     try:
         for path, outcome in captioner.iter_captions(todo, options=options, batch_size=batch_size):

@@ -26,22 +26,27 @@ def _folder_images(folder: str) -> list[str]:
     ]
 
 
-def expand_inputs(arguments: list[str]) -> list[str]:
-    """Folders become their images, globs their sorted matches; anything else is kept as given.
+def expand_inputs(arguments: list[str]) -> tuple[list[str], list[str]]:
+    """(images, folders without images): folders become their images, globs their sorted matches.
 
     A missing path or a glob with no match is kept as is, so the caller reports
-    it as that input's failure instead of silently captioning fewer images.
+    it as that input's failure instead of silently captioning fewer images;
+    folders with no image in them are returned apart for the same reason.
     """
     expanded: list[str] = []
+    empty_folders: list[str] = []
     for argument in arguments:
         if os.path.isdir(argument):
-            expanded.extend(_folder_images(argument))
+            images = _folder_images(argument)
+            expanded.extend(images)
+            if not images:
+                empty_folders.append(argument)
         elif not os.path.exists(argument) and _GLOB_CHARS & set(argument):
             matches = sorted(m for m in glob.glob(argument) if os.path.isfile(m))
             expanded.extend(matches or [argument])
         else:
             expanded.append(argument)
-    return expanded
+    return expanded, empty_folders
 
 
 def printable(path: str) -> str:

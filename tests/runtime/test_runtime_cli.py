@@ -65,6 +65,16 @@ def test_folder_expands_to_sorted_images_with_paths(tiny_model: TinyModel, photo
     assert globbed.stdout == done.stdout
 
 
+def test_a_folder_without_images_is_reported(tiny_model: TinyModel, photos: list[Path], home: Path,
+                                             tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = run("caption", "-m", tiny_model.folder, empty, photos[0], home=home)
+    assert done.returncode == 1
+    assert done.stderr.decode().startswith(f"capgen: {empty}: no images in this folder")
+    assert done.stdout.decode().count("\t") == 1
+
+
 def test_batch_with_a_corrupt_file_captions_the_rest_and_exits_1(
     tiny_model: TinyModel, photos: list[Path], home: Path
 ) -> None:
