@@ -224,6 +224,16 @@ def keras_major_of(model_config: dict[str, Any], saved_version: str | None) -> i
 
 def read_architecture(model_config: dict[str, Any], saved_version: str | None = None) -> DecoderArchitecture:
     """Map a Keras model config onto the tutorial decoder, refusing anything outside the family."""
+    try:
+        return _read_architecture(model_config, saved_version)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+        raise UnsupportedModelError(
+            f"the model config is malformed or from an unknown Keras dialect "
+            f"({type(error).__name__}: {error})"
+        ) from error
+
+
+def _read_architecture(model_config: dict[str, Any], saved_version: str | None) -> DecoderArchitecture:
     layers, input_names, output_names = _parse_layers(model_config)
     allowed = _PASS_THROUGH | _MASK_HELPERS | set(_MERGES) | {"InputLayer", "Dense", "Embedding", "LSTM"}
     for layer in layers.values():

@@ -100,11 +100,17 @@ def _read_legacy_weights(root: Any) -> LayerWeights:
 
 
 def _snake_case(class_name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", class_name).lower()
+    """Keras's own to_snake_case: LSTM -> lstm, InputLayer -> input_layer."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", class_name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def _keras3_default_paths(model_config: dict[str, Any]) -> dict[str, str]:
-    """Keras 3 names each layer's group after its class, in layer order (dense, dense_1, ...)."""
+    """Keras names each layer's group after its class, in layer order (dense, dense_1, ...).
+
+    Keras 3 also writes the layer's real name in a `name` attribute; tf_keras's
+    `.keras` files do not, so this is the fallback.
+    """
     counts: dict[str, int] = {}
     paths: dict[str, str] = {}
     for layer in (model_config.get("config") or {}).get("layers", []):

@@ -144,3 +144,18 @@ def test_max_length_override_only_for_variable_length(real_config: dict[str, Any
     with pytest.raises(InputError, match="pass --max-length"):
         resolve_max_length(variable, None)
     assert resolve_max_length(variable, 34) == 34
+
+
+@pytest.mark.parametrize("damage", ["missing units", "unknown inbound layer", "layers not a list",
+                                    "inbound node garbage"])
+def test_malformed_configs_fail_cleanly(real_config: dict[str, Any], damage: str) -> None:
+    if damage == "missing units":
+        del _layer(real_config, "dense_8")["config"]["units"]
+    elif damage == "unknown inbound layer":
+        _layer(real_config, "dense_8")["inbound_nodes"] = [[["ghost", 0, 0, {}]]]
+    elif damage == "layers not a list":
+        real_config["config"]["layers"] = 42
+    else:
+        _layer(real_config, "lstm_2")["inbound_nodes"] = [[7]]
+    with pytest.raises(UnsupportedModelError, match="malformed"):
+        read_architecture(real_config)

@@ -1,7 +1,8 @@
 """Converted decoders caption exactly like the Keras model they came from.
 
 For every way a tutorial user can have saved their decoder (Keras 2 full .h5,
-Keras 2 weights + JSON, Keras 3 .keras, Keras 3 .h5, Keras 3 weights + JSON),
+Keras 2 weights + JSON, tf_keras .keras, Keras 3 .keras, Keras 3 .h5, Keras 3
+weights + JSON),
 the tutorial's own greedy loop in Keras and a greedy loop over the converted
 step graph must give the same words for every photo, with next-word
 probabilities within 1e-5 at every step. The main model is the REAL tutorial
@@ -68,7 +69,7 @@ def _convert(saved: SavedDecoder, tokenizer: Path, out: Path, encoder: Path) -> 
 @pytest.fixture(scope="session")
 def real_decoders(tmp_path_factory: pytest.TempPathFactory, shared_data: Path,
                   tf_keras_stack: None) -> dict[str, SavedDecoder]:
-    """The real tutorial config saved in all five ways, all with the same peaked weights."""
+    """The real tutorial config saved in all six ways, all with the same peaked weights."""
     import tf_keras
 
     folder = tmp_path_factory.mktemp("real_decoders")
@@ -83,6 +84,7 @@ def real_decoders(tmp_path_factory: pytest.TempPathFactory, shared_data: Path,
     apply_role_weights(keras2, weights, REAL_CONFIG_ROLE_NAMES)
     keras2.save(folder / "model_9.h5")
     keras2.save_weights(folder / "model_9_weights.h5")
+    keras2.save(folder / "model_9_tf_keras.keras")
 
     keras3 = build_keras3_decoder(REAL_SHAPE)
     apply_role_weights(keras3, weights)
@@ -93,6 +95,7 @@ def real_decoders(tmp_path_factory: pytest.TempPathFactory, shared_data: Path,
     return {
         "keras2 full .h5": SavedDecoder(folder / "model_9.h5", None, keras2),
         "keras2 weights .h5 + json": SavedDecoder(folder / "model_9_weights.h5", config_path, keras2),
+        "tf_keras .keras": SavedDecoder(folder / "model_9_tf_keras.keras", None, keras2),
         "keras3 .keras": SavedDecoder(folder / "model_9.keras", None, keras3),
         "keras3 .h5": SavedDecoder(folder / "model_9_keras3.h5", None, keras3),
         "keras3 .weights.h5 + json": SavedDecoder(folder / "model_9.weights.h5",
@@ -129,8 +132,8 @@ def real_photo_features(flickr_photos: list[Path], tensorflow_stack: None) -> np
     return np.maximum(spread, 0.0).astype(np.float32)
 
 
-FORMATS = ["keras2 full .h5", "keras2 weights .h5 + json", "keras3 .keras", "keras3 .h5",
-           "keras3 .weights.h5 + json"]
+FORMATS = ["keras2 full .h5", "keras2 weights .h5 + json", "tf_keras .keras", "keras3 .keras",
+           "keras3 .h5", "keras3 .weights.h5 + json"]
 
 
 @pytest.mark.parametrize("saved_as", FORMATS)
