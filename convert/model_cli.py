@@ -7,6 +7,7 @@ understood their model the way they trained it.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -44,6 +45,7 @@ def model_command(
     require_convert_stack()  # before importing the converter, which needs onnx
     from capgen.convert.convert_model import convert_model
 
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # only an encoder export imports TensorFlow
     started = time.perf_counter()
     report = convert_model(
         model,
