@@ -1,19 +1,100 @@
 """One onnxruntime session per model file, configured the same way everywhere.
 
-Creating a session costs tens of milliseconds (graph load + optimisation), so
-capgen makes each one once and reuses it; `InferenceSession.run` is
-thread-safe, which is what makes one `Captioner` usable from many threads.
+Creating a session costs tens to hundreds of milliseconds (graph load +
+optimisation), so capgen makes each one once and reuses it;
+`InferenceSession.run` is thread-safe, which is what makes one `Captioner`
+usable from many threads.
+
+Optimising the 83 MB Xception graph is most of a cold start's session time,
+so the optimised graph is cached under $CAPGEN_HOME/optimized, keyed on the
+model file (path, size, mtime), the onnxruntime version and the CPU's feature
+flags (onnxruntime's fully optimised graphs are specific to the CPU they were
+made on). The cache is safe to delete at any time.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import platform
+import tempfile
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from capgen.runtime.errors import ModelError
+from capgen.runtime.home import capgen_home
+
+
+@cache
+def _cpu_fingerprint() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()}"
+
+
+def _optimized_cache_path(path: Path) -> Path | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    key = "\0".join(
+        [os.fsdecode(path.resolve()), str(stat.st_size), str(stat.st_mtime_ns), ort.__version__, _cpu_fingerprint()]
+    )
+    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return capgen_home() / "optimized" / f"{path.stem}-{digest}.onnx"
+
+
+def _options(threads: int | None) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.inter_op_num_threads = 1
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # onnxruntime's warnings are not the user's problem
+    return options
+
+
+def _create(path: Path, threads: int | None, cache_optimized: bool) -> ort.InferenceSession:
+    providers = ["CPUExecutionProvider"]
+    cached = _optimized_cache_path(path) if cache_optimized else None
+    if cached is not None and cached.is_file():
+        options = _options(threads)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            return ort.InferenceSession(str(cached), sess_options=options, providers=providers)
+        except Exception:  # a damaged cache entry: rebuild it below
+            cached.unlink(missing_ok=True)
+    options = _options(threads)
+    temporary = None
+    if cached is not None:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=cached.parent, suffix=".partial")
+            os.close(handle)
+            options.optimized_model_filepath = temporary
+        except OSError:
+            temporary = None  # a read-only cache only costs the optimisation next time
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception:
+        if temporary:
+            Path(temporary).unlink(missing_ok=True)
+        raise
+    if temporary and cached is not None:
+        try:
+            os.replace(temporary, cached)  # atomic: a crash never leaves half a graph as the cache
+        except OSError:
+            Path(temporary).unlink(missing_ok=True)
+    return session
 
 
 class OnnxSession:
@@ -25,17 +106,10 @@ class OnnxSession:
         inputs: Sequence[str],
         outputs: Sequence[str],
         threads: int | None = None,
+        cache_optimized: bool = True,
     ) -> None:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.inter_op_num_threads = 1
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        options.log_severity_level = 3  # warnings about unused initialisers are not the user's problem
         try:
-            self._session = ort.InferenceSession(
-                str(path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
+            self._session = _create(path, threads, cache_optimized)
         except Exception as exc:  # onnxruntime raises its own unrelated exception types
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{path}: not a runnable ONNX graph ({first_line})") from exc
