@@ -83,16 +83,24 @@ def caption_command(
     ] = None,
     n_best: Annotated[int, typer.Option(help="Alternatives to include in --json output.")] = 1,
     model: Annotated[Path | None, typer.Option("--model", "-m", help="Model folder (default: capgen setup's).")] = None,
-    threads: Annotated[int | None, typer.Option(help="onnxruntime threads per session (default: all cores).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Encoder threads (default: one per core).")] = None,
     int8: Annotated[bool, typer.Option("--int8", help="Use the model's INT8 encoder.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images encoded and decoded together.")] = 8,
     json_lines: Annotated[bool, typer.Option("--json", help="JSON Lines on stdout.")] = False,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Append JSON Lines here as produced.")] = None,
-    resume: Annotated[bool, typer.Option(help="Skip images --output already has captions for.")] = False,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write JSON Lines here as each image is done.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Keep --output and skip images it already has captions for.")
+    ] = False,
     raw: Annotated[bool, typer.Option("--raw", help="The tutorial's exact 'start … end' string.")] = False,
     annotate: Annotated[Path | None, typer.Option(help="Save each image with its caption beneath here.")] = None,
 ) -> None:
-    """Caption images: one caption per image (path<TAB>caption when several)."""
+    """Caption images: the caption for one image file, path<TAB>caption lines for several.
+
+    Failures are reported on stderr as `capgen: <path>: <reason>` and the
+    others still captioned; exit 0 if all succeeded, 1 if any failed.
+    """
     import warnings
 
     # Pillow warns about oddities it recovers from (corrupt EXIF, huge images we
