@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pickle_builders import pickle_fake_tokenizer, tokenizer_state, write_fake_tokenizer
 
 from capgen.convert.tokenizer import build_vocabulary, choose_delimiters, read_tokenizer
@@ -178,3 +180,30 @@ def test_delimiter_detection_override_and_failure() -> None:
         choose_delimiters([None, "dog", "cat"])
     with pytest.raises(TokenizerError, match="'begin' is not in the tokenizer's vocabulary"):
         choose_delimiters(forked, start_token="begin")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(position=st.integers(min_value=0, max_value=2000), value=st.integers(0, 255),
+       cut=st.integers(min_value=1, max_value=4000))
+def test_damaged_real_tokenizer_never_escapes_as_a_traceback(
+    shared_data: Path, tmp_path: Path, position: int, value: int, cut: int
+) -> None:
+    """Flipped or cut bytes in a real tokenizer.p: either it still loads, or a TokenizerError."""
+    data = bytearray((shared_data / REAL_TOKENIZERS[2]).read_bytes()[:cut])
+    data[min(position, len(data) - 1)] = value
+    path = tmp_path / "damaged.p"
+    path.write_bytes(bytes(data))
+    try:
+        state = read_tokenizer(path)
+    except TokenizerError:
+        return
+    assert state.word_index
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=st.binary(min_size=1, max_size=300))
+def test_arbitrary_bytes_are_a_tokenizer_error(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "random.p"
+    path.write_bytes(content)
+    with pytest.raises((TokenizerError, GitLfsPointerError)):
+        read_tokenizer(path)
