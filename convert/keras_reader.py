@@ -15,10 +15,12 @@ the config and every weight array directly. Three layouts exist:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,17 +163,22 @@ def _read_weights_group(handle: Any, model_config: dict[str, Any], where: str) -
     raise ModelError(f"{where} holds no Keras weights (no layer_names or layers group)")
 
 
-def _open_h5(source: Any, where: str) -> Any:
-    h5py = _h5py()
+# What h5py, zipfile and json raise on damaged bytes; all of it means "this file is broken".
+_DAMAGE = (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError, EOFError,
+           zipfile.BadZipFile)
+
+
+@contextlib.contextmanager
+def _damage_is_model_error(where: str) -> Iterator[None]:
     try:
-        return h5py.File(source, "r")
-    except OSError as error:
-        raise ModelError(f"{where} is not a readable HDF5 file (truncated or corrupt: {error})") from error
+        yield
+    except _DAMAGE as error:
+        raise ModelError(f"{where} is truncated or corrupt ({type(error).__name__}: {error})") from error
 
 
 def _read_h5(path: Path, architecture: dict[str, Any] | None) -> KerasModelFiles:
     where = f"model file {path}"
-    with _open_h5(path, where) as handle:
+    with _damage_is_model_error(where), _h5py().File(path, "r") as handle:
         saved_config = handle.attrs.get("model_config")
         if architecture is not None:
             model_config = architecture
@@ -185,34 +192,25 @@ def _read_h5(path: Path, architecture: dict[str, Any] | None) -> KerasModelFiles
         version = handle.attrs.get("keras_version")
         if version is None and "model_weights" in handle:
             version = handle["model_weights"].attrs.get("keras_version")
-        try:
-            weights = _read_weights_group(handle, model_config, where)
-        except (OSError, KeyError) as error:
-            raise ModelError(f"{where} is truncated or corrupt: {error}") from error
-    return KerasModelFiles(model_config, _text(version) if version is not None else None, weights)
+        weights = _read_weights_group(handle, model_config, where)
+        return KerasModelFiles(model_config, _text(version) if version is not None else None, weights)
 
 
 def _read_keras_zip(path: Path, architecture: dict[str, Any] | None) -> KerasModelFiles:
     where = f"model file {path}"
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-            if "config.json" not in names or "model.weights.h5" not in names:
-                raise ModelError(f"{where} is a zip but not a Keras .keras file "
-                                 "(needs config.json and model.weights.h5)")
-            config_text = archive.read("config.json").decode("utf-8")
-            metadata = json.loads(archive.read("metadata.json")) if "metadata.json" in names else {}
-            weights_bytes = archive.read("model.weights.h5")
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
-        raise ModelError(f"{where} is a damaged .keras archive: {error}") from error
-    model_config = architecture or _parse_config(config_text, f"config.json inside {path}")
-    with _open_h5(io.BytesIO(weights_bytes), f"model.weights.h5 inside {path}") as handle:
-        try:
+    with _damage_is_model_error(where), zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+        if "config.json" not in names or "model.weights.h5" not in names:
+            raise ModelError(f"{where} is a zip but not a Keras .keras file "
+                             "(needs config.json and model.weights.h5)")
+        config_text = archive.read("config.json").decode("utf-8")
+        metadata = json.loads(archive.read("metadata.json")) if "metadata.json" in names else {}
+        weights_bytes = archive.read("model.weights.h5")
+        model_config = architecture or _parse_config(config_text, f"config.json inside {path}")
+        with _h5py().File(io.BytesIO(weights_bytes), "r") as handle:
             weights = _read_weights_group(handle, model_config, where)
-        except (OSError, KeyError) as error:
-            raise ModelError(f"{where} is truncated or corrupt: {error}") from error
-    version = metadata.get("keras_version") if isinstance(metadata, dict) else None
-    return KerasModelFiles(model_config, version, weights)
+        version = metadata.get("keras_version") if isinstance(metadata, dict) else None
+        return KerasModelFiles(model_config, _text(version) if version is not None else None, weights)
 
 
 def read_keras_model(path: Path, architecture_json: Path | None = None) -> KerasModelFiles:

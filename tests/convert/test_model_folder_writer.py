@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from keras_decoder_builders import (
     DecoderShape,
     apply_role_weights,
@@ -20,6 +22,7 @@ from pickle_builders import write_fake_tokenizer
 from capgen.convert.convert_model import convert_model
 from capgen.convert.model_folder import describe_encoder
 from capgen.runtime.errors import (
+    CapgenError,
     GitLfsPointerError,
     InputError,
     ModelError,
@@ -216,3 +219,28 @@ def test_cli_prints_what_it_found(sources: dict[str, Any], tmp_path: Path) -> No
                      f"wrote {out}"):
         assert expected in result.output
     assert (out / "manifest.json").is_file()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)),
+                      min_size=1, max_size=8),
+       keep=st.floats(0.05, 1.0))
+def test_damaged_model_files_fail_as_capgen_errors(
+    sources: dict[str, Any], tmp_path: Path, flips: list[tuple[float, int]], keep: float
+) -> None:
+    """Flipped bytes or a cut anywhere in a .h5: it still reads, or a one-line CapgenError."""
+    from capgen.convert.architecture import read_architecture
+    from capgen.convert.decoder_weights import assemble_decoder_weights
+    from capgen.convert.keras_reader import read_keras_model
+
+    data = bytearray(sources["model"].read_bytes())
+    data = data[: max(1, int(len(data) * keep))]
+    for where, value in flips:
+        data[int(where * len(data))] = value
+    damaged = tmp_path / "damaged.h5"
+    damaged.write_bytes(bytes(data))
+    try:
+        files = read_keras_model(damaged)
+        assemble_decoder_weights(read_architecture(files.model_config, files.keras_version), files.weights)
+    except CapgenError as error:
+        assert "\n" not in str(error)
