@@ -69,7 +69,8 @@ def annotated_path(folder: Path, source: str, taken: set[Path]) -> Path:
 
 
 def save_annotated(image: Any, caption: str, target: Path) -> None:
+    picture = annotate(image, caption)
     try:
-        annotate(image, caption).save(target, "JPEG", quality=90)
+        picture.save(target, "JPEG", quality=90)
     except OSError as exc:
-        raise InputError(f"{target}: cannot write annotated image ({exc})") from exc
+        raise InputError(f"{target}: cannot write annotated image ({exc.strerror or exc})") from exc

@@ -167,7 +167,11 @@ def caption_command(
                 if annotate is not None:
                     from capgen.runtime.annotate import annotated_path, save_annotated
 
-                    save_annotated(path, record["caption"], annotated_path(annotate, path, taken))
+                    try:
+                        save_annotated(path, record["caption"], annotated_path(annotate, path, taken))
+                    except CapgenError as err:  # the caption stands; only its picture failed
+                        failures += 1
+                        _say(f"capgen: {shown}: annotate: {err}")
             if writer is not None:
                 writer.write(record)
             if progress is not None:

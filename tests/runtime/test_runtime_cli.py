@@ -260,3 +260,17 @@ def test_garbage_files_at_the_cli(tiny_model: TinyModel, home: Path, tmp_path: P
     _no_traceback(done)
     assert done.returncode == 1
     assert done.stderr.decode().count("\n") == 1 and done.stderr.startswith(f"capgen: {path}: ".encode())
+
+
+def test_an_annotation_that_cannot_be_written_fails_only_that_image(
+    tiny_model: TinyModel, photos: list[Path], home: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "annotated"
+    out.mkdir()
+    (out / "p1.jpg").mkdir()  # a folder where p1's picture should go
+    done = run("caption", "-m", tiny_model.folder, *photos, "--annotate", out, home=home)
+    _no_traceback(done)
+    assert done.returncode == 1
+    assert len(done.stdout.decode().splitlines()) == 3  # every caption still printed
+    assert "p1.jpg: annotate: " in done.stderr.decode()
+    assert (out / "p0.jpg").is_file() and (out / "p2.jpg").is_file()
