@@ -282,6 +282,12 @@ def _read_architecture(model_config: dict[str, Any], saved_version: str | None) 
         raise _unsupported(f"{photo_input.describe()} has shape {photo_shape}, expected [None, F]")
     if len(sequence_shape) != 2:
         raise _unsupported(f"{sequence_input.describe()} has shape {sequence_shape}, expected [None, T]")
+    vocab_size = int(output.config["units"])
+    if int(embedding.config["input_dim"]) < vocab_size:
+        raise _unsupported(
+            f"{embedding.describe()} knows {embedding.config['input_dim']} word ids but "
+            f"{output.describe()} predicts {vocab_size}; a predicted word could not be fed back"
+        )
     units = int(lstm.config["units"])
     projection_size = int(photo_dense.config["units"])
     if merge == "add" and projection_size != units:
@@ -297,7 +303,7 @@ def _read_architecture(model_config: dict[str, Any], saved_version: str | None) 
         output_dense=output.name,
         feature_size=int(photo_shape[1]),
         max_length=int(sequence_shape[1]) if sequence_shape[1] else None,
-        vocab_size=int(output.config["units"]),
+        vocab_size=vocab_size,
         embedding_input_dim=int(embedding.config["input_dim"]),
         embedding_size=int(embedding.config["output_dim"]),
         units=units,

@@ -159,3 +159,9 @@ def test_malformed_configs_fail_cleanly(real_config: dict[str, Any], damage: str
         _layer(real_config, "lstm_2")["inbound_nodes"] = [[7]]
     with pytest.raises(UnsupportedModelError, match="malformed"):
         read_architecture(real_config)
+
+
+def test_embedding_smaller_than_the_output_is_refused(real_config: dict[str, Any]) -> None:
+    _layer(real_config, "embedding_2")["config"]["input_dim"] = 5000
+    with pytest.raises(UnsupportedModelError, match=r"knows 5000 word ids .* predicts 7577"):
+        read_architecture(real_config)
