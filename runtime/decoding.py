@@ -195,10 +195,11 @@ def beam_search(
     count = photo.shape[0]
     null_ids = vocabulary.null_id_set
     end_id = vocabulary.end_id
-    # Each row's best `per_row` words hold every candidate its image can use this
-    # step (at most beam_size continue, and each row has only 1 + len(null_ids)
-    # words that end it), so selection sorts a few dozen numbers, not beam_size x V.
-    per_row = min(beam_size * (2 + len(null_ids)), vocabulary.size)
+    # An image stops taking candidates once beam_size continue or beam_size have
+    # ended, so a row can give at most beam_size - 1 continuing and
+    # min(words that end it, beam_size - 1) ending ones before its last useful
+    # candidate: selection sorts a handful of numbers per row instead of V.
+    per_row = min(beam_size + min(1 + len(null_ids), beam_size - 1), vocabulary.size)
     state = [_ImageBeams() for _ in range(count)]
     # Live rows, grouped by image in image order.
     row_image = np.arange(count)

@@ -11,7 +11,7 @@ from keras_reference import generate_desc
 from tiny_model import encoder_numpy, random_weights, write_tiny_model
 
 from capgen.runtime.captioner import Captioner
-from capgen.runtime.decoding import DecodingOptions, beam_search, decode, greedy_search
+from capgen.runtime.decoding import DecodingOptions, Hypothesis, beam_search, decode, greedy_search
 from capgen.runtime.errors import InputError
 from capgen.runtime.vocabulary import Vocabulary
 
@@ -212,3 +212,58 @@ def test_a_beam_wide_enough_to_keep_everything_finds_the_exhaustive_best(seed: i
     )[0]
     assert result.tokens == best_tokens
     assert result.log_probability == pytest.approx(best_logp, abs=1e-5)
+
+
+def _reference_beam(table: np.ndarray, vocabulary: Vocabulary, beam_size: int, max_length: int) -> list[Hypothesis]:
+    """Beam search the slow, obvious way: every beam x every word each step, no pruning."""
+    beams: list[tuple[tuple[int, ...], float]] = [((), 0.0)]
+    ended: list[Hypothesis] = []
+    stopped: list[Hypothesis] = []
+    for _ in range(max_length):
+        candidates = [
+            (score + float(table[tokens[-1] if tokens else vocabulary.start_id, word]), row, word)
+            for row, (tokens, score) in enumerate(beams)
+            for word in range(vocabulary.size)
+        ]
+        candidates.sort(key=lambda item: (-item[0], item[1], item[2]))
+        next_beams: list[tuple[tuple[int, ...], float]] = []
+        for score, row, word in candidates:
+            tokens, parent = beams[row]
+            if word in vocabulary.null_id_set:
+                stopped.append(Hypothesis(tokens, parent, "no_word"))
+            elif word == vocabulary.end_id:
+                ended.append(Hypothesis((*tokens, word), score, "end"))
+            else:
+                next_beams.append(((*tokens, word), score))
+            if len(ended) + len(stopped) >= beam_size:
+                return sorted(ended, key=lambda h: -h.log_probability) or sorted(
+                    stopped, key=lambda h: -h.log_probability)
+            if len(next_beams) == beam_size:
+                break
+        beams = next_beams
+    cut = [Hypothesis(tokens, score, "max_length") for tokens, score in beams]
+    return sorted(ended, key=lambda h: -h.log_probability) or sorted(
+        stopped + cut, key=lambda h: -h.log_probability)
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_pruned_beam_search_equals_the_unpruned_reference(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    words: tuple[str | None, ...] = (None, "start", "a", "b", "c", None, "d", "e", "f", "end", None, "g")
+    vocabulary = Vocabulary(words, 1, 9)
+    # Peaked rows, so the words that end a caption often crowd a row's top candidates.
+    table = np.log(rng.dirichlet(np.full(len(words), 0.15), size=len(words)) + 1e-12).astype(np.float32)
+
+    class TableModel:
+        def initial_state(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+            return np.zeros((rows, 1), np.float32), np.zeros((rows, 1), np.float32)
+
+        def step(self, w, h, c, p):  # type: ignore[no-untyped-def]
+            return table[w], h, c
+
+    beam_size = int(rng.integers(2, 5))
+    got = beam_search(TableModel(), np.zeros((3, 1), np.float32), vocabulary, 6, beam_size)
+    want = _reference_beam(table, vocabulary, beam_size, 6)
+    for image in got:
+        assert image[0].tokens == want[0].tokens
+        assert image[0].log_probability == pytest.approx(want[0].log_probability, abs=1e-9)
