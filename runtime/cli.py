@@ -49,7 +49,7 @@ def _say(message: str) -> None:
 
 
 def cli_errors(function: F) -> F:
-    """Map CapgenError to `capgen: error: <message>` and its exit code: never a traceback."""
+    """Map CapgenError to `capgen: error: <message>` and its exit code, Ctrl-C to 130: never a traceback."""
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -58,6 +58,9 @@ def cli_errors(function: F) -> F:
         except CapgenError as err:
             _say(f"capgen: error: {err}")
             raise typer.Exit(err.exit_code) from None
+        except KeyboardInterrupt:  # Ctrl-C while loading: nothing to keep, but no traceback either
+            _say("capgen: interrupted")
+            raise typer.Exit(INTERRUPTED_EXIT) from None
 
     return wrapper  # type: ignore[return-value]
 
