@@ -291,3 +291,23 @@ def test_capgen_caption_never_imports_the_conversion_stack(tiny_model: TinyModel
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stderr.decode().splitlines()[-1] == "HEAVY []"
+
+
+def test_ctrl_c_while_loading_the_model_is_130_without_traceback(
+    monkeypatch: pytest.MonkeyPatch, photos: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import typer
+
+    from capgen.runtime import captioner
+    from capgen.runtime.cli import register_runtime_commands
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(captioner.Captioner, "__init__", interrupted)
+    app = typer.Typer()
+    register_runtime_commands(app)
+    with pytest.raises(SystemExit) as exited:
+        app(["caption", str(photos[0])], standalone_mode=True)
+    assert exited.value.code == 130
+    assert capsys.readouterr().err == "capgen: interrupted\n"
