@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from keras_decoder_builders import (
     REAL_CONFIG_ROLE_NAMES,
+    Caption,
     DecoderShape,
     apply_role_weights,
     assert_same_captions,
@@ -64,6 +65,16 @@ def _convert(saved: SavedDecoder, tokenizer: Path, out: Path, encoder: Path) -> 
     convert_model(saved.model_file, tokenizer, out, architecture_json=saved.architecture,
                   encoder=describe_encoder(encoder))
     return out
+
+
+def _convert_real(saved: SavedDecoder, shared_data: Path, photos: np.ndarray, encoder: Path,
+                  out: Path) -> tuple[Path, list[Caption]]:
+    """Convert a real-config decoder; return the folder and the tutorial loop's captions in Keras."""
+    tokenizer_path = shared_data / "model_configs" / REAL_TOKENIZER
+    folder = _convert(saved, tokenizer_path, out, encoder)
+    expected = tutorial_greedy(_predict(saved.keras_model), load_tokenizer_like_the_tutorial(tokenizer_path),
+                               photos, REAL_SHAPE.max_length)
+    return folder, expected
 
 
 @pytest.fixture(scope="session")
@@ -141,12 +152,8 @@ def test_real_decoder_captions_match_keras(
     saved_as: str, real_decoders: dict[str, SavedDecoder], shared_data: Path, encoder_2048: Path,
     tmp_path: Path,
 ) -> None:
-    saved = real_decoders[saved_as]
-    tokenizer_path = shared_data / "model_configs" / REAL_TOKENIZER
-    folder = _convert(saved, tokenizer_path, tmp_path / "model", encoder_2048)
-
-    expected = tutorial_greedy(_predict(saved.keras_model), load_tokenizer_like_the_tutorial(tokenizer_path),
-                               TEST_PHOTOS, REAL_SHAPE.max_length)
+    folder, expected = _convert_real(real_decoders[saved_as], shared_data, TEST_PHOTOS, encoder_2048,
+                                     tmp_path / "model")
     actual = onnx_greedy(folder, TEST_PHOTOS)
 
     assert_same_captions(expected, actual)
@@ -161,12 +168,8 @@ def test_real_decoder_on_real_photos(
     real_decoders: dict[str, SavedDecoder], real_photo_features: np.ndarray, shared_data: Path,
     encoder_2048: Path, tmp_path: Path,
 ) -> None:
-    saved = real_decoders["keras2 full .h5"]
-    tokenizer_path = shared_data / "model_configs" / REAL_TOKENIZER
-    folder = _convert(saved, tokenizer_path, tmp_path / "model", encoder_2048)
-
-    expected = tutorial_greedy(_predict(saved.keras_model), load_tokenizer_like_the_tutorial(tokenizer_path),
-                               real_photo_features, REAL_SHAPE.max_length)
+    folder, expected = _convert_real(real_decoders["keras2 full .h5"], shared_data, real_photo_features,
+                                     encoder_2048, tmp_path / "model")
     assert_same_captions(expected, onnx_greedy(folder, real_photo_features))
 
 
@@ -242,11 +245,8 @@ def test_runtime_captioner_reads_the_folder_and_agrees(
     from capgen.runtime.captioner import Captioner
     from capgen.runtime.decoding import DecodingOptions
 
-    saved = real_decoders["keras3 .keras"]
-    tokenizer_path = shared_data / "model_configs" / REAL_TOKENIZER
-    folder = _convert(saved, tokenizer_path, tmp_path / "model", encoder_2048)
-    expected = tutorial_greedy(_predict(saved.keras_model), load_tokenizer_like_the_tutorial(tokenizer_path),
-                               TEST_PHOTOS, REAL_SHAPE.max_length)
+    folder, expected = _convert_real(real_decoders["keras3 .keras"], shared_data, TEST_PHOTOS, encoder_2048,
+                                     tmp_path / "model")
 
     captioner = Captioner(folder)
     results = captioner.decode_features(TEST_PHOTOS, DecodingOptions(beam_size=1))
