@@ -35,7 +35,15 @@ PROJECTION_FILE = "photo_projection.onnx"
 STEP_FILE = "decoder_step.onnx"
 VOCABULARY_FILE = "vocabulary.json"
 MANIFEST_FILE = "manifest.json"
-_VERSIONED_PACKAGES = ("capgen", "tensorflow", "keras", "tf2onnx", "onnx", "h5py")
+# manifest key -> the distributions that provide it (TensorFlow ships as tensorflow-cpu here).
+_VERSIONED_PACKAGES = {
+    "capgen": ("capgen",),
+    "tensorflow": ("tensorflow", "tensorflow-cpu"),
+    "keras": ("keras",),
+    "tf2onnx": ("tf2onnx",),
+    "onnx": ("onnx",),
+    "h5py": ("h5py",),
+}
 
 
 @dataclass(frozen=True)
@@ -103,12 +111,15 @@ def check_encoder_fits(encoder: EncoderInfo, feature_size: int) -> None:
 
 
 def converted_with() -> dict[str, str]:
+    """Versions of what converted the folder (installed distributions; nothing is imported)."""
     versions = {"python": platform.python_version()}
-    for package in _VERSIONED_PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
+    for key, distributions in _VERSIONED_PACKAGES.items():
+        for distribution in distributions:
+            try:
+                versions[key] = metadata.version(distribution)
+                break
+            except metadata.PackageNotFoundError:
+                continue
     return versions
 
 

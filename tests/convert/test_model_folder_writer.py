@@ -101,7 +101,7 @@ def test_manifest_follows_the_contract(sources: dict[str, Any], tmp_path: Path) 
         assert entry == {"sha256": _sha256(folder / name), "bytes": (folder / name).stat().st_size}
     assert manifest["sources"]["model"] == {"name": "model_9.h5", "sha256": _sha256(sources["model"])}
     assert manifest["sources"]["tokenizer"]["sha256"] == _sha256(sources["tokenizer"])
-    assert {"python", "capgen", "onnx", "h5py"} <= set(manifest["converted_with"])
+    assert {"python", "capgen", "onnx", "h5py", "tensorflow"} <= set(manifest["converted_with"])
     assert manifest["created"].endswith("Z")
     assert (folder / "encoder.onnx").read_bytes() == sources["encoder"].read_bytes()
 
