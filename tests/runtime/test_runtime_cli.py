@@ -311,3 +311,35 @@ def test_ctrl_c_while_loading_the_model_is_130_without_traceback(
         app(["caption", str(photos[0])], standalone_mode=True)
     assert exited.value.code == 130
     assert capsys.readouterr().err == "capgen: interrupted\n"
+
+
+def _run_in_terminal(args: list[str], home: Path) -> bytes:
+    """Run the console script with stdout and stderr on a pseudo-terminal 100 columns wide."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    pid, fd = pty.fork()
+    if pid == 0:  # child: become the capgen process
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+        os.execve(str(CAPGEN_SCRIPT), [str(CAPGEN_SCRIPT), *args], {**os.environ, "CAPGEN_HOME": str(home)})
+    output = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.waitpid(pid, 0)
+    return output
+
+
+def test_progress_bar_only_on_a_terminal(tiny_model: TinyModel, photos: list[Path], home: Path) -> None:
+    on_terminal = _run_in_terminal(["caption", "-m", str(tiny_model.folder), str(photos[0].parent)], home)
+    assert b"100%" in on_terminal and b"3/3" in on_terminal
+    assert on_terminal.count(b".jpg\t") == 3  # every caption printed around the bar
+    piped = run("caption", "-m", tiny_model.folder, photos[0].parent, home=home)
+    assert b"%" not in piped.stderr and b"%" not in piped.stdout
