@@ -215,6 +215,11 @@ def _read_keras_zip(path: Path, architecture: dict[str, Any] | None) -> KerasMod
 
 def read_keras_model(path: Path, architecture_json: Path | None = None) -> KerasModelFiles:
     """Config, Keras version and weights of a .h5/.hdf5/.keras model (weights-only needs the JSON)."""
+    if (Path(path) / "saved_model.pb").is_file():
+        raise InputError(
+            f"{path} is a TensorFlow SavedModel folder; capgen reads .h5 and .keras files: "
+            "load it in Keras and save it with model.save('model.keras')"
+        )
     path = check_source_file(Path(path), "model file", empty_error=ModelError)
     architecture = read_architecture_json(architecture_json) if architecture_json else None
     with path.open("rb") as handle:

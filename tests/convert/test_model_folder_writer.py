@@ -178,6 +178,14 @@ def test_not_a_model_file(sources: dict[str, Any], tmp_path: Path, content: byte
         _convert(sources, tmp_path / "out", model=bogus)
 
 
+def test_saved_model_folder_gets_a_hint(sources: dict[str, Any], tmp_path: Path) -> None:
+    saved_model = tmp_path / "model_9"
+    saved_model.mkdir()
+    (saved_model / "saved_model.pb").write_bytes(b"\x08\x01")
+    with pytest.raises(InputError, match=r"SavedModel folder.*model\.save\('model\.keras'\)"):
+        _convert(sources, tmp_path / "out", model=saved_model)
+
+
 def test_classifier_h5_is_refused(sources: dict[str, Any], tmp_path: Path) -> None:
     with pytest.raises(UnsupportedModelError, match="1 inputs, expected 2"):
         _convert(sources, tmp_path / "out", model=sources["classifier"])
