@@ -73,10 +73,16 @@ _HTML_PREFIXES = (b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")
 
 def _describe_non_image(head: bytes) -> str:
     stripped = head.lstrip().lower()
+    if stripped.startswith(b"<svg") or (stripped.startswith(b"<?xml") and b"<svg" in stripped):
+        return "SVG drawings are not supported; export a PNG or JPEG"
     if stripped.startswith(_HTML_PREFIXES):
         return "not an image: the file is an HTML/XML page (a failed download?)"
     if stripped.startswith(b"version https://git-lfs"):
         return "not an image: the file is a Git LFS pointer; run `git lfs pull`"
+    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"hevc"):
+        return "HEIC/AVIF images are not supported; convert to JPEG or PNG"
+    if head.startswith(b"%PDF"):
+        return "not an image: the file is a PDF"
     return "not an image in a supported format (" + ", ".join(ALLOWED_FORMATS) + ")"
 
 

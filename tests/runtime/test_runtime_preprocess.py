@@ -238,6 +238,20 @@ def test_html_error_page_saved_as_png(tmp_path: Path) -> None:
         prepare(path, SIZE, SIZE)
 
 
+@pytest.mark.parametrize(
+    "head,message",
+    [
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "HEIC"),
+        (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"></svg>', "SVG"),
+        (b"%PDF-1.7\n%\xe2\xe3", "PDF"),
+        (b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n", "Git LFS"),
+    ],
+)
+def test_common_non_images_are_named(head: bytes, message: str) -> None:
+    with pytest.raises(ImageError, match=message):
+        prepare(head + b"\0" * 64, SIZE, SIZE)
+
+
 def _png_header_only(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
