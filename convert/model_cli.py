@@ -17,7 +17,7 @@ import typer
 
 def model_command(
     model: Annotated[Path, typer.Argument(help="The decoder: model_9.h5 (Keras 2/3), .keras, or a weights-only .h5.")],
-    tokenizer: Annotated[Path, typer.Argument(help="The pickled Keras Tokenizer (tokenizer.p).")],
+    tokenizer: Annotated[Path, typer.Argument(help="The pickled Keras Tokenizer (tokenizer.p), or tokenizer.to_json() output.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Model folder to write.")],
     architecture: Annotated[
         Path | None,

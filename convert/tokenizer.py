@@ -14,6 +14,7 @@ from __future__ import annotations
 import _compat_pickle
 import collections
 import io
+import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,12 +96,8 @@ def _loads_restricted(data: bytes) -> Any:
     return _RestrictedUnpickler(io.BytesIO(data)).load()
 
 
-def _state_from(obj: Any, path: Path) -> TokenizerState:
-    if not isinstance(obj, _InertTokenizer):
-        raise TokenizerError(
-            f"{path} holds a pickled {type(obj).__name__}, not a Keras Tokenizer"
-        )
-    state = vars(obj)
+def _state_from(state: dict[str, Any], path: Path) -> TokenizerState:
+    """Validate a Tokenizer's attributes (from a pickle's __dict__ or tokenizer.to_json())."""
     word_index = state.get("word_index")
     if not isinstance(word_index, dict) or not word_index:
         raise TokenizerError(f"{path}: the Tokenizer has no word_index (was it fitted on texts?)")
@@ -126,10 +123,21 @@ def _state_from(obj: Any, path: Path) -> TokenizerState:
     )
 
 
-def read_tokenizer(path: Path) -> TokenizerState:
-    """Load a tutorial `tokenizer.p` safely; every failure is a one-line TokenizerError."""
-    path = check_source_file(Path(path), "tokenizer", empty_error=TokenizerError)
-    data = path.read_bytes()
+def _attributes_from_json(data: bytes, path: Path) -> dict[str, Any]:
+    """`tokenizer.to_json()` output: its config holds word_index as a JSON string."""
+    try:
+        document = json.loads(data.decode("utf-8"))
+        config = document["config"] if document.get("class_name") == "Tokenizer" else None
+        if not isinstance(config, dict):
+            raise TokenizerError(f"{path} is JSON but not a Keras tokenizer.to_json() document")
+        word_index = config.get("word_index")
+        return {**config, "word_index": json.loads(word_index) if isinstance(word_index, str)
+                else word_index}
+    except (ValueError, AttributeError, KeyError, TypeError) as error:
+        raise TokenizerError(f"{path} is not a readable tokenizer JSON ({error})") from error
+
+
+def _attributes_from_pickle(data: bytes, path: Path) -> dict[str, Any]:
     try:
         obj = _loads_restricted(data)
     except UnsafePickleError:
@@ -142,7 +150,21 @@ def read_tokenizer(path: Path) -> TokenizerState:
         raise TokenizerError(
             f"{path} is not a readable tokenizer pickle ({type(error).__name__}: {error})"
         ) from error
-    return _state_from(obj, path)
+    if not isinstance(obj, _InertTokenizer):
+        raise TokenizerError(f"{path} holds a pickled {type(obj).__name__}, not a Keras Tokenizer")
+    return vars(obj)
+
+
+def read_tokenizer(path: Path) -> TokenizerState:
+    """Load a tutorial `tokenizer.p` (or a tokenizer.to_json() file) safely.
+
+    Every failure is a one-line TokenizerError (UnsafePickleError for hostile pickles).
+    """
+    path = check_source_file(Path(path), "tokenizer", empty_error=TokenizerError)
+    data = path.read_bytes()
+    if data.lstrip()[:1] == b"{":
+        return _state_from(_attributes_from_json(data, path), path)
+    return _state_from(_attributes_from_pickle(data, path), path)
 
 
 def build_vocabulary(tokenizer: TokenizerState, vocab_size: int) -> list[str | None]:

@@ -128,7 +128,8 @@ def test_git_lfs_pointer_tokenizer(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("content", "expected"), [
     (b"", "empty"),
-    (b'{"word_index": {"start": 1}}', "not a readable"),
+    (b'{"word_index": {"start": 1}}', "JSON but not a Keras tokenizer"),
+    (b'{"class_name": "Tokenizer", "config": {"word_index": "{broken"}}', "not a readable tokenizer JSON"),
     (b"\x80\x04\x95\x10\x00\x00", "not a readable"),
 ])
 def test_broken_tokenizer_files(tmp_path: Path, content: bytes, expected: str) -> None:
@@ -136,6 +137,19 @@ def test_broken_tokenizer_files(tmp_path: Path, content: bytes, expected: str) -
     path.write_bytes(content)
     with pytest.raises(TokenizerError, match=expected):
         read_tokenizer(path)
+
+
+def test_tokenizer_saved_as_json_by_keras(tmp_path: Path, tf_keras_stack: None) -> None:
+    from tf_keras.preprocessing.text import Tokenizer
+
+    tokenizer = Tokenizer()
+    tokenizer.fit_on_texts(["start a dog runs end", "start a cat sleeps end"])
+    path = tmp_path / "tokenizer.json"
+    path.write_text(tokenizer.to_json())
+
+    state = read_tokenizer(path)
+    assert state.word_index == tokenizer.word_index
+    assert build_vocabulary(state, len(tokenizer.word_index) + 1)[1:] == list(tokenizer.word_index)
 
 
 def test_truncated_real_tokenizer(shared_data: Path, tmp_path: Path) -> None:
