@@ -6,12 +6,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from capgen.benchmarks.fixtures import BenchModel
+
+LAUNCHER = Path(__file__).with_name("launch.py")
 
 
 @dataclass(frozen=True)
@@ -22,20 +23,18 @@ class ColdRun:
 
 
 def run_cold(command: list[str], log: Path) -> ColdRun:
-    """Run a fresh process to completion; wall time and its own peak RSS (wait4's rusage)."""
+    """Run a fresh process to completion (through launch.py); wall time and its own peak RSS."""
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     out_path = log.with_suffix(".out")
-    with out_path.open("w") as out, log.open("a") as err:
-        started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=out, stderr=err, env=environment)
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
+    launcher = [sys.executable, str(LAUNCHER), str(out_path), str(log), "--", *command]
+    finished = subprocess.run(launcher, capture_output=True, text=True, env=environment, check=False)
+    if finished.returncode != 0:
+        raise RuntimeError(f"launcher failed: {finished.stderr.strip()[-500:]}")
+    report = json.loads(finished.stdout)
+    if report["exit_code"] != 0:
         tail = "\n".join(log.read_text().strip().splitlines()[-5:])
-        raise RuntimeError(f"{' '.join(command[:3])} ... exited with {process.returncode}:\n{tail}")
-    # ru_maxrss is in KiB on Linux.
-    return ColdRun(wall, usage.ru_maxrss / 1024.0, out_path.read_text())
+        raise RuntimeError(f"{' '.join(command[:3])} ... exited with {report['exit_code']}:\n{tail}")
+    return ColdRun(report["wall_seconds"], report["peak_rss_kib"] / 1024.0, out_path.read_text())
 
 
 class Worker:

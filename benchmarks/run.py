@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -31,6 +32,7 @@ from capgen.benchmarks.processes import Worker, run_cold
 from capgen.benchmarks.stats import summarize
 
 Echo = Callable[[str], None]
+SETTLE_SECONDS = 0.02
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,8 @@ def _alternate(
         op, arguments = request(rep)
         shift = rep % len(names)
         for name in names[shift:] + names[:shift]:
+            # Let the previous arm's thread pools stop spinning before timing the next.
+            time.sleep(SETTLE_SECONDS)
             answers[name].append(workers[name].request(op, **arguments))
     return answers
 

@@ -29,6 +29,15 @@ from capgen.benchmarks.fixtures import BenchModel  # noqa: E402
 
 
 def _peak_rss_mb() -> float:
+    """This process's own high-water mark (VmHWM). getrusage's ru_maxrss would
+    also count the parent's peak, which Linux carries across fork and exec."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
