@@ -30,6 +30,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from capgen.runtime.console import say
 from capgen.runtime.errors import CapgenError, InputError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -43,11 +44,6 @@ INTERRUPTED_EXIT = 130
 BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE, what a shell reports for a tool killed by a closed pipe
 
 
-def _say(message: str) -> None:
-    sys.stderr.write(message.encode("utf-8", errors="replace").decode("utf-8") + "\n")
-    sys.stderr.flush()
-
-
 def cli_errors(function: F) -> F:
     """Map CapgenError to `capgen: error: <message>` and its exit code, Ctrl-C to 130: never a traceback."""
 
@@ -56,21 +52,13 @@ def cli_errors(function: F) -> F:
         try:
             return function(*args, **kwargs)
         except CapgenError as err:
-            _say(f"capgen: error: {err}")
+            say(f"capgen: error: {err}")
             raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:  # Ctrl-C while loading: nothing to keep, but no traceback either
-            _say("capgen: interrupted")
+            say("capgen: interrupted")
             raise typer.Exit(INTERRUPTED_EXIT) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def _emit(line: str, progress: Any) -> None:
-    if progress is not None:
-        progress.write(line, file=sys.stdout)
-    else:
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
 
 
 @cli_errors
@@ -109,7 +97,7 @@ def caption_command(
     # Pillow warns about oddities it recovers from (corrupt EXIF, huge images we
     # refuse anyway); the CLI reports problems itself, one line per image.
     warnings.filterwarnings("ignore", module="PIL")
-    from capgen.runtime.inputs import expand_inputs, printable
+    from capgen.runtime.inputs import expand_inputs
 
     arguments = [*(image or []), *(images or [])]
     if not arguments:
@@ -121,11 +109,12 @@ def caption_command(
     from capgen.runtime import results
     from capgen.runtime.captioner import Captioner
     from capgen.runtime.decoding import DecodingOptions
+    from capgen.runtime.outputs import CaptionSinks
 
     options = DecodingOptions(beam_size=beam_size, max_length=max_length, length_penalty=length_penalty, n_best=n_best)
     captioner = Captioner(model, threads=threads, int8=int8)  # before touching --output: a bad model changes nothing
     if captioner.is_default_model:
-        _say(DEMO_NOTE)
+        say(DEMO_NOTE)
     done = results.prepare_resume(output) if resume and output is not None else set()
     todo = [path for path in paths if path not in done]
     if output is not None and not resume:
@@ -138,60 +127,34 @@ def caption_command(
             annotate.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InputError(f"{annotate}: cannot create folder ({exc.strerror or exc})") from exc
-    writer = results.JsonlWriter(output) if output is not None else None
-    progress = None
+    sinks = CaptionSinks(
+        json_lines=json_lines,
+        raw=raw,
+        # Just the caption for `capgen caption photo.jpg`; with several arguments,
+        # a folder or a glob, each line says which image it is about.
+        show_path=not (len(arguments) == 1 and paths == arguments),
+        writer=results.JsonlWriter(output) if output is not None else None,
+        annotate_dir=annotate,
+    )
+    for folder in empty_folders:
+        sinks.failed(folder, "no images in this folder (not searched recursively)")
     if sys.stderr.isatty() and len(todo) > 1:
         from tqdm import tqdm
 
-        progress = tqdm(total=len(todo), unit="img", file=sys.stderr, dynamic_ncols=True)
-    # Just the caption for `capgen caption photo.jpg`; with several arguments, a
-    # folder or a glob, each line says which image it is about.
-    show_path = not (len(arguments) == 1 and paths == arguments)
-    failures = len(empty_folders)
-    for folder in empty_folders:
-        _say(f"capgen: {printable(folder)}: no images in this folder (not searched recursively)")
-    taken: set[Path] = set()
+        sinks.progress = tqdm(total=len(todo), unit="img", file=sys.stderr, dynamic_ncols=True)
     try:
         for path, outcome in captioner.iter_captions(todo, options=options, batch_size=batch_size):
-            shown = printable(path)
-            if isinstance(outcome, CapgenError):
-                failures += 1
-                _say(f"capgen: {shown}: {outcome}")
-                record = results.error_record(path, str(outcome))
-                if json_lines:
-                    _emit(results.to_line(record).rstrip("\n"), progress)
-            else:
-                record = results.success_record(path, outcome, raw=raw)
-                if json_lines:
-                    _emit(results.to_line(record).rstrip("\n"), progress)
-                else:
-                    text = record["caption"]
-                    _emit(f"{shown}\t{text}" if show_path else text, progress)
-                if annotate is not None:
-                    from capgen.runtime.annotate import annotated_path, save_annotated
-
-                    try:
-                        save_annotated(path, record["caption"], annotated_path(annotate, path, taken))
-                    except CapgenError as err:  # the caption stands; only its picture failed
-                        failures += 1
-                        _say(f"capgen: {shown}: annotate: {err}")
-            if writer is not None:
-                writer.write(record)
-            if progress is not None:
-                progress.update(1)
+            sinks.handle(path, outcome)
     except KeyboardInterrupt:
-        _say("capgen: interrupted; results so far are written")
+        say("capgen: interrupted; results so far are written")
         raise typer.Exit(INTERRUPTED_EXIT) from None
     except BrokenPipeError:
         # `capgen caption folder | head -1`: the reader left; stop quietly like other Unix tools.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(BROKEN_PIPE_EXIT) from None
     finally:
-        if progress is not None:
-            progress.close()
-        if writer is not None:
-            writer.close()
-    if failures:
+        sinks.close()
+    if sinks.failures:
         raise typer.Exit(1)
 
 

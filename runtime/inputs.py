@@ -47,8 +47,3 @@ def expand_inputs(arguments: list[str]) -> tuple[list[str], list[str]]:
         else:
             expanded.append(argument)
     return expanded, empty_folders
-
-
-def printable(path: str) -> str:
-    """A path safe to print on any terminal: undecodable bytes become U+FFFD."""
-    return os.fsencode(path).decode("utf-8", errors="replace")

@@ -343,3 +343,16 @@ def test_progress_bar_only_on_a_terminal(tiny_model: TinyModel, photos: list[Pat
     assert on_terminal.count(b".jpg\t") == 3  # every caption printed around the bar
     piped = run("caption", "-m", tiny_model.folder, photos[0].parent, home=home)
     assert b"%" not in piped.stderr and b"%" not in piped.stdout
+
+
+def test_importing_the_runtime_cli_stays_light() -> None:
+    """`capgen --help` and the convert commands import this module; numpy & co. wait for `caption`."""
+    script = (
+        "import sys\n"
+        "import capgen.runtime.cli\n"
+        "print([m for m in ('numpy', 'onnxruntime', 'PIL', 'tqdm') if m in sys.modules])\n"
+    )
+    done = subprocess.run([str(CAPGEN_SCRIPT.parent / "python"), "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -1,0 +1,17 @@
+"""Printing file names and messages safely; imports nothing heavy, so every CLI path can use it."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def printable(path: str) -> str:
+    """A path safe to print on any terminal: undecodable bytes become U+FFFD."""
+    return os.fsencode(path).decode("utf-8", errors="replace")
+
+
+def say(message: str) -> None:
+    """One line on stderr, whatever bytes a file name holds."""
+    sys.stderr.write(message.encode("utf-8", errors="replace").decode("utf-8") + "\n")
+    sys.stderr.flush()
