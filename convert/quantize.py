@@ -120,7 +120,14 @@ def quantize_encoder(
         prepared = scratch / "prepared.onnx"
         # Shape inference + graph fusions first, so the quantizer sees fused
         # Conv+Relu patterns and every tensor's shape (onnxruntime's advice).
-        quant_pre_process(str(fp32_path), str(prepared))
+        try:
+            quant_pre_process(str(fp32_path), str(prepared))
+        except Exception:
+            # The colour features' graph defeats onnxruntime's symbolic shape
+            # inference ("Incomplete symbolic shape inference"); ONNX's own
+            # shape inference still types every Xception tensor, which is all
+            # the quantizer needs there.
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         model = onnx.load(str(prepared))
         excluded = nodes_kept_float(model)
         partial = scratch / "int8.onnx"
