@@ -23,6 +23,9 @@ binding has to be in that vector already. We therefore describe the image
    - centroid, spread and bounding-box extent (where, how big, how compact).
 3. A 3x3 grid of each mask's coverage (which colour is where) and the
    background's brightness and texture.
+4. The same per-colour descriptors (with a colour one-hot) re-ordered into
+   left-to-right slots, and the number of colours present: captions name
+   groups left to right, so the decoder finds "the next group" at a fixed place.
 
 Only elementwise ops, convolutions, pooling and reductions are used, so
 tf2onnx converts the function at opset 17 and onnxruntime runs it in about a
@@ -49,8 +52,13 @@ GRID = 3
 
 PER_COLOUR_BASIC = 13
 PER_COLOUR_SIZE = PER_COLOUR_BASIC + 2 * len(HARMONICS)
-GLOBAL_SIZE = 3
-COLOUR_FEATURE_SIZE = len(PROTOTYPES) * (PER_COLOUR_SIZE + GRID * GRID) + GLOBAL_SIZE
+GLOBAL_SIZE = 4
+SLOTS = 3
+SLOT_SIZE = len(PROTOTYPES) + PER_COLOUR_SIZE
+COLOUR_FEATURE_SIZE = (
+    len(PROTOTYPES) * (PER_COLOUR_SIZE + GRID * GRID) + SLOTS * SLOT_SIZE + GLOBAL_SIZE
+)
+_PRESENCE, _CENTRE_X = 0, 7  # columns of the per-colour descriptor
 
 _EPS = 1e-6
 
@@ -175,12 +183,37 @@ def _background(rgb: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
     return tf.stack([2.0 * mean, 2.0 * overall, 4.0 * spread], axis=-1)
 
 
+def _slots(per_colour: tf.Tensor) -> tf.Tensor:
+    """The colours again, ordered left to right: slot j = the j-th present colour by centroid x.
+
+    Captions name groups left to right, so the decoder, which knows how many
+    groups it has named, finds the next one's colour (one-hot) and shape
+    descriptors at a fixed place instead of comparing centroids itself.
+    Ranks use a steep sigmoid of centroid differences, so everything stays
+    elementwise: [N, SLOTS * SLOT_SIZE].
+    """
+    colours = len(PROTOTYPES)
+    presence = per_colour[:, :, _PRESENCE]
+    centre_x = per_colour[:, :, _CENTRE_X]
+    left_of = tf.sigmoid((centre_x[:, :, None] - centre_x[:, None, :]) / 0.003)  # [N,C,C']: c' left of c
+    others = tf.constant(1.0 - np.eye(colours, dtype=np.float32))
+    rank = tf.reduce_sum(left_of * presence[:, None, :] * others[None], axis=2)  # [N,C]
+    slots = tf.constant(np.arange(SLOTS, dtype=np.float32))
+    membership = presence[:, :, None] * tf.nn.relu(1.0 - tf.abs(rank[:, :, None] - slots[None, None, :]))
+    identity = tf.constant(2.0 * np.eye(colours, dtype=np.float32))
+    content = tf.concat([tf.tile(identity[None], [tf.shape(per_colour)[0], 1, 1]), per_colour], axis=-1)
+    ordered = tf.einsum("ncs,ncd->nsd", membership, content)  # [N,SLOTS,SLOT_SIZE]
+    return tf.reshape(ordered, [-1, SLOTS * SLOT_SIZE])
+
+
 def colour_features(images_uint8: tf.Tensor) -> tf.Tensor:
     """[N,299,299,3] uint8 RGB -> float32 [N, COLOUR_FEATURE_SIZE]."""
     rgb = tf.cast(images_uint8, tf.float32) / 255.0
     rgb = tf.nn.avg_pool2d(rgb, POOL, POOL, "VALID")
     masks = _masks(rgb)
     batch = tf.shape(rgb)[0]
-    per_colour = tf.concat([_per_colour(masks), _grid_coverage(masks)], axis=-1)
+    descriptors = _per_colour(masks)
+    per_colour = tf.concat([descriptors, _grid_coverage(masks)], axis=-1)
     flat = tf.reshape(per_colour, [batch, len(PROTOTYPES) * (PER_COLOUR_SIZE + GRID * GRID)])
-    return tf.concat([flat, _background(rgb, masks)], axis=-1)
+    groups = tf.reduce_sum(descriptors[:, :, _PRESENCE], axis=1, keepdims=True)
+    return tf.concat([flat, _slots(descriptors), _background(rgb, masks), groups], axis=-1)

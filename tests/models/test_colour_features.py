@@ -116,3 +116,19 @@ def test_onnx_export_matches_tensorflow(
     # Masks are sharp sigmoids, so float reassociation moves a few values slightly.
     assert np.allclose(exported, computed, atol=0.02), np.abs(exported - computed).max()
     assert np.median(np.abs(exported - computed)) < 1e-4
+
+
+def test_slots_list_the_colours_left_to_right(
+    computed: np.ndarray, drawn: tuple[np.ndarray, list[dict]]
+) -> None:
+    """Slot j carries the one-hot of the j-th group from the left, the order captions use."""
+    from capgen.convert.colour_features import GRID, PER_COLOUR_SIZE, PROTOTYPES, SLOT_SIZE, SLOTS
+
+    start = len(PROTOTYPES) * (PER_COLOUR_SIZE + GRID * GRID)
+    slots = computed[:, start : start + SLOTS * SLOT_SIZE].reshape(len(computed), SLOTS, SLOT_SIZE)
+    colours = list(PROTOTYPES)
+    for row, scene in enumerate(drawn[1]):
+        one_hot = slots[row, :, : len(colours)]
+        named = [colours[int(np.argmax(s))] for s in one_hot if s.max() > 1.0]
+        assert named == [g["colour"] for g in scene["groups"]]
+        assert computed[row, -1] == pytest.approx(len(scene["groups"]), abs=0.01)
