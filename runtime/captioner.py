@@ -12,13 +12,15 @@ one instance can be shared by many threads.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from capgen.runtime.decoding import DecodingOptions, DecodingResult, decode
+from capgen.runtime.decoding import DecodingOptions, DecodingResult, decode, is_count
 from capgen.runtime.encoder import Encoder
 from capgen.runtime.errors import CapgenError, InputError, ModelError
 from capgen.runtime.home import default_model_dir
@@ -28,6 +30,8 @@ from capgen.runtime.step_model import StepModel
 from capgen.runtime.vocabulary import Vocabulary, load_vocabulary
 
 DEFAULT_BATCH_SIZE = 8
+# (image as given, its pixels or why it has none, seconds spent preprocessing)
+_Prepared = tuple[Any, "np.ndarray | CapgenError", float]
 
 
 def resolve_model_dir(model_dir: str | Path | None) -> tuple[Path, bool]:
@@ -54,7 +58,7 @@ class Captioner:
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         """`threads`: onnxruntime threads for the encoder (None: one per core)."""
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
+        if threads is not None and (not is_count(threads) or threads < 1):
             raise InputError(f"threads must be a positive integer, got {threads!r}")
         folder, self.is_default_model = resolve_model_dir(model_dir)
         manifest = load_manifest(folder)
@@ -141,29 +145,50 @@ class Captioner:
 
         Images are preprocessed one by one (a bad one becomes its error and
         the rest go on), then encoded `batch_size` at a time, and every image of
-        the batch is decoded together, one step call per word position.
+        the batch is decoded together, one step call per word position. With
+        batches, the next images are decoded from disk on a helper thread while
+        the current batch runs through onnxruntime (both release the GIL).
         """
         options = options or DecodingOptions()
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if not is_count(batch_size) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-        pending: list[tuple[Any, np.ndarray | CapgenError, float]] = []
+        prepared = self._prefetched(images, ahead=2 * batch_size) if batch_size > 1 else map(self._prepare, images)
+        pending: list[_Prepared] = []
         ready = 0
-        for image in images:
-            started = time.perf_counter()
-            try:
-                prepared: np.ndarray | CapgenError = self.preprocess(image)
+        for item in prepared:
+            pending.append(item)
+            if not isinstance(item[1], CapgenError):
                 ready += 1
-            except CapgenError as exc:
-                prepared = exc
-            pending.append((image, prepared, time.perf_counter() - started))
             if ready == batch_size:
                 yield from self._finish_batch(pending, options)
                 pending, ready = [], 0
         if pending:
             yield from self._finish_batch(pending, options)
 
+    def _prepare(self, image: Any) -> _Prepared:
+        started = time.perf_counter()
+        try:
+            pixels: np.ndarray | CapgenError = self.preprocess(image)
+        except CapgenError as exc:
+            pixels = exc
+        return image, pixels, time.perf_counter() - started
+
+    def _prefetched(self, images: Iterable[Any], ahead: int) -> Iterator[_Prepared]:
+        """`_prepare` for each image, in order, up to `ahead` images ahead on one helper thread."""
+        queue: deque[Future[_Prepared]] = deque()
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capgen-preprocess")
+        try:
+            for image in images:
+                queue.append(pool.submit(self._prepare, image))
+                if len(queue) > ahead:
+                    yield queue.popleft().result()
+            while queue:
+                yield queue.popleft().result()
+        finally:  # also on Ctrl-C or an abandoned generator: drop what was not started
+            pool.shutdown(wait=True, cancel_futures=True)
+
     def _finish_batch(
-        self, pending: list[tuple[Any, np.ndarray | CapgenError, float]], options: DecodingOptions
+        self, pending: list[_Prepared], options: DecodingOptions
     ) -> Iterator[tuple[Any, DecodingResult | CapgenError]]:
         good = [item for item in pending if not isinstance(item[1], CapgenError)]
         results: list[DecodingResult] = []

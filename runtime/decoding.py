@@ -36,7 +36,7 @@ class StepModelLike(Protocol):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
-def _is_count(value: object) -> bool:
+def is_count(value: object) -> bool:
     """An integer (numpy's too), but not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -58,11 +58,11 @@ class DecodingOptions:
     n_best: int = 1
 
     def __post_init__(self) -> None:
-        if not _is_count(self.beam_size) or self.beam_size < 1:
+        if not is_count(self.beam_size) or self.beam_size < 1:
             raise InputError(f"beam_size must be a positive integer, got {self.beam_size!r}")
-        if self.max_length is not None and (not _is_count(self.max_length) or self.max_length < 1):
+        if self.max_length is not None and (not is_count(self.max_length) or self.max_length < 1):
             raise InputError(f"max_length must be a positive integer, got {self.max_length!r}")
-        if not _is_count(self.n_best) or not 1 <= self.n_best <= self.beam_size:
+        if not is_count(self.n_best) or not 1 <= self.n_best <= self.beam_size:
             raise InputError(f"n_best must be between 1 and beam_size ({self.beam_size}), got {self.n_best!r}")
         if self.length_penalty is not None and not (
             isinstance(self.length_penalty, (int, float)) and math.isfinite(self.length_penalty)
