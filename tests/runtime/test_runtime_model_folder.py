@@ -235,3 +235,18 @@ def test_captioning_never_imports_the_conversion_stack(tiny_model: TinyModel, tm
 def test_errors_are_capgen_errors(tiny_captioner: Captioner) -> None:
     with pytest.raises(CapgenError):
         tiny_captioner.caption(b"garbage")
+
+
+def test_abandoning_a_batch_midway_stops_reading_images(tiny_captioner: Captioner) -> None:
+    read: list[int] = []
+
+    def images():  # type: ignore[no-untyped-def]
+        for index in range(1000):
+            read.append(index)
+            yield np.full((16, 16, 3), index % 256, np.uint8)
+
+    stream = tiny_captioner.iter_captions(images(), batch_size=4)
+    first = next(stream)
+    stream.close()
+    assert isinstance(first[1], type(tiny_captioner.caption(first[0])))
+    assert len(read) <= 4 + 2 * 4 + 1  # one batch plus the read-ahead, not the whole input
