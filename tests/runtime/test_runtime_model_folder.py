@@ -248,5 +248,5 @@ def test_abandoning_a_batch_midway_stops_reading_images(tiny_captioner: Captione
     stream = tiny_captioner.iter_captions(images(), batch_size=4)
     first = next(stream)
     stream.close()
-    assert isinstance(first[1], type(tiny_captioner.caption(first[0])))
+    assert not isinstance(first[1], CapgenError)
     assert len(read) <= 4 + 2 * 4 + 1  # one batch plus the read-ahead, not the whole input
