@@ -113,11 +113,19 @@ def _decode(stream: BinaryIO, max_pixels: int) -> Image.Image:
         )
     try:
         image.load()
-        return ImageOps.exif_transpose(image)
     except Exception as exc:
         # Truncated files land here too: LOAD_TRUNCATED_IMAGES stays off, a
         # half-grey photo would caption confidently and wrongly.
         raise ImageError(f"cannot decode image ({type(exc).__name__}: {exc})") from None
+    return _upright(image)
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply EXIF orientation; a photo whose EXIF block is damaged is used as stored."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:
+        return image
 
 
 def _open_path(path: str | os.PathLike[str], max_pixels: int) -> Image.Image:
@@ -164,7 +172,7 @@ def load_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
         if source.width * source.height > max_pixels:
             raise ImageTooLargeError(f"image has {source.width * source.height} pixels, more than {max_pixels}")
         # Same pixels as captioning the file itself; a no-op for images already made upright.
-        return ImageOps.exif_transpose(source)
+        return _upright(source)
     if isinstance(source, np.ndarray):
         return _from_array(source)
     if isinstance(source, (bytes, bytearray, memoryview)):

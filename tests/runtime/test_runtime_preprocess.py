@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from capgen.runtime import preprocess
 from capgen.runtime.errors import CapgenError, ImageError, ImageTooLargeError, InputError
 from capgen.runtime.preprocess import load_image, prepare, to_rgb
 
@@ -147,6 +148,17 @@ def test_an_opened_pil_image_is_made_upright_like_its_file(tmp_path: Path) -> No
     with Image.open(path) as opened:
         assert np.array_equal(prepare(opened, SIZE, SIZE), prepare(path, SIZE, SIZE))
         assert load_image(opened).size == (20, 40)
+
+
+def test_a_damaged_exif_block_does_not_lose_the_photo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _save(_photo(10), tmp_path / "photo.jpg")
+    expected = prepare(path, SIZE, SIZE)
+
+    def broken_exif(image: Image.Image) -> Image.Image:
+        raise SyntaxError("not a TIFF file (header b'' not valid)")
+
+    monkeypatch.setattr(preprocess.ImageOps, "exif_transpose", broken_exif)
+    assert np.array_equal(prepare(path, SIZE, SIZE), expected)
 
 
 def test_one_pixel_image(tmp_path: Path) -> None:
