@@ -138,6 +138,21 @@ def _markdown(results: dict[str, Any]) -> str:
         "- versions: " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()),
         f"- environment: {machine['env'] or 'no OPENBLAS/OMP overrides'}",
         "",
+        "## What runs",
+        "- **baseline**: `benchmarks/tutorial/main.py`, the tutorial's inference code line for line "
+        "(Keras Xception `predict` on `Image.open(f).resize((299, 299))` scaled by `/127.5 - 1`, then per "
+        "word `texts_to_sequences` → `pad_sequences` → `model.predict` → `argmax` → linear `word_for_id`). "
+        "A Keras 2 `.h5` decoder is loaded with tf_keras (Keras 2, with tf_keras's Xception), a Keras 3 "
+        "`.keras` decoder with Keras 3 (with Keras 3's Xception); tokenizer and `pad_sequences` come from "
+        "tf_keras. Same ImageNet weights file as capgen's encoder. Beam search: the tutorial follow-ups' "
+        "loop, one `predict` per hypothesis per word.",
+        "- **capgen**: the public API (`Captioner(model_dir, int8=…)`, `.caption`, `.caption_batch`, "
+        "`.features`, `.decode_features`) in a warm process; cold start is the real "
+        "`capgen caption PHOTO --model DIR --beam-size 1` command; the stage breakdown comes from "
+        "`benchmarks/capgen_probe.py`, the same work with a clock between stages.",
+        "- Each arm runs in its own process (TensorFlow and onnxruntime never share one); peak RSS is the "
+        "process's own high-water mark.",
+        "",
         "## Targets",
         "| metric | measured | target | met | on |",
         "|---|---|---|---|---|",
