@@ -110,7 +110,7 @@ def setup_command(
 
 def register_convert_commands(app: typer.Typer) -> None:
     convert_app = typer.Typer(
-        help="Convert tutorial Keras files to a capgen model folder (needs capgen[convert]).",
+        help="Convert tutorial Keras files to a capgen model folder (needs the convert extra: pip install capgen\\[convert]).",
         no_args_is_help=True,
     )
     convert_app.command("weights")(weights_command)
