@@ -115,13 +115,10 @@ def register_convert_commands(app: typer.Typer) -> None:
     )
     convert_app.command("weights")(weights_command)
     convert_app.command("encoder")(encoder_command)
-    if importlib.util.find_spec("capgen.convert.model_cli") is not None:
-        from capgen.convert.model_cli import register_model_command
+    from capgen.convert.model_cli import register_model_command
+    from capgen.convert.quantize_cli import register_quantize_command
 
-        register_model_command(convert_app)
-    if importlib.util.find_spec("capgen.convert.quantize_cli") is not None:
-        from capgen.convert.quantize_cli import register_quantize_command
-
-        register_quantize_command(convert_app)
+    register_model_command(convert_app)
+    register_quantize_command(convert_app)
     app.add_typer(convert_app, name="convert")
     app.command("setup")(setup_command)
