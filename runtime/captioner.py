@@ -73,7 +73,10 @@ class Captioner:
         self.vocabulary: Vocabulary = load_vocabulary(manifest.path(manifest.vocabulary.file), manifest.vocabulary)
         self._resize_filter = resample_filter(manifest.encoder.resize_filter)
         self._max_pixels = max_pixels
-        self._encoder = Encoder(manifest.path(encoder_file), manifest.encoder, threads=threads)
+        self._encoder = Encoder(
+            manifest.path(encoder_file), manifest.encoder, threads=threads,
+            sha256=manifest.files[encoder_file].sha256,
+        )
         self._step_model = StepModel(
             manifest.path(decoder.projection_file),
             manifest.path(decoder.step_file),

@@ -14,9 +14,14 @@ from capgen.runtime.session import OnnxSession
 class Encoder:
     """uint8 [N, H, W, 3] -> float32 [N, F]; the Xception scaling lives inside the graph."""
 
-    def __init__(self, path: Path, spec: EncoderSpec, threads: int | None = None) -> None:
+    def __init__(
+        self, path: Path, spec: EncoderSpec, threads: int | None = None, sha256: str | None = None
+    ) -> None:
+        """`sha256`: the verified file's checksum, which keys its cached optimised graph."""
         self.spec = spec
-        self._session = OnnxSession(path, inputs=["image"], outputs=["features"], threads=threads)
+        self._session = OnnxSession(
+            path, inputs=["image"], outputs=["features"], threads=threads, cache_key=sha256
+        )
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         (features,) = self._session.run({"image": pixels})
