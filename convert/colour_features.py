@@ -23,7 +23,9 @@ binding has to be in that vector already. We therefore describe the image
    - centroid, spread and bounding-box extent (where, how big, how compact).
 3. A 3x3 grid of each mask's coverage (which colour is where) and the
    background's brightness and texture.
-4. The same per-colour descriptors (with a colour one-hot) re-ordered into
+4. A fitted shape head (a linear softmax over the descriptors, see
+   models/shape_head.py) and a one-hot of the object count, per colour.
+5. The same per-colour descriptors (with a colour one-hot) re-ordered into
    left-to-right slots, and the number of colours present: captions name
    groups left to right, so the decoder finds "the next group" at a fixed place.
 
@@ -39,7 +41,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from capgen.convert import shape_head
 from capgen.convert.palette import PALETTE
+from capgen.runtime.errors import ConversionError
 
 INPUT_SIZE = 299
 POOL = 2  # 299 -> 149: enough resolution for the smallest shapes, cheap
@@ -51,7 +55,12 @@ HARMONICS = tuple(range(2, 11))
 GRID = 3
 
 PER_COLOUR_BASIC = 13
-PER_COLOUR_SIZE = PER_COLOUR_BASIC + 2 * len(HARMONICS)
+DESCRIPTOR_SIZE = PER_COLOUR_BASIC + 2 * len(HARMONICS)
+COUNTS = 3
+PER_COLOUR_SIZE = DESCRIPTOR_SIZE + len(shape_head.SHAPES) + COUNTS
+# Pin the generated shape head: changing it must change this file, which is
+# what the encoder export's cache key hashes (capgen.convert.encoder).
+SHAPE_HEAD_SHA256 = "9a9ee76012fd5a3703967ac1c5267ffd8970ce1c648b226bc679377d1d65555a"
 GLOBAL_SIZE = 4
 SLOTS = 3
 SLOT_SIZE = len(PROTOTYPES) + PER_COLOUR_SIZE
@@ -161,7 +170,32 @@ def _per_colour(masks: tf.Tensor) -> tf.Tensor:
         axis=-1,
     )
     spectrum = 2.0 * _orientation_spectrum(gx, gy, magnitude)
-    return tf.concat([basic, spectrum], axis=-1) * presence[:, :, None]
+    descriptors = tf.concat([basic, spectrum], axis=-1) * presence[:, :, None]
+    counts = tf.nn.relu(1.0 - tf.abs(euler[:, :, None] - tf.constant([1.0, 2.0, 3.0])))
+    named = tf.concat([2.0 * _shape_probabilities(descriptors), 2.0 * counts], axis=-1)
+    return tf.concat([descriptors, named * presence[:, :, None]], axis=-1)
+
+
+def _shape_probabilities(descriptors: tf.Tensor) -> tf.Tensor:
+    """The fitted shape head (models/shape_head.py): softmax over SHAPES per colour, [N,C,S]."""
+    mean = tf.constant(np.array(shape_head.MEAN, np.float32))
+    scale = tf.constant(np.array(shape_head.SCALE, np.float32))
+    weights = tf.constant(np.array(shape_head.WEIGHTS, np.float32))
+    bias = tf.constant(np.array(shape_head.BIAS, np.float32))
+    logits = tf.einsum("ncd,ds->ncs", (descriptors - mean) / scale, weights) + bias
+    return tf.nn.softmax(logits, axis=-1)
+
+
+def _check_shape_head() -> None:
+    import hashlib
+    from pathlib import Path
+
+    actual = hashlib.sha256(Path(shape_head.__file__).read_bytes()).hexdigest()
+    if actual != SHAPE_HEAD_SHA256:
+        raise ConversionError(f"convert/shape_head.py has sha256 {actual}; update SHAPE_HEAD_SHA256")
+
+
+_check_shape_head()
 
 
 def _grid_coverage(masks: tf.Tensor) -> tf.Tensor:

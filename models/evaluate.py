@@ -206,6 +206,26 @@ def write_report(metrics: dict[str, Any], out_dir: Path, describe: Callable[[], 
     (out_dir / "EVALUATION.md").write_text("\n".join(lines) + "\n")
 
 
+def _training_section(record_path: Path) -> list[str]:
+    """A summary of training.json, when the report sits beside the trained model."""
+    if not record_path.is_file():
+        return []
+    record = json.loads(record_path.read_text())
+    lines = [
+        "## Training",
+        "",
+        f"- encoder: `{record.get('encoder')}` ({record.get('feature_size')} features), "
+        f"vocabulary {record.get('vocab_size')} ids, max_length {record.get('max_length')}",
+        f"- {record.get('train_images')} train / {record.get('dev_images')} dev images, "
+        f"{record.get('train_samples')} (photo, prefix) samples, batch {record.get('batch_size')}",
+        f"- best dev loss at epoch {record.get('best_epoch')} of {record.get('epochs_run')}: "
+        f"{min(record.get('val_loss', [float('nan')])):.4f}; {record.get('train_seconds')} s on 2 shared cores",
+    ]
+    if record.get("features_note"):
+        lines.append(f"- features: {record['features_note']}")
+    return [*lines, ""]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Evaluate a converted model folder on the scenes test split.")
     parser.add_argument("dataset", type=Path)
@@ -221,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.captions:
         args.captions.write_text(json.dumps(captions, indent=1) + "\n")
     if args.out:
-        write_report(metrics, args.out)
+        write_report(metrics, args.out, lambda: _training_section(args.out / "training.json"))
     print(json.dumps(metrics, indent=2))
 
 

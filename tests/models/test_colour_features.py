@@ -132,3 +132,20 @@ def test_slots_list_the_colours_left_to_right(
         named = [colours[int(np.argmax(s))] for s in one_hot if s.max() > 1.0]
         assert named == [g["colour"] for g in scene["groups"]]
         assert computed[row, -1] == pytest.approx(len(scene["groups"]), abs=0.01)
+
+
+def test_shape_head_and_count_one_hot_name_what_was_drawn(
+    computed: np.ndarray, drawn: tuple[np.ndarray, list[dict]]
+) -> None:
+    from capgen.convert import shape_head
+    from capgen.convert.colour_features import COUNTS, DESCRIPTOR_SIZE, PROTOTYPES
+
+    per_colour = _per_colour(computed)
+    colours = list(PROTOTYPES)
+    shapes_at = slice(DESCRIPTOR_SIZE, DESCRIPTOR_SIZE + len(shape_head.SHAPES))
+    counts_at = slice(shapes_at.stop, shapes_at.stop + COUNTS)
+    for row, scene in enumerate(drawn[1]):
+        for group in scene["groups"]:
+            block = per_colour[row, colours.index(group["colour"])]
+            assert shape_head.SHAPES[int(np.argmax(block[shapes_at]))] == group["shape"]
+            assert int(np.argmax(block[counts_at])) + 1 == len(group["objects"])
