@@ -87,5 +87,13 @@ def setup_default_model(force: bool = False, echo: Callable[[str], None] = print
     )
     quantize_model_folder(target, echo=echo)
     verify_files(load_manifest(target), use_stamps=False)
+    _warm_runtime_caches(target)
     echo(f"default model ready: {target}")
     return target
+
+
+def _warm_runtime_caches(folder: Path) -> None:
+    """Load the model once so the first real caption finds verification stamps and the optimised encoder."""
+    from capgen.runtime.captioner import Captioner
+
+    Captioner(folder)
