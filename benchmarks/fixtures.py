@@ -20,6 +20,7 @@ Everything is built once into `$CAPGEN_HOME/bench/` and reused.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -35,6 +36,7 @@ FLICKR_PHOTOS = SHARED_DATA / "flickr8k" / "Flicker8k_Dataset"
 DECODER_JSON = SHARED_DATA / "model_configs" / "decoder_keras2.8.json"
 DECODER_TOKENIZER = SHARED_DATA / "model_configs" / "decoder_keras2.8.tokenizer.p"
 DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "default"
+DEFAULT_MODEL_ENV = "CAPGEN_BENCH_DEFAULT_MODEL"
 TUTORIAL_SCRIPT = REPO_ROOT / "benchmarks" / "tutorial" / "main.py"
 PEAK_SCALE = 8.0  # logits spread: the winning word leads by several nats
 SUPPRESSED_BIAS = -50.0
@@ -158,11 +160,23 @@ def _source_fingerprint(*paths: Path) -> dict[str, str]:
     return fingerprint
 
 
+def _encoder_sources(kind: str) -> list[Path]:
+    """The files the exported encoder depends on: a change there means reconverting."""
+    import capgen.convert.encoder as encoder_module
+
+    sources = [Path(encoder_module.__file__)]
+    if kind == "xception+colour":
+        import capgen.convert.colour_features as colour_module
+
+        sources.append(Path(colour_module.__file__))
+    return sources
+
+
 def prepare_tutorial7577(echo: Callable[[str], None] = print) -> BenchModel:
     folder = bench_home() / "tutorial7577"
     model_dir = folder / "capgen_model"
     stamp = folder / "stamp.json"
-    wanted = _source_fingerprint(DECODER_JSON, DECODER_TOKENIZER, Path(__file__))
+    wanted = _source_fingerprint(DECODER_JSON, DECODER_TOKENIZER, Path(__file__), *_encoder_sources("xception"))
     h5_path = folder / "model_7577.h5"
     if not (_stamp_ok(stamp, wanted) and h5_path.is_file() and (model_dir / "manifest.json").is_file()):
         echo("building the 7,577-word tutorial decoder (.h5) and converting it with capgen")
@@ -182,16 +196,23 @@ def prepare_tutorial7577(echo: Callable[[str], None] = print) -> BenchModel:
     )
 
 
+def default_model_source() -> Path:
+    """models/default, or the folder named by CAPGEN_BENCH_DEFAULT_MODEL (a candidate model)."""
+    override = os.environ.get(DEFAULT_MODEL_ENV)
+    return Path(override) if override else DEFAULT_MODEL_DIR
+
+
 def prepare_default(echo: Callable[[str], None] = print) -> BenchModel | None:
     """The default model, converted from the committed Keras file; None if it is not there yet."""
-    keras_file = DEFAULT_MODEL_DIR / "model.keras"
-    tokenizer = DEFAULT_MODEL_DIR / "tokenizer.p"
+    source = default_model_source()
+    keras_file = source / "model.keras"
+    tokenizer = source / "tokenizer.p"
     if not (keras_file.is_file() and tokenizer.is_file()):
         return None
     folder = bench_home() / "default"
     model_dir = folder / "capgen_model"
     stamp = folder / "stamp.json"
-    wanted = _source_fingerprint(keras_file, tokenizer, Path(__file__))
+    wanted = _source_fingerprint(keras_file, tokenizer, Path(__file__), *_encoder_sources("xception+colour"))
     if not (_stamp_ok(stamp, wanted) and (model_dir / "manifest.json").is_file()):
         echo("converting the default model with capgen (xception+colour encoder)")
         folder.mkdir(parents=True, exist_ok=True)
@@ -203,7 +224,7 @@ def prepare_default(echo: Callable[[str], None] = print) -> BenchModel | None:
         tokenizer=tokenizer,
         model_dir=model_dir,
         colour=True,
-        note="the default model (models/default/model.keras, Keras 3) with the xception+colour "
+        note=f"the default model ({keras_file}, Keras 3) with the xception+colour "
         "encoder; the baseline computes the colour features with the same TensorFlow function",
     )
 

@@ -17,7 +17,7 @@ def quantize_command(
             help="Train-split synthetic scenes added to the calibration photos "
             "(xception+colour encoders only)."
         ),
-    ] = 16,
+    ] = 4,
 ) -> None:
     """Quantize the encoder to INT8 (u8 activations, s8 per-channel weights) and record it in the manifest."""
     from capgen.convert.cli import require_convert_stack
