@@ -298,13 +298,18 @@ def run_benchmarks(
         for model in models:
             echo(f"model {model.name}: {model.note}")
             entry: dict[str, Any] = {"note": model.note, "primary": model is primary}
-            entry["cold_start"] = _cold_start(session, model)
-            entry.update(_warm(session, model, primary=model is primary))
+            try:
+                entry["cold_start"] = _cold_start(session, model)
+                entry.update(_warm(session, model, primary=model is primary))
+            except Exception as error:  # one broken model must not lose the other's results
+                echo(f"  {model.name} failed: {error}")
+                entry = {"note": model.note, "primary": False, "error": str(error)}
             results["models"][model.name] = entry
         echo("matmul ceiling (onnxruntime)")
         results["matmul"] = matmul_ceiling(plan.matmul_size)
         results["encoder_efficiency"] = _encoder_efficiency(results["models"][models[0].name], results["matmul"])
-        if plan.int8 and default is not None and plan.int8_eval_scenes > 0:
+        default_ok = default is not None and "error" not in results["models"][default.name]
+        if plan.int8 and default_ok and plan.int8_eval_scenes > 0:
             from capgen.benchmarks.int8_eval import evaluate_int8
 
             echo(f"INT8 vs FP32 captions on {plan.int8_eval_scenes} test-split scenes")
