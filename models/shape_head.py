@@ -11,7 +11,7 @@ ground truth, and written as constants into `convert/shape_head.py`, which
 the encoder graph reads (and whose sha256 `colour_features.py` pins, so the
 exported encoder's cache key changes whenever the head does).
 
-    python -m capgen.models.shape_head DATASET COLOUR_FEATURES.npz
+    python -m capgen.models.shape_head DATASET DATASET/features-<sha>.npz   # xception+colour cache
 """
 
 from __future__ import annotations
@@ -30,13 +30,18 @@ TARGET = Path(__file__).resolve().parents[1] / "convert" / "shape_head.py"
 
 
 def descriptor_rows(
-    features: dict[str, np.ndarray], truth: dict[str, dict], names: list[str], descriptor_size: int, block: int
+    features: dict[str, np.ndarray],
+    truth: dict[str, dict],
+    names: list[str],
+    descriptor_size: int,
+    block: int,
+    offset: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One (descriptor, shape index) row per drawn group."""
     colours = list(PALETTE)
     rows, labels = [], []
     for name in names:
-        per_colour = features[name][: len(colours) * block].reshape(len(colours), block)
+        per_colour = features[name][offset : offset + len(colours) * block].reshape(len(colours), block)
         for group in truth[name]["groups"]:
             rows.append(per_colour[colours.index(group["colour"]), :descriptor_size])
             labels.append(SHAPES.index(group["shape"]))
@@ -89,16 +94,17 @@ def write_module(mean: np.ndarray, scale: np.ndarray, weights: np.ndarray, bias:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Fit the colour features' shape head.")
     parser.add_argument("dataset", type=Path)
-    parser.add_argument("features", type=Path, help=".npz with names and colour features (shape head excluded)")
+    parser.add_argument("features", type=Path, help=".npz with names and features (models/features.py cache)")
     parser.add_argument("--descriptor-size", type=int, default=31)
-    parser.add_argument("--block", type=int, default=40, help="values per colour in the features given")
+    parser.add_argument("--block", type=int, default=48, help="values per colour in the features given")
+    parser.add_argument("--offset", type=int, default=2048, help="where the colour features start (after Xception's)")
     args = parser.parse_args(argv)
     with np.load(args.features) as stored:
         features = dict(zip(stored["names"].tolist(), stored["features"], strict=True))
     dataset = Flickr8kDataset(args.dataset)
     truth = load_ground_truth(args.dataset)
-    train_x, train_y = descriptor_rows(features, truth, dataset.split("train"), args.descriptor_size, args.block)
-    test_x, test_y = descriptor_rows(features, truth, dataset.split("test"), args.descriptor_size, args.block)
+    train_x, train_y = descriptor_rows(features, truth, dataset.split("train"), args.descriptor_size, args.block, args.offset)
+    test_x, test_y = descriptor_rows(features, truth, dataset.split("test"), args.descriptor_size, args.block, args.offset)
     mean, scale, weights, bias = fit_softmax(train_x, train_y, len(SHAPES))
     train_acc = accuracy(train_x, train_y, mean, scale, weights, bias)
     test_acc = accuracy(test_x, test_y, mean, scale, weights, bias)

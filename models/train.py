@@ -73,7 +73,7 @@ def make_samples(
     return Samples(np.array(rows, np.int32), np.stack(prefixes), np.array(targets, np.int32))
 
 
-def build_decoder(feature_size: int, vocab_size: int, max_length: int) -> Any:
+def build_decoder(feature_size: int, vocab_size: int, max_length: int, compile: bool = True) -> Any:
     """The tutorial's merge decoder, layer for layer."""
     import keras
     from keras import layers
@@ -89,8 +89,16 @@ def build_decoder(feature_size: int, vocab_size: int, max_length: int) -> Any:
     decoder2 = layers.Dense(UNITS, activation="relu")(decoder1)
     outputs = layers.Dense(vocab_size, activation="softmax")(decoder2)
     model = keras.Model(inputs=[inputs1, inputs2], outputs=outputs)
-    model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
+    if compile:
+        model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
     return model
+
+
+def save_without_optimizer(model: Any, path: Path, feature_size: int, vocab_size: int, max_length: int) -> None:
+    """Save only what inference needs: Adam's two moment copies would triple the file."""
+    inference = build_decoder(feature_size, vocab_size, max_length, compile=False)
+    inference.set_weights(model.get_weights())
+    inference.save(path)
 
 
 def _dataset(samples: Samples, photos: np.ndarray, batch_size: int, shuffle: bool) -> Any:
@@ -160,7 +168,7 @@ def train(
     )
     seconds = time.monotonic() - started
 
-    model.save(output_dir / MODEL_FILENAME)
+    save_without_optimizer(model, output_dir / MODEL_FILENAME, train_photos.shape[1], vocab_size, max_length)
     val_losses = [float(v) for v in history.history["val_loss"]]
     record = {
         "dataset": str(dataset_root),
