@@ -23,7 +23,8 @@ from capgen.convert.model_folder import (
     write_model_folder,
 )
 from capgen.convert.tokenizer import build_vocabulary, choose_delimiters, read_tokenizer
-from capgen.runtime.errors import InputError, ModelError, TokenizerError
+from capgen.runtime.errors import InputError, ModelError, TokenizerError, UnsupportedModelError
+from capgen.runtime.manifest import MAX_CAPTION_LENGTH
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,13 @@ class ConversionReport:
 
 def resolve_max_length(arch: DecoderArchitecture, override: int | None) -> int:
     """The model's fixed sequence length; an override only where the input is variable length."""
-    if override is not None and override < 1:
-        raise InputError(f"--max-length must be at least 1, got {override}")
+    if override is not None and not 1 <= override <= MAX_CAPTION_LENGTH:
+        raise InputError(f"--max-length must be from 1 to {MAX_CAPTION_LENGTH}, got {override}")
+    if arch.max_length is not None and arch.max_length > MAX_CAPTION_LENGTH:
+        raise UnsupportedModelError(
+            f"the model's word-id input {arch.sequence_input!r} is {arch.max_length} tokens long; "
+            f"capgen runs captions of at most {MAX_CAPTION_LENGTH} words"
+        )
     if arch.max_length is None:
         if override is None:
             raise InputError(

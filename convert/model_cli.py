@@ -14,6 +14,8 @@ from typing import Annotated
 
 import typer
 
+from capgen.runtime.usage_errors import OneLineUsageCommand
+
 
 def model_command(
     model: Annotated[Path, typer.Argument(help="The decoder: model_9.h5 (Keras 2/3), .keras, or a weights-only .h5.")],
@@ -76,4 +78,4 @@ def model_command(
 
 
 def register_model_command(convert_app: typer.Typer) -> None:
-    convert_app.command("model")(model_command)
+    convert_app.command("model", cls=OneLineUsageCommand)(model_command)

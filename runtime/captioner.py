@@ -11,6 +11,7 @@ one instance can be shared by many threads.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -30,6 +31,23 @@ from capgen.runtime.step_model import StepModel
 from capgen.runtime.vocabulary import Vocabulary, load_vocabulary
 
 DEFAULT_BATCH_SIZE = 8
+# A batch's pixels and encoder activations are held at once (Xception's largest
+# activation is ~11 MB per image), so --batch-size 1000 on a big folder would be
+# an out-of-memory kill that loses the whole batch; past ~16 nothing gets faster.
+MAX_BATCH_SIZE = 64
+# onnxruntime spins one thread per requested thread: 1000 on 2 cores never
+# finished loading. More threads than cores (or 64) cannot help.
+MIN_THREAD_LIMIT = 64
+
+
+def max_threads() -> int:
+    return max(MIN_THREAD_LIMIT, os.cpu_count() or 1)
+
+
+def check_batch_size(batch_size: object) -> None:
+    """Raise InputError unless 1 <= batch_size <= MAX_BATCH_SIZE (the CLI checks before touching --output)."""
+    if not is_count(batch_size) or not 1 <= batch_size <= MAX_BATCH_SIZE:  # type: ignore[operator]
+        raise InputError(f"batch_size must be an integer from 1 to {MAX_BATCH_SIZE}, got {batch_size!r}")
 # (image as given, its pixels or why it has none, seconds spent preprocessing)
 _Prepared = tuple[Any, "np.ndarray | CapgenError", float]
 
@@ -58,8 +76,8 @@ class Captioner:
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         """`threads`: onnxruntime threads for the encoder (None: one per core)."""
-        if threads is not None and (not is_count(threads) or threads < 1):
-            raise InputError(f"threads must be a positive integer, got {threads!r}")
+        if threads is not None and (not is_count(threads) or not 1 <= threads <= max_threads()):
+            raise InputError(f"threads must be an integer from 1 to {max_threads()}, got {threads!r}")
         folder, self.is_default_model = resolve_model_dir(model_dir)
         manifest = load_manifest(folder)
         encoder_file = manifest.encoder.int8_file if int8 else manifest.encoder.file
@@ -153,8 +171,7 @@ class Captioner:
         the current batch runs through onnxruntime (both release the GIL).
         """
         options = options or DecodingOptions()
-        if not is_count(batch_size) or batch_size < 1:
-            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_batch_size(batch_size)
         prepared = self._prefetched(images, ahead=2 * batch_size) if batch_size > 1 else map(self._prepare, images)
         pending: list[_Prepared] = []
         ready = 0

@@ -32,6 +32,7 @@ import typer
 
 from capgen.runtime.console import say
 from capgen.runtime.errors import CapgenError, InputError
+from capgen.runtime.usage_errors import OneLineUsageCommand
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,6 +60,17 @@ def cli_errors(function: F) -> F:
             raise typer.Exit(INTERRUPTED_EXIT) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _check_annotate_folder(annotate: Path, images: list[str]) -> None:
+    """Refuse an --annotate folder that holds input images: their pictures would replace the photos."""
+    target = os.path.realpath(annotate)
+    for image in images:
+        if os.path.realpath(os.path.dirname(image) or ".") == target:
+            raise InputError(
+                f"--annotate {annotate} is where input images are ({image}); annotated copies "
+                "would overwrite them, choose another folder"
+            )
 
 
 @cli_errors
@@ -107,22 +119,25 @@ def caption_command(
     paths, empty_folders = expand_inputs(arguments)
 
     from capgen.runtime import results
-    from capgen.runtime.captioner import Captioner
+    from capgen.runtime.captioner import Captioner, check_batch_size
     from capgen.runtime.decoding import DecodingOptions
     from capgen.runtime.outputs import CaptionSinks
 
     options = DecodingOptions(beam_size=beam_size, max_length=max_length, length_penalty=length_penalty, n_best=n_best)
+    check_batch_size(batch_size)  # every option is checked before --output is touched
     captioner = Captioner(model, threads=threads, int8=int8)  # before touching --output: a bad model changes nothing
     if captioner.is_default_model:
         say(DEMO_NOTE)
     done = results.prepare_resume(output) if resume and output is not None else set()
     todo = [path for path in paths if path not in done]
     if output is not None and not resume:
+        results.check_replaceable(output)
         try:
             output.write_bytes(b"")
         except OSError as exc:
             raise InputError(f"{output}: cannot write ({exc.strerror or exc})") from exc
     if annotate is not None:
+        _check_annotate_folder(annotate, todo)
         try:
             annotate.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -136,8 +151,8 @@ def caption_command(
         writer=results.JsonlWriter(output) if output is not None else None,
         annotate_dir=annotate,
     )
-    for folder in empty_folders:
-        sinks.failed(folder, "no images in this folder (not searched recursively)")
+    for folder in empty_folders:  # also a JSON line, so --json and --output readers see it
+        sinks.handle(folder, InputError("no images in this folder (not searched recursively)"))
     if sys.stderr.isatty() and len(todo) > 1:
         from tqdm import tqdm
 
@@ -211,5 +226,5 @@ def info_command(
 
 def register_runtime_commands(app: typer.Typer) -> None:
     """Add `caption` and `info` to the root app (capgen/cli.py)."""
-    app.command("caption")(caption_command)
-    app.command("info")(info_command)
+    app.command("caption", cls=OneLineUsageCommand)(caption_command)
+    app.command("info", cls=OneLineUsageCommand)(info_command)

@@ -22,6 +22,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from capgen.runtime.errors import InputError
+from capgen.runtime.manifest import MAX_CAPTION_LENGTH
 from capgen.runtime.top_k import top_k
 from capgen.runtime.vocabulary import Vocabulary
 
@@ -34,6 +35,14 @@ class StepModelLike(Protocol):
     def step(
         self, words: np.ndarray, h: np.ndarray, c: np.ndarray, photo: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+# Upper bounds on what a caller may ask for. Each step holds beam_size rows of
+# V log-probabilities per image (V = 7,577 for the tutorial: a beam of a million
+# asked for tens of GB), and a model that never says `end` decodes max_length
+# steps (a hundred million took hours): refusing up front beats a hang or an
+# out-of-memory kill. Real captions are 10-40 words; beams beyond ~10 stop helping.
+MAX_BEAM_SIZE = 100
 
 
 def is_count(value: object) -> bool:
@@ -58,10 +67,14 @@ class DecodingOptions:
     n_best: int = 1
 
     def __post_init__(self) -> None:
-        if not is_count(self.beam_size) or self.beam_size < 1:
-            raise InputError(f"beam_size must be a positive integer, got {self.beam_size!r}")
-        if self.max_length is not None and (not is_count(self.max_length) or self.max_length < 1):
-            raise InputError(f"max_length must be a positive integer, got {self.max_length!r}")
+        if not is_count(self.beam_size) or not 1 <= self.beam_size <= MAX_BEAM_SIZE:
+            raise InputError(f"beam_size must be an integer from 1 to {MAX_BEAM_SIZE}, got {self.beam_size!r}")
+        if self.max_length is not None and (
+            not is_count(self.max_length) or not 1 <= self.max_length <= MAX_CAPTION_LENGTH
+        ):
+            raise InputError(
+                f"max_length must be an integer from 1 to {MAX_CAPTION_LENGTH}, got {self.max_length!r}"
+            )
         if not is_count(self.n_best) or not 1 <= self.n_best <= self.beam_size:
             raise InputError(f"n_best must be between 1 and beam_size ({self.beam_size}), got {self.n_best!r}")
         if self.length_penalty is not None and not (

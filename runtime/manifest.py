@@ -20,6 +20,11 @@ from capgen.runtime.home import capgen_home
 SUPPORTED_FORMAT_VERSIONS = (1,)
 MANIFEST_NAME = "manifest.json"
 _LFS_PREFIX = b"version https://git-lfs"
+# Bounds on numbers that size work: a manifest saying max_length 10**9 (or an
+# encoder input of 10**5 x 10**5 pixels) would hang or exhaust memory on the
+# first image instead of failing at load. The tutorial's values are 32-40 and 299.
+MAX_CAPTION_LENGTH = 1000
+MAX_INPUT_SIDE = 4096
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,12 @@ def _field(data: dict[str, Any], key: str, kind: type, where: str) -> Any:
     return value
 
 
+def _bounded(value: int, limit: int, where: str) -> int:
+    if value > limit:
+        raise ModelError(f"manifest.json: field {where} is {value}, more than capgen's limit of {limit}")
+    return value
+
+
 def _parse(folder: Path, data: Any) -> Manifest:
     if not isinstance(data, dict) or data.get("format") != "capgen-model":
         raise ModelError(f"{folder}: manifest.json is not a capgen model manifest")
@@ -106,8 +117,8 @@ def _parse(folder: Path, data: Any) -> Manifest:
         int8_file=int8_file,
         kind=str(enc.get("kind", "xception")),
         feature_size=_field(enc, "feature_size", int, "encoder."),
-        height=_field(enc_input, "height", int, "encoder.input."),
-        width=_field(enc_input, "width", int, "encoder.input."),
+        height=_bounded(_field(enc_input, "height", int, "encoder.input."), MAX_INPUT_SIDE, "encoder.input.height"),
+        width=_bounded(_field(enc_input, "width", int, "encoder.input."), MAX_INPUT_SIDE, "encoder.input.width"),
         resize_filter=_field(enc_input, "resize_filter", str, "encoder.input."),
     )
     decoder = DecoderSpec(
@@ -146,7 +157,7 @@ def _parse(folder: Path, data: Any) -> Manifest:
         encoder=encoder,
         decoder=decoder,
         vocabulary=vocabulary,
-        max_length=_field(data, "max_length", int, ""),
+        max_length=_bounded(_field(data, "max_length", int, ""), MAX_CAPTION_LENGTH, "max_length"),
         files=files,
         raw=data,
     )

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -128,7 +129,29 @@ def _upright(image: Image.Image) -> Image.Image:
         return image
 
 
+def _special_file_kind(path: str | os.PathLike[str]) -> str | None:
+    """'a FIFO', 'a device', 'a socket' for what is not a regular file or folder, else None.
+
+    Opening a named pipe blocks until something writes to it, so `capgen caption
+    pipe.jpg` would hang forever; such paths are refused before they are opened.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # open() below reports missing or unreadable paths in its own words
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return None
+
+
 def _open_path(path: str | os.PathLike[str], max_pixels: int) -> Image.Image:
+    special = _special_file_kind(path)
+    if special is not None:
+        raise InputError(f"is {special}, not an image file")
     try:
         with open(path, "rb") as handle:
             return _decode(handle, max_pixels)

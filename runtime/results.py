@@ -65,6 +65,36 @@ class JsonlWriter:
         self.close()
 
 
+def check_replaceable(path: Path) -> None:
+    """Refuse to empty an existing --output that is not a capgen JSON Lines file.
+
+    `capgen caption -o photo.jpg other.jpg` (a slip of the finger) would
+    otherwise truncate the user's photo; a previous capgen output, an empty
+    file or a new path are fine to (re)write.
+    """
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(1 << 16)
+    except FileNotFoundError:
+        return
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder; --output needs a file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if not head.strip():
+        return
+    first = head.lstrip().split(b"\n", 1)[0]
+    try:
+        record = json.loads(first)
+    except ValueError:
+        record = None
+    if not (isinstance(record, dict) and "path" in record):
+        raise InputError(
+            f"{path}: exists and is not a capgen JSON Lines file; refusing to overwrite it "
+            "(choose another --output, or delete the file)"
+        )
+
+
 def prepare_resume(path: Path) -> set[str]:
     """Paths already captioned in `path`, after cutting a partial last line left by a crash.
 

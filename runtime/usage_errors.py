@@ -1,0 +1,49 @@
+"""Command-line usage mistakes as one line, like every other capgen error.
+
+typer shows a bad option (`--beam-size abc`, `--bogus`, a missing `-o`) as a
+multi-line usage block in a box. capgen's rule is one line on stderr
+(`capgen: error: …`) and a documented exit code, so scripts and people read
+every failure the same way. Commands opt in with `cls=OneLineUsageCommand`;
+the root app can use `OneLineUsageGroup` so an unknown subcommand is one
+line too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+from capgen.runtime.console import say
+
+# typer vendors click; its UsageError (bad option, missing argument, bad value)
+# is the base of the one click exception typer re-exports.
+UsageError: type[Exception] = typer.BadParameter.__mro__[1]
+USAGE_EXIT = 2
+
+
+def _one_line(error: Exception) -> str:
+    message = error.format_message() if hasattr(error, "format_message") else str(error)
+    return " ".join(message.split())
+
+
+def _usage_failed(error: Exception) -> typer.Exit:
+    say(f"capgen: error: {_one_line(error)} (see --help)")
+    return typer.Exit(USAGE_EXIT)
+
+
+class OneLineUsageCommand(TyperCommand):
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except UsageError as error:
+            raise _usage_failed(error) from None
+
+
+class OneLineUsageGroup(TyperGroup):
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except UsageError as error:
+            raise _usage_failed(error) from None

@@ -1,0 +1,60 @@
+"""Fixtures for hostile-user tests: the real console script, a tiny model, a private cache.
+
+These tests drive `.venv/bin/capgen` in a subprocess the way a user would, so
+what they check is what a user sees: one `capgen: …` line per problem, the
+documented exit code, never a traceback or a hang (every run has a timeout).
+The tiny model and Keras builders are shared with tests/runtime and tests/convert.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parents[1]
+for helpers in (TESTS / "runtime", TESTS / "convert"):
+    if str(helpers) not in sys.path:
+        sys.path.append(str(helpers))
+
+from cli_helpers import Run  # noqa: E402
+from tiny_model import TinyModel, write_tiny_model  # noqa: E402
+
+CONSOLE_SCRIPT = TESTS.parent / ".venv" / "bin" / "capgen"
+
+
+@pytest.fixture(scope="session")
+def capgen_script() -> Path:
+    if not CONSOLE_SCRIPT.exists():
+        pytest.skip(f"console script {CONSOLE_SCRIPT} not installed (make install creates it)")
+    return CONSOLE_SCRIPT
+
+
+@pytest.fixture(scope="session")
+def hardening_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    return write_tiny_model(tmp_path_factory.mktemp("hardening") / "model")
+
+
+@pytest.fixture()
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "capgen-home"
+
+
+@pytest.fixture()
+def run(capgen_script: Path, home: Path) -> Run:
+    """Run `capgen ARGS…` with a private CAPGEN_HOME; a hang fails the test via the timeout."""
+
+    def runner(
+        *args: str | Path | bytes, timeout: float = 120, **kwargs: object
+    ) -> subprocess.CompletedProcess[bytes]:
+        env = {**os.environ, "CAPGEN_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "3"}
+        argv = [
+            os.fsencode(capgen_script),
+            *(a if isinstance(a, bytes) else os.fsencode(str(a)) for a in args),
+        ]
+        return subprocess.run(argv, capture_output=True, env=env, timeout=timeout, **kwargs)  # type: ignore[call-overload]
+
+    return runner
