@@ -159,11 +159,11 @@ def keras_greedy(
     return captions
 
 
-def runtime_captions(model_dir: Path, image_paths: Sequence[Path]) -> list[str]:
+def runtime_captions(model_dir: Path, image_paths: Sequence[Path], int8: bool = False) -> list[str]:
     """Greedy captions from a converted model folder via the runtime (the shipped path)."""
     from capgen.runtime.captioner import Captioner
 
-    captioner = Captioner(model_dir)
+    captioner = Captioner(model_dir, int8=int8)
     results = captioner.caption_batch(list(image_paths), beam_size=1, batch_size=16)
     return [r.text for r in results]  # type: ignore[union-attr]
 
@@ -201,6 +201,18 @@ def write_report(metrics: dict[str, Any], out_dir: Path, describe: Callable[[], 
         *_table(binding, ["scenes", "precision", "recall", "count_accuracy"]),
         "",
     ]
+    if "int8_encoder" in metrics:
+        int8 = metrics["int8_encoder"]
+        lines += [
+            "## With the INT8 encoder (`Captioner(int8=True)`)",
+            "",
+            "| " + " | ".join(int8["caption_metrics"]) + " |",
+            "|---" * len(int8["caption_metrics"]) + "|",
+            "| " + " | ".join(str(v) for v in int8["caption_metrics"].values()) + " |",
+            "",
+            *_table(int8["colour_shape"], ["scenes", "precision", "recall", "count_accuracy"]),
+            "",
+        ]
     if describe is not None:
         lines += describe()
     (out_dir / "EVALUATION.md").write_text("\n".join(lines) + "\n")
@@ -232,12 +244,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model_dir", type=Path, help="a converted capgen model folder")
     parser.add_argument("--out", type=Path, help="write metrics.json and EVALUATION.md here")
     parser.add_argument("--captions", type=Path, help="also write every test caption here (JSON)")
+    parser.add_argument("--int8", action="store_true", help="also score the folder's INT8 encoder")
     args = parser.parse_args(argv)
     dataset = Flickr8kDataset(args.dataset)
     names = sorted(dataset.descriptions("test"))
-    texts = runtime_captions(args.model_dir, [dataset.images_dir / n for n in names])
-    captions = dict(zip(names, texts, strict=True))
+    paths = [dataset.images_dir / n for n in names]
+    captions = dict(zip(names, runtime_captions(args.model_dir, paths), strict=True))
     metrics = evaluate_captions(args.dataset, captions)
+    if args.int8:
+        int8 = dict(zip(names, runtime_captions(args.model_dir, paths, int8=True), strict=True))
+        metrics["int8_encoder"] = evaluate_captions(args.dataset, int8)
     if args.captions:
         args.captions.write_text(json.dumps(captions, indent=1) + "\n")
     if args.out:
