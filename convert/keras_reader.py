@@ -37,6 +37,12 @@ _KERAS3_VARIABLE_ORDER: dict[str, tuple[str, ...]] = {
     "LSTM": ("kernel", "recurrent_kernel", "bias"),
 }
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# The tutorial decoder's largest weight is 7,577 x 256 floats (7.8 MB). HDF5
+# and zip both let a 60 kB file declare gigabytes (a compressed array of
+# zeros); reading such a file would exhaust memory, so sizes are checked from
+# the declarations before anything is read.
+MAX_WEIGHT_BYTES = 1 << 30
+MAX_CONFIG_BYTES = 64 << 20
 
 LayerWeights = dict[str, dict[str, np.ndarray]]  # layer name -> {"kernel": ..., "bias": ...}
 
@@ -67,7 +73,7 @@ def _text(value: Any) -> str:
 def _parse_config(text: str, where: str) -> dict[str, Any]:
     try:
         config = json.loads(text)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:  # RecursionError: absurdly nested JSON
         raise ModelError(f"{where} is not valid JSON: {error}") from error
     if not isinstance(config, dict) or "config" not in config:
         raise ModelError(f"{where} is not a Keras model config (no 'config' key)")
@@ -88,12 +94,27 @@ def _variable_key(weight_name: str) -> str:
     return re.sub(r":\d+$", "", weight_name.rsplit("/", 1)[-1])
 
 
+def _weight_array(dataset: Any) -> np.ndarray:
+    """A dataset's values, refusing non-numbers and sizes no tutorial decoder has before reading."""
+    name = getattr(dataset, "name", "?")
+    dtype = getattr(dataset, "dtype", None)
+    if dtype is None or dtype.kind not in "fiu":
+        raise ModelError(f"weight {name} holds {dtype} values, not numbers")
+    declared = int(np.prod(dataset.shape, dtype=np.float64)) * dtype.itemsize
+    if declared > MAX_WEIGHT_BYTES:
+        raise ModelError(
+            f"weight {name} declares shape {tuple(dataset.shape)} ({declared / 2**30:.1f} GiB), "
+            f"more than any tutorial decoder ({MAX_WEIGHT_BYTES >> 30} GiB at most); refusing to read it"
+        )
+    return np.asarray(dataset)
+
+
 def _read_legacy_weights(root: Any) -> LayerWeights:
     weights: LayerWeights = {}
     for layer_name in (_text(name) for name in root.attrs["layer_names"]):
         group = root[layer_name]
         arrays = {
-            _variable_key(_text(weight_name)): np.asarray(group[_text(weight_name)])
+            _variable_key(_text(weight_name)): _weight_array(group[_text(weight_name)])
             for weight_name in group.attrs.get("weight_names", [])
         }
         if arrays:
@@ -127,7 +148,7 @@ def _vars_arrays(group: Any) -> list[np.ndarray]:
     variables = group.get("vars")
     if variables is None:
         return []
-    return [np.asarray(variables[key]) for key in sorted(variables, key=int)]
+    return [_weight_array(variables[key]) for key in sorted(variables, key=int)]
 
 
 def _read_keras3_weights(root: Any, model_config: dict[str, Any]) -> LayerWeights:
@@ -203,6 +224,11 @@ def _read_keras_zip(path: Path, architecture: dict[str, Any] | None) -> KerasMod
         if "config.json" not in names or "model.weights.h5" not in names:
             raise ModelError(f"{where} is a zip but not a Keras .keras file "
                              "(needs config.json and model.weights.h5)")
+        for member, limit in (("config.json", MAX_CONFIG_BYTES), ("metadata.json", MAX_CONFIG_BYTES),
+                              ("model.weights.h5", MAX_WEIGHT_BYTES)):
+            if member in names and archive.getinfo(member).file_size > limit:
+                raise ModelError(f"{where}: {member} declares {archive.getinfo(member).file_size:,} bytes "
+                                 f"uncompressed, more than a tutorial decoder's {limit:,}; refusing to unpack it")
         config_text = archive.read("config.json").decode("utf-8")
         metadata = json.loads(archive.read("metadata.json")) if "metadata.json" in names else {}
         weights_bytes = archive.read("model.weights.h5")

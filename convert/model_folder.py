@@ -95,7 +95,12 @@ def describe_encoder(path: Path, kind: str | None = None) -> EncoderInfo:
     size = int(dims[1].dim_value)
     preprocessing = dict(PREPROCESSING)
     if "capgen.encoder.preprocessing" in props:
-        preprocessing = json.loads(props["capgen.encoder.preprocessing"])
+        try:
+            preprocessing = json.loads(props["capgen.encoder.preprocessing"])
+        except (ValueError, RecursionError) as error:
+            raise ModelError(f"encoder {path}: its capgen.encoder.preprocessing metadata is not JSON") from error
+        if not isinstance(preprocessing, dict):
+            raise ModelError(f"encoder {path}: its capgen.encoder.preprocessing metadata is not a JSON object")
     recorded_kind = props.get("capgen.encoder.kind")
     chosen_kind = recorded_kind or kind or ("xception" if size == 2048 else "custom")
     return EncoderInfo(path=path, kind=chosen_kind, feature_size=size, preprocessing=preprocessing)

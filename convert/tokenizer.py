@@ -133,7 +133,7 @@ def _attributes_from_json(data: bytes, path: Path) -> dict[str, Any]:
         word_index = config.get("word_index")
         return {**config, "word_index": json.loads(word_index) if isinstance(word_index, str)
                 else word_index}
-    except (ValueError, AttributeError, KeyError, TypeError) as error:
+    except (ValueError, AttributeError, KeyError, TypeError, RecursionError) as error:
         raise TokenizerError(f"{path} is not a readable tokenizer JSON ({error})") from error
 
 

@@ -179,8 +179,8 @@ def load_manifest(folder: Path | str) -> Manifest:
         raise GitLfsPointerError(f"{path}: is a Git LFS pointer; run `git lfs pull`")
     try:
         data = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path}: not valid JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
+        raise ModelError(f"{path}: not valid JSON ({exc})") from None
     return _parse(folder, data)
 
 

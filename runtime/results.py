@@ -86,7 +86,7 @@ def check_replaceable(path: Path) -> None:
     first = head.lstrip().split(b"\n", 1)[0]
     try:
         record = json.loads(first)
-    except ValueError:
+    except (ValueError, RecursionError):
         record = None
     if not (isinstance(record, dict) and "path" in record):
         raise InputError(
@@ -117,7 +117,7 @@ def prepare_resume(path: Path) -> set[str]:
             continue
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
             raise InputError(f"{path}:{number}: not a JSON line; is this a capgen --output file?") from None
         if isinstance(record, dict) and isinstance(record.get("path"), str) and "caption" in record:
             done.add(record["path"])

@@ -44,8 +44,8 @@ class Vocabulary:
 def load_vocabulary(path: Path, spec: VocabularySpec) -> Vocabulary:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: cannot read the vocabulary ({exc})") from exc
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
+        raise ModelError(f"{path}: cannot read the vocabulary ({exc})") from None
     if not isinstance(data, list) or not all(w is None or isinstance(w, str) for w in data):
         raise ModelError(f"{path}: vocabulary must be a JSON list of words or null")
     if len(data) != spec.size:

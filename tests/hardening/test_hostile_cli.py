@@ -224,3 +224,31 @@ def test_a_file_without_read_permission(
     assert done.stderr.decode() == f"capgen: {secret}: permission denied\n"
     assert done.stdout.decode().startswith(f"{photo}\t")
     assert stat.S_IMODE(secret.stat().st_mode) == 0
+
+
+def test_absurdly_nested_json_in_a_model_folder_or_resume_file(
+    run: Run, hardening_model: TinyModel, photo: Path, tmp_path: Path
+) -> None:
+    """json.loads raises RecursionError, not ValueError, on '[' * 200000: it used to escape as a traceback."""
+    nested = ("[" * 200_000 + "]" * 200_000).encode()
+    manifest = _edited_copy(hardening_model, tmp_path / "manifest", lambda m: None)
+    (manifest / "manifest.json").write_bytes(nested)
+    assert_one_line_error(run("caption", "-m", manifest, photo), 3, "manifest.json: not valid JSON")
+
+    def nested_vocabulary(m: dict) -> None:  # type: ignore[type-arg]
+        m["files"]["vocabulary.json"] = {
+            "sha256": hashlib.sha256(nested).hexdigest(),
+            "bytes": len(nested),
+        }
+
+    vocabulary = _edited_copy(hardening_model, tmp_path / "vocabulary", nested_vocabulary)
+    (vocabulary / "vocabulary.json").write_bytes(nested)
+    assert_one_line_error(run("caption", "-m", vocabulary, photo), 3, "cannot read the vocabulary")
+    output = tmp_path / "captions.jsonl"
+    output.write_bytes(nested + b"\n")
+    resumed = run("caption", "-m", hardening_model.folder, photo, "-o", output, "--resume")
+    assert_one_line_error(resumed, 2, "not a JSON line")
+    assert_one_line_error(
+        run("caption", "-m", hardening_model.folder, photo, "-o", output), 2, "refusing"
+    )
+    assert output.read_bytes() == nested + b"\n"

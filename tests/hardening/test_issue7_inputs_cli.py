@@ -281,12 +281,14 @@ def keras_sources(
     model = build_keras3_decoder(shape)
     apply_role_weights(model, peaked_role_weights(shape, seed=2))
     model.save(folder / "model_9.h5")
+    model.save(folder / "model_9.keras")
     inputs = keras.Input((32,))
     keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(inputs)).save(
         folder / "classifier.h5"
     )
     return {
         "model": folder / "model_9.h5",
+        "keras_zip": folder / "model_9.keras",
         "classifier": folder / "classifier.h5",
         "tokenizer": write_fake_tokenizer(folder / "tokenizer.p", words),
         "other_tokenizer": write_fake_tokenizer(folder / "other.p", [*words, "cat", "sleeps"]),
@@ -356,3 +358,98 @@ def test_broken_models_and_tokenizers_at_capgen_convert_model(
     )
     assert good.returncode == 0, good.stderr
     assert b"vocabulary:     9 ids (start 'start', end 'end')" in good.stdout
+
+
+# ---- crafted Keras files: declared sizes and types are checked before anything is read ----
+
+
+def _replace_dataset(source: Path, target: Path, key: str, **create: object) -> Path:
+    import h5py
+
+    shutil.copyfile(source, target)
+    with h5py.File(target, "a") as handle:
+        del handle[key]
+        handle.create_dataset(key, **create)
+    return target
+
+
+@pytest.mark.convert
+def test_crafted_h5_weights_are_refused_before_reading(
+    run: Run, keras_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    """A 60 kB .h5 declaring a 15 GiB array used to die of MemoryError; text weights of a ValueError."""
+    embeddings = "model_weights/embedding/embedding/embeddings"
+    bias = "model_weights/hidden_dense/hidden_dense/bias"
+    bomb = _replace_dataset(
+        keras_sources["model"],
+        tmp_path / "bomb.h5",
+        embeddings,
+        shape=(200_000, 20_000),
+        dtype="f4",
+        chunks=(1000, 1000),
+        compression="gzip",
+        fillvalue=0,
+    )
+    assert bomb.stat().st_size < 1_000_000
+    text = _replace_dataset(
+        keras_sources["model"], tmp_path / "text.h5", bias, data=np.array([b"x"] * 10, dtype="S1")
+    )
+    for model, fragment in (
+        (bomb, "declares shape (200000, 20000) (14.9 GiB)"),
+        (text, "not numbers"),
+    ):
+        done = run(
+            "convert",
+            "model",
+            model,
+            keras_sources["tokenizer"],
+            "-o",
+            tmp_path / "out",
+            "--encoder",
+            keras_sources["encoder"],
+            timeout=120,
+        )
+        assert_one_line_error(done, 3, fragment)
+
+
+@pytest.mark.convert
+def test_a_keras_zip_declaring_too_much_is_not_unpacked(
+    keras_sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from capgen.convert import keras_reader
+    from capgen.runtime.errors import ModelError
+
+    archive = keras_sources["keras_zip"]
+    assert keras_reader.read_keras_model(archive).weights  # reads while under the limit
+    monkeypatch.setattr(keras_reader, "MAX_WEIGHT_BYTES", 1000)  # the real limit is 1 GiB
+    with pytest.raises(ModelError, match=r"model\.weights\.h5 declares [\d,]+ bytes uncompressed"):
+        keras_reader.read_keras_model(archive)
+
+
+@pytest.mark.convert
+def test_absurdly_nested_json_tokenizer_and_architecture(
+    run: Run, keras_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    """json.loads raises RecursionError, not ValueError, on '[' * 200000: it used to escape as a traceback."""
+    nested = "[" * 200_000 + "]" * 200_000
+    tokenizer = tmp_path / "tokenizer.json"
+    tokenizer.write_text('{"class_name": "Tokenizer", "config": ' + nested + "}")
+    architecture = tmp_path / "model.json"
+    architecture.write_text(nested)
+    encoder = ["--encoder", keras_sources["encoder"]]
+    done = run(
+        "convert", "model", keras_sources["model"], tokenizer, "-o", tmp_path / "a", *encoder
+    )
+    assert_one_line_error(done, 4, "not a readable tokenizer JSON")
+    done = run(
+        "convert",
+        "model",
+        keras_sources["model"],
+        keras_sources["tokenizer"],
+        "--architecture",
+        architecture,
+        "-o",
+        tmp_path / "b",
+        *encoder,
+    )
+    assert_one_line_error(done, 3, "is not valid JSON")
