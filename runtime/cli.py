@@ -121,7 +121,7 @@ def caption_command(
     from capgen.runtime import results
     from capgen.runtime.captioner import Captioner, check_batch_size
     from capgen.runtime.decoding import DecodingOptions
-    from capgen.runtime.outputs import CaptionSinks
+    from capgen.runtime.outputs import CaptionSinks, StdoutUnwritable
 
     options = DecodingOptions(beam_size=beam_size, max_length=max_length, length_penalty=length_penalty, n_best=n_best)
     check_batch_size(batch_size)  # every option is checked before --output is touched
@@ -167,6 +167,10 @@ def caption_command(
         # `capgen caption folder | head -1`: the reader left; stop quietly like other Unix tools.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(BROKEN_PIPE_EXIT) from None
+    except StdoutUnwritable:
+        # Say so once; Python's own flush of the same full stdout at exit must not add a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise
     finally:
         sinks.close()
     if sinks.failures:

@@ -14,7 +14,11 @@ from typing import Any
 from capgen.runtime import results
 from capgen.runtime.console import printable, say
 from capgen.runtime.decoding import DecodingResult
-from capgen.runtime.errors import CapgenError
+from capgen.runtime.errors import CapgenError, InputError
+
+
+class StdoutUnwritable(InputError):
+    """Standard output refused a caption (a full disk behind `> file`); a closed pipe is not this."""
 
 
 @dataclass
@@ -32,8 +36,15 @@ class CaptionSinks:
         if self.progress is not None:
             self.progress.write(line, file=sys.stdout)  # keeps the bar below the output
         else:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+            try:
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+            except BrokenPipeError:
+                raise
+            except OSError as exc:
+                raise StdoutUnwritable(
+                    f"cannot write to standard output ({exc.strerror or exc}); stopped"
+                ) from None
 
     def failed(self, path: str, message: str) -> None:
         self.failures += 1

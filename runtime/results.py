@@ -7,8 +7,10 @@ partial last line, which `prepare_resume` cuts off before appending).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +49,27 @@ class JsonlWriter:
     """Appends records to a file, each one on disk (in the OS) before the next image starts."""
 
     def __init__(self, path: Path) -> None:
+        self._path = path
         try:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
             raise InputError(f"{path}: cannot open for writing ({exc.strerror or exc})") from exc
 
     def write(self, record: dict[str, Any]) -> None:
-        os.write(self._fd, to_line(record).encode("utf-8"))
+        data = to_line(record).encode("utf-8")
+        try:
+            start = os.fstat(self._fd).st_size
+            written = os.write(self._fd, data)
+            if written != len(data):
+                # A short write (disk full) would leave half a line that later lines
+                # follow: cut it, so the file stays whole lines and --resume can read it.
+                os.ftruncate(self._fd, start)
+                raise OSError(errno.ENOSPC, f"only {written} of {len(data)} bytes written, disk full?")
+        except OSError as exc:  # disk full, file too large: stop, keeping what is written
+            raise InputError(
+                f"{self._path}: cannot write ({exc.strerror or exc}); stopped, the captions written so far "
+                "are kept: make room and run again with --resume"
+            ) from None
 
     def close(self) -> None:
         os.close(self._fd)
@@ -65,6 +81,20 @@ class JsonlWriter:
         self.close()
 
 
+def _require_regular_file(path: Path) -> None:
+    """--output is read (resume, overwrite check): a FIFO would block and /dev/zero never ends."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if stat.S_ISDIR(mode):
+        raise InputError(f"{path}: is a folder; --output needs a file")
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{path}: is not a regular file; --output needs a file (use --json for stdout)")
+
+
 def check_replaceable(path: Path) -> None:
     """Refuse to empty an existing --output that is not a capgen JSON Lines file.
 
@@ -72,13 +102,12 @@ def check_replaceable(path: Path) -> None:
     otherwise truncate the user's photo; a previous capgen output, an empty
     file or a new path are fine to (re)write.
     """
+    _require_regular_file(path)
     try:
         with path.open("rb") as handle:
             head = handle.read(1 << 16)
     except FileNotFoundError:
         return
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a folder; --output needs a file") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     if not head.strip():
@@ -101,6 +130,7 @@ def prepare_resume(path: Path) -> set[str]:
     Failed images are not in the set: they are retried on resume (the file may
     have been fixed since).
     """
+    _require_regular_file(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:

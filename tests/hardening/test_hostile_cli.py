@@ -252,3 +252,74 @@ def test_absurdly_nested_json_in_a_model_folder_or_resume_file(
         run("caption", "-m", hardening_model.folder, photo, "-o", output), 2, "refusing"
     )
     assert output.read_bytes() == nested + b"\n"
+
+
+def test_output_that_is_not_a_regular_file(
+    run: Run, hardening_model: TinyModel, photo: Path
+) -> None:
+    """`-o /dev/zero --resume` read zeros until MemoryError; a FIFO would block the overwrite check."""
+    for extra in (["--resume"], []):
+        done = run(
+            "caption", "-m", hardening_model.folder, photo, "-o", "/dev/zero", *extra, timeout=60
+        )
+        assert_one_line_error(done, 2, "/dev/zero: is not a regular file")
+
+
+def _limit_file_size(limit: int):  # type: ignore[no-untyped-def]
+    import resource
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_full_disk_stops_the_batch_keeping_whole_lines_and_resume_finishes(
+    run: Run, hardening_model: TinyModel, tmp_path: Path
+) -> None:
+    """A write error mid-batch (here RLIMIT_FSIZE, like a full disk) used to be an OSError traceback."""
+    rng = np.random.default_rng(4)
+    photos = []
+    for index in range(12):
+        path = tmp_path / f"p{index:02d}.png"
+        Image.fromarray((rng.random((20, 20, 3)) * 255).astype(np.uint8)).save(path)
+        photos.append(path)
+    output = tmp_path / "captions.jsonl"
+    done = run(
+        "caption",
+        "-m",
+        hardening_model.folder,
+        *photos,
+        "-o",
+        output,
+        "--batch-size",
+        "1",
+        preexec_fn=_limit_file_size(1500),
+    )
+    assert_one_line_error(done, 2, f"{output}: cannot write", "--resume")
+    kept = [json.loads(line) for line in output.read_text().splitlines()]  # whole lines only
+    assert 1 <= len(kept) < len(photos)
+    resumed = run("caption", "-m", hardening_model.folder, *photos, "-o", output, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [json.loads(line)["path"] for line in output.read_text().splitlines()] == [
+        str(p) for p in photos
+    ]
+
+
+def test_a_full_stdout_is_one_line(
+    capgen_script: Path, hardening_model: TinyModel, photo: Path, home: Path
+) -> None:
+    env = {**os.environ, "CAPGEN_HOME": str(home)}
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run(
+            [str(capgen_script), "caption", "-m", str(hardening_model.folder), str(photo)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            env=env,
+            timeout=60,
+        )
+    assert done.returncode == 2
+    assert (
+        done.stderr.decode()
+        == "capgen: error: cannot write to standard output (No space left on device); stopped\n"
+    )
