@@ -4,9 +4,27 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 # conftest's `run` fixture: capgen ARGS... -> the finished process
 Run = Callable[..., subprocess.CompletedProcess[bytes]]
+
+
+def write_photos(
+    folder: Path, count: int, seed: int, size: tuple[int, int] = (44, 36)
+) -> list[Path]:
+    """`count` random-noise PNG photos named photo00.png, photo01.png, … in `folder`."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        path = folder / f"photo{index:02d}.png"
+        Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
 
 
 def assert_one_line_error(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import Run, assert_one_line_error
+from cli_helpers import Run, assert_one_line_error, write_photos
 from PIL import Image
 from tiny_model import TinyModel
 
@@ -278,12 +278,7 @@ def test_a_full_disk_stops_the_batch_keeping_whole_lines_and_resume_finishes(
     run: Run, hardening_model: TinyModel, tmp_path: Path
 ) -> None:
     """A write error mid-batch (here RLIMIT_FSIZE, like a full disk) used to be an OSError traceback."""
-    rng = np.random.default_rng(4)
-    photos = []
-    for index in range(12):
-        path = tmp_path / f"p{index:02d}.png"
-        Image.fromarray((rng.random((20, 20, 3)) * 255).astype(np.uint8)).save(path)
-        photos.append(path)
+    photos = write_photos(tmp_path / "photos", 12, seed=4, size=(20, 20))
     output = tmp_path / "captions.jsonl"
     done = run(
         "caption",

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import Run
-from PIL import Image
+from cli_helpers import Run, write_photos
 from tiny_model import TinyModel
 
 from capgen.runtime.captioner import Captioner
@@ -21,13 +20,7 @@ from capgen.runtime.vocabulary import Vocabulary
 
 @pytest.fixture()
 def photos(tmp_path: Path) -> list[Path]:
-    rng = np.random.default_rng(21)
-    paths = []
-    for index in range(12):
-        path = tmp_path / f"photo{index:02d}.png"
-        Image.fromarray((rng.random((36, 44, 3)) * 255).astype(np.uint8)).save(path)
-        paths.append(path)
-    return paths
+    return write_photos(tmp_path / "photos", 12, seed=21)
 
 
 def test_python_dash_m_capgen_dash_i_like_the_tutorial(
