@@ -1,4 +1,4 @@
-"""`capgen convert quantize MODEL_DIR`: add a static-QDQ INT8 encoder to a model folder."""
+"""`capgen convert quantize MODEL_DIR`: add the INT8 variants (encoder, fast decoder step) to a model folder."""
 
 from __future__ import annotations
 
@@ -19,11 +19,16 @@ def quantize_command(
         ),
     ] = 4,
 ) -> None:
-    """Quantize the encoder to INT8 (u8 activations, s8 per-channel weights) and record it in the manifest."""
+    """Add an INT8 encoder (u8 activations, s8 per-channel weights) and the fast decoder step to the manifest.
+
+    Both are opt-in at caption time (--int8; Captioner(fast_decoder=True)); the exact files stay
+    the default.
+    """
     from capgen.convert.cli import require_convert_stack
 
     require_convert_stack()
     from capgen.convert.calibration import fetch_kitchenware_photos, photo_pixels
+    from capgen.convert.fast_decoder import add_fast_decoder
     from capgen.convert.quantize import (
         INT8_FILENAME,
         feature_cosines,
@@ -33,6 +38,9 @@ def quantize_command(
 
     started = time.perf_counter()
     quantize_model_folder(model_dir, scene_count=scenes, echo=typer.echo)
+    typer.echo(
+        f"wrote {add_fast_decoder(model_dir)} (fast decoder step: INT8 output layer, best words exact)"
+    )
     typer.echo(f"quantized in {time.perf_counter() - started:.1f} s")
     # A quick sanity check a user can read: how far INT8 moved the features of
     # the calibration photos (not an accuracy claim; see benchmarks/ for that).

@@ -184,9 +184,10 @@ def _int8_rescored_output(
     captions and 21% of the real-size decoder's (logit errors up to ~0.25 nats
     flip near-ties); recomputing the top RESCORE_CANDIDATES logits exactly
     from float32 rows ([V, D], read only those rows) makes the choice among
-    them exact, so greedy and beam pick the same words as the float32 step.
-    Scores of the other words, and so the softmax normaliser, stay
-    approximate: log-probabilities are not within the exact step's 1e-5.
+    them exact, so greedy picks the float32 step's words (100% of 6,000
+    captions). Scores of the other words, and so the softmax normaliser, stay
+    approximate: log-probabilities are not within the exact step's 1e-5, and
+    beam search (which compares rows) matched 99% of beam-3 captions.
     """
     kernel = output_kernel
     k, n = kernel.shape
@@ -245,7 +246,7 @@ def build_step_graph(
 
     `output_layer="int8_rescored"` builds the opt-in fast step instead (see
     `_int8_rescored_output`): same interface, same greedy words, but only the
-    best candidates' scores are exact.
+    best candidates' scores are exact (up to the normaliser).
     """
     units = weights.units
     gate_table = _f32(

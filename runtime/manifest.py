@@ -44,6 +44,9 @@ class DecoderSpec:
     step_file: str
     units: int
     projection_size: int
+    # Optional fast step (INT8 output layer, exact rescoring of the best words);
+    # used only when asked for (Captioner(fast_decoder=True)).
+    int8_step_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,13 @@ def _bounded(value: int, limit: int, where: str) -> int:
     return value
 
 
+def _optional_str(data: dict[str, Any], key: str, where: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ModelError(f"manifest.json: field {where}{key} should be str, got {value!r}")
+    return value
+
+
 def _parse(folder: Path, data: Any) -> Manifest:
     if not isinstance(data, dict) or data.get("format") != "capgen-model":
         raise ModelError(f"{folder}: manifest.json is not a capgen model manifest")
@@ -109,9 +119,8 @@ def _parse(folder: Path, data: Any) -> Manifest:
     enc_input = _field(enc, "input", dict, "encoder.")
     dec = _field(data, "decoder", dict, "")
     voc = _field(data, "vocabulary", dict, "")
-    int8_file = enc.get("int8_file")
-    if int8_file is not None and not isinstance(int8_file, str):
-        raise ModelError(f"manifest.json: field encoder.int8_file should be str, got {int8_file!r}")
+    int8_file = _optional_str(enc, "int8_file", "encoder.")
+    int8_step_file = _optional_str(dec, "int8_step_file", "decoder.")
     encoder = EncoderSpec(
         file=_field(enc, "file", str, "encoder."),
         int8_file=int8_file,
@@ -126,6 +135,7 @@ def _parse(folder: Path, data: Any) -> Manifest:
         step_file=_field(dec, "step_file", str, "decoder."),
         units=_field(dec, "units", int, "decoder."),
         projection_size=_field(dec, "projection_size", int, "decoder."),
+        int8_step_file=int8_step_file,
     )
     vocabulary = VocabularySpec(
         file=_field(voc, "file", str, "vocabulary."),
@@ -147,6 +157,8 @@ def _parse(folder: Path, data: Any) -> Manifest:
     needed = [encoder.file, decoder.projection_file, decoder.step_file, vocabulary.file]
     if encoder.int8_file:
         needed.append(encoder.int8_file)
+    if decoder.int8_step_file:
+        needed.append(decoder.int8_step_file)
     unlisted = [name for name in needed if name not in files]
     if unlisted:
         raise ModelError(f"manifest.json: files {unlisted} are used but have no entry under 'files'")

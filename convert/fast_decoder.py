@@ -1,0 +1,49 @@
+"""Add the opt-in fast decoder step (`decoder_step.int8.onnx`) to a converted model folder.
+
+It is made from the folder's own float32 step graph (no Keras files needed,
+so folders converted before it existed can gain one) and recorded as
+`decoder.int8_step_file`; the runtime uses it only for
+`Captioner(fast_decoder=True)`. See `step_graph._int8_rescored_output` for
+what it trades.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from capgen.convert.hashing import sha256_file
+from capgen.runtime.errors import ModelError
+from capgen.runtime.manifest import MANIFEST_NAME
+
+FAST_STEP_FILE = "decoder_step.int8.onnx"
+
+
+def add_fast_decoder(model_dir: Path) -> Path:
+    """Write `decoder_step.int8.onnx` next to the folder's step graph and record it; return its path."""
+    import onnx
+
+    from capgen.convert.step_graph import fast_step_from_exact
+
+    manifest_path = model_dir / MANIFEST_NAME
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        step_name = manifest["decoder"]["step_file"]
+        exact = onnx.load(str(model_dir / step_name))
+        fast = fast_step_from_exact(exact)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{model_dir}: cannot make a fast decoder step ({exc})") from exc
+    target = model_dir / FAST_STEP_FILE
+    partial = target.with_name(target.name + ".partial")
+    onnx.save(fast, str(partial))
+    os.replace(partial, target)
+    manifest["decoder"]["int8_step_file"] = FAST_STEP_FILE
+    manifest.setdefault("files", {})[FAST_STEP_FILE] = {
+        "sha256": sha256_file(target),
+        "bytes": target.stat().st_size,
+    }
+    partial_manifest = manifest_path.with_name(manifest_path.name + ".partial")
+    partial_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(partial_manifest, manifest_path)
+    return target
