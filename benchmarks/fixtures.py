@@ -241,6 +241,22 @@ def ensure_int8(model: BenchModel, echo: Callable[[str], None] = print) -> Path:
     return model.model_dir / INT8_FILENAME
 
 
+def ensure_fast_decoder(model: BenchModel) -> bool:
+    """Add the converter's opt-in fast decoder step where the converter offers one."""
+    import importlib.util
+
+    from capgen.convert.quantize import read_manifest_json
+
+    if importlib.util.find_spec("capgen.convert.fast_decoder") is None:
+        return False
+    if read_manifest_json(model.model_dir)["decoder"].get("int8_step_file"):
+        return True
+    from capgen.convert.fast_decoder import add_fast_decoder
+
+    add_fast_decoder(model.model_dir)
+    return True
+
+
 def flickr_photos() -> list[Path]:
     return sorted(FLICKR_PHOTOS.glob("*.jpg"))
 

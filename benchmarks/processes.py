@@ -41,14 +41,22 @@ class Worker:
     """A `capgen.benchmarks.worker` process; requests are answered one at a time."""
 
     def __init__(
-        self, arm: str, model: BenchModel, log: Path, weights: Path | None = None, int8: bool = False
+        self,
+        arm: str,
+        model: BenchModel,
+        log: Path,
+        weights: Path | None = None,
+        int8: bool = False,
+        fast_decoder: bool = False,
     ) -> None:
         command = [sys.executable, "-m", "capgen.benchmarks.worker", arm, json.dumps(model.to_json())]
         if weights is not None:
             command += ["--weights", str(weights)]
         if int8:
             command.append("--int8")
-        self.name = f"{arm}{'-int8' if int8 else ''}:{model.name}"
+        if fast_decoder:
+            command.append("--fast-decoder")
+        self.name = f"{arm}{'-int8' if int8 else ''}{'-fast' if fast_decoder else ''}:{model.name}"
         self._log = log.open("a")
         environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
         self._process = subprocess.Popen(

@@ -52,6 +52,7 @@ class Plan:
     encoder_batches: tuple[int, ...] = (1, 8)
     matmul_size: int = 2048
     int8: bool = True
+    fast_decoder: bool = True
     int8_eval_scenes: int = 300
     include_default_model: bool = True
 
@@ -186,6 +187,11 @@ def _warm(session: _Session, model: BenchModel, primary: bool) -> dict[str, Any]
         workers["capgen"] = Worker("capgen", model, session.log(f"worker-capgen-{model.name}"))
         if plan.int8:
             workers["capgen_int8"] = Worker("capgen", model, session.log(f"worker-capgen-int8-{model.name}"), int8=True)
+        if plan.int8 and plan.fast_decoder and fixtures.ensure_fast_decoder(model):
+            # The fastest configuration capgen offers (both opt-in): INT8 encoder + fast decoder step.
+            workers["capgen_int8_fast"] = Worker(
+                "capgen", model, session.log(f"worker-capgen-fast-{model.name}"), int8=True, fast_decoder=True
+            )
         result: dict[str, Any] = {"setup": {name: w.ready["setup"] for name, w in workers.items()}}
         photos = [str(p) for p in _photos_for(model, max(plan.repetitions, 1))]
         warmup = {"op": "latency", "photo": photos[0], "beam": 1}
@@ -326,6 +332,7 @@ def smoke_plan() -> Plan:
         repetitions=1,
         latency_beams=(1,),
         int8=False,
+        fast_decoder=False,
         throughput_photos=2,
         decoder_steps=2,
         scaling_lengths=(1, 2),

@@ -128,14 +128,15 @@ class BaselineArm:
 class CapgenArm:
     """capgen's public API, warm: one Captioner."""
 
-    def __init__(self, model: BenchModel, int8: bool) -> None:
+    def __init__(self, model: BenchModel, int8: bool, fast_decoder: bool = False) -> None:
         started = time.perf_counter()
         from capgen import Captioner
         from capgen.runtime.decoding import DecodingOptions
 
         self.options = DecodingOptions
         imported = time.perf_counter()
-        self.captioner = Captioner(model.model_dir, int8=int8)
+        options = {"fast_decoder": True} if fast_decoder else {}
+        self.captioner = Captioner(model.model_dir, int8=int8, **options)
         self.setup = {"imports": imported - started, "model_load": time.perf_counter() - imported}
         self._features: dict[str, np.ndarray] = {}
 
@@ -190,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("arm", choices=["baseline", "capgen"])
     parser.add_argument("model_json", help="BenchModel as JSON")
     parser.add_argument("--int8", action="store_true")
+    parser.add_argument("--fast-decoder", action="store_true")
     parser.add_argument("--weights", type=Path, help="Xception weights (baseline)")
     args = parser.parse_args(argv)
     model = BenchModel.from_json(json.loads(args.model_json))
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("the baseline needs --weights")
         arm: BaselineArm | CapgenArm = BaselineArm(model, args.weights)
     else:
-        arm = CapgenArm(model, args.int8)
+        arm = CapgenArm(model, args.int8, args.fast_decoder)
     _serve(arm)
 
 
