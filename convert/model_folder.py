@@ -101,9 +101,42 @@ def describe_encoder(path: Path, kind: str | None = None) -> EncoderInfo:
             raise ModelError(f"encoder {path}: its capgen.encoder.preprocessing metadata is not JSON") from error
         if not isinstance(preprocessing, dict):
             raise ModelError(f"encoder {path}: its capgen.encoder.preprocessing metadata is not a JSON object")
+    preprocessing = _check_image_input(model, path, preprocessing, recorded="capgen.encoder.preprocessing" in props)
     recorded_kind = props.get("capgen.encoder.kind")
     chosen_kind = recorded_kind or kind or ("xception" if size == 2048 else "custom")
     return EncoderInfo(path=path, kind=chosen_kind, feature_size=size, preprocessing=preprocessing)
+
+
+def _check_image_input(model: Any, path: Path, preprocessing: dict[str, Any], recorded: bool) -> dict[str, Any]:
+    """The runtime feeds one uint8 `image` [N, H, W, 3]; refuse at conversion what it could not run.
+
+    A custom encoder with a fixed input size and no capgen metadata gets that
+    size in the manifest (not Xception's 299); recorded metadata must agree with it.
+    """
+    import onnx
+
+    constants = {initializer.name for initializer in model.graph.initializer}
+    inputs = [value for value in model.graph.input if value.name not in constants]
+    names = [value.name for value in inputs]
+    contract = "the runtime feeds uint8 pixels [N, H, W, 3] named 'image', scaling inside the graph (docs/design.md)"
+    if names != ["image"]:
+        raise ModelError(f"encoder {path} has inputs {names}; {contract}")
+    tensor = inputs[0].type.tensor_type
+    dims = [dim.dim_value for dim in tensor.shape.dim]
+    if tensor.elem_type != onnx.TensorProto.UINT8 or len(dims) != 4 or dims[3] not in (0, 3):
+        element = onnx.TensorProto.DataType.Name(tensor.elem_type)
+        raise ModelError(f"encoder {path}: input 'image' is {element} of rank {len(dims)}; {contract}")
+    height, width = dims[1], dims[2]
+    if not (height and width):
+        return preprocessing
+    if not recorded:
+        return {**preprocessing, "height": height, "width": width}
+    if (preprocessing.get("height"), preprocessing.get("width")) != (height, width):
+        raise ModelError(
+            f"encoder {path}: its metadata says {preprocessing.get('height')}x{preprocessing.get('width')} "
+            f"pixels but its input 'image' is fixed at {height}x{width}"
+        )
+    return preprocessing
 
 
 def check_encoder_fits(encoder: EncoderInfo, feature_size: int) -> None:

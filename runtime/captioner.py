@@ -159,6 +159,11 @@ class Captioner:
         errors: Literal["raise", "return"] = "raise",
     ) -> list[DecodingResult | CapgenError]:
         """Caption many images; with errors="return", failures are CapgenError items in the list."""
+        if isinstance(images, (str, bytes, bytearray, os.PathLike)):
+            # A lone path would be captioned letter by letter (an [N, H, W, 3] array is N images: fine).
+            raise InputError("caption_batch takes a list of images; use caption() for one image")
+        if errors not in ("raise", "return"):
+            raise InputError(f"errors must be 'raise' or 'return', got {errors!r}")
         options = options or DecodingOptions(beam_size, max_length, length_penalty, n_best)
         results: list[DecodingResult | CapgenError] = []
         for _, outcome in self.iter_captions(images, options=options, batch_size=batch_size):

@@ -453,3 +453,63 @@ def test_absurdly_nested_json_tokenizer_and_architecture(
         *encoder,
     )
     assert_one_line_error(done, 3, "is not valid JSON")
+
+
+def _encoder_with_input(path: Path, name: str, element: int, shape: list[object]) -> Path:
+    """An encoder ONNX whose `features` output is right but whose input is `name`/`element`/`shape`."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Cast", [name], ["pixels"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["pixels"], ["means"], axes=[1, 2], keepdims=0),
+        helper.make_node("Tile", ["means", "reps"], ["features"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "odd_encoder",
+        [helper.make_tensor_value_info(name, element, shape)],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 33])],
+        [helper.make_tensor("reps", TensorProto.INT64, [2], [1, 11])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.convert
+def test_an_encoder_the_runtime_cannot_feed_is_refused_at_conversion(
+    run: Run, keras_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    """It used to convert, and only `capgen caption` then failed; a fixed input size now reaches the manifest."""
+    from onnx import TensorProto
+
+    from capgen.convert.model_folder import describe_encoder
+
+    renamed = _encoder_with_input(
+        tmp_path / "renamed.onnx", "x", TensorProto.UINT8, ["N", 32, 32, 3]
+    )
+    floats = _encoder_with_input(
+        tmp_path / "floats.onnx", "image", TensorProto.FLOAT, ["N", 32, 32, 3]
+    )
+    for encoder, fragment in (
+        (renamed, "has inputs ['x']"),
+        (floats, "input 'image' is FLOAT of rank 4"),
+    ):
+        done = run(
+            "convert",
+            "model",
+            keras_sources["model"],
+            keras_sources["tokenizer"],
+            "-o",
+            tmp_path / "out",
+            "--encoder",
+            encoder,
+        )
+        assert_one_line_error(done, 3, fragment)
+        assert not (tmp_path / "out").exists()
+    sized = _encoder_with_input(
+        tmp_path / "sized.onnx", "image", TensorProto.UINT8, ["N", 224, 160, 3]
+    )
+    preprocessing = describe_encoder(sized).preprocessing
+    assert (preprocessing["height"], preprocessing["width"]) == (224, 160)
+    assert describe_encoder(keras_sources["encoder"]).preprocessing["height"] == 299

@@ -106,3 +106,19 @@ def test_the_vocabulary_is_indexed_never_scanned_per_word(hardening_model: TinyM
         )
         assert sum(len(result.tokens) for result in results) > 16  # many words were decoded
     assert _CountingWords.passes <= 1  # the no-word id set, built once and cached
+
+
+def test_caption_batch_given_one_image_says_so(
+    hardening_model: TinyModel, photos: list[Path]
+) -> None:
+    """`caption_batch("photo.jpg")` used to try the paths 'p', 'h', 'o', … one letter at a time."""
+    from capgen.runtime.errors import InputError
+
+    captioner = Captioner(hardening_model.folder)
+    for single in (str(photos[0]), photos[0], photos[0].read_bytes()):
+        with pytest.raises(InputError, match=r"use caption\(\) for one image"):
+            captioner.caption_batch(single)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="errors must be"):
+        captioner.caption_batch([photos[0]], errors="ignore")  # type: ignore[arg-type]
+    assert len(captioner.caption_batch([photos[0], str(photos[1])])) == 2
+    assert len(captioner.caption_batch(np.zeros((3, 8, 8, 3), np.uint8))) == 3  # a stacked array is N images
