@@ -71,45 +71,45 @@ class _ImageReader:
         self._iterator = iter(self._images)
 
 
+def _ancestors(model: Any, node: Any) -> set[str]:
+    producers = {output: n for n in model.graph.node for output in n.output}
+    found: set[str] = set()
+    pending = [node]
+    while pending:
+        current = pending.pop()
+        if current.name in found:
+            continue
+        found.add(current.name)
+        pending.extend(producers[name] for name in current.input if name in producers)
+    return found
+
+
 def xception_branch_nodes(model: Any) -> set[str]:
     """Names of the nodes that feed the Xception features (everything upstream of its pooling).
 
-    The Xception branch ends in the graph's only GlobalAveragePool; every node
-    not upstream of it (the colour features, the final Concat) stays float.
+    The Xception branch ends in a GlobalAveragePool; if the colour features
+    also pool globally, Xception's is the one with the most convolutions
+    upstream. Every node not upstream of it (the colour features, the final
+    Concat) stays float.
     """
     pools = [node for node in model.graph.node if node.op_type == "GlobalAveragePool"]
-    if len(pools) != 1:
-        raise ConversionError(
-            f"expected one GlobalAveragePool (the end of Xception) in the encoder, found {len(pools)}"
-        )
-    producers = {output: node for node in model.graph.node for output in node.output}
-    branch: set[str] = set()
-    pending = [pools[0]]
-    while pending:
-        node = pending.pop()
-        if node.name in branch:
-            continue
-        branch.add(node.name)
-        pending.extend(producers[name] for name in node.input if name in producers)
-    return branch
+    if not pools:
+        raise ConversionError("no GlobalAveragePool (the end of Xception) in the encoder graph")
+    convolutions = {node.name for node in model.graph.node if node.op_type == "Conv"}
+    branches = [_ancestors(model, pool) for pool in pools]
+    return max(branches, key=lambda branch: len(branch & convolutions))
 
 
 def nodes_kept_float(model: Any) -> list[str]:
+    """Every node outside the Xception branch, except the Squeeze that only reshapes its output."""
     branch = xception_branch_nodes(model)
-    # The Squeeze right after the pool only reshapes Xception's output; leave it with the pool.
+    branch_outputs = {output for node in model.graph.node if node.name in branch for output in node.output}
     return sorted(
         node.name
         for node in model.graph.node
         if node.name not in branch
-        and not (node.op_type == "Squeeze" and _feeds_from_pool(model, node))
+        and not (node.op_type == "Squeeze" and node.input and node.input[0] in branch_outputs)
     )
-
-
-def _feeds_from_pool(model: Any, node: Any) -> bool:
-    pool_outputs = {
-        output for n in model.graph.node if n.op_type == "GlobalAveragePool" for output in n.output
-    }
-    return any(name in pool_outputs for name in node.input)
 
 
 def quantize_encoder(

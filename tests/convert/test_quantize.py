@@ -110,9 +110,9 @@ def test_colour_branch_is_left_in_float(tensorflow_stack: None) -> None:
         helper.make_node("Conv", ["x", "w"], ["conv"], name="xception_conv"),
         helper.make_node("GlobalAveragePool", ["conv"], ["pool"], name="pool"),
         helper.make_node("Squeeze", ["pool", "axes"], ["pooled"], name="squeeze"),
-        helper.make_node(
-            "ReduceMean", ["x", "axes"], ["colour"], name="colour_mean", keepdims=0
-        ),
+        # The colour branch pools globally too; it must not be mistaken for Xception's end.
+        helper.make_node("GlobalAveragePool", ["x"], ["colour_pool"], name="colour_pool"),
+        helper.make_node("Squeeze", ["colour_pool", "axes"], ["colour"], name="colour_squeeze"),
         helper.make_node("Concat", ["pooled", "colour"], ["features"], name="concat", axis=1),
     ]
     graph = helper.make_graph(
@@ -129,4 +129,4 @@ def test_colour_branch_is_left_in_float(tensorflow_stack: None) -> None:
     onnx.checker.check_model(model)
 
     assert xception_branch_nodes(model) == {"scale", "xception_conv", "pool"}
-    assert nodes_kept_float(model) == ["colour_mean", "concat"]
+    assert nodes_kept_float(model) == ["colour_pool", "colour_squeeze", "concat"]
