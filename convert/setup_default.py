@@ -49,6 +49,7 @@ def _is_current(folder: Path, model: Path, tokenizer: Path, encoder: Path) -> bo
         "tokenizer": sources.get("tokenizer", {}).get("sha256") == sha256_file(tokenizer),
         "encoder": files.get(encoder_name, {}).get("sha256") == sha256_file(encoder),
         "int8": "int8_file" in manifest.get("encoder", {}),
+        "fast_decoder": "int8_step_file" in manifest.get("decoder", {}),
     }
     return all(wanted.values())
 
@@ -57,6 +58,7 @@ def setup_default_model(force: bool = False, echo: Callable[[str], None] = print
     """Build (or confirm) the default model folder and return its path."""
     from capgen.convert.convert_model import convert_model
     from capgen.convert.encoder import ensure_encoder
+    from capgen.convert.fast_decoder import add_fast_decoder
     from capgen.convert.quantize import quantize_model_folder
     from capgen.convert.weights import fetch_imagenet_weights
     from capgen.runtime.manifest import load_manifest, verify_files
@@ -86,6 +88,7 @@ def setup_default_model(force: bool = False, echo: Callable[[str], None] = print
         f"max length {report.max_length}, features {report.architecture.feature_size}"
     )
     quantize_model_folder(target, echo=echo)
+    add_fast_decoder(target)
     verify_files(load_manifest(target), use_stamps=False)
     _warm_runtime_caches(target)
     echo(f"default model ready: {target}")
