@@ -12,6 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 from capgen.runtime.errors import GitLfsPointerError, ModelError, ModelIntegrityError
@@ -201,6 +202,14 @@ def _stamp_path(path: Path, record: FileRecord, size: int, mtime_ns: int) -> Pat
     return capgen_home() / "verified" / hashlib.sha256(key).hexdigest()
 
 
+def _read_head(path: Path) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(len(_LFS_PREFIX))
+    except OSError as exc:
+        raise ModelIntegrityError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
 def verify_file(path: Path, record: FileRecord, use_stamps: bool = True) -> None:
     """Size always; sha256 unless a stamp says this exact (path, size, mtime) already matched.
 
@@ -212,10 +221,12 @@ def verify_file(path: Path, record: FileRecord, use_stamps: bool = True) -> None
         stat = path.stat()
     except FileNotFoundError:
         raise ModelIntegrityError(f"{path}: missing from the model folder") from None
+    except OSError as exc:
+        raise ModelIntegrityError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not S_ISREG(stat.st_mode):  # a folder or a FIFO in its place: opening it would fail or block
+        raise ModelIntegrityError(f"{path}: is not a regular file")
     if stat.st_size != record.bytes:
-        with path.open("rb") as handle:
-            head = handle.read(len(_LFS_PREFIX))
-        if head == _LFS_PREFIX:
+        if _read_head(path) == _LFS_PREFIX:
             raise GitLfsPointerError(f"{path}: is a Git LFS pointer, not the model file; run `git lfs pull`")
         raise ModelIntegrityError(
             f"{path}: is {stat.st_size} bytes, manifest says {record.bytes} (truncated or replaced?)"
@@ -223,8 +234,11 @@ def verify_file(path: Path, record: FileRecord, use_stamps: bool = True) -> None
     stamp = _stamp_path(path, record, stat.st_size, stat.st_mtime_ns)
     if use_stamps and stamp.exists():
         return
-    with path.open("rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    try:
+        with path.open("rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError as exc:
+        raise ModelIntegrityError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if digest != record.sha256:
         raise ModelIntegrityError(f"{path}: sha256 {digest[:12]}… does not match the manifest's {record.sha256[:12]}…")
     try:

@@ -318,3 +318,40 @@ def test_a_full_stdout_is_one_line(
         done.stderr.decode()
         == "capgen: error: cannot write to standard output (No space left on device); stopped\n"
     )
+
+
+def test_model_files_replaced_by_a_folder_a_fifo_or_an_unreadable_file(
+    capgen_script: Path,
+    run: Run,
+    hardening_model: TinyModel,
+    photo: Path,
+    home: Path,
+    tmp_path: Path,
+) -> None:
+    """A FIFO in a model folder used to hang the size check; a folder was an IsADirectoryError traceback."""
+    folder = _edited_copy(hardening_model, tmp_path / "folder", lambda m: None)
+    (folder / "vocabulary.json").unlink()
+    (folder / "vocabulary.json").mkdir()
+    assert_one_line_error(
+        run("caption", "-m", folder, photo, timeout=60), 3, "vocabulary.json: is not a regular file"
+    )
+    fifo = _edited_copy(hardening_model, tmp_path / "fifo", lambda m: None)
+    (fifo / "encoder.onnx").unlink()
+    os.mkfifo(fifo / "encoder.onnx")
+    assert_one_line_error(
+        run("caption", "-m", fifo, photo, timeout=60), 3, "encoder.onnx: is not a regular file"
+    )
+    locked = _edited_copy(hardening_model, tmp_path / "locked", lambda m: None)
+    (locked / "decoder_step.onnx").chmod(0)
+    argv = [
+        *_without_root_file_powers(),
+        str(capgen_script),
+        "caption",
+        "-m",
+        str(locked),
+        str(photo),
+    ]
+    done = subprocess.run(
+        argv, capture_output=True, env={**os.environ, "CAPGEN_HOME": str(home)}, timeout=60
+    )
+    assert_one_line_error(done, 3, "decoder_step.onnx: cannot read (Permission denied)")

@@ -121,4 +121,6 @@ def test_caption_batch_given_one_image_says_so(
     with pytest.raises(InputError, match="errors must be"):
         captioner.caption_batch([photos[0]], errors="ignore")  # type: ignore[arg-type]
     assert len(captioner.caption_batch([photos[0], str(photos[1])])) == 2
-    assert len(captioner.caption_batch(np.zeros((3, 8, 8, 3), np.uint8))) == 3  # a stacked array is N images
+    assert (
+        len(captioner.caption_batch(np.zeros((3, 8, 8, 3), np.uint8))) == 3
+    )  # a stacked array is N images
