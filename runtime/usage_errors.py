@@ -4,8 +4,8 @@ typer shows a bad option (`--beam-size abc`, `--bogus`, a missing `-o`) as a
 multi-line usage block in a box. capgen's rule is one line on stderr
 (`capgen: error: …`) and a documented exit code, so scripts and people read
 every failure the same way. Commands opt in with `cls=OneLineUsageCommand`;
-the root app can use `OneLineUsageGroup` so an unknown subcommand is one
-line too.
+the root app with `typer.Typer(cls=OneLineUsageGroup)` makes every usage
+mistake below it one line, in any subcommand or group.
 """
 
 from __future__ import annotations
@@ -42,8 +42,30 @@ class OneLineUsageCommand(TyperCommand):
 
 
 class OneLineUsageGroup(TyperGroup):
-    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+    """For the root app: every usage mistake below it, in any subcommand, becomes one line.
+
+    Subcommands parse their options inside the root group's `invoke`, so
+    catching there covers commands that do not use `OneLineUsageCommand`.
+    `capgen convert` alone still shows its help (click signals that with a
+    UsageError subclass whose message is the help page).
+    """
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         try:
-            return super().resolve_command(ctx, args)
+            return super().parse_args(ctx, args)
         except UsageError as error:
+            if _is_help_request(error):
+                raise
             raise _usage_failed(error) from None
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageError as error:
+            if _is_help_request(error):
+                raise
+            raise _usage_failed(error) from None
+
+
+def _is_help_request(error: Exception) -> bool:
+    return type(error).__name__ == "NoArgsIsHelpError"
