@@ -34,6 +34,7 @@ ENCODER_FILE = "encoder.onnx"
 PROJECTION_FILE = "photo_projection.onnx"
 STEP_FILE = "decoder_step.onnx"
 VOCABULARY_FILE = "vocabulary.json"
+INT8_ENCODER_FILE = "encoder.int8.onnx"  # written later by `capgen convert quantize`
 MANIFEST_FILE = "manifest.json"
 # manifest key -> the distributions that provide it (TensorFlow ships as tensorflow-cpu here).
 _VERSIONED_PACKAGES = {
@@ -175,6 +176,23 @@ def prepare_target(out_dir: Path, force: bool) -> None:
         raise InputError(
             f"refusing to replace {out_dir}: it is not empty and not a capgen model folder"
         )
+    strangers = sorted(entry.name for entry in out_dir.iterdir() if entry.name not in _own_files(out_dir))
+    if strangers:
+        # e.g. the user kept model_9.h5 in the folder it was converted to: --force would delete it.
+        raise InputError(
+            f"refusing to replace {out_dir}: it also holds {', '.join(strangers[:3])}"
+            f"{' …' if len(strangers) > 3 else ''}, which capgen did not write; move them out first"
+        )
+
+
+def _own_files(folder: Path) -> set[str]:
+    """What a model folder may hold: the standard files and whatever its manifest lists."""
+    own = {MANIFEST_FILE, ENCODER_FILE, PROJECTION_FILE, STEP_FILE, VOCABULARY_FILE, INT8_ENCODER_FILE}
+    try:
+        listed = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8")).get("files", {})
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return own
+    return own | {name for name in listed if isinstance(name, str)} if isinstance(listed, dict) else own
 
 
 def _place_encoder(source: Path, target: Path) -> None:

@@ -213,7 +213,7 @@ def info_command(
         lines.append("converted:    " + ", ".join(f"{k} {v}" for k, v in sorted(converted.items())))
     if raw.get("created"):
         lines.append(f"created:      {raw['created']}")
-    sys.stdout.write("\n".join(lines) + "\nfiles:\n")
+    report = ["\n".join(lines) + "\nfiles:\n"]
     problems = []
     for name, record in manifest.files.items():
         try:
@@ -222,10 +222,23 @@ def info_command(
         except ModelIntegrityError as err:
             status = f"FAILED: {err}"
             problems.append(err)
-        sys.stdout.write(f"  {name:<24} {record.bytes:>12} bytes  sha256 {record.sha256[:16]}…  {status}\n")
-    sys.stdout.flush()
+        report.append(f"  {name:<24} {record.bytes:>12} bytes  sha256 {record.sha256[:16]}…  {status}\n")
+    _print_report("".join(report))
     if problems:
         raise ModelIntegrityError(f"{len(problems)} file(s) do not match the manifest: {problems[0]}")
+
+
+def _print_report(text: str) -> None:
+    """All of `capgen info` at once; a closed pipe exits quietly (141), a full disk is one line (2)."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(BROKEN_PIPE_EXIT) from None
+    except OSError as exc:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise InputError(f"cannot write to standard output ({exc.strerror or exc})") from None
 
 
 def register_runtime_commands(app: typer.Typer) -> None:

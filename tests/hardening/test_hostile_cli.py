@@ -301,22 +301,35 @@ def test_a_full_disk_stops_the_batch_keeping_whole_lines_and_resume_finishes(
     ]
 
 
+@pytest.mark.parametrize(
+    "command,suffix", [("caption", "; stopped"), ("info", "")], ids=["caption", "info"]
+)
 def test_a_full_stdout_is_one_line(
-    capgen_script: Path, hardening_model: TinyModel, photo: Path, home: Path
+    capgen_script: Path,
+    hardening_model: TinyModel,
+    photo: Path,
+    home: Path,
+    command: str,
+    suffix: str,
 ) -> None:
-    env = {**os.environ, "CAPGEN_HOME": str(home)}
+    """`capgen caption … > /dev/full` (or info) used to be an OSError traceback."""
+    args = (
+        ["-m", str(hardening_model.folder), str(photo)]
+        if command == "caption"
+        else [str(hardening_model.folder)]
+    )
     with open("/dev/full", "wb") as full:
         done = subprocess.run(
-            [str(capgen_script), "caption", "-m", str(hardening_model.folder), str(photo)],
+            [str(capgen_script), command, *args],
             stdout=full,
             stderr=subprocess.PIPE,
-            env=env,
+            env={**os.environ, "CAPGEN_HOME": str(home)},
             timeout=60,
         )
     assert done.returncode == 2
     assert (
         done.stderr.decode()
-        == "capgen: error: cannot write to standard output (No space left on device); stopped\n"
+        == f"capgen: error: cannot write to standard output (No space left on device){suffix}\n"
     )
 
 

@@ -513,3 +513,30 @@ def test_an_encoder_the_runtime_cannot_feed_is_refused_at_conversion(
     preprocessing = describe_encoder(sized).preprocessing
     assert (preprocessing["height"], preprocessing["width"]) == (224, 160)
     assert describe_encoder(keras_sources["encoder"]).preprocessing["height"] == 299
+
+
+@pytest.mark.convert
+def test_force_never_deletes_files_capgen_did_not_write(
+    run: Run, keras_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    """Keeping model_9.h5 in the folder it was converted to, then reconverting with --force, deleted it."""
+    out = tmp_path / "mymodel"
+    convert = [
+        "convert",
+        "model",
+        keras_sources["model"],
+        keras_sources["tokenizer"],
+        "-o",
+        out,
+        "--encoder",
+        keras_sources["encoder"],
+    ]
+    assert run(*convert).returncode == 0
+    kept = out / "model_9.h5"
+    shutil.copyfile(keras_sources["model"], kept)
+    done = run("convert", "model", kept, *convert[3:], "--force")
+    assert_one_line_error(done, 2, "also holds model_9.h5, which capgen did not write")
+    assert kept.read_bytes() == keras_sources["model"].read_bytes()
+    kept.unlink()
+    again = run(*convert, "--force")
+    assert again.returncode == 0, again.stderr

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CAPGEN_SCRIPT
 from PIL import Image
 from tiny_model import TinyModel
 
+# Not `from conftest import …`: with several test folders in one run, "conftest" is whichever folder's loaded last.
+CAPGEN_SCRIPT = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "capgen"
 pytestmark = pytest.mark.skipif(not CAPGEN_SCRIPT.exists(), reason=f"console script {CAPGEN_SCRIPT} not installed")
 
 
