@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,19 @@ from cli_helpers import Run  # noqa: E402
 from tiny_model import TinyModel, write_tiny_model  # noqa: E402
 
 CONSOLE_SCRIPT = TESTS.parent / ".venv" / "bin" / "capgen"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_capgen_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """In-process Captioners keep their stamps and graph cache out of the developer's real cache."""
+    home = tmp_path_factory.mktemp("hardening_home")
+    previous = os.environ.get("CAPGEN_HOME")
+    os.environ["CAPGEN_HOME"] = str(home)
+    yield home
+    if previous is None:
+        os.environ.pop("CAPGEN_HOME", None)
+    else:
+        os.environ["CAPGEN_HOME"] = previous
 
 
 @pytest.fixture(scope="session")
