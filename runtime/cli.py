@@ -30,7 +30,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from capgen.runtime.console import say
+from capgen.runtime.console import say, tolerate_any_terminal
 from capgen.runtime.errors import CapgenError, InputError
 from capgen.runtime.usage_errors import OneLineUsageCommand
 
@@ -50,6 +50,7 @@ def cli_errors(function: F) -> F:
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        tolerate_any_terminal()
         try:
             return function(*args, **kwargs)
         except CapgenError as err:

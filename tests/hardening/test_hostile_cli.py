@@ -368,3 +368,30 @@ def test_model_files_replaced_by_a_folder_a_fifo_or_an_unreadable_file(
         argv, capture_output=True, env={**os.environ, "CAPGEN_HOME": str(home)}, timeout=60
     )
     assert_one_line_error(done, 3, "decoder_step.onnx: cannot read (Permission denied)")
+
+
+def test_a_terminal_that_cannot_show_a_file_name(
+    capgen_script: Path, hardening_model: TinyModel, photo: Path, home: Path
+) -> None:
+    """On an ASCII terminal, a non-UTF-8 file name (shown as U+FFFD) was a UnicodeEncodeError traceback."""
+    odd = os.fsencode(photo.parent) + b"/caf\xe9.jpg"
+    with open(odd, "wb") as handle:
+        handle.write(photo.read_bytes())
+    env = {**os.environ, "CAPGEN_HOME": str(home), "PYTHONIOENCODING": "ascii"}
+    done = subprocess.run(
+        [
+            os.fsencode(capgen_script),
+            b"caption",
+            b"-m",
+            os.fsencode(hardening_model.folder),
+            odd,
+            b"missing-\xe9.jpg",
+        ],
+        capture_output=True,
+        env=env,
+        timeout=60,
+    )
+    assert b"Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 1
+    assert done.stdout.decode("ascii").startswith(f"{photo.parent}/caf?.jpg\t")
+    assert done.stderr.decode("ascii") == "capgen: missing-?.jpg: no such file\n"
