@@ -16,6 +16,7 @@ Choices, each measured on this machine's kind (see FACTS.md):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -103,7 +104,9 @@ def xception_branch_nodes(model: Any) -> set[str]:
 def nodes_kept_float(model: Any) -> list[str]:
     """Every node outside the Xception branch, except the Squeeze that only reshapes its output."""
     branch = xception_branch_nodes(model)
-    branch_outputs = {output for node in model.graph.node if node.name in branch for output in node.output}
+    branch_outputs = {
+        output for node in model.graph.node if node.name in branch for output in node.output
+    }
     return sorted(
         node.name
         for node in model.graph.node
@@ -133,14 +136,18 @@ def quantize_encoder(
         prepared = scratch / "prepared.onnx"
         # Shape inference + graph fusions first, so the quantizer sees fused
         # Conv+Relu patterns and every tensor's shape (onnxruntime's advice).
-        try:
-            quant_pre_process(str(fp32_path), str(prepared))
-        except Exception:
-            # The colour features' graph defeats onnxruntime's symbolic shape
-            # inference ("Incomplete symbolic shape inference"); ONNX's own
-            # shape inference still types every Xception tensor, which is all
-            # the quantizer needs there.
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        # onnxruntime's symbolic shape inference dumps `sym_shape_infer_temp.onnx`
+        # and an 83 MB `<uuid>.data` into the working directory when it gives up;
+        # running it inside the scratch folder keeps the user's folder clean.
+        with contextlib.chdir(scratch):
+            try:
+                quant_pre_process(str(fp32_path.resolve()), str(prepared))
+            except Exception:
+                # The colour features' graph defeats onnxruntime's symbolic shape
+                # inference ("Incomplete symbolic shape inference"); ONNX's own
+                # shape inference still types every Xception tensor, which is all
+                # the quantizer needs there.
+                quant_pre_process(str(fp32_path.resolve()), str(prepared), skip_symbolic_shape=True)
         model = onnx.load(str(prepared))
         excluded = nodes_kept_float(model)
         partial = scratch / "int8.onnx"
