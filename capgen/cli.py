@@ -18,7 +18,10 @@ _SUBCOMMANDS = {"caption", "info", "convert", "setup", "bench", "--help", "-h", 
 
 
 def build_app() -> typer.Typer:
+    from capgen.runtime.usage_errors import OneLineUsageGroup
+
     app = typer.Typer(
+        cls=OneLineUsageGroup,
         name="capgen",
         help="Caption images on a CPU with the classic Keras CNN+LSTM model, converted to ONNX.",
         no_args_is_help=True,
