@@ -152,8 +152,8 @@ def caption_command(
         writer=results.JsonlWriter(output) if output is not None else None,
         annotate_dir=annotate,
     )
-    for folder in empty_folders:  # also a JSON line, so --json and --output readers see it
-        sinks.handle(folder, InputError("no images in this folder (not searched recursively)"))
+    for folder, reason in empty_folders.items():  # also a JSON line, so --json and --output readers see it
+        sinks.handle(folder, InputError(reason))
     if sys.stderr.isatty() and len(todo) > 1:
         from tqdm import tqdm
 

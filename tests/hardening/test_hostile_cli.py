@@ -395,3 +395,34 @@ def test_a_terminal_that_cannot_show_a_file_name(
     assert done.returncode == 1
     assert done.stdout.decode("ascii").startswith(f"{photo.parent}/caf?.jpg\t")
     assert done.stderr.decode("ascii") == "capgen: missing-?.jpg: no such file\n"
+
+
+def test_a_folder_without_read_permission(
+    capgen_script: Path, hardening_model: TinyModel, photo: Path, home: Path, tmp_path: Path
+) -> None:
+    """An unlistable folder argument was a PermissionError traceback before any image was captioned."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    shutil.copyfile(photo, locked / "inside.jpg")
+    locked.chmod(0)
+    try:
+        argv = [
+            *_without_root_file_powers(),
+            str(capgen_script),
+            "caption",
+            "-m",
+            str(hardening_model.folder),
+            str(locked),
+            str(photo),
+        ]
+        done = subprocess.run(
+            argv, capture_output=True, env={**os.environ, "CAPGEN_HOME": str(home)}, timeout=60
+        )
+    finally:
+        locked.chmod(0o755)
+    assert b"Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 1
+    assert (
+        done.stderr.decode() == f"capgen: {locked}: cannot list this folder (Permission denied)\n"
+    )
+    assert done.stdout.decode().startswith(f"{photo}\t")
