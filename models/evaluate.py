@@ -159,17 +159,19 @@ def keras_greedy(
     return captions
 
 
-def runtime_captions(model_dir: Path, image_paths: Sequence[Path], int8: bool = False) -> list[str]:
-    """Greedy captions from a converted model folder via the runtime (the shipped path)."""
+def runtime_captions(
+    model_dir: Path, image_paths: Sequence[Path], int8: bool = False, beam_size: int = 1
+) -> list[str]:
+    """Captions from a converted model folder via the runtime (the shipped path); greedy by default."""
     from capgen.runtime.captioner import Captioner
 
     captioner = Captioner(model_dir, int8=int8)
-    results = captioner.caption_batch(list(image_paths), beam_size=1, batch_size=16)
+    results = captioner.caption_batch(list(image_paths), beam_size=beam_size, batch_size=16)
     return [r.text for r in results]  # type: ignore[union-attr]
 
 
 def _table(rows: dict[str, dict], keys: Sequence[str]) -> list[str]:
-    lines = ["| scenes | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines = ["| subset | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name, row in rows.items():
         lines.append(f"| {name} | " + " | ".join(str(row[k]) for k in keys) + " |")
     return lines
@@ -201,16 +203,15 @@ def write_report(metrics: dict[str, Any], out_dir: Path, describe: Callable[[], 
         *_table(binding, ["scenes", "precision", "recall", "count_accuracy"]),
         "",
     ]
-    if "int8_encoder" in metrics:
-        int8 = metrics["int8_encoder"]
+    for variant, scores in metrics.get("variants", {}).items():
         lines += [
-            "## With the INT8 encoder (`Captioner(int8=True)`)",
+            f"## Variant: {variant}",
             "",
-            "| " + " | ".join(int8["caption_metrics"]) + " |",
-            "|---" * len(int8["caption_metrics"]) + "|",
-            "| " + " | ".join(str(v) for v in int8["caption_metrics"].values()) + " |",
+            "| " + " | ".join(scores["caption_metrics"]) + " |",
+            "|---" * len(scores["caption_metrics"]) + "|",
+            "| " + " | ".join(str(v) for v in scores["caption_metrics"].values()) + " |",
             "",
-            *_table(int8["colour_shape"], ["scenes", "precision", "recall", "count_accuracy"]),
+            *_table(scores["colour_shape"], ["scenes", "precision", "recall", "count_accuracy"]),
             "",
         ]
     if describe is not None:
@@ -244,16 +245,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model_dir", type=Path, help="a converted capgen model folder")
     parser.add_argument("--out", type=Path, help="write metrics.json and EVALUATION.md here")
     parser.add_argument("--captions", type=Path, help="also write every test caption here (JSON)")
-    parser.add_argument("--int8", action="store_true", help="also score the folder's INT8 encoder")
+    parser.add_argument("--int8", action="store_true", help="also score the folder's INT8 encoder (greedy)")
+    parser.add_argument("--beam-size", type=int, help="also score beam search with this beam")
     args = parser.parse_args(argv)
     dataset = Flickr8kDataset(args.dataset)
     names = sorted(dataset.descriptions("test"))
     paths = [dataset.images_dir / n for n in names]
     captions = dict(zip(names, runtime_captions(args.model_dir, paths), strict=True))
     metrics = evaluate_captions(args.dataset, captions)
+    variants: dict[str, dict] = {}
     if args.int8:
         int8 = dict(zip(names, runtime_captions(args.model_dir, paths, int8=True), strict=True))
-        metrics["int8_encoder"] = evaluate_captions(args.dataset, int8)
+        variants["INT8 encoder, greedy"] = evaluate_captions(args.dataset, int8)
+    if args.beam_size:
+        beam = runtime_captions(args.model_dir, paths, beam_size=args.beam_size)
+        variants[f"FP32 encoder, beam {args.beam_size}"] = evaluate_captions(
+            args.dataset, dict(zip(names, beam, strict=True))
+        )
+    if variants:
+        metrics["variants"] = variants
     if args.captions:
         args.captions.write_text(json.dumps(captions, indent=1) + "\n")
     if args.out:
