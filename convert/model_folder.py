@@ -256,33 +256,43 @@ def write_model_folder(
     out_dir: Path, spec: ModelFolderSpec, encoder: EncoderInfo, force: bool = False
 ) -> Path:
     """Build the decoder graphs, place the encoder, write vocabulary and manifest; return out_dir."""
-    import onnx
-
     out_dir = Path(out_dir)
     check_encoder_fits(encoder, spec.weights.feature_size)
     if len(spec.vocabulary) != spec.weights.vocab_size:
         raise ModelError(f"vocabulary has {len(spec.vocabulary)} ids but the decoder predicts "
                          f"{spec.weights.vocab_size}")
     prepare_target(out_dir, force)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir()
     try:
-        _place_encoder(encoder.path, staging / ENCODER_FILE)
-        onnx.save(build_projection_graph(spec.weights), str(staging / PROJECTION_FILE))
-        meta = step_metadata(spec.vocabulary, spec.start_token, spec.end_token, spec.max_length)
-        onnx.save(build_step_graph(spec.weights, meta), str(staging / STEP_FILE))
-        (staging / VOCABULARY_FILE).write_text(json.dumps(spec.vocabulary, ensure_ascii=False) + "\n",
-                                               encoding="utf-8")
-        manifest = _manifest(spec, encoder, staging)
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
-                                             encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir()
+    except OSError as error:
+        raise InputError(f"cannot create the model folder {out_dir} ({error.strerror or error})") from None
+    try:
+        _fill_and_place(staging, out_dir, spec, encoder)
+    except OSError as error:  # a full disk or a folder that vanished mid-way: nothing half-written stays
+        raise InputError(f"cannot write the model folder {out_dir} ({error.strerror or error})") from None
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+def _fill_and_place(staging: Path, out_dir: Path, spec: ModelFolderSpec, encoder: EncoderInfo) -> None:
+    """Write every file into `staging`, then swap it in for `out_dir`."""
+    import onnx
+
+    _place_encoder(encoder.path, staging / ENCODER_FILE)
+    onnx.save(build_projection_graph(spec.weights), str(staging / PROJECTION_FILE))
+    meta = step_metadata(spec.vocabulary, spec.start_token, spec.end_token, spec.max_length)
+    onnx.save(build_step_graph(spec.weights, meta), str(staging / STEP_FILE))
+    (staging / VOCABULARY_FILE).write_text(json.dumps(spec.vocabulary, ensure_ascii=False) + "\n",
+                                           encoding="utf-8")
+    manifest = _manifest(spec, encoder, staging)
+    (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
+                                         encoding="utf-8")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)

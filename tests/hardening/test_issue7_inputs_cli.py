@@ -540,3 +540,35 @@ def test_force_never_deletes_files_capgen_did_not_write(
     kept.unlink()
     again = run(*convert, "--force")
     assert again.returncode == 0, again.stderr
+
+
+def _file_size_limit(limit: int):  # type: ignore[no-untyped-def]
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+@pytest.mark.convert
+def test_an_output_folder_that_cannot_be_written(
+    run: Run, keras_sources: dict[str, Path], tmp_path: Path
+) -> None:
+    """Both used to be OSError tracebacks: a target under a file, and a disk that fills up mid-conversion."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    sources = [
+        keras_sources["model"],
+        keras_sources["tokenizer"],
+        "--encoder",
+        keras_sources["encoder"],
+    ]
+    done = run("convert", "model", *sources, "-o", blocker / "model")
+    assert_one_line_error(done, 2, f"cannot create the model folder {blocker / 'model'}")
+    full = run(
+        "convert", "model", *sources, "-o", tmp_path / "model", preexec_fn=_file_size_limit(2048)
+    )
+    assert_one_line_error(
+        full, 2, f"cannot write the model folder {tmp_path / 'model'} (File too large)"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a-file"
+    ]  # no folder, no hidden staging left
