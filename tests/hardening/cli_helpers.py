@@ -13,6 +13,13 @@ from PIL import Image
 Run = Callable[..., subprocess.CompletedProcess[bytes]]
 
 
+def limit_file_size(limit: int) -> Callable[[], None]:
+    """A preexec_fn: files the child writes stop at `limit` bytes (EFBIG), like a disk that fills up."""
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
 def write_photos(
     folder: Path, count: int, seed: int, size: tuple[int, int] = (44, 36)
 ) -> list[Path]:

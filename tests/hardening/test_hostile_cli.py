@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import Run, assert_one_line_error, write_photos
+from cli_helpers import Run, assert_one_line_error, limit_file_size, write_photos
 from PIL import Image
 from tiny_model import TinyModel
 
@@ -265,15 +265,6 @@ def test_output_that_is_not_a_regular_file(
         assert_one_line_error(done, 2, "/dev/zero: is not a regular file")
 
 
-def _limit_file_size(limit: int):  # type: ignore[no-untyped-def]
-    import resource
-
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return apply
-
-
 def test_a_full_disk_stops_the_batch_keeping_whole_lines_and_resume_finishes(
     run: Run, hardening_model: TinyModel, tmp_path: Path
 ) -> None:
@@ -289,7 +280,7 @@ def test_a_full_disk_stops_the_batch_keeping_whole_lines_and_resume_finishes(
         output,
         "--batch-size",
         "1",
-        preexec_fn=_limit_file_size(1500),
+        preexec_fn=limit_file_size(1500),
     )
     assert_one_line_error(done, 2, f"{output}: cannot write", "--resume")
     kept = [json.loads(line) for line in output.read_text().splitlines()]  # whole lines only

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import Run, assert_one_line_error
+from cli_helpers import Run, assert_one_line_error, limit_file_size
 from PIL import Image
 from tiny_model import TinyModel
 
@@ -542,12 +542,6 @@ def test_force_never_deletes_files_capgen_did_not_write(
     assert again.returncode == 0, again.stderr
 
 
-def _file_size_limit(limit: int):  # type: ignore[no-untyped-def]
-    import resource
-
-    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-
 @pytest.mark.convert
 def test_an_output_folder_that_cannot_be_written(
     run: Run, keras_sources: dict[str, Path], tmp_path: Path
@@ -564,7 +558,7 @@ def test_an_output_folder_that_cannot_be_written(
     done = run("convert", "model", *sources, "-o", blocker / "model")
     assert_one_line_error(done, 2, f"cannot create the model folder {blocker / 'model'}")
     full = run(
-        "convert", "model", *sources, "-o", tmp_path / "model", preexec_fn=_file_size_limit(2048)
+        "convert", "model", *sources, "-o", tmp_path / "model", preexec_fn=limit_file_size(2048)
     )
     assert_one_line_error(
         full, 2, f"cannot write the model folder {tmp_path / 'model'} (File too large)"
