@@ -35,6 +35,15 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest
 
+# Retrain the default model from scratch (about 45 min on 2 cores); see models/README.md.
+TRAIN_DIR ?= work-data
+train: install
+	$(BIN)/python -m capgen.models.scenes $(TRAIN_DIR)/scenes --seed 8
+	$(BIN)/python -m capgen.models.train $(TRAIN_DIR)/scenes $(TRAIN_DIR)/model --encoder xception+colour
+	$(CAPGEN) convert model $(TRAIN_DIR)/model/model.keras $(TRAIN_DIR)/model/tokenizer.p \
+		--encoder xception+colour -o $(TRAIN_DIR)/converted --force
+	$(BIN)/python -m capgen.models.evaluate $(TRAIN_DIR)/scenes $(TRAIN_DIR)/converted --out $(TRAIN_DIR)/model
+
 lint: install
 	$(BIN)/ruff check .
 
