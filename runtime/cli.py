@@ -89,6 +89,13 @@ def caption_command(
     model: Annotated[Path | None, typer.Option("--model", "-m", help="Model folder (default: capgen setup's).")] = None,
     threads: Annotated[int | None, typer.Option(help="Encoder threads (default: one per core).")] = None,
     int8: Annotated[bool, typer.Option("--int8", help="Use the model's INT8 encoder.")] = False,
+    fast_decoder: Annotated[
+        bool,
+        typer.Option(
+            "--fast-decoder",
+            help="Use the model's fast decoder step: greedy words exact, scores approximate.",
+        ),
+    ] = False,
     batch_size: Annotated[int, typer.Option(help="Images encoded and decoded together.")] = 8,
     json_lines: Annotated[bool, typer.Option("--json", help="JSON Lines on stdout.")] = False,
     output: Annotated[
@@ -126,7 +133,7 @@ def caption_command(
 
     options = DecodingOptions(beam_size=beam_size, max_length=max_length, length_penalty=length_penalty, n_best=n_best)
     check_batch_size(batch_size)  # every option is checked before --output is touched
-    captioner = Captioner(model, threads=threads, int8=int8)  # before touching --output: a bad model changes nothing
+    captioner = Captioner(model, threads=threads, int8=int8, fast_decoder=fast_decoder)  # before touching --output: a bad model changes nothing
     if captioner.is_default_model:
         say(DEMO_NOTE)
     done = results.prepare_resume(output) if resume and output is not None else set()
@@ -199,6 +206,7 @@ def info_command(
         f"encoder:      {enc.file} ({enc.kind}, {enc.height}x{enc.width} RGB uint8, "
         f"{enc.resize_filter} resize, {enc.feature_size} features)",
         f"int8 encoder: {enc.int8_file or 'none'}",
+        f"fast decoder: {dec.int8_step_file or 'none'}",
         f"decoder:      {dec.projection_file} + {dec.step_file} ({dec.units} LSTM units, "
         f"{raw.get('decoder', {}).get('recurrent_activation', '?')} gates, "
         f"{raw.get('decoder', {}).get('merge', '?')} merge)",

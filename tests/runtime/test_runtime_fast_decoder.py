@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from tiny_model import TinyModel
 
 from capgen.convert.fast_decoder import FAST_STEP_FILE, add_fast_decoder
@@ -62,3 +65,29 @@ def test_a_wrong_fast_step_field_is_named(folder: Path) -> None:
     path.write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match=r"missing\.onnx"):
         load_manifest(folder)
+
+
+def _cli(*args: object, home: Path) -> subprocess.CompletedProcess[str]:
+    script = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "capgen"
+    env = {**os.environ, "CAPGEN_HOME": str(home)}
+    return subprocess.run(
+        [str(script), *map(str, args)], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def test_cli_fast_decoder_flag_uses_the_fast_step_or_says_how_to_add_it(
+    folder: Path, tmp_path: Path
+) -> None:
+    image = tmp_path / "photo.png"
+    Image.fromarray(IMAGES[0]).save(image)
+    missing = _cli("caption", "--fast-decoder", "-m", folder, image, home=tmp_path)
+    assert missing.returncode == 3
+    assert "capgen convert quantize" in missing.stderr and "Traceback" not in missing.stderr
+
+    add_fast_decoder(folder)
+    exact = _cli("caption", "-b", "1", "-m", folder, image, home=tmp_path)
+    fast = _cli("caption", "--fast-decoder", "-b", "1", "-m", folder, image, home=tmp_path)
+    assert exact.returncode == fast.returncode == 0, fast.stderr
+    assert fast.stdout == exact.stdout and fast.stdout.strip()
+    info = _cli("info", folder, home=tmp_path)
+    assert f"fast decoder: {FAST_STEP_FILE}" in info.stdout
