@@ -8,7 +8,9 @@ works on a runtime-only install.
 
 from __future__ import annotations
 
+import errno
 import sys
+from typing import Annotated
 
 import typer
 
@@ -28,6 +30,7 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
+    app.callback()(_root_options)
     register_runtime_commands(app)
     from capgen.convert.cli import register_convert_commands
 
@@ -36,6 +39,25 @@ def build_app() -> typer.Typer:
 
     register_bench_command(app)
     return app
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from capgen import __version__
+
+        typer.echo(f"capgen {__version__}")
+        raise typer.Exit()
+
+
+def _root_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Caption images on a CPU with the classic Keras CNN+LSTM model, converted to ONNX."""
 
 
 def _tutorial_argv(argv: list[str]) -> list[str]:
@@ -56,3 +78,10 @@ def main() -> None:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"capgen: error: {message}", file=sys.stderr)
         sys.exit(error.exit_code)
+    except BrokenPipeError:
+        sys.exit(141)  # the reader of stdout went away (e.g. `| head`): nothing to report
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EIO, errno.EDQUOT):
+            raise
+        print(f"capgen: error: cannot write output: {error.strerror}", file=sys.stderr)
+        sys.exit(2)
