@@ -58,7 +58,10 @@ class BenchModel:
     note: str
 
     def to_json(self) -> dict[str, str | bool]:
-        return {key: str(value) if isinstance(value, Path) else value for key, value in asdict(self).items()}
+        return {
+            key: str(value) if isinstance(value, Path) else value
+            for key, value in asdict(self).items()
+        }
 
     @staticmethod
     def from_json(data: dict[str, str | bool]) -> BenchModel:
@@ -176,9 +179,13 @@ def prepare_tutorial7577(echo: Callable[[str], None] = print) -> BenchModel:
     folder = bench_home() / "tutorial7577"
     model_dir = folder / "capgen_model"
     stamp = folder / "stamp.json"
-    wanted = _source_fingerprint(DECODER_JSON, DECODER_TOKENIZER, Path(__file__), *_encoder_sources("xception"))
+    wanted = _source_fingerprint(
+        DECODER_JSON, DECODER_TOKENIZER, Path(__file__), *_encoder_sources("xception")
+    )
     h5_path = folder / "model_7577.h5"
-    if not (_stamp_ok(stamp, wanted) and h5_path.is_file() and (model_dir / "manifest.json").is_file()):
+    if not (
+        _stamp_ok(stamp, wanted) and h5_path.is_file() and (model_dir / "manifest.json").is_file()
+    ):
         echo("building the 7,577-word tutorial decoder (.h5) and converting it with capgen")
         build_tutorial7577(folder)
         _convert(h5_path, DECODER_TOKENIZER, model_dir, "xception", "tutorial7577")
@@ -212,7 +219,9 @@ def prepare_default(echo: Callable[[str], None] = print) -> BenchModel | None:
     folder = bench_home() / "default"
     model_dir = folder / "capgen_model"
     stamp = folder / "stamp.json"
-    wanted = _source_fingerprint(keras_file, tokenizer, Path(__file__), *_encoder_sources("xception+colour"))
+    wanted = _source_fingerprint(
+        keras_file, tokenizer, Path(__file__), *_encoder_sources("xception+colour")
+    )
     if not (_stamp_ok(stamp, wanted) and (model_dir / "manifest.json").is_file()):
         echo("converting the default model with capgen (xception+colour encoder)")
         folder.mkdir(parents=True, exist_ok=True)

@@ -34,13 +34,17 @@ def write_test_scenes(root: Path, count: int) -> list[Path]:
     for index in range(TEST_FIRST_INDEX, TEST_FIRST_INDEX + count):
         scene = scenes.sample_scene(TEST_SEED, index)
         (images / scene.name).write_bytes(scenes.render(scene, TEST_SEED, index))
-        tokens += [f"{scene.name}#{k}\t{c}" for k, c in enumerate(scenes.captions(scene, TEST_SEED, index))]
+        tokens += [
+            f"{scene.name}#{k}\t{c}" for k, c in enumerate(scenes.captions(scene, TEST_SEED, index))
+        ]
         truth[scene.name] = scene.ground_truth()
         names.append(scene.name)
     for split, filename in scenes.SPLIT_FILENAMES.items():
         (root / filename).write_text("\n".join(names) + "\n" if split == "test" else "")
     (root / scenes.TOKEN_FILENAME).write_text("\n".join(tokens) + "\n")
-    (root / scenes.GROUND_TRUTH_FILENAME).write_text(json.dumps({"seed": TEST_SEED, "scenes": truth}))
+    (root / scenes.GROUND_TRUTH_FILENAME).write_text(
+        json.dumps({"seed": TEST_SEED, "scenes": truth})
+    )
     return [images / name for name in names]
 
 
@@ -82,7 +86,9 @@ def evaluate_int8(model_dir: Path, count: int) -> dict[str, Any]:
             np.linalg.norm(reference, axis=1) * np.linalg.norm(quantized, axis=1) + 1e-12
         )
         scores = {
-            name: _summary(evaluate_captions(root, {p.name: t for p, t in zip(paths, captions, strict=True)}))
+            name: _summary(
+                evaluate_captions(root, {p.name: t for p, t in zip(paths, captions, strict=True)})
+            )
             for name, captions in texts.items()
         }
     identical = sum(a == b for a, b in zip(texts["fp32"], texts["int8"], strict=True))

@@ -27,7 +27,11 @@ def main() -> None:
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - started
     # ru_maxrss is in KiB on Linux.
-    report = {"wall_seconds": wall, "peak_rss_kib": usage.ru_maxrss, "exit_code": os.waitstatus_to_exitcode(status)}
+    report = {
+        "wall_seconds": wall,
+        "peak_rss_kib": usage.ru_maxrss,
+        "exit_code": os.waitstatus_to_exitcode(status),
+    }
     print(json.dumps(report))
 
 

@@ -22,7 +22,17 @@ import numpy as np
 # Xception at 299x299: 8.36 G multiply-adds (FACTS.md) = 16.7 GFLOP per image.
 XCEPTION_GFLOP = 16.72
 INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8")
-VERSIONED = ("onnxruntime", "numpy", "pillow", "tensorflow-cpu", "keras", "tf-keras", "tf2onnx", "onnx", "capgen")
+VERSIONED = (
+    "onnxruntime",
+    "numpy",
+    "pillow",
+    "tensorflow-cpu",
+    "keras",
+    "tf-keras",
+    "tf2onnx",
+    "onnx",
+    "capgen",
+)
 
 
 def _cpu_model_and_flags() -> tuple[str, list[str]]:
@@ -61,7 +71,11 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": {name: _version(name) for name in VERSIONED},
-        "env": {key: os.environ[key] for key in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS") if key in os.environ},
+        "env": {
+            key: os.environ[key]
+            for key in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS")
+            if key in os.environ
+        },
     }
 
 

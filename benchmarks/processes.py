@@ -27,13 +27,17 @@ def run_cold(command: list[str], log: Path) -> ColdRun:
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     out_path = log.with_suffix(".out")
     launcher = [sys.executable, str(LAUNCHER), str(out_path), str(log), "--", *command]
-    finished = subprocess.run(launcher, capture_output=True, text=True, env=environment, check=False)
+    finished = subprocess.run(
+        launcher, capture_output=True, text=True, env=environment, check=False
+    )
     if finished.returncode != 0:
         raise RuntimeError(f"launcher failed: {finished.stderr.strip()[-500:]}")
     report = json.loads(finished.stdout)
     if report["exit_code"] != 0:
         tail = "\n".join(log.read_text().strip().splitlines()[-5:])
-        raise RuntimeError(f"{' '.join(command[:3])} ... exited with {report['exit_code']}:\n{tail}")
+        raise RuntimeError(
+            f"{' '.join(command[:3])} ... exited with {report['exit_code']}:\n{tail}"
+        )
     return ColdRun(report["wall_seconds"], report["peak_rss_kib"] / 1024.0, out_path.read_text())
 
 
@@ -49,7 +53,13 @@ class Worker:
         int8: bool = False,
         fast_decoder: bool = False,
     ) -> None:
-        command = [sys.executable, "-m", "capgen.benchmarks.worker", arm, json.dumps(model.to_json())]
+        command = [
+            sys.executable,
+            "-m",
+            "capgen.benchmarks.worker",
+            arm,
+            json.dumps(model.to_json()),
+        ]
         if weights is not None:
             command += ["--weights", str(weights)]
         if int8:
@@ -74,7 +84,9 @@ class Worker:
         line = self._process.stdout.readline()
         if not line:
             self._process.wait()
-            raise RuntimeError(f"worker {self.name} died (exit {self._process.returncode}); see {self._log.name}")
+            raise RuntimeError(
+                f"worker {self.name} died (exit {self._process.returncode}); see {self._log.name}"
+            )
         return json.loads(line)
 
     def request(self, op: str, **arguments: Any) -> dict[str, Any]:

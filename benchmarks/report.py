@@ -13,7 +13,11 @@ STAGES = ("imports", "model_load", "preprocess", "encode", "decode")
 TARGETS: dict[str, tuple[str, str, float]] = {
     "warm_latency_fp32": ("warm latency, one photo, greedy, FP32 encoder", ">=", 30.0),
     "warm_latency_int8": ("warm latency, one photo, greedy, INT8 encoder", ">=", 75.0),
-    "warm_latency_int8_fast": ("warm latency, greedy, INT8 encoder + opt-in fast decoder step", ">=", 75.0),
+    "warm_latency_int8_fast": (
+        "warm latency, greedy, INT8 encoder + opt-in fast decoder step",
+        ">=",
+        75.0,
+    ),
     "cold_start": ("cold start (fresh process, one photo)", ">=", 20.0),
     "decoder": ("decoder alone, one caption (32 words in a full run)", ">=", 500.0),
     "decoder_fast": ("decoder alone, one caption, opt-in fast step", ">=", 500.0),
@@ -40,8 +44,15 @@ def headline_ratios(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     def add(key: str, value: float, spread: tuple[float, float] | None, where: str) -> None:
         what, comparison, target = TARGETS[key]
         met = value >= target if comparison == ">=" else value <= target
-        found[f"{key}@{where}"] = {"metric": key, "what": what, "value": value, "spread": spread,
-                                   "target": f"{comparison} {target:g}", "met": bool(met), "where": where}
+        found[f"{key}@{where}"] = {
+            "metric": key,
+            "what": what,
+            "value": value,
+            "spread": spread,
+            "target": f"{comparison} {target:g}",
+            "met": bool(met),
+            "where": where,
+        }
 
     def add_speedup(key: str, base: dict[str, Any], fast: dict[str, Any], where: str) -> None:
         add(key, speedup(base, fast), ratio_range(base, fast), where)
@@ -52,7 +63,9 @@ def headline_ratios(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if "capgen_int8" in latency:
             add_speedup("warm_latency_int8", latency["baseline"], latency["capgen_int8"], name)
         if "capgen_int8_fast" in latency:
-            add_speedup("warm_latency_int8_fast", latency["baseline"], latency["capgen_int8_fast"], name)
+            add_speedup(
+                "warm_latency_int8_fast", latency["baseline"], latency["capgen_int8_fast"], name
+            )
         cold = model["cold_start"]["wall_seconds"]
         add_speedup("cold_start", cold["baseline"], cold["capgen"], name)
         memory = model["cold_start"]["peak_rss_mb"]
@@ -67,10 +80,18 @@ def headline_ratios(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if "capgen_int8" in encoder:
             add_speedup("int8_speedup", encoder["capgen"], encoder["capgen_int8"], name)
     efficiency = results.get("encoder_efficiency", {})
-    widest = max((k for k in efficiency if k.startswith("capgen_batch")),
-                 key=lambda k: int(k.removeprefix("capgen_batch")), default=None)
+    widest = max(
+        (k for k in efficiency if k.startswith("capgen_batch")),
+        key=lambda k: int(k.removeprefix("capgen_batch")),
+        default=None,
+    )
     if widest:
-        add("encoder_vs_matmul", efficiency[widest]["share_of_matmul"], None, f"Xception FP32 {widest[7:]}")
+        add(
+            "encoder_vs_matmul",
+            efficiency[widest]["share_of_matmul"],
+            None,
+            f"Xception FP32 {widest[7:]}",
+        )
     accuracy = results.get("int8_accuracy")
     if accuracy:
         where = f"default, {accuracy['images']} test scenes"
@@ -86,8 +107,10 @@ def _stage_rows(results: dict[str, Any]) -> dict[str, dict[str, float]]:
         baseline = dict(model["cold_start"]["stages"]["baseline"])
         # The tutorial's extract_features reads and scales the photo inside its
         # "encode" stage; the warm run timed those lines alone, so split them out.
-        preprocess = min(model["latency"]["beam1"]["stages"]["baseline"].get("preprocess", 0.0),
-                         baseline.get("encode", 0.0))
+        preprocess = min(
+            model["latency"]["beam1"]["stages"]["baseline"].get("preprocess", 0.0),
+            baseline.get("encode", 0.0),
+        )
         baseline["preprocess"] = preprocess
         baseline["encode"] = baseline.get("encode", 0.0) - preprocess
         rows[f"tutorial (Keras)\n{name}"] = baseline
@@ -103,14 +126,21 @@ def _chart(results: dict[str, Any], path: Path) -> None:
 
     rows = _stage_rows(results)
     figure, (stacked, per_stage) = plt.subplots(1, 2, figsize=(13, 1.2 + 0.9 * len(rows)))
-    colours = dict(zip(STAGES, ["#8c8c8c", "#4c72b0", "#55a868", "#c44e52", "#dd8452"], strict=True))
+    colours = dict(
+        zip(STAGES, ["#8c8c8c", "#4c72b0", "#55a868", "#c44e52", "#dd8452"], strict=True)
+    )
     labels = list(rows)
     for row_index, stages in enumerate(rows.values()):
         left = 0.0
         for stage in STAGES:
             value = stages.get(stage, 0.0)
-            stacked.barh(row_index, value, left=left, color=colours[stage],
-                         label=stage.replace("_", " ") if row_index == 0 else None)
+            stacked.barh(
+                row_index,
+                value,
+                left=left,
+                color=colours[stage],
+                label=stage.replace("_", " ") if row_index == 0 else None,
+            )
             left += value
         stacked.text(left, row_index, f" {left:.2f} s", va="center", fontsize=9)
     stacked.set_yticks(range(len(labels)), labels, fontsize=8)
@@ -123,8 +153,13 @@ def _chart(results: dict[str, Any], path: Path) -> None:
     for row_index, (label, stages) in enumerate(rows.items()):
         values = [max(stages.get(stage, 0.0), 1e-5) for stage in STAGES]
         positions = [i - 0.4 + (row_index + 0.5) * height for i in range(len(STAGES))]
-        per_stage.barh(positions, values, height=height, label=label.replace("\n", " · "),
-                       color=palette[row_index % len(palette)])
+        per_stage.barh(
+            positions,
+            values,
+            height=height,
+            label=label.replace("\n", " · "),
+            color=palette[row_index % len(palette)],
+        )
     per_stage.set_yticks(range(len(STAGES)), [s.replace("_", " ") for s in STAGES])
     per_stage.invert_yaxis()
     per_stage.set_xscale("log")
@@ -192,25 +227,38 @@ def _markdown(results: dict[str, Any]) -> str:
         cold = model["cold_start"]
         lines.append(f"### Cold start (fresh process, one photo: `{Path(cold['photo']).name}`)")
         for arm, stats in cold["wall_seconds"].items():
-            lines.append(f"- {arm}: {_fmt_stats(stats)}; peak RSS {_fmt_stats(cold['peak_rss_mb'][arm], unit='MB', digits=0)}")
+            lines.append(
+                f"- {arm}: {_fmt_stats(stats)}; peak RSS {_fmt_stats(cold['peak_rss_mb'][arm], unit='MB', digits=0)}"
+            )
         for arm, stages in cold["stages"].items():
-            lines.append(f"- {arm} stages: " + ", ".join(f"{k} {v:.3f} s" for k, v in stages.items()))
+            lines.append(
+                f"- {arm} stages: " + ", ".join(f"{k} {v:.3f} s" for k, v in stages.items())
+            )
         for beam_key, entry in model["latency"].items():
             lines.append(f"### Warm latency, end to end, {beam_key.replace('beam', 'beam ')}")
             for arm, stats in entry["seconds"].items():
                 lines.append(f"- {arm}: {_fmt_stats(stats, 1000, 'ms', 1)}")
             base = entry["seconds"]["baseline"]
             for arm in (a for a in entry["seconds"] if a != "baseline"):
-                lines.append(f"- speed-up {arm}: {speedup(base, entry['seconds'][arm]):.1f}x "
-                             f"({ratio_range(base, entry['seconds'][arm])[0]:.1f}–{ratio_range(base, entry['seconds'][arm])[1]:.1f})")
-            lines.append(f"- same caption as the baseline (capgen FP32): {entry['same_caption_as_baseline']}")
+                lines.append(
+                    f"- speed-up {arm}: {speedup(base, entry['seconds'][arm]):.1f}x "
+                    f"({ratio_range(base, entry['seconds'][arm])[0]:.1f}–{ratio_range(base, entry['seconds'][arm])[1]:.1f})"
+                )
+            lines.append(
+                f"- same caption as the baseline (capgen FP32): {entry['same_caption_as_baseline']}"
+            )
             for arm, stages in entry["stages"].items():
-                lines.append(f"- {arm} stages: " + ", ".join(f"{k} {v * 1000:.2f} ms" for k, v in stages.items()))
+                lines.append(
+                    f"- {arm} stages: "
+                    + ", ".join(f"{k} {v * 1000:.2f} ms" for k, v in stages.items())
+                )
         if "decoder" in model:
             entry = model["decoder"]
             lines.append(f"### Decoder alone, one caption of {entry['steps']} words")
             for arm, stats in entry["seconds"].items():
-                lines.append(f"- {arm}: {_fmt_stats(stats, 1000, 'ms', 2)} ({entry['words'][arm]} words)")
+                lines.append(
+                    f"- {arm}: {_fmt_stats(stats, 1000, 'ms', 2)} ({entry['words'][arm]} words)"
+                )
             base = entry["seconds"]["baseline"]
             for arm in (a for a in entry["seconds"] if a != "baseline"):
                 lines.append(f"- speed-up {arm}: {speedup(base, entry['seconds'][arm]):.0f}x")
@@ -219,11 +267,15 @@ def _markdown(results: dict[str, Any]) -> str:
             for batch_key, entry in model["encoder"].items():
                 batch = int(batch_key.removeprefix("batch"))
                 for arm, stats in entry["seconds"].items():
-                    lines.append(f"- {batch_key} {arm}: {_fmt_stats(stats, 1000, 'ms', 1)} "
-                                 f"= {stats['median'] * 1000 / batch:.1f} ms per image")
+                    lines.append(
+                        f"- {batch_key} {arm}: {_fmt_stats(stats, 1000, 'ms', 1)} "
+                        f"= {stats['median'] * 1000 / batch:.1f} ms per image"
+                    )
         if "throughput" in model:
             entry = model["throughput"]
-            lines.append(f"### Throughput, a folder of {entry['photos']} photos, greedy, both cores")
+            lines.append(
+                f"### Throughput, a folder of {entry['photos']} photos, greedy, both cores"
+            )
             for arm, stats in entry["images_per_second"].items():
                 lines.append(f"- {arm}: {_fmt_stats(stats, 1, 'images/s', 2)}")
             base = entry["images_per_second"]["baseline"]["median"]
@@ -234,29 +286,48 @@ def _markdown(results: dict[str, Any]) -> str:
         for arm, rss in model["worker_rss_mb"].items():
             lines.append(f"- {arm}: peak {rss['peak_rss_mb']:.0f} MB, now {rss['rss_mb']:.0f} MB")
         if "scaling_length" in model:
-            lines += ["### Decode time vs caption length (greedy)", "| words | baseline | capgen | ratio |", "|---|---|---|---|"]
+            lines += [
+                "### Decode time vs caption length (greedy)",
+                "| words | baseline | capgen | ratio |",
+                "|---|---|---|---|",
+            ]
             for length, entry in model["scaling_length"].items():
-                lines.append(f"| {length} | {entry['baseline']['median'] * 1000:.1f} ms | "
-                             f"{entry['capgen']['median'] * 1000:.2f} ms | {speedup(entry['baseline'], entry['capgen']):.0f}x |")
+                lines.append(
+                    f"| {length} | {entry['baseline']['median'] * 1000:.1f} ms | "
+                    f"{entry['capgen']['median'] * 1000:.2f} ms | {speedup(entry['baseline'], entry['capgen']):.0f}x |"
+                )
         if "scaling_beam" in model:
-            lines += ["### capgen decode time vs beam size (32-word captions)", "| beam | capgen |", "|---|---|"]
+            lines += [
+                "### capgen decode time vs beam size (32-word captions)",
+                "| beam | capgen |",
+                "|---|---|",
+            ]
             for beam, stats in model["scaling_beam"].items():
                 lines.append(f"| {beam} | {_fmt_stats(stats, 1000, 'ms', 2)} |")
     matmul = results.get("matmul")
     if matmul:
-        lines += ["", "## Distance from the machine's limit",
-                  f"- onnxruntime MatMul {matmul['size']}³ float32: best {matmul['gflops_best']:.0f} GFLOP/s "
-                  f"(median {matmul['gflops_median']:.0f})",
-                  "- Xception = 16.7 GFLOP per 299×299 image (8.36 G multiply-adds)"]
+        lines += [
+            "",
+            "## Distance from the machine's limit",
+            f"- onnxruntime MatMul {matmul['size']}³ float32: best {matmul['gflops_best']:.0f} GFLOP/s "
+            f"(median {matmul['gflops_median']:.0f})",
+            "- Xception = 16.7 GFLOP per 299×299 image (8.36 G multiply-adds)",
+        ]
         for key, entry in results.get("encoder_efficiency", {}).items():
-            lines.append(f"- {key}: {entry['ms_per_image']:.1f} ms/image = {entry['gflops']:.0f} GFLOP/s "
-                         f"= {entry['share_of_matmul'] * 100:.0f}% of the matmul")
+            lines.append(
+                f"- {key}: {entry['ms_per_image']:.1f} ms/image = {entry['gflops']:.0f} GFLOP/s "
+                f"= {entry['share_of_matmul'] * 100:.0f}% of the matmul"
+            )
     accuracy = results.get("int8_accuracy")
     if accuracy:
-        lines += ["", f"## INT8 encoder accuracy ({accuracy['images']} test-split scenes, greedy)",
-                  f"- identical captions to FP32: {accuracy['identical_share'] * 100:.1f}%",
-                  f"- feature cosine INT8 vs FP32: min {accuracy['cosine']['min']:.4f}, median {accuracy['cosine']['median']:.4f}",
-                  "| metric | FP32 | INT8 | change |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"## INT8 encoder accuracy ({accuracy['images']} test-split scenes, greedy)",
+            f"- identical captions to FP32: {accuracy['identical_share'] * 100:.1f}%",
+            f"- feature cosine INT8 vs FP32: min {accuracy['cosine']['min']:.4f}, median {accuracy['cosine']['median']:.4f}",
+            "| metric | FP32 | INT8 | change |",
+            "|---|---|---|---|",
+        ]
         for metric in accuracy["fp32"]:
             fp32, int8 = accuracy["fp32"][metric], accuracy["int8"][metric]
             lines.append(f"| {metric} | {fp32:.4f} | {int8:.4f} | {int8 - fp32:+.4f} |")

@@ -103,12 +103,35 @@ def _cold_start(session: _Session, model: BenchModel) -> dict[str, Any]:
     plan = session.plan
     photo = str(_photos_for(model, 1)[0])
     repo = fixtures.REPO_ROOT
-    baseline_cmd = [os.sys.executable, str(fixtures.TUTORIAL_SCRIPT), "-i", photo, "-m", str(model.keras_file),
-                    "-t", str(model.tokenizer), "--weights", str(session.weights)]
+    baseline_cmd = [
+        os.sys.executable,
+        str(fixtures.TUTORIAL_SCRIPT),
+        "-i",
+        photo,
+        "-m",
+        str(model.keras_file),
+        "-t",
+        str(model.tokenizer),
+        "--weights",
+        str(session.weights),
+    ]
     if model.colour:
         baseline_cmd.append("--colour")
-    capgen_cmd = [_capgen_cli(), "caption", photo, "--model", str(model.model_dir), "--beam-size", "1"]
-    probe = [os.sys.executable, str(repo / "benchmarks" / "capgen_probe.py"), str(model.model_dir), photo]
+    capgen_cmd = [
+        _capgen_cli(),
+        "caption",
+        photo,
+        "--model",
+        str(model.model_dir),
+        "--beam-size",
+        "1",
+    ]
+    probe = [
+        os.sys.executable,
+        str(repo / "benchmarks" / "capgen_probe.py"),
+        str(model.model_dir),
+        photo,
+    ]
     arms: dict[str, list[str]] = {"baseline": baseline_cmd, "capgen": capgen_cmd}
     if plan.int8:
         arms["capgen_int8"] = [*capgen_cmd, "--int8"]
@@ -138,7 +161,10 @@ def _cold_start(session: _Session, model: BenchModel) -> dict[str, Any]:
         "wall_seconds": {name: summarize(values) for name, values in walls.items()},
         "peak_rss_mb": {name: summarize(values) for name, values in rss.items()},
         "stages": {name: _median_dict(values) for name, values in stages.items()},
-        "commands": {"baseline": " ".join(baseline_cmd[1:4]) + " ...", "capgen": " ".join(capgen_cmd[1:2]) + " ..."},
+        "commands": {
+            "baseline": " ".join(baseline_cmd[1:4]) + " ...",
+            "capgen": " ".join(capgen_cmd[1:2]) + " ...",
+        },
     }
 
 
@@ -159,7 +185,9 @@ def _median_dict(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _alternate(
-    workers: dict[str, Worker], repetitions: int, request: Callable[[int], tuple[str, dict[str, Any]]]
+    workers: dict[str, Worker],
+    repetitions: int,
+    request: Callable[[int], tuple[str, dict[str, Any]]],
 ) -> dict[str, list[dict[str, Any]]]:
     """Send the same request to every worker, `repetitions` times, rotating who goes first."""
     answers: dict[str, list[dict[str, Any]]] = {name: [] for name in workers}
@@ -183,14 +211,22 @@ def _warm(session: _Session, model: BenchModel, primary: bool) -> dict[str, Any]
     echo = session.echo
     workers: dict[str, Worker] = {}
     try:
-        workers["baseline"] = Worker("baseline", model, session.log(f"worker-baseline-{model.name}"), weights=session.weights)
+        workers["baseline"] = Worker(
+            "baseline", model, session.log(f"worker-baseline-{model.name}"), weights=session.weights
+        )
         workers["capgen"] = Worker("capgen", model, session.log(f"worker-capgen-{model.name}"))
         if plan.int8:
-            workers["capgen_int8"] = Worker("capgen", model, session.log(f"worker-capgen-int8-{model.name}"), int8=True)
+            workers["capgen_int8"] = Worker(
+                "capgen", model, session.log(f"worker-capgen-int8-{model.name}"), int8=True
+            )
         if plan.int8 and plan.fast_decoder and fixtures.ensure_fast_decoder(model):
             # The fastest configuration capgen offers (both opt-in): INT8 encoder + fast decoder step.
             workers["capgen_int8_fast"] = Worker(
-                "capgen", model, session.log(f"worker-capgen-fast-{model.name}"), int8=True, fast_decoder=True
+                "capgen",
+                model,
+                session.log(f"worker-capgen-fast-{model.name}"),
+                int8=True,
+                fast_decoder=True,
             )
         result: dict[str, Any] = {"setup": {name: w.ready["setup"] for name, w in workers.items()}}
         photos = [str(p) for p in _photos_for(model, max(plan.repetitions, 1))]
@@ -201,13 +237,21 @@ def _warm(session: _Session, model: BenchModel, primary: bool) -> dict[str, Any]
         result["latency"] = {}
         for beam in plan.latency_beams:
             reps = plan.repetitions if beam == 1 else plan.beam_repetitions
-            answers = _alternate(workers, reps, lambda rep, b=beam: ("latency", {"photo": photos[rep % len(photos)], "beam": b}))
+            answers = _alternate(
+                workers,
+                reps,
+                lambda rep, b=beam: ("latency", {"photo": photos[rep % len(photos)], "beam": b}),
+            )
             same = sum(
-                a["text"] == b["text"] for a, b in zip(answers["baseline"], answers["capgen"], strict=True)
+                a["text"] == b["text"]
+                for a, b in zip(answers["baseline"], answers["capgen"], strict=True)
             )
             result["latency"][f"beam{beam}"] = {
                 "seconds": _seconds(answers),
-                "stages": {name: _median_dict([a["stages"] for a in rows]) for name, rows in answers.items()},
+                "stages": {
+                    name: _median_dict([a["stages"] for a in rows])
+                    for name, rows in answers.items()
+                },
                 "same_caption_as_baseline": f"{same}/{reps}",
                 "example": {name: rows[0]["text"] for name, rows in answers.items()},
             }
@@ -218,29 +262,73 @@ def _warm(session: _Session, model: BenchModel, primary: bool) -> dict[str, Any]
 
         if not model.colour:
             steps = plan.decoder_steps
-            answers = _alternate(workers, plan.repetitions, lambda rep: ("decode", {"photo": photos[rep % len(photos)], "steps": steps, "beam": 1}))
-            result["decoder"] = {"steps": steps, "seconds": _seconds(answers),
-                                 "words": {name: rows[0]["words"] for name, rows in answers.items()}}
+            answers = _alternate(
+                workers,
+                plan.repetitions,
+                lambda rep: (
+                    "decode",
+                    {"photo": photos[rep % len(photos)], "steps": steps, "beam": 1},
+                ),
+            )
+            result["decoder"] = {
+                "steps": steps,
+                "seconds": _seconds(answers),
+                "words": {name: rows[0]["words"] for name, rows in answers.items()},
+            }
             result["encoder"] = {}
             for batch in plan.encoder_batches:
-                answers = _alternate(workers, plan.repetitions, lambda rep, n=batch: ("encode", {"photo": photos[rep % len(photos)], "batch": n}))
+                answers = _alternate(
+                    workers,
+                    plan.repetitions,
+                    lambda rep, n=batch: (
+                        "encode",
+                        {"photo": photos[rep % len(photos)], "batch": n},
+                    ),
+                )
                 result["encoder"][f"batch{batch}"] = {"seconds": _seconds(answers)}
             result["scaling_length"] = {}
             for length in plan.scaling_lengths:
-                answers = _alternate(workers, max(plan.repetitions // 2, 1), lambda rep, n=length: ("decode", {"photo": photos[rep % len(photos)], "steps": n, "beam": 1}))
+                answers = _alternate(
+                    workers,
+                    max(plan.repetitions // 2, 1),
+                    lambda rep, n=length: (
+                        "decode",
+                        {"photo": photos[rep % len(photos)], "steps": n, "beam": 1},
+                    ),
+                )
                 result["scaling_length"][str(length)] = _seconds(answers)
             capgen_only = {"capgen": workers["capgen"]}
             result["scaling_beam"] = {}
             for beam in plan.beam_sizes:
-                answers = _alternate(capgen_only, plan.repetitions, lambda rep, b=beam: ("decode", {"photo": photos[rep % len(photos)], "steps": plan.decoder_steps, "beam": b}))
+                answers = _alternate(
+                    capgen_only,
+                    plan.repetitions,
+                    lambda rep, b=beam: (
+                        "decode",
+                        {
+                            "photo": photos[rep % len(photos)],
+                            "steps": plan.decoder_steps,
+                            "beam": b,
+                        },
+                    ),
+                )
                 result["scaling_beam"][str(beam)] = _seconds(answers)["capgen"]
-            echo(f"  decoder {steps} words: baseline {result['decoder']['seconds']['baseline']['median']:.3f} s, "
-                 f"capgen {result['decoder']['seconds']['capgen']['median'] * 1000:.2f} ms")
+            echo(
+                f"  decoder {steps} words: baseline {result['decoder']['seconds']['baseline']['median']:.3f} s, "
+                f"capgen {result['decoder']['seconds']['capgen']['median'] * 1000:.2f} ms"
+            )
         else:
             result["encoder"] = {}
             capgen_arms = {name: w for name, w in workers.items() if name != "baseline"}
             for batch in plan.encoder_batches:
-                answers = _alternate(capgen_arms, plan.repetitions, lambda rep, n=batch: ("encode", {"photo": photos[rep % len(photos)], "batch": n}))
+                answers = _alternate(
+                    capgen_arms,
+                    plan.repetitions,
+                    lambda rep, n=batch: (
+                        "encode",
+                        {"photo": photos[rep % len(photos)], "batch": n},
+                    ),
+                )
                 result["encoder"][f"batch{batch}"] = {"seconds": _seconds(answers)}
 
         if primary:
@@ -248,15 +336,23 @@ def _warm(session: _Session, model: BenchModel, primary: bool) -> dict[str, Any]
             result["throughput"] = {"photos": len(folder), "images_per_second": {}}
             runs = {"baseline": plan.throughput_baseline_repetitions}
             # The fast arm shares the INT8 encoder, which is what throughput is made of.
-            runs.update({name: plan.throughput_capgen_repetitions for name in ("capgen", "capgen_int8") if name in workers})
+            runs.update(
+                {
+                    name: plan.throughput_capgen_repetitions
+                    for name in ("capgen", "capgen_int8")
+                    if name in workers
+                }
+            )
             for name, reps in runs.items():
                 rates = []
                 for _ in range(reps):
                     answer = workers[name].request("throughput", photos=folder, beam=1)
                     rates.append(answer["count"] / answer["seconds"])
                 result["throughput"]["images_per_second"][name] = summarize(rates)
-            echo(f"  throughput: baseline {result['throughput']['images_per_second']['baseline']['median']:.2f} img/s, "
-                 f"capgen {result['throughput']['images_per_second']['capgen']['median']:.1f} img/s")
+            echo(
+                f"  throughput: baseline {result['throughput']['images_per_second']['baseline']['median']:.2f} img/s, "
+                f"capgen {result['throughput']['images_per_second']['capgen']['median']:.1f} img/s"
+            )
         result["worker_rss_mb"] = {name: w.request("rss") for name, w in workers.items()}
         return result
     finally:
@@ -288,7 +384,12 @@ def run_benchmarks(
     plan = plan or (QUICK if quick else FULL)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"machine": machine_info(), "plan": asdict(plan), "quick": quick, "models": {}}
+    results: dict[str, Any] = {
+        "machine": machine_info(),
+        "plan": asdict(plan),
+        "quick": quick,
+        "models": {},
+    }
     echo(f"load average at start: {results['machine']['load_average_at_start']}")
     with tempfile.TemporaryDirectory(prefix="capgen-bench-") as scratch:
         session = _Session(plan, echo, Path(scratch))
@@ -297,7 +398,9 @@ def run_benchmarks(
         if default is not None:
             models.append(default)
         else:
-            echo("default model not found (models/default/model.keras): benchmarking the 7,577-word decoder only")
+            echo(
+                "default model not found (models/default/model.keras): benchmarking the 7,577-word decoder only"
+            )
         if plan.int8:
             for model in models:
                 fixtures.ensure_int8(model, echo)
@@ -314,7 +417,9 @@ def run_benchmarks(
             results["models"][model.name] = entry
         echo("matmul ceiling (onnxruntime)")
         results["matmul"] = matmul_ceiling(plan.matmul_size)
-        results["encoder_efficiency"] = _encoder_efficiency(results["models"][models[0].name], results["matmul"])
+        results["encoder_efficiency"] = _encoder_efficiency(
+            results["models"][models[0].name], results["matmul"]
+        )
         default_ok = default is not None and "error" not in results["models"][default.name]
         if plan.int8 and default_ok and plan.int8_eval_scenes > 0:
             from capgen.benchmarks.int8_eval import evaluate_int8

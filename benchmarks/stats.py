@@ -33,7 +33,9 @@ def speedup(baseline: dict[str, float | int], capgen: dict[str, float | int]) ->
     return float(baseline["median"]) / float(capgen["median"])
 
 
-def ratio_range(baseline: dict[str, float | int], capgen: dict[str, float | int]) -> tuple[float, float]:
+def ratio_range(
+    baseline: dict[str, float | int], capgen: dict[str, float | int]
+) -> tuple[float, float]:
     """The most pessimistic and most optimistic speed-up the spreads allow (q1/q3 crossed)."""
     return (
         float(baseline["q1"]) / float(capgen["q3"]),

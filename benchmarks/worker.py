@@ -74,7 +74,9 @@ class BaselineArm:
 
     def features(self, photo: str) -> np.ndarray:
         if photo not in self._features:
-            self._features[photo] = self.tutorial.extract_features(photo, self.xception, self.colour)
+            self._features[photo] = self.tutorial.extract_features(
+                photo, self.xception, self.colour
+            )
         return self._features[photo]
 
     def latency(self, photo: str, beam: int) -> dict[str, Any]:
@@ -100,7 +102,12 @@ class BaselineArm:
     def _decode(self, features: np.ndarray, beam: int, steps: int | None) -> str:
         if beam == 1:
             return self.tutorial.generate_desc(
-                self.model, self.tokenizer, features, self.max_length, steps=steps, stop=steps is None
+                self.model,
+                self.tokenizer,
+                features,
+                self.max_length,
+                steps=steps,
+                stop=steps is None,
             )
         return self.tutorial.beam_search_desc(
             self.model, self.tokenizer, features, self.max_length, beam_index=beam
@@ -121,7 +128,9 @@ class BaselineArm:
     def throughput(self, photos: list[str], beam: int) -> dict[str, Any]:
         started = time.perf_counter()
         for photo in photos:
-            self._decode(self.tutorial.extract_features(photo, self.xception, self.colour), beam, None)
+            self._decode(
+                self.tutorial.extract_features(photo, self.xception, self.colour), beam, None
+            )
         return {"seconds": time.perf_counter() - started, "count": len(photos)}
 
 
@@ -142,7 +151,9 @@ class CapgenArm:
 
     def features(self, photo: str) -> np.ndarray:
         if photo not in self._features:
-            self._features[photo] = self.captioner.features(self.captioner.preprocess(photo)[np.newaxis])
+            self._features[photo] = self.captioner.features(
+                self.captioner.preprocess(photo)[np.newaxis]
+            )
         return self._features[photo]
 
     def latency(self, photo: str, beam: int) -> dict[str, Any]:

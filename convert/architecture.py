@@ -89,13 +89,17 @@ def _keras3_history_names(value: Any) -> list[str]:
 def _layer_inputs(layer: dict[str, Any], described: str) -> tuple[str, ...]:
     nodes = layer.get("inbound_nodes") or []
     if len(nodes) > 1:
-        raise _unsupported(f"{described} is called {len(nodes)} times (shared layers are not in the family)")
+        raise _unsupported(
+            f"{described} is called {len(nodes)} times (shared layers are not in the family)"
+        )
     if not nodes:
         return ()
     node = nodes[0]
     if isinstance(node, dict):  # Keras 3: the mask travels in kwargs; only args carry data
         return tuple(_keras3_history_names(node.get("args", [])))
-    return tuple(str(entry[0]) for entry in node)  # Keras 2: [[name, node_index, tensor_index, kwargs]]
+    return tuple(
+        str(entry[0]) for entry in node
+    )  # Keras 2: [[name, node_index, tensor_index, kwargs]]
 
 
 def _parse_layers(model_config: dict[str, Any]) -> tuple[dict[str, Layer], list[str], list[str]]:
@@ -149,7 +153,9 @@ class _Walker:
 
     def expect(self, layer: Layer, class_name: str, role: str) -> Layer:
         if layer.class_name != class_name:
-            raise _unsupported(f"unsupported {layer.describe()} where the {role} ({class_name}) should be")
+            raise _unsupported(
+                f"unsupported {layer.describe()} where the {role} ({class_name}) should be"
+            )
         return layer
 
     def single_input(self, layer: Layer) -> Layer:
@@ -201,7 +207,9 @@ def _recurrent_activation(lstm: Layer, keras_major: int) -> RecurrentActivation:
 def _check_merge(merge: Layer) -> Merge:
     kind = _MERGES.get(merge.class_name)
     if kind is None:
-        raise _unsupported(f"unsupported {merge.describe()} where the add/concatenate merge should be")
+        raise _unsupported(
+            f"unsupported {merge.describe()} where the add/concatenate merge should be"
+        )
     if kind == "concatenate" and merge.config.get("axis", -1) not in (-1, 1):
         raise _unsupported(f"{merge.describe()} concatenates on axis {merge.config.get('axis')}")
     if len(merge.inputs) != 2:
@@ -218,11 +226,15 @@ def keras_major_of(model_config: dict[str, Any], saved_version: str | None) -> i
         except ValueError:
             pass
     layers = (model_config.get("config") or {}).get("layers") or []
-    keras3 = any(isinstance(node, dict) for layer in layers for node in layer.get("inbound_nodes") or [])
+    keras3 = any(
+        isinstance(node, dict) for layer in layers for node in layer.get("inbound_nodes") or []
+    )
     return 3 if keras3 or "module" in model_config else 2
 
 
-def read_architecture(model_config: dict[str, Any], saved_version: str | None = None) -> DecoderArchitecture:
+def read_architecture(
+    model_config: dict[str, Any], saved_version: str | None = None
+) -> DecoderArchitecture:
     """Map a Keras model config onto the tutorial decoder, refusing anything outside the family."""
     try:
         return _read_architecture(model_config, saved_version)
@@ -233,22 +245,30 @@ def read_architecture(model_config: dict[str, Any], saved_version: str | None = 
         ) from error
 
 
-def _read_architecture(model_config: dict[str, Any], saved_version: str | None) -> DecoderArchitecture:
+def _read_architecture(
+    model_config: dict[str, Any], saved_version: str | None
+) -> DecoderArchitecture:
     layers, input_names, output_names = _parse_layers(model_config)
-    allowed = _PASS_THROUGH | _MASK_HELPERS | set(_MERGES) | {"InputLayer", "Dense", "Embedding", "LSTM"}
+    allowed = (
+        _PASS_THROUGH | _MASK_HELPERS | set(_MERGES) | {"InputLayer", "Dense", "Embedding", "LSTM"}
+    )
     for layer in layers.values():
         if layer.class_name not in allowed:
             raise _unsupported(f"unsupported {layer.describe()}")
     if len(output_names) != 1:
         raise _unsupported(f"the model has {len(output_names)} outputs, expected 1")
     if len(input_names) != 2:
-        raise _unsupported(f"the model has {len(input_names)} inputs, expected 2 (photo features, word ids)")
+        raise _unsupported(
+            f"the model has {len(input_names)} inputs, expected 2 (photo features, word ids)"
+        )
 
     walk = _Walker(layers)
     output = walk.expect(walk.take(output_names[0]), "Dense", "output layer")
     if output.config.get("activation") != "softmax":
-        raise _unsupported(f"{output.describe()} (output) uses activation {output.config.get('activation')!r}, "
-                           "expected softmax")
+        raise _unsupported(
+            f"{output.describe()} (output) uses activation {output.config.get('activation')!r}, "
+            "expected softmax"
+        )
     hidden = walk.expect(walk.single_input(output), "Dense", "hidden Dense layer")
     merge_layer = walk.single_input(hidden)
     merge = _check_merge(merge_layer)
@@ -256,7 +276,9 @@ def _read_architecture(model_config: dict[str, Any], saved_version: str | None) 
     lstm_positions = [i for i, branch in enumerate(branches) if branch.class_name == "LSTM"]
     if len(lstm_positions) != 1:
         found = " and ".join(branch.describe() for branch in branches)
-        raise _unsupported(f"{merge_layer.describe()} merges {found}; expected one LSTM and one Dense")
+        raise _unsupported(
+            f"{merge_layer.describe()} merges {found}; expected one LSTM and one Dense"
+        )
     lstm = branches[lstm_positions[0]]
     photo_dense = walk.expect(branches[1 - lstm_positions[0]], "Dense", "photo Dense layer")
     _check_lstm(lstm)
@@ -269,7 +291,8 @@ def _read_architecture(model_config: dict[str, Any], saved_version: str | None) 
             "so the prefix cannot be decoded one word at a time"
         )
     leftovers = [
-        layers[name] for name in layers
+        layers[name]
+        for name in layers
         if name not in walk.used and layers[name].class_name not in _MASK_HELPERS
     ]
     if leftovers:
@@ -281,7 +304,9 @@ def _read_architecture(model_config: dict[str, Any], saved_version: str | None) 
     if len(photo_shape) != 2 or not photo_shape[1]:
         raise _unsupported(f"{photo_input.describe()} has shape {photo_shape}, expected [None, F]")
     if len(sequence_shape) != 2:
-        raise _unsupported(f"{sequence_input.describe()} has shape {sequence_shape}, expected [None, T]")
+        raise _unsupported(
+            f"{sequence_input.describe()} has shape {sequence_shape}, expected [None, T]"
+        )
     vocab_size = int(output.config["units"])
     if int(embedding.config["input_dim"]) < vocab_size:
         raise _unsupported(

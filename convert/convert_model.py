@@ -80,9 +80,13 @@ def _encoder_from_choice(choice: str, feature_size: int, weights: Path | None) -
         path = encoders.ensure_encoder(choice, weights)
         info = describe_encoder(path, choice)
         record = encoders.encoder_record(path)
-        weights_source = {"name": str(record.get("weights_file", "")),
-                          "sha256": str(record.get("weights_sha256", ""))}
-        return EncoderInfo(info.path, info.kind, info.feature_size, info.preprocessing, weights_source)
+        weights_source = {
+            "name": str(record.get("weights_file", "")),
+            "sha256": str(record.get("weights_sha256", "")),
+        }
+        return EncoderInfo(
+            info.path, info.kind, info.feature_size, info.preprocessing, weights_source
+        )
     path = Path(choice)
     if not path.is_file():
         kinds = ", ".join(encoders.ENCODER_KINDS)
@@ -112,14 +116,18 @@ def convert_model(
     """Convert the tutorial's decoder and assemble the model folder at `out_dir`."""
     out_dir = Path(out_dir)
     prepare_target(out_dir, force)
-    files = read_keras_model(Path(model_path), Path(architecture_json) if architecture_json else None)
+    files = read_keras_model(
+        Path(model_path), Path(architecture_json) if architecture_json else None
+    )
     arch = read_architecture(files.model_config, files.keras_version)
     tokenizer = read_tokenizer(Path(tokenizer_path))
     vocabulary = build_vocabulary(tokenizer, arch.vocab_size)
     start, end = choose_delimiters(vocabulary, start_token, end_token)
     if vocabulary.index(start) >= arch.embedding_input_dim:
-        raise TokenizerError(f"start token {start!r} has id {vocabulary.index(start)}, beyond the "
-                             f"model's embedding of {arch.embedding_input_dim} ids")
+        raise TokenizerError(
+            f"start token {start!r} has id {vocabulary.index(start)}, beyond the "
+            f"model's embedding of {arch.embedding_input_dim} ids"
+        )
     length = resolve_max_length(arch, max_length)
     weights = assemble_decoder_weights(arch, files.weights)
     if isinstance(encoder, EncoderInfo):
@@ -138,8 +146,8 @@ def convert_model(
         max_length=length,
         sources=sources,
         name=name,
-        description=description or f"converted from {Path(model_path).name} and "
-                                   f"{Path(tokenizer_path).name}",
+        description=description
+        or f"converted from {Path(model_path).name} and {Path(tokenizer_path).name}",
     )
     write_model_folder(out_dir, spec, encoder_info, force=force)
     return ConversionReport(

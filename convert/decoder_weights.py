@@ -41,28 +41,40 @@ def _dense(
 
 def assemble_decoder_weights(arch: DecoderArchitecture, weights: LayerWeights) -> DecoderWeights:
     units = arch.units
-    photo_kernel, photo_bias = _dense(weights, arch, arch.photo_dense, arch.feature_size,
-                                      arch.projection_size)
+    photo_kernel, photo_bias = _dense(
+        weights, arch, arch.photo_dense, arch.feature_size, arch.projection_size
+    )
     (embedding,) = require_weights(weights, arch.embedding, ("embeddings",))
-    embedding = _check_shape(embedding, (arch.embedding_input_dim, arch.embedding_size),
-                             f"layer {arch.embedding!r} embeddings")
-    names = ("kernel", "recurrent_kernel", "bias") if arch.layer_bias[arch.lstm] else (
-        "kernel", "recurrent_kernel")
+    embedding = _check_shape(
+        embedding,
+        (arch.embedding_input_dim, arch.embedding_size),
+        f"layer {arch.embedding!r} embeddings",
+    )
+    names = (
+        ("kernel", "recurrent_kernel", "bias")
+        if arch.layer_bias[arch.lstm]
+        else ("kernel", "recurrent_kernel")
+    )
     lstm_arrays = require_weights(weights, arch.lstm, names)
     lstm_bias = lstm_arrays[2] if len(lstm_arrays) == 3 else np.zeros(4 * units, dtype=np.float32)
     merged_size = units if arch.merge == "add" else units + arch.projection_size
-    hidden_kernel, hidden_bias = _dense(weights, arch, arch.hidden_dense, merged_size, arch.hidden_size)
-    output_kernel, output_bias = _dense(weights, arch, arch.output_dense, arch.hidden_size,
-                                        arch.vocab_size)
+    hidden_kernel, hidden_bias = _dense(
+        weights, arch, arch.hidden_dense, merged_size, arch.hidden_size
+    )
+    output_kernel, output_bias = _dense(
+        weights, arch, arch.output_dense, arch.hidden_size, arch.vocab_size
+    )
     return DecoderWeights(
         photo_kernel=photo_kernel,
         photo_bias=photo_bias,
         photo_activation=arch.photo_activation,
         embedding=embedding,
-        lstm_kernel=_check_shape(lstm_arrays[0], (arch.embedding_size, 4 * units),
-                                 f"layer {arch.lstm!r} kernel"),
-        lstm_recurrent_kernel=_check_shape(lstm_arrays[1], (units, 4 * units),
-                                           f"layer {arch.lstm!r} recurrent_kernel"),
+        lstm_kernel=_check_shape(
+            lstm_arrays[0], (arch.embedding_size, 4 * units), f"layer {arch.lstm!r} kernel"
+        ),
+        lstm_recurrent_kernel=_check_shape(
+            lstm_arrays[1], (units, 4 * units), f"layer {arch.lstm!r} recurrent_kernel"
+        ),
         lstm_bias=_check_shape(lstm_bias, (4 * units,), f"layer {arch.lstm!r} bias"),
         recurrent_activation=arch.recurrent_activation,
         merge=arch.merge,

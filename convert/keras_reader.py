@@ -62,7 +62,9 @@ def _h5py() -> Any:
     except ImportError as error:  # pragma: no cover - the convert extra brings h5py
         from capgen.runtime.errors import ConversionError
 
-        raise ConversionError("reading Keras files needs h5py: pip install capgen[convert]") from error
+        raise ConversionError(
+            "reading Keras files needs h5py: pip install capgen[convert]"
+        ) from error
     return h5py
 
 
@@ -152,14 +154,20 @@ def _vars_arrays(group: Any) -> list[np.ndarray]:
 
 
 def _read_keras3_weights(root: Any, model_config: dict[str, Any]) -> LayerWeights:
-    classes = {str(layer.get("name")): str(layer.get("class_name"))
-               for layer in (model_config.get("config") or {}).get("layers", [])}
+    classes = {
+        str(layer.get("name")): str(layer.get("class_name"))
+        for layer in (model_config.get("config") or {}).get("layers", [])
+    }
     default_paths = _keras3_default_paths(model_config)
     weights: LayerWeights = {}
     for path, group in root["layers"].items():
         variables = group.get("vars")
         named = variables.attrs.get("name") if variables is not None else None
-        layer_name = _text(named) if named is not None and _text(named) in classes else default_paths.get(path)
+        layer_name = (
+            _text(named)
+            if named is not None and _text(named) in classes
+            else default_paths.get(path)
+        )
         if layer_name is None:
             continue
         arrays = _vars_arrays(group)
@@ -185,8 +193,17 @@ def _read_weights_group(handle: Any, model_config: dict[str, Any], where: str) -
 
 
 # What h5py, zipfile and json raise on damaged bytes; all of it means "this file is broken".
-_DAMAGE = (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError, EOFError,
-           zipfile.BadZipFile)
+_DAMAGE = (
+    OSError,
+    KeyError,
+    ValueError,
+    TypeError,
+    RuntimeError,
+    AttributeError,
+    IndexError,
+    EOFError,
+    zipfile.BadZipFile,
+)
 
 
 @contextlib.contextmanager
@@ -194,7 +211,9 @@ def _damage_is_model_error(where: str) -> Iterator[None]:
     try:
         yield
     except _DAMAGE as error:
-        raise ModelError(f"{where} is truncated or corrupt ({type(error).__name__}: {error})") from error
+        raise ModelError(
+            f"{where} is truncated or corrupt ({type(error).__name__}: {error})"
+        ) from error
 
 
 def _read_h5(path: Path, architecture: dict[str, Any] | None) -> KerasModelFiles:
@@ -214,7 +233,9 @@ def _read_h5(path: Path, architecture: dict[str, Any] | None) -> KerasModelFiles
         if version is None and "model_weights" in handle:
             version = handle["model_weights"].attrs.get("keras_version")
         weights = _read_weights_group(handle, model_config, where)
-        return KerasModelFiles(model_config, _text(version) if version is not None else None, weights)
+        return KerasModelFiles(
+            model_config, _text(version) if version is not None else None, weights
+        )
 
 
 def _read_keras_zip(path: Path, architecture: dict[str, Any] | None) -> KerasModelFiles:
@@ -222,13 +243,20 @@ def _read_keras_zip(path: Path, architecture: dict[str, Any] | None) -> KerasMod
     with _damage_is_model_error(where), zipfile.ZipFile(path) as archive:
         names = set(archive.namelist())
         if "config.json" not in names or "model.weights.h5" not in names:
-            raise ModelError(f"{where} is a zip but not a Keras .keras file "
-                             "(needs config.json and model.weights.h5)")
-        for member, limit in (("config.json", MAX_CONFIG_BYTES), ("metadata.json", MAX_CONFIG_BYTES),
-                              ("model.weights.h5", MAX_WEIGHT_BYTES)):
+            raise ModelError(
+                f"{where} is a zip but not a Keras .keras file "
+                "(needs config.json and model.weights.h5)"
+            )
+        for member, limit in (
+            ("config.json", MAX_CONFIG_BYTES),
+            ("metadata.json", MAX_CONFIG_BYTES),
+            ("model.weights.h5", MAX_WEIGHT_BYTES),
+        ):
             if member in names and archive.getinfo(member).file_size > limit:
-                raise ModelError(f"{where}: {member} declares {archive.getinfo(member).file_size:,} bytes "
-                                 f"uncompressed, more than a tutorial decoder's {limit:,}; refusing to unpack it")
+                raise ModelError(
+                    f"{where}: {member} declares {archive.getinfo(member).file_size:,} bytes "
+                    f"uncompressed, more than a tutorial decoder's {limit:,}; refusing to unpack it"
+                )
         config_text = archive.read("config.json").decode("utf-8")
         metadata = json.loads(archive.read("metadata.json")) if "metadata.json" in names else {}
         weights_bytes = archive.read("model.weights.h5")
@@ -236,7 +264,9 @@ def _read_keras_zip(path: Path, architecture: dict[str, Any] | None) -> KerasMod
         with _h5py().File(io.BytesIO(weights_bytes), "r") as handle:
             weights = _read_weights_group(handle, model_config, where)
         version = metadata.get("keras_version") if isinstance(metadata, dict) else None
-        return KerasModelFiles(model_config, _text(version) if version is not None else None, weights)
+        return KerasModelFiles(
+            model_config, _text(version) if version is not None else None, weights
+        )
 
 
 def read_keras_model(path: Path, architecture_json: Path | None = None) -> KerasModelFiles:
@@ -265,8 +295,10 @@ def require_weights(weights: LayerWeights, layer: str, names: tuple[str, ...]) -
     """The arrays `names` of `layer`, or a ModelError saying which weight the file lacks."""
     arrays = weights.get(layer)
     if arrays is None:
-        raise ModelError(f"the weights file has no weights for layer {layer!r}; "
-                         "is it the weights file of this architecture?")
+        raise ModelError(
+            f"the weights file has no weights for layer {layer!r}; "
+            "is it the weights file of this architecture?"
+        )
     missing = [name for name in names if name not in arrays]
     if missing:
         raise UnsupportedModelError(f"layer {layer!r} has no {', '.join(missing)} weight")

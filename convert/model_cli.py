@@ -18,8 +18,16 @@ from capgen.runtime.usage_errors import OneLineUsageCommand
 
 
 def model_command(
-    model: Annotated[Path, typer.Argument(help="The decoder: model_9.h5 (Keras 2/3), .keras, or a weights-only .h5.")],
-    tokenizer: Annotated[Path, typer.Argument(help="The pickled Keras Tokenizer (tokenizer.p), or tokenizer.to_json() output.")],
+    model: Annotated[
+        Path,
+        typer.Argument(help="The decoder: model_9.h5 (Keras 2/3), .keras, or a weights-only .h5."),
+    ],
+    tokenizer: Annotated[
+        Path,
+        typer.Argument(
+            help="The pickled Keras Tokenizer (tokenizer.p), or tokenizer.to_json() output."
+        ),
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Model folder to write.")],
     architecture: Annotated[
         Path | None,
@@ -33,8 +41,12 @@ def model_command(
         Path | None,
         typer.Option(help="Keras Xception no-top weights .h5 for the encoder (default: ImageNet)."),
     ] = None,
-    start_token: Annotated[str | None, typer.Option(help="Caption start word (default: detected).")] = None,
-    end_token: Annotated[str | None, typer.Option(help="Caption end word (default: detected).")] = None,
+    start_token: Annotated[
+        str | None, typer.Option(help="Caption start word (default: detected).")
+    ] = None,
+    end_token: Annotated[
+        str | None, typer.Option(help="Caption end word (default: detected).")
+    ] = None,
     max_length: Annotated[
         int | None, typer.Option(help="Only for models whose word input has no fixed length.")
     ] = None,
@@ -64,15 +76,23 @@ def model_command(
     )
     arch = report.architecture
     merge_order = "photo, words" if arch.photo_first else "words, photo"
-    typer.echo(f"vocabulary:     {report.vocab_size:,} ids (start {report.start_token!r}, "
-               f"end {report.end_token!r})")
+    typer.echo(
+        f"vocabulary:     {report.vocab_size:,} ids (start {report.start_token!r}, "
+        f"end {report.end_token!r})"
+    )
     typer.echo(f"max length:     {report.max_length}")
-    typer.echo(f"photo features: {arch.feature_size} -> Dense {arch.projection_size} "
-               f"({arch.photo_activation})")
-    typer.echo(f"words:          Embedding {arch.embedding_size} -> LSTM {arch.units} "
-               f"(recurrent activation {arch.recurrent_activation})")
-    typer.echo(f"merge:          {arch.merge} ({merge_order}) -> Dense {arch.hidden_size} "
-               f"({arch.hidden_activation}) -> softmax {arch.vocab_size:,}")
+    typer.echo(
+        f"photo features: {arch.feature_size} -> Dense {arch.projection_size} "
+        f"({arch.photo_activation})"
+    )
+    typer.echo(
+        f"words:          Embedding {arch.embedding_size} -> LSTM {arch.units} "
+        f"(recurrent activation {arch.recurrent_activation})"
+    )
+    typer.echo(
+        f"merge:          {arch.merge} ({merge_order}) -> Dense {arch.hidden_size} "
+        f"({arch.hidden_activation}) -> softmax {arch.vocab_size:,}"
+    )
     typer.echo(f"encoder:        {report.encoder_kind} ({report.encoder_path})")
     typer.echo(f"wrote {report.out_dir} ({time.perf_counter() - started:.1f} s)")
 

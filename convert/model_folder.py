@@ -89,7 +89,9 @@ def describe_encoder(path: Path, kind: str | None = None) -> EncoderInfo:
     props = {prop.key: prop.value for prop in model.metadata_props}
     outputs = {output.name: output for output in model.graph.output}
     if "features" not in outputs:
-        raise ModelError(f"encoder {path} has no output named 'features' (has {', '.join(outputs)})")
+        raise ModelError(
+            f"encoder {path} has no output named 'features' (has {', '.join(outputs)})"
+        )
     dims = outputs["features"].type.tensor_type.shape.dim
     if len(dims) != 2 or not dims[1].dim_value:
         raise ModelError(f"encoder {path}: output 'features' must be [N, F] with a fixed F")
@@ -99,16 +101,24 @@ def describe_encoder(path: Path, kind: str | None = None) -> EncoderInfo:
         try:
             preprocessing = json.loads(props["capgen.encoder.preprocessing"])
         except (ValueError, RecursionError) as error:
-            raise ModelError(f"encoder {path}: its capgen.encoder.preprocessing metadata is not JSON") from error
+            raise ModelError(
+                f"encoder {path}: its capgen.encoder.preprocessing metadata is not JSON"
+            ) from error
         if not isinstance(preprocessing, dict):
-            raise ModelError(f"encoder {path}: its capgen.encoder.preprocessing metadata is not a JSON object")
-    preprocessing = _check_image_input(model, path, preprocessing, recorded="capgen.encoder.preprocessing" in props)
+            raise ModelError(
+                f"encoder {path}: its capgen.encoder.preprocessing metadata is not a JSON object"
+            )
+    preprocessing = _check_image_input(
+        model, path, preprocessing, recorded="capgen.encoder.preprocessing" in props
+    )
     recorded_kind = props.get("capgen.encoder.kind")
     chosen_kind = recorded_kind or kind or ("xception" if size == 2048 else "custom")
     return EncoderInfo(path=path, kind=chosen_kind, feature_size=size, preprocessing=preprocessing)
 
 
-def _check_image_input(model: Any, path: Path, preprocessing: dict[str, Any], recorded: bool) -> dict[str, Any]:
+def _check_image_input(
+    model: Any, path: Path, preprocessing: dict[str, Any], recorded: bool
+) -> dict[str, Any]:
     """The runtime feeds one uint8 `image` [N, H, W, 3]; refuse at conversion what it could not run.
 
     A custom encoder with a fixed input size and no capgen metadata gets that
@@ -126,7 +136,9 @@ def _check_image_input(model: Any, path: Path, preprocessing: dict[str, Any], re
     dims = [dim.dim_value for dim in tensor.shape.dim]
     if tensor.elem_type != onnx.TensorProto.UINT8 or len(dims) != 4 or dims[3] not in (0, 3):
         element = onnx.TensorProto.DataType.Name(tensor.elem_type)
-        raise ModelError(f"encoder {path}: input 'image' is {element} of rank {len(dims)}; {contract}")
+        raise ModelError(
+            f"encoder {path}: input 'image' is {element} of rank {len(dims)}; {contract}"
+        )
     height, width = dims[1], dims[2]
     if not (height and width):
         return preprocessing
@@ -176,7 +188,9 @@ def prepare_target(out_dir: Path, force: bool) -> None:
         raise InputError(
             f"refusing to replace {out_dir}: it is not empty and not a capgen model folder"
         )
-    strangers = sorted(entry.name for entry in out_dir.iterdir() if entry.name not in _own_files(out_dir))
+    strangers = sorted(
+        entry.name for entry in out_dir.iterdir() if entry.name not in _own_files(out_dir)
+    )
     if strangers:
         # e.g. the user kept model_9.h5 in the folder it was converted to: --force would delete it.
         raise InputError(
@@ -187,12 +201,23 @@ def prepare_target(out_dir: Path, force: bool) -> None:
 
 def _own_files(folder: Path) -> set[str]:
     """What a model folder may hold: the standard files and whatever its manifest lists."""
-    own = {MANIFEST_FILE, ENCODER_FILE, PROJECTION_FILE, STEP_FILE, VOCABULARY_FILE, INT8_ENCODER_FILE}
+    own = {
+        MANIFEST_FILE,
+        ENCODER_FILE,
+        PROJECTION_FILE,
+        STEP_FILE,
+        VOCABULARY_FILE,
+        INT8_ENCODER_FILE,
+    }
     try:
         listed = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8")).get("files", {})
     except (OSError, ValueError, RecursionError, AttributeError):
         return own
-    return own | {name for name in listed if isinstance(name, str)} if isinstance(listed, dict) else own
+    return (
+        own | {name for name in listed if isinstance(name, str)}
+        if isinstance(listed, dict)
+        else own
+    )
 
 
 def _place_encoder(source: Path, target: Path) -> None:
@@ -259,8 +284,10 @@ def write_model_folder(
     out_dir = Path(out_dir)
     check_encoder_fits(encoder, spec.weights.feature_size)
     if len(spec.vocabulary) != spec.weights.vocab_size:
-        raise ModelError(f"vocabulary has {len(spec.vocabulary)} ids but the decoder predicts "
-                         f"{spec.weights.vocab_size}")
+        raise ModelError(
+            f"vocabulary has {len(spec.vocabulary)} ids but the decoder predicts "
+            f"{spec.weights.vocab_size}"
+        )
     prepare_target(out_dir, force)
     staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     try:
@@ -269,18 +296,26 @@ def write_model_folder(
             shutil.rmtree(staging)
         staging.mkdir()
     except OSError as error:
-        raise InputError(f"cannot create the model folder {out_dir} ({error.strerror or error})") from None
+        raise InputError(
+            f"cannot create the model folder {out_dir} ({error.strerror or error})"
+        ) from None
     try:
         _fill_and_place(staging, out_dir, spec, encoder)
-    except OSError as error:  # a full disk or a folder that vanished mid-way: nothing half-written stays
-        raise InputError(f"cannot write the model folder {out_dir} ({error.strerror or error})") from None
+    except (
+        OSError
+    ) as error:  # a full disk or a folder that vanished mid-way: nothing half-written stays
+        raise InputError(
+            f"cannot write the model folder {out_dir} ({error.strerror or error})"
+        ) from None
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 
-def _fill_and_place(staging: Path, out_dir: Path, spec: ModelFolderSpec, encoder: EncoderInfo) -> None:
+def _fill_and_place(
+    staging: Path, out_dir: Path, spec: ModelFolderSpec, encoder: EncoderInfo
+) -> None:
     """Write every file into `staging`, then swap it in for `out_dir`."""
     import onnx
 
@@ -288,11 +323,13 @@ def _fill_and_place(staging: Path, out_dir: Path, spec: ModelFolderSpec, encoder
     onnx.save(build_projection_graph(spec.weights), str(staging / PROJECTION_FILE))
     meta = step_metadata(spec.vocabulary, spec.start_token, spec.end_token, spec.max_length)
     onnx.save(build_step_graph(spec.weights, meta), str(staging / STEP_FILE))
-    (staging / VOCABULARY_FILE).write_text(json.dumps(spec.vocabulary, ensure_ascii=False) + "\n",
-                                           encoding="utf-8")
+    (staging / VOCABULARY_FILE).write_text(
+        json.dumps(spec.vocabulary, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     manifest = _manifest(spec, encoder, staging)
-    (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
-                                         encoding="utf-8")
+    (staging / MANIFEST_FILE).write_text(
+        json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(staging, out_dir)

@@ -106,7 +106,9 @@ def _state_from(state: dict[str, Any], path: Path) -> TokenizerState:
         if not isinstance(word, str) or isinstance(index, bool) or not isinstance(index, int):
             raise TokenizerError(f"{path}: word_index has a non word->id entry {word!r}: {index!r}")
         if index < 1:
-            raise TokenizerError(f"{path}: word_index gives {word!r} the id {index}; ids start at 1")
+            raise TokenizerError(
+                f"{path}: word_index gives {word!r} the id {index}; ids start at 1"
+            )
         clean[word] = index
     num_words = state.get("num_words")
     if num_words is not None and (isinstance(num_words, bool) or not isinstance(num_words, int)):
@@ -131,8 +133,10 @@ def _attributes_from_json(data: bytes, path: Path) -> dict[str, Any]:
         if not isinstance(config, dict):
             raise TokenizerError(f"{path} is JSON but not a Keras tokenizer.to_json() document")
         word_index = config.get("word_index")
-        return {**config, "word_index": json.loads(word_index) if isinstance(word_index, str)
-                else word_index}
+        return {
+            **config,
+            "word_index": json.loads(word_index) if isinstance(word_index, str) else word_index,
+        }
     except (ValueError, AttributeError, KeyError, TypeError, RecursionError) as error:
         raise TokenizerError(f"{path} is not a readable tokenizer JSON ({error})") from error
 
@@ -176,8 +180,10 @@ def build_vocabulary(tokenizer: TokenizerState, vocab_size: int) -> list[str | N
     """
     largest_id = max(tokenizer.word_index.values())
     fits_all_words = largest_id + 1 == vocab_size
-    fits_num_words = tokenizer.num_words is not None and tokenizer.num_words == vocab_size and (
-        largest_id + 1 >= vocab_size
+    fits_num_words = (
+        tokenizer.num_words is not None
+        and tokenizer.num_words == vocab_size
+        and (largest_id + 1 >= vocab_size)
     )
     if not (fits_all_words or fits_num_words):
         limit = f" (num_words={tokenizer.num_words})" if tokenizer.num_words is not None else ""

@@ -121,7 +121,9 @@ def caption_scores(references: dict[str, list[str]], captions: dict[str, str]) -
 def evaluate_captions(dataset_root: Path, captions: dict[str, str]) -> dict[str, Any]:
     """All metrics for captions of (a subset of) the test split."""
     dataset = Flickr8kDataset(dataset_root)
-    references = {n: [strip_tokens(d) for d in ds] for n, ds in dataset.descriptions("test").items()}
+    references = {
+        n: [strip_tokens(d) for d in ds] for n, ds in dataset.descriptions("test").items()
+    }
     return {
         "images": len(captions),
         "caption_metrics": caption_scores(references, captions),
@@ -177,7 +179,9 @@ def _table(rows: dict[str, dict], keys: Sequence[str]) -> list[str]:
     return lines
 
 
-def write_report(metrics: dict[str, Any], out_dir: Path, describe: Callable[[], list[str]] | None = None) -> None:
+def write_report(
+    metrics: dict[str, Any], out_dir: Path, describe: Callable[[], list[str]] | None = None
+) -> None:
     """metrics.json plus a human-readable EVALUATION.md."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -240,12 +244,16 @@ def _training_section(record_path: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Evaluate a converted model folder on the scenes test split.")
+    parser = argparse.ArgumentParser(
+        description="Evaluate a converted model folder on the scenes test split."
+    )
     parser.add_argument("dataset", type=Path)
     parser.add_argument("model_dir", type=Path, help="a converted capgen model folder")
     parser.add_argument("--out", type=Path, help="write metrics.json and EVALUATION.md here")
     parser.add_argument("--captions", type=Path, help="also write every test caption here (JSON)")
-    parser.add_argument("--int8", action="store_true", help="also score the folder's INT8 encoder (greedy)")
+    parser.add_argument(
+        "--int8", action="store_true", help="also score the folder's INT8 encoder (greedy)"
+    )
     parser.add_argument("--beam-size", type=int, help="also score beam search with this beam")
     args = parser.parse_args(argv)
     dataset = Flickr8kDataset(args.dataset)

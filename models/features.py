@@ -75,13 +75,17 @@ def cached_features(
         known.update(zip(missing, computed, strict=True))
         all_names = sorted(known)
         partial = path.with_name(path.name + ".partial.npz")
-        np.savez(partial, names=np.array(all_names), features=np.stack([known[n] for n in all_names]))
+        np.savez(
+            partial, names=np.array(all_names), features=np.stack([known[n] for n in all_names])
+        )
         os.replace(partial, path)
     return {n: known[n] for n in names}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Cache encoder features for a Flickr8k-layout dataset.")
+    parser = argparse.ArgumentParser(
+        description="Cache encoder features for a Flickr8k-layout dataset."
+    )
     parser.add_argument("dataset", type=Path)
     parser.add_argument("--encoder", default="xception+colour", help="encoder kind or .onnx path")
     args = parser.parse_args(argv)

@@ -44,7 +44,11 @@ GROUND_TRUTH_FILENAME = "scenes.json"
 
 COLOURS = PALETTE  # object colours; the encoder masks exactly these
 SHAPES = ("circle", "square", "triangle", "star", "diamond")
-BACKGROUNDS: dict[str, tuple[int, int]] = {"white": (225, 255), "black": (0, 35), "gray": (105, 160)}
+BACKGROUNDS: dict[str, tuple[int, int]] = {
+    "white": (225, 255),
+    "black": (0, 35),
+    "gray": (105, 160),
+}
 TEXTURES = ("plain", "noise", "gradient", "blotchy")
 SIZES = ("small", "large")
 COLOUR_JITTER = 18  # per channel, so the model learns colour regions, not exact values
@@ -123,7 +127,9 @@ def _place(
                 return None
             placed.append((cx, cy, radius))
             rotation = float(rng.uniform(-5, 5))
-            objects.append(PlacedObject(round(cx, 2), round(cy, 2), round(radius, 2), round(rotation, 2)))
+            objects.append(
+                PlacedObject(round(cx, 2), round(cy, 2), round(radius, 2), round(rotation, 2))
+            )
         groups.append(Group(colour, shape, size, tuple(objects)))
     return tuple(groups)
 
@@ -175,7 +181,9 @@ def _background(scene: Scene, rng: np.random.Generator) -> np.ndarray:
     elif scene.texture == "blotchy":
         blotches = rng.normal(0, 30, (max(2, scene.height // 16), max(2, scene.width // 16)))
         small = Image.fromarray(np.clip(blotches + 128, 0, 255).astype(np.uint8))
-        canvas += np.asarray(small.resize((scene.width, scene.height), Image.BICUBIC), np.float32) - 128
+        canvas += (
+            np.asarray(small.resize((scene.width, scene.height), Image.BICUBIC), np.float32) - 128
+        )
     canvas = np.clip(canvas, 0, 255)
     return np.repeat(canvas[:, :, None], 3, axis=2)
 
@@ -195,7 +203,10 @@ def _polygon(obj: PlacedObject, shape: str) -> list[tuple[float, float]]:
         raise ValueError(f"not a polygon shape: {shape}")
     turn = obj.rotation_degrees
     return [
-        (obj.cx + r * math.cos(math.radians(a + turn)), obj.cy + r * math.sin(math.radians(a + turn)))
+        (
+            obj.cx + r * math.cos(math.radians(a + turn)),
+            obj.cy + r * math.sin(math.radians(a + turn)),
+        )
         for r, a in zip(radii, angles, strict=True)
     ]
 
@@ -207,7 +218,10 @@ def render(scene: Scene, seed: int, index: int) -> bytes:
     draw = ImageDraw.Draw(image)
     for group in scene.groups:
         base = np.array(COLOURS[group.colour], dtype=np.int64)
-        fill = tuple(int(v) for v in np.clip(base + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, 3), 0, 255))
+        fill = tuple(
+            int(v)
+            for v in np.clip(base + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, 3), 0, 255)
+        )
         for obj in group.objects:
             if group.shape == "circle":
                 r = obj.radius
@@ -217,7 +231,9 @@ def render(scene: Scene, seed: int, index: int) -> bytes:
     if rng.random() < 0.3:
         image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 1.5))))
     if rng.random() < 0.3:
-        pixels = np.asarray(image, np.float32) + rng.normal(0, rng.uniform(3, 10), (scene.height, scene.width, 3))
+        pixels = np.asarray(image, np.float32) + rng.normal(
+            0, rng.uniform(3, 10), (scene.height, scene.width, 3)
+        )
         image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=scene.jpeg_quality)
@@ -273,14 +289,18 @@ def generate(output: Path, seed: int, counts: dict[str, int]) -> dict[str, Scene
         for _ in range(count):
             scene = sample_scene(seed, index)
             (images_dir / scene.name).write_bytes(render(scene, seed, index))
-            token_lines += [f"{scene.name}#{k}\t{c}" for k, c in enumerate(captions(scene, seed, index))]
+            token_lines += [
+                f"{scene.name}#{k}\t{c}" for k, c in enumerate(captions(scene, seed, index))
+            ]
             scenes[scene.name] = scene
             names.append(scene.name)
             index += 1
         (output / SPLIT_FILENAMES[split]).write_text("\n".join(names) + "\n")
     (output / TOKEN_FILENAME).write_text("\n".join(token_lines) + "\n")
     truth = {name: scene.ground_truth() for name, scene in scenes.items()}
-    (output / GROUND_TRUTH_FILENAME).write_text(json.dumps({"seed": seed, "scenes": truth}, indent=1))
+    (output / GROUND_TRUTH_FILENAME).write_text(
+        json.dumps({"seed": seed, "scenes": truth}, indent=1)
+    )
     return scenes
 
 
@@ -297,7 +317,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dev", type=int, default=300)
     parser.add_argument("--test", type=int, default=500)
     args = parser.parse_args(argv)
-    scenes = generate(args.output, args.seed, {"train": args.train, "dev": args.dev, "test": args.test})
+    scenes = generate(
+        args.output, args.seed, {"train": args.train, "dev": args.dev, "test": args.test}
+    )
     print(f"wrote {len(scenes)} scenes to {args.output}")
 
 

@@ -94,7 +94,9 @@ def build_decoder(feature_size: int, vocab_size: int, max_length: int, compile: 
     return model
 
 
-def save_without_optimizer(model: Any, path: Path, feature_size: int, vocab_size: int, max_length: int) -> None:
+def save_without_optimizer(
+    model: Any, path: Path, feature_size: int, vocab_size: int, max_length: int
+) -> None:
     """Save only what inference needs: Adam's two moment copies would triple the file."""
     inference = build_decoder(feature_size, vocab_size, max_length, compile=False)
     inference.set_weights(model.get_weights())
@@ -105,7 +107,9 @@ def _dataset(samples: Samples, photos: np.ndarray, batch_size: int, shuffle: boo
     import tensorflow as tf
 
     table = tf.constant(photos)
-    data = tf.data.Dataset.from_tensor_slices((samples.photo_rows, samples.prefixes, samples.targets))
+    data = tf.data.Dataset.from_tensor_slices(
+        (samples.photo_rows, samples.prefixes, samples.targets)
+    )
     if shuffle:
         data = data.shuffle(len(samples.targets), seed=0, reshuffle_each_iteration=True)
     data = data.batch(batch_size)
@@ -144,18 +148,24 @@ def train(
     if features is None:
         encoder_path = resolve_encoder(encoder)
         encoder_sha = _sha256(encoder_path)
-        features = cached_features(dataset.images_dir, train_names + dev_names, encoder_path, show_progress)
+        features = cached_features(
+            dataset.images_dir, train_names + dev_names, encoder_path, show_progress
+        )
     train_photos = np.stack([features[n] for n in train_names])
     dev_photos = np.stack([features[n] for n in dev_names])
     train_samples = make_samples(train_desc, train_names, tokenizer, max_length)
     dev_samples = make_samples(dev_desc, dev_names, tokenizer, max_length)
 
     model = build_decoder(train_photos.shape[1], vocab_size, max_length)
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+    stop = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=patience, restore_best_weights=True
+    )
     output_dir.mkdir(parents=True, exist_ok=True)
     # The best model so far is on disk during training, so a long run can be
     # evaluated (or stopped) early without losing it.
-    best = keras.callbacks.ModelCheckpoint(output_dir / MODEL_FILENAME, monitor="val_loss", save_best_only=True)
+    best = keras.callbacks.ModelCheckpoint(
+        output_dir / MODEL_FILENAME, monitor="val_loss", save_best_only=True
+    )
     with open(output_dir / TOKENIZER_FILENAME, "wb") as handle:
         pickle.dump(tokenizer, handle)
     started = time.monotonic()
@@ -168,7 +178,9 @@ def train(
     )
     seconds = time.monotonic() - started
 
-    save_without_optimizer(model, output_dir / MODEL_FILENAME, train_photos.shape[1], vocab_size, max_length)
+    save_without_optimizer(
+        model, output_dir / MODEL_FILENAME, train_photos.shape[1], vocab_size, max_length
+    )
     val_losses = [float(v) for v in history.history["val_loss"]]
     record = {
         "dataset": str(dataset_root),
@@ -199,16 +211,30 @@ def _sha256(path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train the tutorial decoder on a Flickr8k-layout dataset.")
-    parser.add_argument("dataset", type=Path, help="folder with Flickr8k.token.txt, split lists, Flicker8k_Dataset/")
-    parser.add_argument("output", type=Path, help="where model.keras, tokenizer.p and training.json go")
+    parser = argparse.ArgumentParser(
+        description="Train the tutorial decoder on a Flickr8k-layout dataset."
+    )
+    parser.add_argument(
+        "dataset", type=Path, help="folder with Flickr8k.token.txt, split lists, Flicker8k_Dataset/"
+    )
+    parser.add_argument(
+        "output", type=Path, help="where model.keras, tokenizer.p and training.json go"
+    )
     parser.add_argument("--encoder", default="xception+colour", help="encoder kind or .onnx path")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--patience", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    record = train(args.dataset, args.output, args.encoder, args.epochs, args.batch_size, args.patience, args.seed)
+    record = train(
+        args.dataset,
+        args.output,
+        args.encoder,
+        args.epochs,
+        args.batch_size,
+        args.patience,
+        args.seed,
+    )
     print(json.dumps({k: record[k] for k in ("best_epoch", "val_loss", "train_seconds")}))
 
 

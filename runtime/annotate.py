@@ -40,7 +40,9 @@ def annotate(image: Any, caption: str) -> Image.Image:
     """The upright image (scaled to at most MAX_WIDTH wide) with the caption beneath."""
     picture = to_rgb(load_image(image))
     if picture.width > MAX_WIDTH:
-        picture = picture.resize((MAX_WIDTH, max(1, round(picture.height * MAX_WIDTH / picture.width))))
+        picture = picture.resize(
+            (MAX_WIDTH, max(1, round(picture.height * MAX_WIDTH / picture.width)))
+        )
     width = max(picture.width, MIN_WIDTH)
     font = _font(max(14, width // 36))
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -52,7 +54,9 @@ def annotate(image: Any, caption: str) -> Image.Image:
     canvas.paste(picture, ((width - picture.width) // 2, 0))
     draw = ImageDraw.Draw(canvas)
     for number, line in enumerate(lines):
-        draw.text((MARGIN, picture.height + MARGIN + number * line_height), line, fill="black", font=font)
+        draw.text(
+            (MARGIN, picture.height + MARGIN + number * line_height), line, fill="black", font=font
+        )
     return canvas
 
 

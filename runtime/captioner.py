@@ -47,7 +47,11 @@ def max_threads() -> int:
 def check_batch_size(batch_size: object) -> None:
     """Raise InputError unless 1 <= batch_size <= MAX_BATCH_SIZE (the CLI checks before touching --output)."""
     if not is_count(batch_size) or not 1 <= batch_size <= MAX_BATCH_SIZE:  # type: ignore[operator]
-        raise InputError(f"batch_size must be an integer from 1 to {MAX_BATCH_SIZE}, got {batch_size!r}")
+        raise InputError(
+            f"batch_size must be an integer from 1 to {MAX_BATCH_SIZE}, got {batch_size!r}"
+        )
+
+
 # (image as given, its pixels or why it has none, seconds spent preprocessing)
 _Prepared = tuple[Any, "np.ndarray | CapgenError", float]
 
@@ -84,12 +88,16 @@ class Captioner:
         are approximate (~0.01 per word), so beam results match ~99%.
         """
         if threads is not None and (not is_count(threads) or not 1 <= threads <= max_threads()):
-            raise InputError(f"threads must be an integer from 1 to {max_threads()}, got {threads!r}")
+            raise InputError(
+                f"threads must be an integer from 1 to {max_threads()}, got {threads!r}"
+            )
         folder, self.is_default_model = resolve_model_dir(model_dir)
         manifest = load_manifest(folder)
         encoder_file = manifest.encoder.int8_file if int8 else manifest.encoder.file
         if encoder_file is None:
-            raise ModelError(f"{folder}: this model has no INT8 encoder (manifest lists no encoder.int8_file)")
+            raise ModelError(
+                f"{folder}: this model has no INT8 encoder (manifest lists no encoder.int8_file)"
+            )
         decoder = manifest.decoder
         step_file = decoder.int8_step_file if fast_decoder else decoder.step_file
         if step_file is None:
@@ -97,13 +105,19 @@ class Captioner:
                 f"{folder}: this model has no fast decoder step (manifest lists no decoder.int8_step_file; "
                 "add one with `capgen convert quantize`)"
             )
-        verify_files(manifest, [encoder_file, decoder.projection_file, step_file, manifest.vocabulary.file])
+        verify_files(
+            manifest, [encoder_file, decoder.projection_file, step_file, manifest.vocabulary.file]
+        )
         self.manifest: Manifest = manifest
-        self.vocabulary: Vocabulary = load_vocabulary(manifest.path(manifest.vocabulary.file), manifest.vocabulary)
+        self.vocabulary: Vocabulary = load_vocabulary(
+            manifest.path(manifest.vocabulary.file), manifest.vocabulary
+        )
         self._resize_filter = resample_filter(manifest.encoder.resize_filter)
         self._max_pixels = max_pixels
         self._encoder = Encoder(
-            manifest.path(encoder_file), manifest.encoder, threads=threads,
+            manifest.path(encoder_file),
+            manifest.encoder,
+            threads=threads,
             sha256=manifest.files[encoder_file].sha256,
         )
         self._step_model = StepModel(
@@ -127,7 +141,9 @@ class Captioner:
         """Encoder features [N, F] for preprocessed pixels [N, H, W, 3]."""
         return self._encoder.encode(pixels)
 
-    def decode_features(self, features: np.ndarray, options: DecodingOptions) -> list[DecodingResult]:
+    def decode_features(
+        self, features: np.ndarray, options: DecodingOptions
+    ) -> list[DecodingResult]:
         photo = self._step_model.project(np.ascontiguousarray(features, dtype=np.float32))
         return decode(self._step_model, photo, self.vocabulary, options, self.manifest.max_length)
 
@@ -188,7 +204,11 @@ class Captioner:
         """
         options = options or DecodingOptions()
         check_batch_size(batch_size)
-        prepared = self._prefetched(images, ahead=2 * batch_size) if batch_size > 1 else map(self._prepare, images)
+        prepared = (
+            self._prefetched(images, ahead=2 * batch_size)
+            if batch_size > 1
+            else map(self._prepare, images)
+        )
         pending: list[_Prepared] = []
         ready = 0
         for item in prepared:

@@ -76,18 +76,30 @@ def _check_annotate_folder(annotate: Path, images: list[str]) -> None:
 
 @cli_errors
 def caption_command(
-    images: Annotated[list[str] | None, typer.Argument(help="Images, folders or globs.", show_default=False)] = None,
-    image: Annotated[
-        list[str] | None, typer.Option("--image", "-i", help="An image (repeatable; the tutorial's flag).")
+    images: Annotated[
+        list[str] | None, typer.Argument(help="Images, folders or globs.", show_default=False)
     ] = None,
-    beam_size: Annotated[int, typer.Option("--beam-size", "-b", help="1 = the tutorial's greedy loop.")] = 3,
-    max_length: Annotated[int | None, typer.Option(help="Most words per caption (default: the model's).")] = None,
+    image: Annotated[
+        list[str] | None,
+        typer.Option("--image", "-i", help="An image (repeatable; the tutorial's flag)."),
+    ] = None,
+    beam_size: Annotated[
+        int, typer.Option("--beam-size", "-b", help="1 = the tutorial's greedy loop.")
+    ] = 3,
+    max_length: Annotated[
+        int | None, typer.Option(help="Most words per caption (default: the model's).")
+    ] = None,
     length_penalty: Annotated[
-        float | None, typer.Option(help="Rank beams by logp / ((5+len)/6)^alpha (default: total logp).")
+        float | None,
+        typer.Option(help="Rank beams by logp / ((5+len)/6)^alpha (default: total logp)."),
     ] = None,
     n_best: Annotated[int, typer.Option(help="Alternatives to include in --json output.")] = 1,
-    model: Annotated[Path | None, typer.Option("--model", "-m", help="Model folder (default: capgen setup's).")] = None,
-    threads: Annotated[int | None, typer.Option(help="Encoder threads (default: one per core).")] = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="Model folder (default: capgen setup's).")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Encoder threads (default: one per core).")
+    ] = None,
     int8: Annotated[bool, typer.Option("--int8", help="Use the model's INT8 encoder.")] = False,
     fast_decoder: Annotated[
         bool,
@@ -99,13 +111,19 @@ def caption_command(
     batch_size: Annotated[int, typer.Option(help="Images encoded and decoded together.")] = 8,
     json_lines: Annotated[bool, typer.Option("--json", help="JSON Lines on stdout.")] = False,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write JSON Lines here as each image is done.")
+        Path | None,
+        typer.Option("--output", "-o", help="Write JSON Lines here as each image is done."),
     ] = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Keep --output and skip images it already has captions for.")
+        bool,
+        typer.Option("--resume", help="Keep --output and skip images it already has captions for."),
     ] = False,
-    raw: Annotated[bool, typer.Option("--raw", help="The tutorial's exact 'start … end' string.")] = False,
-    annotate: Annotated[Path | None, typer.Option(help="Save each image with its caption beneath here.")] = None,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="The tutorial's exact 'start … end' string.")
+    ] = False,
+    annotate: Annotated[
+        Path | None, typer.Option(help="Save each image with its caption beneath here.")
+    ] = None,
 ) -> None:
     """Caption images: the caption for one image file, path<TAB>caption lines for several.
 
@@ -131,9 +149,13 @@ def caption_command(
     from capgen.runtime.decoding import DecodingOptions
     from capgen.runtime.outputs import CaptionSinks, StdoutUnwritable
 
-    options = DecodingOptions(beam_size=beam_size, max_length=max_length, length_penalty=length_penalty, n_best=n_best)
+    options = DecodingOptions(
+        beam_size=beam_size, max_length=max_length, length_penalty=length_penalty, n_best=n_best
+    )
     check_batch_size(batch_size)  # every option is checked before --output is touched
-    captioner = Captioner(model, threads=threads, int8=int8, fast_decoder=fast_decoder)  # before touching --output: a bad model changes nothing
+    captioner = Captioner(
+        model, threads=threads, int8=int8, fast_decoder=fast_decoder
+    )  # before touching --output: a bad model changes nothing
     if captioner.is_default_model:
         say(DEMO_NOTE)
     done = results.prepare_resume(output) if resume and output is not None else set()
@@ -159,7 +181,10 @@ def caption_command(
         writer=results.JsonlWriter(output) if output is not None else None,
         annotate_dir=annotate,
     )
-    for folder, reason in empty_folders.items():  # also a JSON line, so --json and --output readers see it
+    for (
+        folder,
+        reason,
+    ) in empty_folders.items():  # also a JSON line, so --json and --output readers see it
         sinks.handle(folder, InputError(reason))
     if sys.stderr.isatty() and len(todo) > 1:
         from tqdm import tqdm
@@ -187,7 +212,9 @@ def caption_command(
 
 @cli_errors
 def info_command(
-    model_dir: Annotated[Path | None, typer.Argument(help="Model folder (default: capgen setup's).")] = None,
+    model_dir: Annotated[
+        Path | None, typer.Argument(help="Model folder (default: capgen setup's).")
+    ] = None,
 ) -> None:
     """Show what a model folder's manifest says and verify every file's size and sha256."""
     from capgen.runtime.captioner import resolve_model_dir
@@ -216,7 +243,9 @@ def info_command(
     ]
     for key, value in sorted((raw.get("sources") or {}).items()):
         if isinstance(value, dict):
-            lines.append(f"source:       {key}: {value.get('name', '?')} sha256 {str(value.get('sha256', '?'))[:16]}…")
+            lines.append(
+                f"source:       {key}: {value.get('name', '?')} sha256 {str(value.get('sha256', '?'))[:16]}…"
+            )
     converted = raw.get("converted_with") or {}
     if converted:
         lines.append("converted:    " + ", ".join(f"{k} {v}" for k, v in sorted(converted.items())))
@@ -231,10 +260,14 @@ def info_command(
         except ModelIntegrityError as err:
             status = f"FAILED: {err}"
             problems.append(err)
-        report.append(f"  {name:<24} {record.bytes:>12} bytes  sha256 {record.sha256[:16]}…  {status}\n")
+        report.append(
+            f"  {name:<24} {record.bytes:>12} bytes  sha256 {record.sha256[:16]}…  {status}\n"
+        )
     _print_report("".join(report))
     if problems:
-        raise ModelIntegrityError(f"{len(problems)} file(s) do not match the manifest: {problems[0]}")
+        raise ModelIntegrityError(
+            f"{len(problems)} file(s) do not match the manifest: {problems[0]}"
+        )
 
 
 def _print_report(text: str) -> None:

@@ -68,7 +68,9 @@ class DecodingOptions:
 
     def __post_init__(self) -> None:
         if not is_count(self.beam_size) or not 1 <= self.beam_size <= MAX_BEAM_SIZE:
-            raise InputError(f"beam_size must be an integer from 1 to {MAX_BEAM_SIZE}, got {self.beam_size!r}")
+            raise InputError(
+                f"beam_size must be an integer from 1 to {MAX_BEAM_SIZE}, got {self.beam_size!r}"
+            )
         if self.max_length is not None and (
             not is_count(self.max_length) or not 1 <= self.max_length <= MAX_CAPTION_LENGTH
         ):
@@ -76,12 +78,17 @@ class DecodingOptions:
                 f"max_length must be an integer from 1 to {MAX_CAPTION_LENGTH}, got {self.max_length!r}"
             )
         if not is_count(self.n_best) or not 1 <= self.n_best <= self.beam_size:
-            raise InputError(f"n_best must be between 1 and beam_size ({self.beam_size}), got {self.n_best!r}")
+            raise InputError(
+                f"n_best must be between 1 and beam_size ({self.beam_size}), got {self.n_best!r}"
+            )
         if self.length_penalty is not None and not (
-            isinstance(self.length_penalty, (int, float)) and math.isfinite(self.length_penalty)
+            isinstance(self.length_penalty, (int, float))
+            and math.isfinite(self.length_penalty)
             and self.length_penalty >= 0
         ):
-            raise InputError(f"length_penalty must be a non-negative number or None, got {self.length_penalty!r}")
+            raise InputError(
+                f"length_penalty must be a non-negative number or None, got {self.length_penalty!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -227,12 +234,14 @@ def beam_search(
         live = len(row_image)
         # One sort for the whole batch: by image, then best score, ties to the
         # lower (row, word) like argmax, so beam_size 1 is greedy exactly.
-        order = np.lexsort((
-            row_top.ravel(),
-            np.repeat(np.arange(live), per_row),
-            -row_scores.ravel(),
-            np.repeat(row_image, per_row),
-        ))
+        order = np.lexsort(
+            (
+                row_top.ravel(),
+                np.repeat(np.arange(live), per_row),
+                -row_scores.ravel(),
+                np.repeat(row_image, per_row),
+            )
+        )
         cand_rows = (order // per_row).tolist()
         cand_tokens = row_top.ravel()[order].tolist()
         cand_scores = row_scores.ravel()[order].tolist()
@@ -281,9 +290,12 @@ def beam_search(
         h, c = h_out[next_rows], c_out[next_rows]
     cut: dict[int, list[Hypothesis]] = {}
     for row, tokens in enumerate(row_tokens):
-        cut.setdefault(int(row_image[row]), []).append(Hypothesis(tokens, float(row_logp[row]), "max_length"))
+        cut.setdefault(int(row_image[row]), []).append(
+            Hypothesis(tokens, float(row_logp[row]), "max_length")
+        )
     ranked: list[list[Hypothesis]] = []
     for image, beams in enumerate(state):
+
         def by_score(hyp: Hypothesis) -> float:
             return -hyp.score(length_penalty)
 
@@ -305,6 +317,12 @@ def decode(
         ranked = greedy_search(model, photo, vocabulary, max_length)
     else:
         ranked = beam_search(
-            model, photo, vocabulary, max_length, options.beam_size, options.length_penalty, options.n_best
+            model,
+            photo,
+            vocabulary,
+            max_length,
+            options.beam_size,
+            options.length_penalty,
+            options.n_best,
         )
     return [to_result(hyps, vocabulary) for hyps in ranked]

@@ -88,7 +88,9 @@ def _field(data: dict[str, Any], key: str, kind: type, where: str) -> Any:
     value = data[key]
     # bool is an int in Python; a manifest saying `true` for a size is still wrong.
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ModelError(f"manifest.json: field {where}{key} should be {kind.__name__}, got {value!r}")
+        raise ModelError(
+            f"manifest.json: field {where}{key} should be {kind.__name__}, got {value!r}"
+        )
     if kind is int and value <= 0 and key not in ("start_id", "end_id"):
         raise ModelError(f"manifest.json: field {where}{key} must be positive, got {value}")
     return value
@@ -96,7 +98,9 @@ def _field(data: dict[str, Any], key: str, kind: type, where: str) -> Any:
 
 def _bounded(value: int, limit: int, where: str) -> int:
     if value > limit:
-        raise ModelError(f"manifest.json: field {where} is {value}, more than capgen's limit of {limit}")
+        raise ModelError(
+            f"manifest.json: field {where} is {value}, more than capgen's limit of {limit}"
+        )
     return value
 
 
@@ -127,8 +131,14 @@ def _parse(folder: Path, data: Any) -> Manifest:
         int8_file=int8_file,
         kind=str(enc.get("kind", "xception")),
         feature_size=_field(enc, "feature_size", int, "encoder."),
-        height=_bounded(_field(enc_input, "height", int, "encoder.input."), MAX_INPUT_SIDE, "encoder.input.height"),
-        width=_bounded(_field(enc_input, "width", int, "encoder.input."), MAX_INPUT_SIDE, "encoder.input.width"),
+        height=_bounded(
+            _field(enc_input, "height", int, "encoder.input."),
+            MAX_INPUT_SIDE,
+            "encoder.input.height",
+        ),
+        width=_bounded(
+            _field(enc_input, "width", int, "encoder.input."), MAX_INPUT_SIDE, "encoder.input.width"
+        ),
         resize_filter=_field(enc_input, "resize_filter", str, "encoder.input."),
     )
     decoder = DecoderSpec(
@@ -150,7 +160,9 @@ def _parse(folder: Path, data: Any) -> Manifest:
     files: dict[str, FileRecord] = {}
     for name, record in files_raw.items():
         if Path(name).name != name:
-            raise ModelError(f"manifest.json: file name {name!r} must be a plain name inside the folder")
+            raise ModelError(
+                f"manifest.json: file name {name!r} must be a plain name inside the folder"
+            )
         files[name] = FileRecord(
             sha256=_field(record, "sha256", str, f"files.{name}.").lower(),
             bytes=_field(record, "bytes", int, f"files.{name}."),
@@ -162,7 +174,9 @@ def _parse(folder: Path, data: Any) -> Manifest:
         needed.append(decoder.int8_step_file)
     unlisted = [name for name in needed if name not in files]
     if unlisted:
-        raise ModelError(f"manifest.json: files {unlisted} are used but have no entry under 'files'")
+        raise ModelError(
+            f"manifest.json: files {unlisted} are used but have no entry under 'files'"
+        )
     return Manifest(
         folder=folder,
         name=str(data.get("name", folder.name)),
@@ -185,7 +199,9 @@ def load_manifest(folder: Path | str) -> Manifest:
     try:
         text = path.read_bytes()
     except FileNotFoundError:
-        raise ModelError(f"{folder}: no manifest.json, so this is not a capgen model folder") from None
+        raise ModelError(
+            f"{folder}: no manifest.json, so this is not a capgen model folder"
+        ) from None
     except OSError as exc:
         raise ModelError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     if text.startswith(_LFS_PREFIX):
@@ -198,7 +214,9 @@ def load_manifest(folder: Path | str) -> Manifest:
 
 
 def _stamp_path(path: Path, record: FileRecord, size: int, mtime_ns: int) -> Path:
-    key = f"{path.resolve()}\0{size}\0{mtime_ns}\0{record.sha256}".encode("utf-8", "surrogateescape")
+    key = f"{path.resolve()}\0{size}\0{mtime_ns}\0{record.sha256}".encode(
+        "utf-8", "surrogateescape"
+    )
     return capgen_home() / "verified" / hashlib.sha256(key).hexdigest()
 
 
@@ -227,7 +245,9 @@ def verify_file(path: Path, record: FileRecord, use_stamps: bool = True) -> None
         raise ModelIntegrityError(f"{path}: is not a regular file")
     if stat.st_size != record.bytes:
         if _read_head(path) == _LFS_PREFIX:
-            raise GitLfsPointerError(f"{path}: is a Git LFS pointer, not the model file; run `git lfs pull`")
+            raise GitLfsPointerError(
+                f"{path}: is a Git LFS pointer, not the model file; run `git lfs pull`"
+            )
         raise ModelIntegrityError(
             f"{path}: is {stat.st_size} bytes, manifest says {record.bytes} (truncated or replaced?)"
         )
@@ -240,7 +260,9 @@ def verify_file(path: Path, record: FileRecord, use_stamps: bool = True) -> None
     except OSError as exc:
         raise ModelIntegrityError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if digest != record.sha256:
-        raise ModelIntegrityError(f"{path}: sha256 {digest[:12]}… does not match the manifest's {record.sha256[:12]}…")
+        raise ModelIntegrityError(
+            f"{path}: sha256 {digest[:12]}… does not match the manifest's {record.sha256[:12]}…"
+        )
     try:
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.touch()
@@ -248,7 +270,9 @@ def verify_file(path: Path, record: FileRecord, use_stamps: bool = True) -> None
         pass  # a read-only cache only costs a re-hash next time
 
 
-def verify_files(manifest: Manifest, names: list[str] | None = None, use_stamps: bool = True) -> None:
+def verify_files(
+    manifest: Manifest, names: list[str] | None = None, use_stamps: bool = True
+) -> None:
     """Check the listed files (default: all in the manifest) against size and sha256."""
     for name in names if names is not None else list(manifest.files):
         verify_file(manifest.path(name), manifest.files[name], use_stamps=use_stamps)

@@ -61,7 +61,11 @@ class CaptionSinks:
             if self.json_lines:
                 self._stdout(results.to_line(record).rstrip("\n"))
             else:
-                self._stdout(f"{printable(path)}\t{record['caption']}" if self.show_path else record["caption"])
+                self._stdout(
+                    f"{printable(path)}\t{record['caption']}"
+                    if self.show_path
+                    else record["caption"]
+                )
             if self.annotate_dir is not None:
                 self._annotate(path, record["caption"])
         if self.writer is not None:

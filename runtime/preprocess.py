@@ -49,8 +49,16 @@ from PIL import (
 from capgen.runtime.errors import ImageError, ImageTooLargeError, InputError
 
 _PLUGINS = (
-    BmpImagePlugin, GifImagePlugin, IcoImagePlugin, JpegImagePlugin, MpoImagePlugin,
-    PngImagePlugin, PpmImagePlugin, TgaImagePlugin, TiffImagePlugin, WebPImagePlugin,
+    BmpImagePlugin,
+    GifImagePlugin,
+    IcoImagePlugin,
+    JpegImagePlugin,
+    MpoImagePlugin,
+    PngImagePlugin,
+    PpmImagePlugin,
+    TgaImagePlugin,
+    TiffImagePlugin,
+    WebPImagePlugin,
 )
 ALLOWED_FORMATS = tuple(
     name
@@ -65,7 +73,9 @@ IMAGE_SUFFIXES = frozenset(
 # would take gigabytes, so such images are refused before any pixel is decoded.
 DEFAULT_MAX_PIXELS = 89_478_485
 
-ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
+ImageSource = (
+    str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
+)
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
@@ -80,7 +90,14 @@ def _describe_non_image(head: bytes) -> str:
         return "not an image: the file is an HTML/XML page (a failed download?)"
     if stripped.startswith(b"version https://git-lfs"):
         return "not an image: the file is a Git LFS pointer; run `git lfs pull`"
-    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"hevc"):
+    if head[4:8] == b"ftyp" and head[8:12] in (
+        b"heic",
+        b"heix",
+        b"mif1",
+        b"msf1",
+        b"avif",
+        b"hevc",
+    ):
         return "HEIC/AVIF images are not supported; convert to JPEG or PNG"
     if head.startswith(b"%PDF"):
         return "not an image: the file is a PDF"
@@ -181,7 +198,9 @@ def _from_array(array: np.ndarray) -> Image.Image:
             raise InputError("float arrays must hold values in [0, 1]")
         array = np.round(array * 255.0).astype(np.uint8)
     elif array.dtype != np.uint8:
-        raise InputError(f"array dtype {array.dtype} is not supported (use uint8, uint16 or float in [0, 1])")
+        raise InputError(
+            f"array dtype {array.dtype} is not supported (use uint8, uint16 or float in [0, 1])"
+        )
     return Image.fromarray(np.ascontiguousarray(array))
 
 
@@ -193,7 +212,9 @@ def load_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
         except Exception as exc:
             raise ImageError(f"cannot decode image ({type(exc).__name__}: {exc})") from None
         if source.width * source.height > max_pixels:
-            raise ImageTooLargeError(f"image has {source.width * source.height} pixels, more than {max_pixels}")
+            raise ImageTooLargeError(
+                f"image has {source.width * source.height} pixels, more than {max_pixels}"
+            )
         # Same pixels as captioning the file itself; a no-op for images already made upright.
         return _upright(source)
     if isinstance(source, np.ndarray):
@@ -238,13 +259,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
             return Image.fromarray(np.round(values / 257.0).astype(np.uint8)).convert("RGB")
         if mode == "F":
             # Float grey: [0, 1] data is scaled, anything else is taken as 0..255.
-            values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+            values = np.nan_to_num(
+                np.asarray(image, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0
+            )
             if values.size and values.max() <= 1.0:
                 values = values * 255.0
-            return Image.fromarray(np.round(np.clip(values, 0, 255)).astype(np.uint8)).convert("RGB")
+            return Image.fromarray(np.round(np.clip(values, 0, 255)).astype(np.uint8)).convert(
+                "RGB"
+            )
         return image.convert("RGB")
     except Exception as exc:
-        raise ImageError(f"cannot convert {mode} image to RGB ({type(exc).__name__}: {exc})") from None
+        raise ImageError(
+            f"cannot convert {mode} image to RGB ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def resample_filter(name: str) -> Image.Resampling:

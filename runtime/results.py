@@ -29,7 +29,10 @@ def success_record(path: str, result: DecodingResult, raw: bool = False) -> dict
     }
     if result.alternatives:
         record["alternatives"] = [
-            {"caption": alt.raw if raw else alt.text, "log_probability": round(alt.log_probability, 6)}
+            {
+                "caption": alt.raw if raw else alt.text,
+                "log_probability": round(alt.log_probability, 6),
+            }
             for alt in result.alternatives
         ]
     return record
@@ -64,7 +67,9 @@ class JsonlWriter:
                 # A short write (disk full) would leave half a line that later lines
                 # follow: cut it, so the file stays whole lines and --resume can read it.
                 os.ftruncate(self._fd, start)
-                raise OSError(errno.ENOSPC, f"only {written} of {len(data)} bytes written, disk full?")
+                raise OSError(
+                    errno.ENOSPC, f"only {written} of {len(data)} bytes written, disk full?"
+                )
         except OSError as exc:  # disk full, file too large: stop, keeping what is written
             raise InputError(
                 f"{self._path}: cannot write ({exc.strerror or exc}); stopped, the captions written so far "
@@ -92,7 +97,9 @@ def _require_regular_file(path: Path) -> None:
     if stat.S_ISDIR(mode):
         raise InputError(f"{path}: is a folder; --output needs a file")
     if not stat.S_ISREG(mode):
-        raise InputError(f"{path}: is not a regular file; --output needs a file (use --json for stdout)")
+        raise InputError(
+            f"{path}: is not a regular file; --output needs a file (use --json for stdout)"
+        )
 
 
 def check_replaceable(path: Path) -> None:
@@ -148,7 +155,9 @@ def prepare_resume(path: Path) -> set[str]:
         try:
             record = json.loads(line)
         except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
-            raise InputError(f"{path}:{number}: not a JSON line; is this a capgen --output file?") from None
+            raise InputError(
+                f"{path}:{number}: not a JSON line; is this a capgen --output file?"
+            ) from None
         if isinstance(record, dict) and isinstance(record.get("path"), str) and "caption" in record:
             done.add(record["path"])
     return done

@@ -58,7 +58,10 @@ def prune_cache(folder: Path, limit_bytes: int = CACHE_LIMIT_BYTES) -> None:
     """Delete the least recently used entries until the folder holds at most `limit_bytes`."""
     try:
         entries = sorted(
-            ((entry.stat().st_mtime_ns, entry.stat().st_size, entry) for entry in folder.glob("*.onnx")),
+            (
+                (entry.stat().st_mtime_ns, entry.stat().st_size, entry)
+                for entry in folder.glob("*.onnx")
+            ),
             reverse=True,
         )
     except OSError:
@@ -134,7 +137,9 @@ class OnnxSession:
         try:
             self._session = _create(path, threads, cache_key)
         except Exception as exc:  # onnxruntime raises its own unrelated exception types
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first_line = (
+                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            )
             raise ModelError(f"{path}: not a runnable ONNX graph ({first_line})") from exc
         found_inputs = [node.name for node in self._session.get_inputs()]
         found_outputs = [node.name for node in self._session.get_outputs()]

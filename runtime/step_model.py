@@ -29,14 +29,18 @@ class StepModel:
         self.projection_size = spec.projection_size
         self.vocab_size = vocab_size
         self._projection = OnnxSession(projection_path, ["features"], ["photo"], threads=threads)
-        self._step = OnnxSession(step_path, ["word", "h", "c", "photo"], ["log_probs", "h_out", "c_out"], threads)
+        self._step = OnnxSession(
+            step_path, ["word", "h", "c", "photo"], ["log_probs", "h_out", "c_out"], threads
+        )
         self._step_path = step_path
         self._run_step = self._step.run
 
     def project(self, features: np.ndarray) -> np.ndarray:
         (photo,) = self._projection.run({"features": features})
         if photo.shape != (features.shape[0], self.projection_size):
-            raise ModelError(f"photo projection gave shape {photo.shape}, expected [N, {self.projection_size}]")
+            raise ModelError(
+                f"photo projection gave shape {photo.shape}, expected [N, {self.projection_size}]"
+            )
         return photo
 
     def initial_state(self, rows: int) -> tuple[np.ndarray, np.ndarray]:

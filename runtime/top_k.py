@@ -18,7 +18,7 @@ import onnxruntime as ort
 # onnx.helper: TopK(scores [R, V] float, k [1] int64; axis=1, largest=1, sorted=1)
 # -> values [R, K], indices [R, K]; opset 17, IR 8. Equal scores: the lower id first.
 TOP_K_GRAPH = (
-    b"\x08\x08\x12\x06capgen:\xc4\x01\nN\n\x06scores\n\x01k\x12\x06values\x12\x07indices\"\x04TopK"
+    b'\x08\x08\x12\x06capgen:\xc4\x01\nN\n\x06scores\n\x01k\x12\x06values\x12\x07indices"\x04TopK'
     b"*\x0b\n\x04axis\x18\x01\xa0\x01\x02*\x0e\n\x07largest\x18\x01\xa0\x01\x02*\r\n\x06sorted\x18"
     b"\x01\xa0\x01\x02\x12\x0ccapgen_top_kZ\x1a\n\x06scores\x12\x10\n\x0e\x08\x01\x12\n\n\x03\x12"
     b"\x01R\n\x03\x12\x01VZ\x0f\n\x01k\x12\n\n\x08\x08\x07\x12\x04\n\x02\x08\x01b\x1a\n\x06values"
@@ -37,7 +37,9 @@ def _get_session() -> ort.InferenceSession:
             options = ort.SessionOptions()
             options.intra_op_num_threads = 1
             options.inter_op_num_threads = 1
-            _session = ort.InferenceSession(TOP_K_GRAPH, options, providers=["CPUExecutionProvider"])
+            _session = ort.InferenceSession(
+                TOP_K_GRAPH, options, providers=["CPUExecutionProvider"]
+            )
         return _session
 
 
@@ -46,5 +48,7 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if k >= scores.shape[1]:
         indices = np.argsort(-scores, axis=1, kind="stable")
         return np.take_along_axis(scores, indices, axis=1), indices
-    values, indices = _get_session().run(None, {"scores": scores, "k": np.array([k], dtype=np.int64)})
+    values, indices = _get_session().run(
+        None, {"scores": scores, "k": np.array([k], dtype=np.int64)}
+    )
     return values, indices

@@ -125,7 +125,9 @@ def beam_search_desc(model, tokenizer, photo, max_length, beam_index=3):
             sequence = pad_sequences([tokens], maxlen=max_length)
             preds = model.predict([photo, sequence], verbose=0)[0]
             for word_id in np.argsort(preds)[-beam_index:]:
-                candidates.append([[*tokens, int(word_id)], score + float(np.log(preds[word_id] + 1e-12))])
+                candidates.append(
+                    [[*tokens, int(word_id)], score + float(np.log(preds[word_id] + 1e-12))]
+                )
         beams = sorted(candidates, key=lambda item: item[1])[-beam_index:]
         if all(tokens[-1] == end_id for tokens, _ in beams):
             break
@@ -162,7 +164,9 @@ def main() -> None:
     args = vars(ap.parse_args())
     img_path = args["image"]
 
-    model, tokenizer, xception_model = load_everything(args["model"], args["tokenizer"], args["weights"])
+    model, tokenizer, xception_model = load_everything(
+        args["model"], args["tokenizer"], args["weights"]
+    )
     max_length = model_max_length(model)
     loaded = time.perf_counter()
     photo = extract_features(img_path, xception_model, colour=args["colour"])

@@ -35,7 +35,13 @@ def test_smoke_run_writes_every_section(
     assert written["models"].keys() == results["models"].keys() == {"tutorial7577"}
     assert (tmp_path / "latency_breakdown.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (tmp_path / "RESULTS.md").read_text()
-    for heading in ("## Machine", "## Targets", "### Cold start", "### Warm latency", "### Encoder alone"):
+    for heading in (
+        "## Machine",
+        "## Targets",
+        "### Cold start",
+        "### Warm latency",
+        "### Encoder alone",
+    ):
         assert heading in markdown
 
     model = written["models"]["tutorial7577"]
@@ -61,6 +67,12 @@ def test_smoke_run_writes_every_section(
     assert written["encoder_efficiency"]["capgen_batch1"]["gflops"] > 0
     targets = written["targets"]
     metrics = {entry["metric"] for entry in targets.values()}
-    assert {"warm_latency_fp32", "cold_start", "decoder", "peak_memory", "encoder_vs_matmul"} <= metrics
+    assert {
+        "warm_latency_fp32",
+        "cold_start",
+        "decoder",
+        "peak_memory",
+        "encoder_vs_matmul",
+    } <= metrics
     assert all(isinstance(entry["met"], bool) for entry in targets.values())
     assert written["machine"]["logical_cores"] >= 1

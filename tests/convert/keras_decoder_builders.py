@@ -56,7 +56,9 @@ class DecoderShape:
         return self.units if self.merge == "add" else self.units + self.projection_size
 
 
-def peaked_role_weights(shape: DecoderShape, seed: int, scale: float = 2.0) -> dict[str, list[np.ndarray]]:
+def peaked_role_weights(
+    shape: DecoderShape, seed: int, scale: float = 2.0
+) -> dict[str, list[np.ndarray]]:
     """Random weights, scaled so the next-word softmax has a clear winner most steps.
 
     Scale 2 gives top probabilities of about 0.15-0.7 among 7,577 words while
@@ -73,35 +75,56 @@ def peaked_role_weights(shape: DecoderShape, seed: int, scale: float = 2.0) -> d
 
     units = shape.units
     return {
-        "photo_dense": [kernel(shape.feature_size, shape.projection_size), bias(shape.projection_size)],
-        "embedding": [rng.normal(0.0, 1.0, (shape.vocab_size, shape.embedding_size)).astype(np.float32)],
-        "lstm": [kernel(shape.embedding_size, 4 * units), kernel(units, 4 * units), bias(4 * units)],
+        "photo_dense": [
+            kernel(shape.feature_size, shape.projection_size),
+            bias(shape.projection_size),
+        ],
+        "embedding": [
+            rng.normal(0.0, 1.0, (shape.vocab_size, shape.embedding_size)).astype(np.float32)
+        ],
+        "lstm": [
+            kernel(shape.embedding_size, 4 * units),
+            kernel(units, 4 * units),
+            bias(4 * units),
+        ],
         "hidden_dense": [kernel(shape.merged_size, shape.hidden_size), bias(shape.hidden_size)],
-        "output_dense": [kernel(shape.hidden_size, shape.vocab_size, 2 * scale), bias(shape.vocab_size)],
+        "output_dense": [
+            kernel(shape.hidden_size, shape.vocab_size, 2 * scale),
+            bias(shape.vocab_size),
+        ],
     }
 
 
-def apply_role_weights(model: Any, weights: dict[str, list[np.ndarray]],
-                       names: dict[str, str] | None = None) -> None:
+def apply_role_weights(
+    model: Any, weights: dict[str, list[np.ndarray]], names: dict[str, str] | None = None
+) -> None:
     names = names or {role: role for role in ROLES}
     for role, arrays in weights.items():
         model.get_layer(names[role]).set_weights(arrays)
 
 
-def _build(layers_module: Any, input_fn: Callable[..., Any], model_cls: Any, shape: DecoderShape) -> Any:
+def _build(
+    layers_module: Any, input_fn: Callable[..., Any], model_cls: Any, shape: DecoderShape
+) -> Any:
     photo = input_fn(shape=(shape.feature_size,), name="photo_features")
     words = input_fn(shape=(shape.max_length,), name="word_ids")
     photo_branch = layers_module.Dropout(0.5)(photo)
-    photo_branch = layers_module.Dense(shape.projection_size, activation="relu", name="photo_dense")(photo_branch)
-    word_branch = layers_module.Embedding(shape.vocab_size, shape.embedding_size, mask_zero=True,
-                                          name="embedding")(words)
+    photo_branch = layers_module.Dense(
+        shape.projection_size, activation="relu", name="photo_dense"
+    )(photo_branch)
+    word_branch = layers_module.Embedding(
+        shape.vocab_size, shape.embedding_size, mask_zero=True, name="embedding"
+    )(words)
     word_branch = layers_module.Dropout(0.5)(word_branch)
-    word_branch = layers_module.LSTM(shape.units, recurrent_activation=shape.recurrent_activation,
-                                     name="lstm")(word_branch)
+    word_branch = layers_module.LSTM(
+        shape.units, recurrent_activation=shape.recurrent_activation, name="lstm"
+    )(word_branch)
     pair = [photo_branch, word_branch] if shape.photo_first else [word_branch, photo_branch]
     merged = (layers_module.Add() if shape.merge == "add" else layers_module.Concatenate())(pair)
     hidden = layers_module.Dense(shape.hidden_size, activation="relu", name="hidden_dense")(merged)
-    output = layers_module.Dense(shape.vocab_size, activation="softmax", name="output_dense")(hidden)
+    output = layers_module.Dense(shape.vocab_size, activation="softmax", name="output_dense")(
+        hidden
+    )
     return model_cls(inputs=[photo, words], outputs=output)
 
 
@@ -155,9 +178,13 @@ def fit_small_tokenizer(path: Path) -> Any:
 
     colours = ["red", "green", "blue", "yellow", "purple", "orange"]
     shapes = ["circle", "square", "triangle", "star"]
-    texts = [f"start a {size} {colour} {shape} on a {ground} background end"
-             for colour in colours for shape in shapes
-             for size in ("small", "large") for ground in ("white", "black", "gray")]
+    texts = [
+        f"start a {size} {colour} {shape} on a {ground} background end"
+        for colour in colours
+        for shape in shapes
+        for size in ("small", "large")
+        for ground in ("white", "black", "gray")
+    ]
     texts += ["start two dogs run in the grass end", "start a man rides a bike end"]
     tokenizer = Tokenizer()
     tokenizer.fit_on_texts(texts)
@@ -172,9 +199,14 @@ class Caption:
     probabilities: list[np.ndarray]  # next-word distribution at each step
 
 
-def tutorial_greedy(predict: Callable[[np.ndarray, np.ndarray], np.ndarray], tokenizer: Any,
-                    photos: np.ndarray, max_length: int, start: str = "start",
-                    end: str = "end") -> list[Caption]:
+def tutorial_greedy(
+    predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    tokenizer: Any,
+    photos: np.ndarray,
+    max_length: int,
+    start: str = "start",
+    end: str = "end",
+) -> list[Caption]:
     """The tutorial's generate_desc, batched over photos (each photo stops on its own)."""
     from tf_keras.preprocessing.sequence import pad_sequences
 
@@ -190,8 +222,9 @@ def tutorial_greedy(predict: Callable[[np.ndarray, np.ndarray], np.ndarray], tok
     for _ in range(max_length):
         if not active:
             break
-        sequences = pad_sequences(tokenizer.texts_to_sequences([texts[i] for i in active]),
-                                  maxlen=max_length)
+        sequences = pad_sequences(
+            tokenizer.texts_to_sequences([texts[i] for i in active]), maxlen=max_length
+        )
         predictions = np.asarray(predict(photos[active], sequences))
         still_active = []
         for row, i in enumerate(active):
@@ -216,10 +249,12 @@ def onnx_greedy(folder: Path, photos: np.ndarray) -> list[Caption]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     providers = ["CPUExecutionProvider"]
-    projection = ort.InferenceSession(str(folder / manifest["decoder"]["projection_file"]), options,
-                                      providers=providers)
-    step = ort.InferenceSession(str(folder / manifest["decoder"]["step_file"]), options,
-                                providers=providers)
+    projection = ort.InferenceSession(
+        str(folder / manifest["decoder"]["projection_file"]), options, providers=providers
+    )
+    step = ort.InferenceSession(
+        str(folder / manifest["decoder"]["step_file"]), options, providers=providers
+    )
     units = manifest["decoder"]["units"]
     captions = []
     for photo_features in photos:
@@ -229,8 +264,9 @@ def onnx_greedy(folder: Path, photos: np.ndarray) -> list[Caption]:
         word = manifest["vocabulary"]["start_id"]
         caption = Caption([], [])
         for _ in range(manifest["max_length"]):
-            log_probs, h, c = step.run(None, {"word": np.array([word], np.int64), "h": h, "c": c,
-                                              "photo": photo})
+            log_probs, h, c = step.run(
+                None, {"word": np.array([word], np.int64), "h": h, "c": c, "photo": photo}
+            )
             caption.probabilities.append(np.exp(log_probs[0]))
             word = int(np.argmax(log_probs[0]))
             if vocabulary[word] is None:
@@ -242,13 +278,19 @@ def onnx_greedy(folder: Path, photos: np.ndarray) -> list[Caption]:
     return captions
 
 
-def assert_same_captions(expected: list[Caption], actual: list[Caption], tolerance: float = 1e-5) -> None:
+def assert_same_captions(
+    expected: list[Caption], actual: list[Caption], tolerance: float = 1e-5
+) -> None:
     for index, (want, got) in enumerate(zip(expected, actual, strict=True)):
         assert got.words == want.words, f"photo {index}: {got.words} != {want.words}"
         assert len(got.probabilities) == len(want.probabilities)
-        for step, (p_want, p_got) in enumerate(zip(want.probabilities, got.probabilities, strict=True)):
+        for step, (p_want, p_got) in enumerate(
+            zip(want.probabilities, got.probabilities, strict=True)
+        ):
             worst = float(np.max(np.abs(p_want - p_got)))
-            assert worst <= tolerance, f"photo {index} step {step}: probabilities differ by {worst:.2e}"
+            assert worst <= tolerance, (
+                f"photo {index} step {step}: probabilities differ by {worst:.2e}"
+            )
 
 
 def end_bias_boost(captions: list[Caption], end_id: int, quantile: float = 0.2) -> float:
@@ -257,8 +299,11 @@ def end_bias_boost(captions: list[Caption], end_id: int, quantile: float = 0.2) 
     Raising one output bias changes no state, only which word wins: the end
     token now wins wherever its log-probability was within the returned margin.
     """
-    gaps = [float(np.log(p.max()) - np.log(p[end_id])) for caption in captions
-            for p in caption.probabilities]
+    gaps = [
+        float(np.log(p.max()) - np.log(p[end_id]))
+        for caption in captions
+        for p in caption.probabilities
+    ]
     return float(np.quantile(gaps, quantile)) + 0.01
 
 
@@ -288,7 +333,8 @@ def tiny_encoder_onnx(path: Path, feature_size: int) -> Path:
         helper.make_node("Slice", ["tiled", "starts", "ends", "slice_axes"], ["features"]),
     ]
     graph = helper.make_graph(
-        nodes, "tiny_encoder",
+        nodes,
+        "tiny_encoder",
         [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", 299, 299, 3])],
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", feature_size])],
         [numpy_helper.from_array(value, name) for name, value in constants.items()],

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 
-def pickle_fake_tokenizer(state: dict[str, Any], module: str = "keras_preprocessing.text",
-                          protocol: int = 4) -> bytes:
+def pickle_fake_tokenizer(
+    state: dict[str, Any], module: str = "keras_preprocessing.text", protocol: int = 4
+) -> bytes:
     """Bytes of a pickle that looks exactly like a Keras Tokenizer with `state` as its __dict__."""
     tokenizer_class = type("Tokenizer", (), {"__module__": module})
     parts = module.split(".")

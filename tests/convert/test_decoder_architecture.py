@@ -35,12 +35,22 @@ def test_real_config_is_read_not_assumed(real_config: dict[str, Any]) -> None:
     assert arch.merge == "add" and arch.photo_first
     assert arch.keras_major == 2
     assert (arch.photo_dense, arch.embedding, arch.lstm, arch.hidden_dense, arch.output_dense) == (
-        "dense_6", "embedding_2", "lstm_2", "dense_7", "dense_8")
+        "dense_6",
+        "embedding_2",
+        "lstm_2",
+        "dense_7",
+        "dense_8",
+    )
 
 
-@pytest.mark.parametrize(("keras_version", "expected"), [
-    ("2.8.0", "hard_sigmoid_keras2"), ("2.2.4", "hard_sigmoid_keras2"), ("3.1.0", "hard_sigmoid_keras3"),
-])
+@pytest.mark.parametrize(
+    ("keras_version", "expected"),
+    [
+        ("2.8.0", "hard_sigmoid_keras2"),
+        ("2.2.4", "hard_sigmoid_keras2"),
+        ("3.1.0", "hard_sigmoid_keras3"),
+    ],
+)
 def test_hard_sigmoid_follows_the_keras_that_saved_it(
     real_config: dict[str, Any], keras_version: str, expected: str
 ) -> None:
@@ -52,7 +62,8 @@ def test_hard_sigmoid_follows_the_keras_that_saved_it(
 def test_file_version_wins_over_config_version(real_config: dict[str, Any]) -> None:
     _layer(real_config, "lstm_2")["config"]["recurrent_activation"] = "hard_sigmoid"
     assert read_architecture(real_config, saved_version="3.15.1").recurrent_activation == (
-        "hard_sigmoid_keras3")
+        "hard_sigmoid_keras3"
+    )
 
 
 def test_merge_input_order_and_concatenate(real_config: dict[str, Any]) -> None:
@@ -82,8 +93,12 @@ def test_extra_layer_is_named(real_config: dict[str, Any]) -> None:
 
 
 def test_layer_inserted_in_the_path_is_named(real_config: dict[str, Any]) -> None:
-    norm = {"class_name": "BatchNormalization", "name": "bn", "config": {"name": "bn"},
-            "inbound_nodes": [[["dense_7", 0, 0, {}]]]}
+    norm = {
+        "class_name": "BatchNormalization",
+        "name": "bn",
+        "config": {"name": "bn"},
+        "inbound_nodes": [[["dense_7", 0, 0, {}]]],
+    }
     real_config["config"]["layers"].append(norm)
     _layer(real_config, "dense_8")["inbound_nodes"] = [[["bn", 0, 0, {}]]]
     with pytest.raises(UnsupportedModelError, match="BatchNormalization layer 'bn'"):
@@ -91,14 +106,40 @@ def test_layer_inserted_in_the_path_is_named(real_config: dict[str, Any]) -> Non
 
 
 def test_plain_classifier_is_refused() -> None:
-    classifier = {"class_name": "Functional", "config": {"name": "classifier", "layers": [
-        {"class_name": "InputLayer", "name": "image", "config": {"batch_input_shape": [None, 32, 32, 3]},
-         "inbound_nodes": []},
-        {"class_name": "Conv2D", "name": "conv", "config": {"filters": 8}, "inbound_nodes": [[["image", 0, 0, {}]]]},
-        {"class_name": "Flatten", "name": "flat", "config": {}, "inbound_nodes": [[["conv", 0, 0, {}]]]},
-        {"class_name": "Dense", "name": "classes", "config": {"units": 10, "activation": "softmax"},
-         "inbound_nodes": [[["flat", 0, 0, {}]]]},
-    ], "input_layers": [["image", 0, 0]], "output_layers": [["classes", 0, 0]]}}
+    classifier = {
+        "class_name": "Functional",
+        "config": {
+            "name": "classifier",
+            "layers": [
+                {
+                    "class_name": "InputLayer",
+                    "name": "image",
+                    "config": {"batch_input_shape": [None, 32, 32, 3]},
+                    "inbound_nodes": [],
+                },
+                {
+                    "class_name": "Conv2D",
+                    "name": "conv",
+                    "config": {"filters": 8},
+                    "inbound_nodes": [[["image", 0, 0, {}]]],
+                },
+                {
+                    "class_name": "Flatten",
+                    "name": "flat",
+                    "config": {},
+                    "inbound_nodes": [[["conv", 0, 0, {}]]],
+                },
+                {
+                    "class_name": "Dense",
+                    "name": "classes",
+                    "config": {"units": 10, "activation": "softmax"},
+                    "inbound_nodes": [[["flat", 0, 0, {}]]],
+                },
+            ],
+            "input_layers": [["image", 0, 0]],
+            "output_layers": [["classes", 0, 0]],
+        },
+    }
     with pytest.raises(UnsupportedModelError, match="unsupported Conv2D layer 'conv'"):
         read_architecture(classifier)
 
@@ -146,8 +187,10 @@ def test_max_length_override_only_for_variable_length(real_config: dict[str, Any
     assert resolve_max_length(variable, 34) == 34
 
 
-@pytest.mark.parametrize("damage", ["missing units", "unknown inbound layer", "layers not a list",
-                                    "inbound node garbage"])
+@pytest.mark.parametrize(
+    "damage",
+    ["missing units", "unknown inbound layer", "layers not a list", "inbound node garbage"],
+)
 def test_malformed_configs_fail_cleanly(real_config: dict[str, Any], damage: str) -> None:
     if damage == "missing units":
         del _layer(real_config, "dense_8")["config"]["units"]

@@ -62,24 +62,35 @@ def _convert(saved: SavedDecoder, tokenizer: Path, out: Path, encoder: Path) -> 
     from capgen.convert.convert_model import convert_model
     from capgen.convert.model_folder import describe_encoder
 
-    convert_model(saved.model_file, tokenizer, out, architecture_json=saved.architecture,
-                  encoder=describe_encoder(encoder))
+    convert_model(
+        saved.model_file,
+        tokenizer,
+        out,
+        architecture_json=saved.architecture,
+        encoder=describe_encoder(encoder),
+    )
     return out
 
 
-def _convert_real(saved: SavedDecoder, shared_data: Path, photos: np.ndarray, encoder: Path,
-                  out: Path) -> tuple[Path, list[Caption]]:
+def _convert_real(
+    saved: SavedDecoder, shared_data: Path, photos: np.ndarray, encoder: Path, out: Path
+) -> tuple[Path, list[Caption]]:
     """Convert a real-config decoder; return the folder and the tutorial loop's captions in Keras."""
     tokenizer_path = shared_data / "model_configs" / REAL_TOKENIZER
     folder = _convert(saved, tokenizer_path, out, encoder)
-    expected = tutorial_greedy(_predict(saved.keras_model), load_tokenizer_like_the_tutorial(tokenizer_path),
-                               photos, REAL_SHAPE.max_length)
+    expected = tutorial_greedy(
+        _predict(saved.keras_model),
+        load_tokenizer_like_the_tutorial(tokenizer_path),
+        photos,
+        REAL_SHAPE.max_length,
+    )
     return folder, expected
 
 
 @pytest.fixture(scope="session")
-def real_decoders(tmp_path_factory: pytest.TempPathFactory, shared_data: Path,
-                  tf_keras_stack: None) -> dict[str, SavedDecoder]:
+def real_decoders(
+    tmp_path_factory: pytest.TempPathFactory, shared_data: Path, tf_keras_stack: None
+) -> dict[str, SavedDecoder]:
     """The real tutorial config saved in all six ways, all with the same peaked weights."""
     import tf_keras
 
@@ -91,7 +102,8 @@ def real_decoders(tmp_path_factory: pytest.TempPathFactory, shared_data: Path,
     tokenizer = load_tokenizer_like_the_tutorial(shared_data / "model_configs" / REAL_TOKENIZER)
     trial = tutorial_greedy(_predict(keras2), tokenizer, TEST_PHOTOS, REAL_SHAPE.max_length)
     weights["output_dense"][1][tokenizer.word_index["end"]] += end_bias_boost(
-        trial, tokenizer.word_index["end"])
+        trial, tokenizer.word_index["end"]
+    )
     apply_role_weights(keras2, weights, REAL_CONFIG_ROLE_NAMES)
     keras2.save(folder / "model_9.h5")
     keras2.save_weights(folder / "model_9_weights.h5")
@@ -105,12 +117,15 @@ def real_decoders(tmp_path_factory: pytest.TempPathFactory, shared_data: Path,
     (folder / "model_9_keras3.json").write_text(keras3.to_json())
     return {
         "keras2 full .h5": SavedDecoder(folder / "model_9.h5", None, keras2),
-        "keras2 weights .h5 + json": SavedDecoder(folder / "model_9_weights.h5", config_path, keras2),
+        "keras2 weights .h5 + json": SavedDecoder(
+            folder / "model_9_weights.h5", config_path, keras2
+        ),
         "tf_keras .keras": SavedDecoder(folder / "model_9_tf_keras.keras", None, keras2),
         "keras3 .keras": SavedDecoder(folder / "model_9.keras", None, keras3),
         "keras3 .h5": SavedDecoder(folder / "model_9_keras3.h5", None, keras3),
-        "keras3 .weights.h5 + json": SavedDecoder(folder / "model_9.weights.h5",
-                                                  folder / "model_9_keras3.json", keras3),
+        "keras3 .weights.h5 + json": SavedDecoder(
+            folder / "model_9.weights.h5", folder / "model_9_keras3.json", keras3
+        ),
     }
 
 
@@ -130,8 +145,9 @@ def real_photo_features(flickr_photos: list[Path], tensorflow_stack: None) -> np
     from PIL import Image
 
     keras.utils.set_random_seed(3)
-    xception = keras.applications.Xception(weights=None, include_top=False, pooling="avg",
-                                           input_shape=(299, 299, 3))
+    xception = keras.applications.Xception(
+        weights=None, include_top=False, pooling="avg", input_shape=(299, 299, 3)
+    )
     pixels = []
     for path in flickr_photos:
         with Image.open(path) as image:
@@ -143,17 +159,27 @@ def real_photo_features(flickr_photos: list[Path], tensorflow_stack: None) -> np
     return np.maximum(spread, 0.0).astype(np.float32)
 
 
-FORMATS = ["keras2 full .h5", "keras2 weights .h5 + json", "tf_keras .keras", "keras3 .keras",
-           "keras3 .h5", "keras3 .weights.h5 + json"]
+FORMATS = [
+    "keras2 full .h5",
+    "keras2 weights .h5 + json",
+    "tf_keras .keras",
+    "keras3 .keras",
+    "keras3 .h5",
+    "keras3 .weights.h5 + json",
+]
 
 
 @pytest.mark.parametrize("saved_as", FORMATS)
 def test_real_decoder_captions_match_keras(
-    saved_as: str, real_decoders: dict[str, SavedDecoder], shared_data: Path, encoder_2048: Path,
+    saved_as: str,
+    real_decoders: dict[str, SavedDecoder],
+    shared_data: Path,
+    encoder_2048: Path,
     tmp_path: Path,
 ) -> None:
-    folder, expected = _convert_real(real_decoders[saved_as], shared_data, TEST_PHOTOS, encoder_2048,
-                                     tmp_path / "model")
+    folder, expected = _convert_real(
+        real_decoders[saved_as], shared_data, TEST_PHOTOS, encoder_2048, tmp_path / "model"
+    )
     actual = onnx_greedy(folder, TEST_PHOTOS)
 
     assert_same_captions(expected, actual)
@@ -165,19 +191,32 @@ def test_real_decoder_captions_match_keras(
 
 
 def test_real_decoder_on_real_photos(
-    real_decoders: dict[str, SavedDecoder], real_photo_features: np.ndarray, shared_data: Path,
-    encoder_2048: Path, tmp_path: Path,
+    real_decoders: dict[str, SavedDecoder],
+    real_photo_features: np.ndarray,
+    shared_data: Path,
+    encoder_2048: Path,
+    tmp_path: Path,
 ) -> None:
-    folder, expected = _convert_real(real_decoders["keras2 full .h5"], shared_data, real_photo_features,
-                                     encoder_2048, tmp_path / "model")
+    folder, expected = _convert_real(
+        real_decoders["keras2 full .h5"],
+        shared_data,
+        real_photo_features,
+        encoder_2048,
+        tmp_path / "model",
+    )
     assert_same_captions(expected, onnx_greedy(folder, real_photo_features))
 
 
 def test_real_decoder_manifest_describes_the_model(
-    real_decoders: dict[str, SavedDecoder], shared_data: Path, encoder_2048: Path, tmp_path: Path,
+    real_decoders: dict[str, SavedDecoder],
+    shared_data: Path,
+    encoder_2048: Path,
+    tmp_path: Path,
 ) -> None:
     tokenizer_path = shared_data / "model_configs" / REAL_TOKENIZER
-    folder = _convert(real_decoders["keras2 full .h5"], tokenizer_path, tmp_path / "model", encoder_2048)
+    folder = _convert(
+        real_decoders["keras2 full .h5"], tokenizer_path, tmp_path / "model", encoder_2048
+    )
     manifest = json.loads((folder / "manifest.json").read_text())
     vocabulary = json.loads((folder / "vocabulary.json").read_text())
 
@@ -196,24 +235,38 @@ def test_real_decoder_manifest_describes_the_model(
 VARIANTS = {
     "keras2 hard_sigmoid add 2048": (2, DecoderShape(recurrent_activation="hard_sigmoid")),
     "keras2 concatenate words-first 4096": (
-        2, DecoderShape(feature_size=4096, merge="concatenate", photo_first=False, units=128,
-                        hidden_size=192)),
+        2,
+        DecoderShape(
+            feature_size=4096, merge="concatenate", photo_first=False, units=128, hidden_size=192
+        ),
+    ),
     "keras3 hard_sigmoid add 2048": (3, DecoderShape(recurrent_activation="hard_sigmoid")),
     "keras3 concatenate photo-first 4096": (
-        3, DecoderShape(feature_size=4096, merge="concatenate", photo_first=True, max_length=20,
-                        embedding_size=64)),
+        3,
+        DecoderShape(
+            feature_size=4096,
+            merge="concatenate",
+            photo_first=True,
+            max_length=20,
+            embedding_size=64,
+        ),
+    ),
 }
 
 
 @pytest.fixture(scope="session")
-def small_tokenizer(tmp_path_factory: pytest.TempPathFactory, tf_keras_stack: None) -> tuple[Path, Any]:
+def small_tokenizer(
+    tmp_path_factory: pytest.TempPathFactory, tf_keras_stack: None
+) -> tuple[Path, Any]:
     path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.p"
     return path, fit_small_tokenizer(path)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_family_variant_captions_match_keras(
-    variant: str, small_tokenizer: tuple[Path, Any], tmp_path: Path,
+    variant: str,
+    small_tokenizer: tuple[Path, Any],
+    tmp_path: Path,
 ) -> None:
     keras_major, base_shape = VARIANTS[variant]
     tokenizer_path, tokenizer = small_tokenizer
@@ -224,7 +277,9 @@ def test_family_variant_captions_match_keras(
     model_file = tmp_path / ("model.h5" if keras_major == 2 else "model.keras")
     model.save(model_file)
     encoder = tiny_encoder_onnx(tmp_path / "encoder.onnx", shape.feature_size)
-    folder = _convert(SavedDecoder(model_file, None, model), tokenizer_path, tmp_path / "out", encoder)
+    folder = _convert(
+        SavedDecoder(model_file, None, model), tokenizer_path, tmp_path / "out", encoder
+    )
     photos = synthetic_photo_features(8, shape.feature_size, seed=13)
 
     expected = tutorial_greedy(_predict(model), tokenizer, photos, shape.max_length)
@@ -239,17 +294,23 @@ def test_family_variant_captions_match_keras(
 
 
 def test_runtime_captioner_reads_the_folder_and_agrees(
-    real_decoders: dict[str, SavedDecoder], shared_data: Path, encoder_2048: Path, tmp_path: Path,
+    real_decoders: dict[str, SavedDecoder],
+    shared_data: Path,
+    encoder_2048: Path,
+    tmp_path: Path,
 ) -> None:
     """The converted folder, run by capgen's own runtime (greedy), gives the tutorial's words."""
     from capgen.runtime.captioner import Captioner
     from capgen.runtime.decoding import DecodingOptions
 
-    folder, expected = _convert_real(real_decoders["keras3 .keras"], shared_data, TEST_PHOTOS, encoder_2048,
-                                     tmp_path / "model")
+    folder, expected = _convert_real(
+        real_decoders["keras3 .keras"], shared_data, TEST_PHOTOS, encoder_2048, tmp_path / "model"
+    )
 
     captioner = Captioner(folder)
     results = captioner.decode_features(TEST_PHOTOS, DecodingOptions(beam_size=1))
     vocabulary = json.loads((folder / "vocabulary.json").read_text())
     for want, got in zip(expected, results, strict=True):
-        assert [vocabulary[token] for token in got.tokens if vocabulary[token] is not None] == want.words
+        assert [
+            vocabulary[token] for token in got.tokens if vocabulary[token] is not None
+        ] == want.words

@@ -33,8 +33,15 @@ from capgen.runtime.errors import (
 pytestmark = pytest.mark.convert
 
 WORDS = ["end", "start", "a", "dog", "runs", "on", "the", "grass", "cat", "sleeps", "red", "ball"]
-SHAPE = DecoderShape(feature_size=64, max_length=12, vocab_size=len(WORDS) + 1, embedding_size=16,
-                     units=24, projection_size=24, hidden_size=20)
+SHAPE = DecoderShape(
+    feature_size=64,
+    max_length=12,
+    vocab_size=len(WORDS) + 1,
+    embedding_size=16,
+    units=24,
+    projection_size=24,
+    hidden_size=20,
+)
 
 
 def _sha256(path: Path) -> str:
@@ -55,7 +62,9 @@ def sources(tmp_path_factory: pytest.TempPathFactory, tensorflow_stack: None) ->
 
     inputs = keras.Input((SHAPE.feature_size,))
     hidden = keras.layers.Dense(16, activation="relu")(inputs)
-    classifier = keras.Model(inputs, keras.layers.Dense(5, activation="softmax", name="classes")(hidden))
+    classifier = keras.Model(
+        inputs, keras.layers.Dense(5, activation="softmax", name="classes")(hidden)
+    )
     classifier.save(folder / "classifier.h5")
     return {
         "model": folder / "model_9.h5",
@@ -86,20 +95,40 @@ def test_manifest_follows_the_contract(sources: dict[str, Any], tmp_path: Path) 
     assert manifest["format"] == "capgen-model" and manifest["format_version"] == 1
     assert (manifest["name"], manifest["description"]) == ("tiny", "a test model")
     assert manifest["decoder"] == {
-        "projection_file": "photo_projection.onnx", "step_file": "decoder_step.onnx",
-        "units": 24, "embedding_size": 16, "projection_size": 24,
-        "recurrent_activation": "sigmoid", "merge": "add", "scores": "log_probabilities",
+        "projection_file": "photo_projection.onnx",
+        "step_file": "decoder_step.onnx",
+        "units": 24,
+        "embedding_size": 16,
+        "projection_size": 24,
+        "recurrent_activation": "sigmoid",
+        "merge": "add",
+        "scores": "log_probabilities",
     }
-    assert manifest["vocabulary"] == {"file": "vocabulary.json", "size": 13, "start_token": "start",
-                                      "end_token": "end", "start_id": 2, "end_id": 1}
+    assert manifest["vocabulary"] == {
+        "file": "vocabulary.json",
+        "size": 13,
+        "start_token": "start",
+        "end_token": "end",
+        "start_id": 2,
+        "end_id": 1,
+    }
     assert manifest["max_length"] == 12
-    assert manifest["encoder"]["feature_size"] == 64 and manifest["encoder"]["file"] == "encoder.onnx"
+    assert (
+        manifest["encoder"]["feature_size"] == 64 and manifest["encoder"]["file"] == "encoder.onnx"
+    )
     assert manifest["encoder"]["input"]["resize_filter"] == "BICUBIC"
-    assert set(manifest["files"]) == {"encoder.onnx", "photo_projection.onnx", "decoder_step.onnx",
-                                      "vocabulary.json"}
+    assert set(manifest["files"]) == {
+        "encoder.onnx",
+        "photo_projection.onnx",
+        "decoder_step.onnx",
+        "vocabulary.json",
+    }
     for name, entry in manifest["files"].items():
         assert entry == {"sha256": _sha256(folder / name), "bytes": (folder / name).stat().st_size}
-    assert manifest["sources"]["model"] == {"name": "model_9.h5", "sha256": _sha256(sources["model"])}
+    assert manifest["sources"]["model"] == {
+        "name": "model_9.h5",
+        "sha256": _sha256(sources["model"]),
+    }
     assert manifest["sources"]["tokenizer"]["sha256"] == _sha256(sources["tokenizer"])
     assert {"python", "capgen", "onnx", "h5py", "tensorflow"} <= set(manifest["converted_with"])
     assert manifest["created"].endswith("Z")
@@ -116,8 +145,9 @@ def test_manifest_follows_the_contract(sources: dict[str, Any], tmp_path: Path) 
 
 
 def test_weights_only_file_with_its_architecture(sources: dict[str, Any], tmp_path: Path) -> None:
-    via_json = _convert(sources, tmp_path / "a", model=sources["weights"],
-                        architecture_json=sources["architecture"])
+    via_json = _convert(
+        sources, tmp_path / "a", model=sources["weights"], architecture_json=sources["architecture"]
+    )
     full = _convert(sources, tmp_path / "b")
     for name in ("photo_projection.onnx", "decoder_step.onnx", "vocabulary.json"):
         assert (via_json / name).read_bytes() == (full / name).read_bytes()
@@ -148,7 +178,9 @@ def test_existing_output_needs_force_and_must_be_a_model_folder(
 
 
 def test_encoder_must_fit_the_decoder(sources: dict[str, Any], tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="outputs 4096 features but the decoder's photo input takes 64"):
+    with pytest.raises(
+        ModelError, match="outputs 4096 features but the decoder's photo input takes 64"
+    ):
         _convert(sources, tmp_path / "out", encoder=describe_encoder(sources["encoder_4096"]))
     # A named encoder is checked before anything is exported.
     with pytest.raises(ModelError, match=r"outputs 2048 features .* takes 64"):
@@ -158,7 +190,9 @@ def test_encoder_must_fit_the_decoder(sources: dict[str, Any], tmp_path: Path) -
 
 def test_git_lfs_pointer_model(shared_data: Path, sources: dict[str, Any], tmp_path: Path) -> None:
     pointer = shared_data / "bad_inputs" / "git-lfs-pointer-model_9.h5"
-    with pytest.raises(GitLfsPointerError, match=r"Git LFS pointer.*git lfs install && git lfs pull"):
+    with pytest.raises(
+        GitLfsPointerError, match=r"Git LFS pointer.*git lfs install && git lfs pull"
+    ):
         _convert(sources, tmp_path / "out", model=pointer)
 
 
@@ -191,7 +225,9 @@ def test_classifier_h5_is_refused(sources: dict[str, Any], tmp_path: Path) -> No
         _convert(sources, tmp_path / "out", model=sources["classifier"])
 
 
-def test_tokenizer_of_another_model(sources: dict[str, Any], shared_data: Path, tmp_path: Path) -> None:
+def test_tokenizer_of_another_model(
+    sources: dict[str, Any], shared_data: Path, tmp_path: Path
+) -> None:
     real_tokenizer = shared_data / "model_configs" / "decoder_keras2.8.tokenizer.p"
     with pytest.raises(TokenizerError, match=r"7,576 words.*predicts 13 ids"):
         _convert(sources, tmp_path / "out", tokenizer=real_tokenizer)
@@ -204,9 +240,16 @@ def test_weights_of_another_architecture(sources: dict[str, Any], tmp_path: Path
             layer["config"]["batch_shape"] = [None, 128]
     other = tmp_path / "other.json"
     other.write_text(json.dumps(architecture))
-    with pytest.raises(ModelError, match=r"shape \(64, 24\) but the architecture needs \(128, 24\)"):
-        _convert(sources, tmp_path / "out", model=sources["weights"], architecture_json=other,
-                 encoder=describe_encoder(tiny_encoder_onnx(tmp_path / "e.onnx", 128)))
+    with pytest.raises(
+        ModelError, match=r"shape \(64, 24\) but the architecture needs \(128, 24\)"
+    ):
+        _convert(
+            sources,
+            tmp_path / "out",
+            model=sources["weights"],
+            architecture_json=other,
+            encoder=describe_encoder(tiny_encoder_onnx(tmp_path / "e.onnx", 128)),
+        )
 
 
 def test_cli_prints_what_it_found(sources: dict[str, Any], tmp_path: Path) -> None:
@@ -219,20 +262,40 @@ def test_cli_prints_what_it_found(sources: dict[str, Any], tmp_path: Path) -> No
     app.callback()(lambda: None)
     register_model_command(app)
     out = tmp_path / "model"
-    result = CliRunner().invoke(app, ["model", str(sources["model"]), str(sources["tokenizer"]),
-                                      "-o", str(out), "--encoder", str(sources["encoder"])])
+    result = CliRunner().invoke(
+        app,
+        [
+            "model",
+            str(sources["model"]),
+            str(sources["tokenizer"]),
+            "-o",
+            str(out),
+            "--encoder",
+            str(sources["encoder"]),
+        ],
+    )
     assert result.exit_code == 0, result.output
-    for expected in ("13 ids (start 'start', end 'end')", "max length:     12", "64 -> Dense 24",
-                     "recurrent activation sigmoid", "merge:          add (photo, words)",
-                     f"wrote {out}"):
+    for expected in (
+        "13 ids (start 'start', end 'end')",
+        "max length:     12",
+        "64 -> Dense 24",
+        "recurrent activation sigmoid",
+        "merge:          add (photo, words)",
+        f"wrote {out}",
+    ):
         assert expected in result.output
     assert (out / "manifest.json").is_file()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)),
-                      min_size=1, max_size=8),
-       keep=st.floats(0.05, 1.0))
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    flips=st.lists(
+        st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=8
+    ),
+    keep=st.floats(0.05, 1.0),
+)
 def test_damaged_model_files_fail_as_capgen_errors(
     sources: dict[str, Any], tmp_path: Path, flips: list[tuple[float, int]], keep: float
 ) -> None:
@@ -249,6 +312,8 @@ def test_damaged_model_files_fail_as_capgen_errors(
     damaged.write_bytes(bytes(data))
     try:
         files = read_keras_model(damaged)
-        assemble_decoder_weights(read_architecture(files.model_config, files.keras_version), files.weights)
+        assemble_decoder_weights(
+            read_architecture(files.model_config, files.keras_version), files.weights
+        )
     except CapgenError as error:
         assert "\n" not in str(error)

@@ -44,14 +44,21 @@ def test_real_tokenizers_from_every_keras_version_load(shared_data: Path, relati
     assert choose_delimiters(vocabulary) == ("start", "end")
 
 
-@pytest.mark.parametrize("module", [
-    "keras_preprocessing.text", "keras.preprocessing.text", "keras.src.preprocessing.text",
-    "keras.src.legacy.preprocessing.text", "tf_keras.src.preprocessing.text",
-])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "keras_preprocessing.text",
+        "keras.preprocessing.text",
+        "keras.src.preprocessing.text",
+        "keras.src.legacy.preprocessing.text",
+        "tf_keras.src.preprocessing.text",
+    ],
+)
 @pytest.mark.parametrize("protocol", [2, 3, 4, 5])
 def test_every_module_path_and_protocol(tmp_path: Path, module: str, protocol: int) -> None:
-    path = write_fake_tokenizer(tmp_path / "tokenizer.p", ["end", "start", "dog"], module=module,
-                                protocol=protocol)
+    path = write_fake_tokenizer(
+        tmp_path / "tokenizer.p", ["end", "start", "dog"], module=module, protocol=protocol
+    )
     assert read_tokenizer(path).word_index == {"end": 1, "start": 2, "dog": 3}
 
 
@@ -74,7 +81,9 @@ def _hostile_payloads(marker: Path) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize("attack", ["os.system", "builtins.eval", "builtins.exec", "subprocess.Popen"])
+@pytest.mark.parametrize(
+    "attack", ["os.system", "builtins.eval", "builtins.exec", "subprocess.Popen"]
+)
 def test_hostile_pickles_are_refused_and_nothing_runs(tmp_path: Path, attack: str) -> None:
     marker = tmp_path / "pwned"
     payload = _hostile_payloads(marker)[attack]
@@ -120,18 +129,25 @@ def test_tokenizer_class_at_an_unknown_module_is_refused(tmp_path: Path) -> None
 
 def test_git_lfs_pointer_tokenizer(tmp_path: Path) -> None:
     path = tmp_path / "tokenizer.p"
-    path.write_text("version https://git-lfs.github.com/spec/v1\n"
-                    "oid sha256:5afa50291e4dbfc3aaaa\nsize 351811\n")
+    path.write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:5afa50291e4dbfc3aaaa\nsize 351811\n"
+    )
     with pytest.raises(GitLfsPointerError, match=r"git lfs install && git lfs pull"):
         read_tokenizer(path)
 
 
-@pytest.mark.parametrize(("content", "expected"), [
-    (b"", "empty"),
-    (b'{"word_index": {"start": 1}}', "JSON but not a Keras tokenizer"),
-    (b'{"class_name": "Tokenizer", "config": {"word_index": "{broken"}}', "not a readable tokenizer JSON"),
-    (b"\x80\x04\x95\x10\x00\x00", "not a readable"),
-])
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "empty"),
+        (b'{"word_index": {"start": 1}}', "JSON but not a Keras tokenizer"),
+        (
+            b'{"class_name": "Tokenizer", "config": {"word_index": "{broken"}}',
+            "not a readable tokenizer JSON",
+        ),
+        (b"\x80\x04\x95\x10\x00\x00", "not a readable"),
+    ],
+)
 def test_broken_tokenizer_files(tmp_path: Path, content: bytes, expected: str) -> None:
     path = tmp_path / "tokenizer.p"
     path.write_bytes(content)
@@ -196,9 +212,14 @@ def test_delimiter_detection_override_and_failure() -> None:
         choose_delimiters(forked, start_token="begin")
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(position=st.integers(min_value=0, max_value=2000), value=st.integers(0, 255),
-       cut=st.integers(min_value=1, max_value=4000))
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    position=st.integers(min_value=0, max_value=2000),
+    value=st.integers(0, 255),
+    cut=st.integers(min_value=1, max_value=4000),
+)
 def test_damaged_real_tokenizer_never_escapes_as_a_traceback(
     shared_data: Path, tmp_path: Path, position: int, value: int, cut: int
 ) -> None:
@@ -214,7 +235,9 @@ def test_damaged_real_tokenizer_never_escapes_as_a_traceback(
     assert state.word_index
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(content=st.binary(min_size=1, max_size=300))
 def test_arbitrary_bytes_are_a_tokenizer_error(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "random.p"

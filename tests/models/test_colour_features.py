@@ -78,7 +78,9 @@ def test_euler_number_counts_the_objects_of_each_colour(
             assert counted == len(group["objects"]), (group, counted)
 
 
-def test_square_and_diamond_have_opposite_fourfold_harmonic(tensorflow_stack: None, tmp_path: Path) -> None:
+def test_square_and_diamond_have_opposite_fourfold_harmonic(
+    tensorflow_stack: None, tmp_path: Path
+) -> None:
     """The k=4 orientation harmonic tells a square (+) from a diamond (-) of the same colour."""
     import tensorflow as tf
 
@@ -86,7 +88,12 @@ def test_square_and_diamond_have_opposite_fourfold_harmonic(tensorflow_stack: No
 
     def single(shape: str) -> np.ndarray:
         scene = scenes.Scene(
-            "probe.jpg", 300, 300, "white", "plain", 95,
+            "probe.jpg",
+            300,
+            300,
+            "white",
+            "plain",
+            95,
             (scenes.Group("blue", shape, "large", (scenes.PlacedObject(150, 150, 50, 0),)),),
         )
         (tmp_path / "probe.jpg").write_bytes(scenes.render(scene, 0, 0))

@@ -13,8 +13,10 @@ from capgen.runtime.errors import InputError
 @pytest.mark.parametrize(
     ("raw", "cleaned"),
     [
-        ("A child in a pink dress is climbing up a set of stairs in an entry way .",
-         "child in pink dress is climbing up set of stairs in an entry way"),
+        (
+            "A child in a pink dress is climbing up a set of stairs in an entry way .",
+            "child in pink dress is climbing up set of stairs in an entry way",
+        ),
         ("Two dogs play tug-of-war !", "two dogs play tug of war"),
         ("A man in 1990s clothes , holding a 'sign' .", "man in clothes holding sign"),
         ("I", ""),

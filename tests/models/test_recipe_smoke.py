@@ -39,7 +39,9 @@ def _colour_encoder(target: Path) -> Path:
     return target
 
 
-def test_recipe_trains_converts_and_runs(tensorflow_stack: None, tf_keras_stack: None, tmp_path: Path) -> None:
+def test_recipe_trains_converts_and_runs(
+    tensorflow_stack: None, tf_keras_stack: None, tmp_path: Path
+) -> None:
     import keras
 
     from capgen.convert.convert_model import convert_model
@@ -52,7 +54,14 @@ def test_recipe_trains_converts_and_runs(tensorflow_stack: None, tf_keras_stack:
     scenes.generate(root, seed=1, counts={"train": 20, "dev": 5, "test": 5})
     encoder = _colour_encoder(tmp_path / "colour.onnx")
 
-    record = train(root, tmp_path / "trained", encoder=str(encoder), epochs=1, batch_size=64, show_progress=False)
+    record = train(
+        root,
+        tmp_path / "trained",
+        encoder=str(encoder),
+        epochs=1,
+        batch_size=64,
+        show_progress=False,
+    )
     assert record["epochs_run"] == 1 and np.isfinite(record["val_loss"][0])
     assert cache_path(root / scenes.IMAGES_DIRNAME, encoder).is_file(), "features are cached"
     with open(tmp_path / "trained" / "tokenizer.p", "rb") as handle:
@@ -62,7 +71,10 @@ def test_recipe_trains_converts_and_runs(tensorflow_stack: None, tf_keras_stack:
 
     folder = tmp_path / "converted"
     report = convert_model(
-        tmp_path / "trained" / "model.keras", tmp_path / "trained" / "tokenizer.p", folder, encoder=str(encoder)
+        tmp_path / "trained" / "model.keras",
+        tmp_path / "trained" / "tokenizer.p",
+        folder,
+        encoder=str(encoder),
     )
     assert report.max_length == record["max_length"]
 
@@ -71,7 +83,9 @@ def test_recipe_trains_converts_and_runs(tensorflow_stack: None, tf_keras_stack:
     from_runtime = runtime_captions(folder, [dataset.images_dir / n for n in names])
     features = cached_features(dataset.images_dir, names, encoder, show_progress=False)
     model = keras.models.load_model(tmp_path / "trained" / "model.keras")
-    from_keras = keras_greedy(model, tokenizer, np.stack([features[n] for n in names]), record["max_length"])
+    from_keras = keras_greedy(
+        model, tokenizer, np.stack([features[n] for n in names]), record["max_length"]
+    )
     assert from_runtime == from_keras
 
     metrics = evaluate_captions(root, dict(zip(names, from_runtime, strict=True)))

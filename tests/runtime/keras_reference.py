@@ -48,7 +48,11 @@ def model_predict(weights: DecoderWeights, features: np.ndarray, sequence: list[
         o = _recurrent(w.recurrent_activation, z[3 * units :])
         c = f * c + i * g
         h = o * np.tanh(c)
-    merged = photo + h if w.merge == "add" else np.concatenate([photo, h] if w.photo_first else [h, photo])
+    merged = (
+        photo + h
+        if w.merge == "add"
+        else np.concatenate([photo, h] if w.photo_first else [h, photo])
+    )
     hidden = _activation(w.hidden_activation, merged @ w.hidden_kernel + w.hidden_bias)
     logits = hidden @ w.output_kernel + w.output_bias
     exp = np.exp(logits - logits.max())

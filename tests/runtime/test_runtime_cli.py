@@ -17,12 +17,16 @@ from tiny_model import TinyModel
 
 # Not `from conftest import …`: with several test folders in one run, "conftest" is whichever folder's loaded last.
 CAPGEN_SCRIPT = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "capgen"
-pytestmark = pytest.mark.skipif(not CAPGEN_SCRIPT.exists(), reason=f"console script {CAPGEN_SCRIPT} not installed")
+pytestmark = pytest.mark.skipif(
+    not CAPGEN_SCRIPT.exists(), reason=f"console script {CAPGEN_SCRIPT} not installed"
+)
 
 
 def run(*args: str | Path, home: Path, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
     env = {**os.environ, "CAPGEN_HOME": str(home)}
-    return subprocess.run([str(CAPGEN_SCRIPT), *map(str, args)], capture_output=True, env=env, timeout=timeout)
+    return subprocess.run(
+        [str(CAPGEN_SCRIPT), *map(str, args)], capture_output=True, env=env, timeout=timeout
+    )
 
 
 @pytest.fixture()
@@ -47,7 +51,9 @@ def _no_traceback(done: subprocess.CompletedProcess[bytes]) -> None:
     assert b"Traceback" not in done.stderr, done.stderr.decode(errors="replace")
 
 
-def test_one_image_prints_just_its_caption(tiny_model: TinyModel, photos: list[Path], home: Path) -> None:
+def test_one_image_prints_just_its_caption(
+    tiny_model: TinyModel, photos: list[Path], home: Path
+) -> None:
     done = run("caption", "--model", tiny_model.folder, photos[0], home=home)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.decode().splitlines()
@@ -56,7 +62,9 @@ def test_one_image_prints_just_its_caption(tiny_model: TinyModel, photos: list[P
     assert raw.returncode == 0 and raw.stdout.decode().startswith("start ")
 
 
-def test_folder_expands_to_sorted_images_with_paths(tiny_model: TinyModel, photos: list[Path], home: Path) -> None:
+def test_folder_expands_to_sorted_images_with_paths(
+    tiny_model: TinyModel, photos: list[Path], home: Path
+) -> None:
     (photos[0].parent / "notes.txt").write_text("not an image, and not picked up from a folder")
     done = run("caption", "-m", tiny_model.folder, photos[0].parent, home=home)
     assert done.returncode == 0, done.stderr
@@ -66,8 +74,9 @@ def test_folder_expands_to_sorted_images_with_paths(tiny_model: TinyModel, photo
     assert globbed.stdout == done.stdout
 
 
-def test_a_folder_without_images_is_reported(tiny_model: TinyModel, photos: list[Path], home: Path,
-                                             tmp_path: Path) -> None:
+def test_a_folder_without_images_is_reported(
+    tiny_model: TinyModel, photos: list[Path], home: Path, tmp_path: Path
+) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     done = run("caption", "-m", tiny_model.folder, empty, photos[0], home=home)
@@ -81,19 +90,34 @@ def test_batch_with_a_corrupt_file_captions_the_rest_and_exits_1(
 ) -> None:
     corrupt = photos[0].parent / "corrupt.jpg"
     corrupt.write_bytes(photos[1].read_bytes()[:100])
-    done = run("caption", "-m", tiny_model.folder, photos[0], corrupt, photos[1], photos[0].parent / "nope.png",
-               "--json", home=home)
+    done = run(
+        "caption",
+        "-m",
+        tiny_model.folder,
+        photos[0],
+        corrupt,
+        photos[1],
+        photos[0].parent / "nope.png",
+        "--json",
+        home=home,
+    )
     _no_traceback(done)
     assert done.returncode == 1
     records = [json.loads(line) for line in done.stdout.decode().splitlines()]
-    assert [("caption" in r, "error" in r) for r in records] == [(True, False), (False, True), (True, False),
-                                                                 (False, True)]
+    assert [("caption" in r, "error" in r) for r in records] == [
+        (True, False),
+        (False, True),
+        (True, False),
+        (False, True),
+    ]
     assert set(records[0]) >= {"path", "caption", "log_probability", "tokens", "timings"}
     stderr = done.stderr.decode().splitlines()
     assert f"capgen: {corrupt}: " in stderr[0] and "nope.png: no such file" in stderr[1]
 
 
-def test_model_errors_are_one_line_with_their_exit_code(photos: list[Path], home: Path, tmp_path: Path) -> None:
+def test_model_errors_are_one_line_with_their_exit_code(
+    photos: list[Path], home: Path, tmp_path: Path
+) -> None:
     missing_default = run("caption", photos[0], home=home)
     _no_traceback(missing_default)
     assert missing_default.returncode == 3
@@ -104,8 +128,15 @@ def test_model_errors_are_one_line_with_their_exit_code(photos: list[Path], home
     assert no_images.returncode == 2 and b"no images given" in no_images.stderr
 
 
-def test_bad_options_are_clean_errors(tiny_model: TinyModel, photos: list[Path], home: Path) -> None:
-    for options in (["--beam-size", "0"], ["--n-best", "5"], ["--batch-size", "0"], ["--threads", "0"]):
+def test_bad_options_are_clean_errors(
+    tiny_model: TinyModel, photos: list[Path], home: Path
+) -> None:
+    for options in (
+        ["--beam-size", "0"],
+        ["--n-best", "5"],
+        ["--batch-size", "0"],
+        ["--threads", "0"],
+    ):
         done = run("caption", "-m", tiny_model.folder, photos[0], *options, home=home)
         _no_traceback(done)
         assert done.returncode == 2 and done.stderr.startswith(b"capgen: error:"), options
@@ -113,7 +144,9 @@ def test_bad_options_are_clean_errors(tiny_model: TinyModel, photos: list[Path],
     assert resume_alone.returncode == 2 and b"--output" in resume_alone.stderr
 
 
-def test_default_model_says_it_is_a_demonstration(tiny_model: TinyModel, photos: list[Path], home: Path) -> None:
+def test_default_model_says_it_is_a_demonstration(
+    tiny_model: TinyModel, photos: list[Path], home: Path
+) -> None:
     shutil.copytree(tiny_model.folder, home / "models" / "default")
     done = run("caption", photos[0], home=home)
     assert done.returncode == 0
@@ -122,7 +155,9 @@ def test_default_model_says_it_is_a_demonstration(tiny_model: TinyModel, photos:
     assert explicit.stderr == b""
 
 
-def test_int8_needs_an_int8_encoder(tiny_model: TinyModel, photos: list[Path], home: Path, tmp_path: Path) -> None:
+def test_int8_needs_an_int8_encoder(
+    tiny_model: TinyModel, photos: list[Path], home: Path, tmp_path: Path
+) -> None:
     assert run("caption", "-m", tiny_model.folder, "--int8", photos[0], home=home).returncode == 0
     plain = tmp_path / "plain"
     shutil.copytree(tiny_model.folder, plain)
@@ -133,31 +168,59 @@ def test_int8_needs_an_int8_encoder(tiny_model: TinyModel, photos: list[Path], h
     assert done.returncode == 3 and b"INT8" in done.stderr
 
 
-def test_non_utf8_file_name_is_captioned_and_printed(tiny_model: TinyModel, photos: list[Path], home: Path) -> None:
+def test_non_utf8_file_name_is_captioned_and_printed(
+    tiny_model: TinyModel, photos: list[Path], home: Path
+) -> None:
     odd = os.fsencode(photos[0].parent) + b"/\xff\xfe.jpg"
     with open(odd, "wb") as handle:
         handle.write(photos[0].read_bytes())
     env = {**os.environ, "CAPGEN_HOME": str(home)}
-    done = subprocess.run([os.fsencode(CAPGEN_SCRIPT), b"caption", b"-m", os.fsencode(tiny_model.folder), odd,
-                           os.fsencode(photos[1])], capture_output=True, env=env, timeout=120)
+    done = subprocess.run(
+        [
+            os.fsencode(CAPGEN_SCRIPT),
+            b"caption",
+            b"-m",
+            os.fsencode(tiny_model.folder),
+            odd,
+            os.fsencode(photos[1]),
+        ],
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
     _no_traceback(done)
     assert done.returncode == 0
     first = done.stdout.decode("utf-8").splitlines()[0]
     assert first.split("\t")[0].endswith("/\ufffd\ufffd.jpg")
-    as_json = subprocess.run([os.fsencode(CAPGEN_SCRIPT), b"caption", b"-m", os.fsencode(tiny_model.folder), odd,
-                              b"--json"], capture_output=True, env=env, timeout=120)
+    as_json = subprocess.run(
+        [
+            os.fsencode(CAPGEN_SCRIPT),
+            b"caption",
+            b"-m",
+            os.fsencode(tiny_model.folder),
+            odd,
+            b"--json",
+        ],
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
     record = json.loads(as_json.stdout)
     assert os.fsencode(record["path"]) == odd  # exact round trip, usable for --resume
 
 
-def test_annotate_writes_captioned_images(tiny_model: TinyModel, photos: list[Path], home: Path, tmp_path: Path) -> None:
+def test_annotate_writes_captioned_images(
+    tiny_model: TinyModel, photos: list[Path], home: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "annotated"
     done = run("caption", "-m", tiny_model.folder, *photos, "--annotate", out, home=home)
     assert done.returncode == 0, done.stderr
     written = sorted(out.iterdir())
     assert [p.name for p in written] == ["p0.jpg", "p1.jpg", "p2.jpg"]
     with Image.open(written[0]) as annotated:
-        assert annotated.width >= 50 and annotated.height > 40  # the caption band is beneath the photo
+        assert (
+            annotated.width >= 50 and annotated.height > 40
+        )  # the caption band is beneath the photo
 
 
 def test_info_verifies_files(tiny_model: TinyModel, home: Path, tmp_path: Path) -> None:
@@ -171,7 +234,11 @@ def test_info_verifies_files(tiny_model: TinyModel, home: Path, tmp_path: Path) 
         handle.write(b" ")
     failed = run("info", broken, home=home)
     _no_traceback(failed)
-    assert failed.returncode == 3 and b"FAILED" in failed.stdout and failed.stderr.startswith(b"capgen: error:")
+    assert (
+        failed.returncode == 3
+        and b"FAILED" in failed.stdout
+        and failed.stderr.startswith(b"capgen: error:")
+    )
 
 
 @pytest.fixture()
@@ -181,7 +248,9 @@ def many_photos(tmp_path: Path) -> list[Path]:
     folder.mkdir()
     rng = np.random.default_rng(1)
     template = folder / "template.bin"
-    Image.fromarray((rng.random((900, 1200, 3)) * 255).astype(np.uint8)).save(template, "JPEG", quality=92)
+    Image.fromarray((rng.random((900, 1200, 3)) * 255).astype(np.uint8)).save(
+        template, "JPEG", quality=92
+    )
     paths = []
     for index in range(150):
         path = folder / f"img{index:03d}.jpg"
@@ -190,9 +259,13 @@ def many_photos(tmp_path: Path) -> list[Path]:
     return paths
 
 
-def _stop_after_first_lines(args: list[str], output: Path, home: Path, sig: int) -> subprocess.Popen[bytes]:
+def _stop_after_first_lines(
+    args: list[str], output: Path, home: Path, sig: int
+) -> subprocess.Popen[bytes]:
     env = {**os.environ, "CAPGEN_HOME": str(home)}
-    process = subprocess.Popen([str(CAPGEN_SCRIPT), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    process = subprocess.Popen(
+        [str(CAPGEN_SCRIPT), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if output.exists() and output.read_bytes().count(b"\n") >= 3:
@@ -210,7 +283,16 @@ def _records(output: Path) -> list[dict]:  # type: ignore[type-arg]
 
 
 def _batch_args(model: TinyModel, photos: list[Path], output: Path) -> list[str]:
-    return ["caption", "-m", str(model.folder), str(photos[0].parent), "-o", str(output), "--batch-size", "1"]
+    return [
+        "caption",
+        "-m",
+        str(model.folder),
+        str(photos[0].parent),
+        "-o",
+        str(output),
+        "--batch-size",
+        "1",
+    ]
 
 
 @pytest.mark.slow
@@ -235,14 +317,18 @@ def test_ctrl_c_exits_130_with_finished_work_written(
     tiny_model: TinyModel, many_photos: list[Path], home: Path, tmp_path: Path
 ) -> None:
     output = tmp_path / "captions.jsonl"
-    process = _stop_after_first_lines(_batch_args(tiny_model, many_photos, output), output, home, signal.SIGINT)
+    process = _stop_after_first_lines(
+        _batch_args(tiny_model, many_photos, output), output, home, signal.SIGINT
+    )
     assert process.returncode == 130
     stderr = process.stderr.read() if process.stderr else b""
     assert b"Traceback" not in stderr and b"interrupted" in stderr
     assert 3 <= len(_records(output)) < len(many_photos)
 
 
-def test_resume_cuts_a_partial_last_line(tiny_model: TinyModel, photos: list[Path], home: Path, tmp_path: Path) -> None:
+def test_resume_cuts_a_partial_last_line(
+    tiny_model: TinyModel, photos: list[Path], home: Path, tmp_path: Path
+) -> None:
     output = tmp_path / "out.jsonl"
     first = run("caption", "-m", tiny_model.folder, photos[0], "-o", output, home=home)
     assert first.returncode == 0
@@ -253,14 +339,20 @@ def test_resume_cuts_a_partial_last_line(tiny_model: TinyModel, photos: list[Pat
     assert [r["path"] for r in _records(output)] == [str(p) for p in photos]
 
 
-@pytest.mark.parametrize("payload", [b"", b"GIF89a\x01", b"<html>", b"\xff\xd8\xff\xe0" + b"\x00" * 50, b"BM" * 40])
-def test_garbage_files_at_the_cli(tiny_model: TinyModel, home: Path, tmp_path: Path, payload: bytes) -> None:
+@pytest.mark.parametrize(
+    "payload", [b"", b"GIF89a\x01", b"<html>", b"\xff\xd8\xff\xe0" + b"\x00" * 50, b"BM" * 40]
+)
+def test_garbage_files_at_the_cli(
+    tiny_model: TinyModel, home: Path, tmp_path: Path, payload: bytes
+) -> None:
     path = tmp_path / "garbage.png"
     path.write_bytes(payload)
     done = run("caption", "-m", tiny_model.folder, path, home=home)
     _no_traceback(done)
     assert done.returncode == 1
-    assert done.stderr.decode().count("\n") == 1 and done.stderr.startswith(f"capgen: {path}: ".encode())
+    assert done.stderr.decode().count("\n") == 1 and done.stderr.startswith(
+        f"capgen: {path}: ".encode()
+    )
 
 
 def test_an_annotation_that_cannot_be_written_fails_only_that_image(
@@ -277,8 +369,9 @@ def test_an_annotation_that_cannot_be_written_fails_only_that_image(
     assert (out / "p0.jpg").is_file() and (out / "p2.jpg").is_file()
 
 
-def test_capgen_caption_never_imports_the_conversion_stack(tiny_model: TinyModel, photos: list[Path],
-                                                           home: Path) -> None:
+def test_capgen_caption_never_imports_the_conversion_stack(
+    tiny_model: TinyModel, photos: list[Path], home: Path
+) -> None:
     heavy = ("tensorflow", "keras", "tf_keras", "h5py", "onnx", "tf2onnx", "matplotlib")
     script = (
         "import atexit, sys\n"
@@ -288,8 +381,12 @@ def test_capgen_caption_never_imports_the_conversion_stack(tiny_model: TinyModel
         "main()\n"
     )
     env = {**os.environ, "CAPGEN_HOME": str(home)}
-    done = subprocess.run([str(CAPGEN_SCRIPT.parent / "python"), "-c", script], capture_output=True, env=env,
-                          timeout=120)
+    done = subprocess.run(
+        [str(CAPGEN_SCRIPT.parent / "python"), "-c", script],
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stderr.decode().splitlines()[-1] == "HEAVY []"
 
@@ -324,7 +421,11 @@ def _run_in_terminal(args: list[str], home: Path) -> bytes:
     pid, fd = pty.fork()
     if pid == 0:  # child: become the capgen process
         fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
-        os.execve(str(CAPGEN_SCRIPT), [str(CAPGEN_SCRIPT), *args], {**os.environ, "CAPGEN_HOME": str(home)})
+        os.execve(
+            str(CAPGEN_SCRIPT),
+            [str(CAPGEN_SCRIPT), *args],
+            {**os.environ, "CAPGEN_HOME": str(home)},
+        )
     output = b""
     while True:
         try:
@@ -338,8 +439,12 @@ def _run_in_terminal(args: list[str], home: Path) -> bytes:
     return output
 
 
-def test_progress_bar_only_on_a_terminal(tiny_model: TinyModel, photos: list[Path], home: Path) -> None:
-    on_terminal = _run_in_terminal(["caption", "-m", str(tiny_model.folder), str(photos[0].parent)], home)
+def test_progress_bar_only_on_a_terminal(
+    tiny_model: TinyModel, photos: list[Path], home: Path
+) -> None:
+    on_terminal = _run_in_terminal(
+        ["caption", "-m", str(tiny_model.folder), str(photos[0].parent)], home
+    )
     assert b"100%" in on_terminal and b"3/3" in on_terminal
     assert on_terminal.count(b".jpg\t") == 3  # every caption printed around the bar
     piped = run("caption", "-m", tiny_model.folder, photos[0].parent, home=home)
@@ -353,7 +458,11 @@ def test_importing_the_runtime_cli_stays_light() -> None:
         "import capgen.runtime.cli\n"
         "print([m for m in ('numpy', 'onnxruntime', 'PIL', 'tqdm') if m in sys.modules])\n"
     )
-    done = subprocess.run([str(CAPGEN_SCRIPT.parent / "python"), "-c", script], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [str(CAPGEN_SCRIPT.parent / "python"), "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

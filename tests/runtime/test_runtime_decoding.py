@@ -56,11 +56,15 @@ GREEDY_TRAP = {
 
 def test_greedy_falls_into_the_trap_and_beam_search_finds_the_best_caption() -> None:
     photo = np.zeros((1, 1), np.float32)
-    greedy = decode(MarkovStepModel(GREEDY_TRAP), photo, MARKOV_VOCAB, DecodingOptions(beam_size=1), 5)[0]
+    greedy = decode(
+        MarkovStepModel(GREEDY_TRAP), photo, MARKOV_VOCAB, DecodingOptions(beam_size=1), 5
+    )[0]
     assert greedy.tokens == (A, END)
     assert greedy.text == "a" and greedy.raw == "start a end" and greedy.finished
     assert greedy.log_probability == pytest.approx(np.log(0.22), abs=1e-6)
-    beam = decode(MarkovStepModel(GREEDY_TRAP), photo, MARKOV_VOCAB, DecodingOptions(beam_size=2, n_best=2), 5)[0]
+    beam = decode(
+        MarkovStepModel(GREEDY_TRAP), photo, MARKOV_VOCAB, DecodingOptions(beam_size=2, n_best=2), 5
+    )[0]
     assert beam.tokens == (B, END)
     assert beam.log_probability == pytest.approx(np.log(0.405), abs=1e-6)
     assert [alt.tokens for alt in beam.alternatives] == [(A, END)]
@@ -82,7 +86,11 @@ def test_length_penalty_prefers_the_longer_caption_it_is_meant_to() -> None:
     plain = decode(MarkovStepModel(table), photo, MARKOV_VOCAB, DecodingOptions(beam_size=3), 5)[0]
     assert plain.tokens == (A, END)  # log 0.5 = -0.69 beats log 0.475 = -0.74
     penalised = decode(
-        MarkovStepModel(table), photo, MARKOV_VOCAB, DecodingOptions(beam_size=3, length_penalty=2.0), 5
+        MarkovStepModel(table),
+        photo,
+        MARKOV_VOCAB,
+        DecodingOptions(beam_size=3, length_penalty=2.0),
+        5,
     )[0]
     # GNMT alpha=2: -0.74 / (8/6)^2 = -0.42 beats -0.69 / (7/6)^2 = -0.51
     assert penalised.tokens == (B, C, END)
@@ -93,7 +101,9 @@ def test_unfinished_hypotheses_are_returned_flagged_when_nothing_ends() -> None:
     loop = {START: {A: 1.0}, A: {A: 0.9, B: 0.1}, B: {A: 1.0}}
     photo = np.zeros((1, 1), np.float32)
     for beam_size in (1, 3):
-        result = decode(MarkovStepModel(loop), photo, MARKOV_VOCAB, DecodingOptions(beam_size=beam_size), 4)[0]
+        result = decode(
+            MarkovStepModel(loop), photo, MARKOV_VOCAB, DecodingOptions(beam_size=beam_size), 4
+        )[0]
         assert result.tokens == (A, A, A, A)
         assert not result.finished and result.stop_reason == "max_length"
         assert result.raw == "start a a a a"
@@ -103,7 +113,9 @@ def test_a_word_without_an_id_stops_the_caption_like_the_tutorial() -> None:
     table = {START: {A: 0.9, B: 0.1}, A: {0: 0.6, END: 0.4}}
     photo = np.zeros((1, 1), np.float32)
     for beam_size in (1, 2):
-        result = decode(MarkovStepModel(table), photo, MARKOV_VOCAB, DecodingOptions(beam_size=beam_size), 5)[0]
+        result = decode(
+            MarkovStepModel(table), photo, MARKOV_VOCAB, DecodingOptions(beam_size=beam_size), 5
+        )[0]
         if beam_size == 1:
             assert result.tokens == (A,) and result.stop_reason == "no_word"
             assert result.raw == "start a" and not result.finished
@@ -114,7 +126,9 @@ def test_a_word_without_an_id_stops_the_caption_like_the_tutorial() -> None:
 def test_max_length_option_overrides_the_model() -> None:
     loop = {START: {A: 1.0}, A: {A: 1.0}}
     photo = np.zeros((1, 1), np.float32)
-    result = decode(MarkovStepModel(loop), photo, MARKOV_VOCAB, DecodingOptions(beam_size=1, max_length=2), 9)[0]
+    result = decode(
+        MarkovStepModel(loop), photo, MARKOV_VOCAB, DecodingOptions(beam_size=1, max_length=2), 9
+    )[0]
     assert result.tokens == (A, A)
 
 
@@ -144,7 +158,9 @@ def test_numpy_integers_are_fine_and_bools_are_not() -> None:
 @pytest.fixture(scope="module", params=[0, 1, 2, 3, 4])
 def seeded_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     weights = random_weights(seed=request.param)
-    if request.param == 4:  # Keras 2's hard sigmoid and concatenate merge exercise the other graph paths
+    if (
+        request.param == 4
+    ):  # Keras 2's hard sigmoid and concatenate merge exercise the other graph paths
         rng = np.random.default_rng(4)
         weights = replace(
             weights,
@@ -158,8 +174,12 @@ def seeded_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 def _images(count: int, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
-    return [(rng.random((int(rng.integers(20, 90)), int(rng.integers(20, 90)), 3)) * 255).astype(np.uint8)
-            for _ in range(count)]
+    return [
+        (rng.random((int(rng.integers(20, 90)), int(rng.integers(20, 90)), 3)) * 255).astype(
+            np.uint8
+        )
+        for _ in range(count)
+    ]
 
 
 def test_greedy_equals_the_tutorial_loop_token_for_token(seeded_model) -> None:  # type: ignore[no-untyped-def]
@@ -189,7 +209,9 @@ def test_a_batch_decodes_like_each_image_alone(seeded_model, beam_size: int) -> 
     batch = captioner.caption_batch(images, beam_size=beam_size, batch_size=5)
     alone = [captioner.caption(image, beam_size=beam_size) for image in images]
     assert [r.tokens for r in batch] == [r.tokens for r in alone]
-    assert [r.log_probability for r in batch] == pytest.approx([r.log_probability for r in alone], abs=1e-5)
+    assert [r.log_probability for r in batch] == pytest.approx(
+        [r.log_probability for r in alone], abs=1e-5
+    )
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -204,17 +226,25 @@ def test_a_beam_wide_enough_to_keep_everything_finds_the_exhaustive_best(seed: i
     for length in range(1, max_length + 1):  # every caption that ends within max_length words
         for prefix in itertools.product((A, B, C), repeat=length - 1):
             tokens = (*prefix, END)
-            logp = sum(np.log(table[last][t]) for last, t in zip((START, *tokens), tokens, strict=False))
+            logp = sum(
+                np.log(table[last][t]) for last, t in zip((START, *tokens), tokens, strict=False)
+            )
             if logp > best_logp:
                 best_logp, best_tokens = logp, tokens
     result = decode(
-        MarkovStepModel(table), np.zeros((1, 1), np.float32), MARKOV_VOCAB, DecodingOptions(beam_size=64), max_length
+        MarkovStepModel(table),
+        np.zeros((1, 1), np.float32),
+        MARKOV_VOCAB,
+        DecodingOptions(beam_size=64),
+        max_length,
     )[0]
     assert result.tokens == best_tokens
     assert result.log_probability == pytest.approx(best_logp, abs=1e-5)
 
 
-def _reference_beam(table: np.ndarray, vocabulary: Vocabulary, beam_size: int, max_length: int) -> list[Hypothesis]:
+def _reference_beam(
+    table: np.ndarray, vocabulary: Vocabulary, beam_size: int, max_length: int
+) -> list[Hypothesis]:
     """Beam search the slow, obvious way: every beam x every word each step, no pruning."""
     beams: list[tuple[tuple[int, ...], float]] = [((), 0.0)]
     ended: list[Hypothesis] = []
@@ -237,22 +267,39 @@ def _reference_beam(table: np.ndarray, vocabulary: Vocabulary, beam_size: int, m
                 next_beams.append(((*tokens, word), score))
             if len(ended) + len(stopped) >= beam_size:
                 return sorted(ended, key=lambda h: -h.log_probability) or sorted(
-                    stopped, key=lambda h: -h.log_probability)
+                    stopped, key=lambda h: -h.log_probability
+                )
             if len(next_beams) == beam_size:
                 break
         beams = next_beams
     cut = [Hypothesis(tokens, score, "max_length") for tokens, score in beams]
     return sorted(ended, key=lambda h: -h.log_probability) or sorted(
-        stopped + cut, key=lambda h: -h.log_probability)
+        stopped + cut, key=lambda h: -h.log_probability
+    )
 
 
 @pytest.mark.parametrize("seed", range(100))
 def test_pruned_beam_search_equals_the_unpruned_reference(seed: int) -> None:
     rng = np.random.default_rng(seed)
-    words: tuple[str | None, ...] = (None, "start", "a", "b", "c", None, "d", "e", "f", "end", None, "g")
+    words: tuple[str | None, ...] = (
+        None,
+        "start",
+        "a",
+        "b",
+        "c",
+        None,
+        "d",
+        "e",
+        "f",
+        "end",
+        None,
+        "g",
+    )
     vocabulary = Vocabulary(words, 1, 9)
     # Peaked rows, so the words that end a caption often crowd a row's top candidates.
-    table = np.log(rng.dirichlet(np.full(len(words), 0.15), size=len(words)) + 1e-12).astype(np.float32)
+    table = np.log(rng.dirichlet(np.full(len(words), 0.15), size=len(words)) + 1e-12).astype(
+        np.float32
+    )
 
     class TableModel:
         def initial_state(self, rows: int) -> tuple[np.ndarray, np.ndarray]:

@@ -80,7 +80,9 @@ def test_not_json_missing_and_lfs_pointer(model_copy: Path, tmp_path: Path) -> N
     (model_copy / "manifest.json").write_text("{not json")
     with pytest.raises(ModelError, match="JSON"):
         load_manifest(model_copy)
-    (model_copy / "manifest.json").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n")
+    (model_copy / "manifest.json").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 9\n"
+    )
     with pytest.raises(GitLfsPointerError):
         load_manifest(model_copy)
 
@@ -104,7 +106,9 @@ def test_missing_truncated_and_modified_files_are_caught(model_copy: Path) -> No
         verify_files(manifest)
 
 
-def test_a_verified_file_is_not_hashed_again_until_it_changes(model_copy: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_verified_file_is_not_hashed_again_until_it_changes(
+    model_copy: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
     manifest = load_manifest(model_copy)
     verify_files(manifest)
     hashed: list[str] = []
@@ -130,7 +134,10 @@ def test_vocabulary_that_disagrees_with_the_model(model_copy: Path) -> None:
     def fix(d: dict) -> None:  # type: ignore[type-arg]
         d["vocabulary"]["size"] = len(shorter)
         data = (model_copy / "vocabulary.json").read_bytes()
-        d["files"]["vocabulary.json"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        d["files"]["vocabulary.json"] = {
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": len(data),
+        }
 
     _edit_manifest(model_copy, fix)
     with pytest.raises(ModelError, match="vocabulary has 12"):
@@ -143,7 +150,9 @@ def test_default_model_missing_says_how_to_get_it(monkeypatch, tmp_path: Path) -
         Captioner()
 
 
-def test_default_model_is_used_when_present(monkeypatch, tmp_path: Path, tiny_model: TinyModel) -> None:  # type: ignore[no-untyped-def]
+def test_default_model_is_used_when_present(
+    monkeypatch, tmp_path: Path, tiny_model: TinyModel
+) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("CAPGEN_HOME", str(tmp_path))
     shutil.copytree(tiny_model.folder, tmp_path / "models" / "default")
     captioner = Captioner()
@@ -170,18 +179,27 @@ def test_a_broken_onnx_file_is_a_model_error(model_copy: Path) -> None:
 
 
 def test_the_encoder_sees_the_preprocessed_pixels(tiny_captioner: Captioner) -> None:
-    pixels = np.stack([tiny_captioner.preprocess(np.full((40, 50, 3), v, np.uint8)) for v in (0, 100, 255)])
+    pixels = np.stack(
+        [tiny_captioner.preprocess(np.full((40, 50, 3), v, np.uint8)) for v in (0, 100, 255)]
+    )
     np.testing.assert_allclose(tiny_captioner.features(pixels), encoder_numpy(pixels), atol=1e-6)
 
 
-def test_batch_with_bad_images_captions_the_good_ones(tiny_captioner: Captioner, tmp_path: Path) -> None:
+def test_batch_with_bad_images_captions_the_good_ones(
+    tiny_captioner: Captioner, tmp_path: Path
+) -> None:
     bad = tmp_path / "bad.jpg"
     bad.write_text("no")
     good = [np.full((30, 30, 3), v, np.uint8) for v in (10, 120, 240)]
-    outcomes = tiny_captioner.caption_batch([good[0], bad, good[1], tmp_path / "gone.png", good[2]],
-                                            batch_size=2, errors="return")
+    outcomes = tiny_captioner.caption_batch(
+        [good[0], bad, good[1], tmp_path / "gone.png", good[2]], batch_size=2, errors="return"
+    )
     assert [type(o).__name__ for o in outcomes] == [
-        "DecodingResult", "ImageError", "DecodingResult", "InputError", "DecodingResult"
+        "DecodingResult",
+        "ImageError",
+        "DecodingResult",
+        "InputError",
+        "DecodingResult",
     ]
     alone = [tiny_captioner.caption(g) for g in good]
     assert [o.tokens for o in outcomes[::2]] == [a.tokens for a in alone]  # type: ignore[union-attr]
@@ -200,7 +218,9 @@ def test_result_carries_timings_and_types(tiny_captioner: Captioner) -> None:
 def test_eight_threads_give_the_same_captions_as_serial(tiny_captioner: Captioner) -> None:
     rng = np.random.default_rng(11)
     images = [(rng.random((40, 40, 3)) * 255).astype(np.uint8) for _ in range(32)]
-    serial = [(r.tokens, r.log_probability) for r in tiny_captioner.caption_batch(images, beam_size=3)]
+    serial = [
+        (r.tokens, r.log_probability) for r in tiny_captioner.caption_batch(images, beam_size=3)
+    ]
     barrier = threading.Barrier(8)
 
     def caption(index: int) -> tuple[tuple[int, ...], float]:
@@ -215,7 +235,9 @@ def test_eight_threads_give_the_same_captions_as_serial(tiny_captioner: Captione
     assert [p for _, p in threaded] == pytest.approx([p for _, p in serial], abs=1e-5)
 
 
-def test_captioning_never_imports_the_conversion_stack(tiny_model: TinyModel, tmp_path: Path) -> None:
+def test_captioning_never_imports_the_conversion_stack(
+    tiny_model: TinyModel, tmp_path: Path
+) -> None:
     script = (
         "import sys, numpy as np\n"
         "from capgen import Captioner\n"
@@ -226,7 +248,9 @@ def test_captioning_never_imports_the_conversion_stack(tiny_model: TinyModel, tm
         "print('HEAVY', heavy)\n"
     )
     env = {**os.environ, "CAPGEN_HOME": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0].startswith("start")
     assert done.stdout.splitlines()[-1] == "HEAVY []"

@@ -66,7 +66,9 @@ def test_transparent_pixels_are_composited_onto_white() -> None:
     assert (pixels[5:] == 255).all()
 
 
-@pytest.mark.parametrize("mode", ["1", "L", "P", "CMYK", "LA", "PA", "I", "I;16", "F", "RGBA", "YCbCr"])
+@pytest.mark.parametrize(
+    "mode", ["1", "L", "P", "CMYK", "LA", "PA", "I", "I;16", "F", "RGBA", "YCbCr"]
+)
 def test_every_pillow_mode_becomes_rgb_uint8(mode: str) -> None:
     source = _photo(2)
     if mode == "PA":
@@ -112,14 +114,18 @@ def test_cmyk_jpeg(tmp_path: Path) -> None:
     assert prepare(path, SIZE, SIZE).shape == (SIZE, SIZE, 3)
 
 
-@pytest.mark.parametrize("fmt,suffix", [("WEBP", "webp"), ("TIFF", "tif"), ("BMP", "bmp"), ("GIF", "gif")])
+@pytest.mark.parametrize(
+    "fmt,suffix", [("WEBP", "webp"), ("TIFF", "tif"), ("BMP", "bmp"), ("GIF", "gif")]
+)
 def test_other_formats(tmp_path: Path, fmt: str, suffix: str) -> None:
     path = _save(_photo(4), tmp_path / f"photo.{suffix}", format=fmt)
     assert prepare(path, SIZE, SIZE).shape == (SIZE, SIZE, 3)
 
 
 def test_animated_gif_and_multipage_tiff_use_the_first_frame(tmp_path: Path) -> None:
-    frames = [Image.new("RGB", (16, 16), colour) for colour in ((255, 0, 0), (0, 0, 255), (0, 255, 0))]
+    frames = [
+        Image.new("RGB", (16, 16), colour) for colour in ((255, 0, 0), (0, 0, 255), (0, 255, 0))
+    ]
     for suffix in ("gif", "tif"):
         path = tmp_path / f"frames.{suffix}"
         frames[0].save(path, save_all=True, append_images=frames[1:])
@@ -150,7 +156,9 @@ def test_an_opened_pil_image_is_made_upright_like_its_file(tmp_path: Path) -> No
         assert load_image(opened).size == (20, 40)
 
 
-def test_a_damaged_exif_block_does_not_lose_the_photo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_damaged_exif_block_does_not_lose_the_photo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = _save(_photo(10), tmp_path / "photo.jpg")
     expected = prepare(path, SIZE, SIZE)
 
@@ -183,7 +191,9 @@ def test_all_source_kinds_give_the_same_pixels(tmp_path: Path) -> None:
         prepare(Image.open(path), SIZE, SIZE),
         prepare(np.asarray(image), SIZE, SIZE),
         prepare(np.asarray(image).astype(np.float32) / 255.0, SIZE, SIZE),
-        prepare(np.dstack([np.asarray(image), np.full(image.size[::-1], 255, np.uint8)]), SIZE, SIZE),
+        prepare(
+            np.dstack([np.asarray(image), np.full(image.size[::-1], 255, np.uint8)]), SIZE, SIZE
+        ),
     ):
         assert np.array_equal(pixels, expected)
 
@@ -266,14 +276,23 @@ def test_common_non_images_are_named(head: bytes, message: str) -> None:
 
 def _png_header_only(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("width,height", [(30000, 30000), (12000, 9000)])
-def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path, width: int, height: int) -> None:
+def test_decompression_bomb_is_refused_before_decoding(
+    tmp_path: Path, width: int, height: int
+) -> None:
     """30000x30000 trips Pillow's own hard limit; 12000x9000 (108 Mpx) only capgen's."""
     path = tmp_path / "bomb.png"
     path.write_bytes(_png_header_only(width, height))
@@ -290,8 +309,9 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path, width: in
         "    print('refused', err)\n"
         "print('grew_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
     )
-    done = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("refused image is")
@@ -315,7 +335,9 @@ def test_directory_and_missing_path(tmp_path: Path) -> None:
 
 def test_unreadable_file(tmp_path: Path) -> None:
     if os.geteuid() == 0:
-        pytest.skip("running as root: chmod 000 does not stop root (the file-object case below covers it)")
+        pytest.skip(
+            "running as root: chmod 000 does not stop root (the file-object case below covers it)"
+        )
     path = _save(_photo(), tmp_path / "secret.png")
     path.chmod(0)
     with pytest.raises(InputError, match="permission"):
@@ -342,11 +364,21 @@ def test_non_utf8_file_name(tmp_path: Path) -> None:
     name = os.fsdecode(b"\xff\xfe photo.png")
     path = _save(_photo(8), tmp_path / name)
     assert prepare(path, SIZE, SIZE).shape == (SIZE, SIZE, 3)
-    assert prepare(os.fsencode(path).decode("utf-8", "surrogateescape"), SIZE, SIZE).shape == (SIZE, SIZE, 3)
+    assert prepare(os.fsencode(path).decode("utf-8", "surrogateescape"), SIZE, SIZE).shape == (
+        SIZE,
+        SIZE,
+        3,
+    )
 
 
 def test_errors_are_all_capgen_errors_with_one_line(tmp_path: Path) -> None:
-    bad = [b"", b"GIF89a", b"\x89PNG\r\n\x1a\n" + b"\0" * 40, b"BM" + b"\xff" * 60, b"\xff\xd8\xff" + b"\0" * 100]
+    bad = [
+        b"",
+        b"GIF89a",
+        b"\x89PNG\r\n\x1a\n" + b"\0" * 40,
+        b"BM" + b"\xff" * 60,
+        b"\xff\xd8\xff" + b"\0" * 100,
+    ]
     for data in bad:
         with pytest.raises(CapgenError) as caught:
             prepare(data, SIZE, SIZE)

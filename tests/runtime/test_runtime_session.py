@@ -32,7 +32,9 @@ def _entries(home: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in (home / "optimized").iterdir()}
 
 
-def test_the_encoder_graph_is_cached_once_and_gives_the_same_captions(tiny_model: TinyModel, own_home: Path) -> None:
+def test_the_encoder_graph_is_cached_once_and_gives_the_same_captions(
+    tiny_model: TinyModel, own_home: Path
+) -> None:
     first = _captions(tiny_model.folder)
     entries = _entries(own_home)
     assert len(entries) == 1  # the encoder's; the decoder graphs are not cached
@@ -40,7 +42,9 @@ def test_the_encoder_graph_is_cached_once_and_gives_the_same_captions(tiny_model
     assert _entries(own_home) == entries
 
 
-def test_folders_with_the_same_encoder_share_one_entry(tiny_model: TinyModel, own_home: Path, tmp_path: Path) -> None:
+def test_folders_with_the_same_encoder_share_one_entry(
+    tiny_model: TinyModel, own_home: Path, tmp_path: Path
+) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(tiny_model.folder, copy)
     _captions(tiny_model.folder)
@@ -57,8 +61,9 @@ def test_a_damaged_cache_entry_is_rebuilt(tiny_model: TinyModel, own_home: Path)
     assert all(size > 100 for size in _entries(own_home).values())
 
 
-def test_an_unwritable_cache_still_captions(tiny_model: TinyModel, monkeypatch: pytest.MonkeyPatch,
-                                           tmp_path: Path) -> None:
+def test_an_unwritable_cache_still_captions(
+    tiny_model: TinyModel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("CAPGEN_HOME points at a file, so nothing can be cached under it")
     monkeypatch.setenv("CAPGEN_HOME", str(blocker))

@@ -12,15 +12,24 @@ from capgen.runtime.top_k import TOP_K_GRAPH, top_k
 
 def test_embedded_graph_is_the_documented_top_k() -> None:
     graph = helper.make_graph(
-        [helper.make_node("TopK", ["scores", "k"], ["values", "indices"], axis=1, largest=1, sorted=1)],
+        [
+            helper.make_node(
+                "TopK", ["scores", "k"], ["values", "indices"], axis=1, largest=1, sorted=1
+            )
+        ],
         "capgen_top_k",
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["R", "V"]),
-         helper.make_tensor_value_info("k", TensorProto.INT64, [1])],
-        [helper.make_tensor_value_info("values", TensorProto.FLOAT, ["R", "K"]),
-         helper.make_tensor_value_info("indices", TensorProto.INT64, ["R", "K"])],
+        [
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["R", "V"]),
+            helper.make_tensor_value_info("k", TensorProto.INT64, [1]),
+        ],
+        [
+            helper.make_tensor_value_info("values", TensorProto.FLOAT, ["R", "K"]),
+            helper.make_tensor_value_info("indices", TensorProto.INT64, ["R", "K"]),
+        ],
     )
-    expected = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="capgen",
-                                 ir_version=8)
+    expected = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="capgen", ir_version=8
+    )
     embedded = onnx.load_from_string(TOP_K_GRAPH)
     onnx.checker.check_model(embedded)
     assert embedded.graph == expected.graph

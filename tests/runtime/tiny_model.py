@@ -31,7 +31,19 @@ POOL = 8
 FEATURES = 3 * (HEIGHT // POOL) * (WIDTH // POOL)  # 48
 UNITS = 16
 WORDS: list[str | None] = [
-    None, "start", "a", "dog", "cat", "runs", "on", "the", "grass", "red", "ball", "end", None,
+    None,
+    "start",
+    "a",
+    "dog",
+    "cat",
+    "runs",
+    "on",
+    "the",
+    "grass",
+    "red",
+    "ball",
+    "end",
+    None,
 ]
 START_ID, END_ID = 1, 11
 MAX_LENGTH = 8
@@ -52,7 +64,9 @@ def encoder_graph(height: int = HEIGHT, width: int = WIDTH) -> onnx.ModelProto:
         helper.make_node("Div", ["image_f", "scale"], ["scaled"]),
         helper.make_node("Sub", ["scaled", "one"], ["centred"]),
         helper.make_node("Transpose", ["centred"], ["nchw"], perm=[0, 3, 1, 2]),
-        helper.make_node("AveragePool", ["nchw"], ["pooled"], kernel_shape=[POOL, POOL], strides=[POOL, POOL]),
+        helper.make_node(
+            "AveragePool", ["nchw"], ["pooled"], kernel_shape=[POOL, POOL], strides=[POOL, POOL]
+        ),
         helper.make_node("Flatten", ["pooled"], ["features"], axis=1),
     ]
     graph = helper.make_graph(
@@ -60,7 +74,10 @@ def encoder_graph(height: int = HEIGHT, width: int = WIDTH) -> onnx.ModelProto:
         "tiny_encoder",
         [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", height, width, 3])],
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", FEATURES])],
-        [helper.make_tensor("scale", TensorProto.FLOAT, [], [127.5]), helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])],
+        [
+            helper.make_tensor("scale", TensorProto.FLOAT, [], [127.5]),
+            helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)
@@ -75,7 +92,9 @@ def encoder_numpy(pixels: np.ndarray) -> np.ndarray:
     return pooled.transpose(0, 3, 1, 2).reshape(n, -1)
 
 
-def random_weights(seed: int = 0, vocab_size: int = len(WORDS), peak: float = 6.0) -> DecoderWeights:
+def random_weights(
+    seed: int = 0, vocab_size: int = len(WORDS), peak: float = 6.0
+) -> DecoderWeights:
     rng = np.random.default_rng(seed)
     embedding = rng.normal(0, 1, (vocab_size, UNITS))
     embedding[0] = 0.0  # padding row, as Keras's mask_zero embedding learns nothing there
@@ -129,8 +148,16 @@ def write_tiny_model(
         "file": "encoder.onnx",
         "kind": "xception",
         "feature_size": FEATURES,
-        "input": {"height": HEIGHT, "width": WIDTH, "channels": 3, "layout": "NHWC", "dtype": "uint8",
-                  "color_mode": "RGB", "resize_filter": "BICUBIC", "scaling": "x / 127.5 - 1, inside the graph"},
+        "input": {
+            "height": HEIGHT,
+            "width": WIDTH,
+            "channels": 3,
+            "layout": "NHWC",
+            "dtype": "uint8",
+            "color_mode": "RGB",
+            "resize_filter": "BICUBIC",
+            "scaling": "x / 127.5 - 1, inside the graph",
+        },
     }
     if with_int8:
         encoder["int8_file"] = "encoder.int8.onnx"
@@ -141,15 +168,29 @@ def write_tiny_model(
         "name": "tiny",
         "description": "tiny test model",
         "encoder": encoder,
-        "decoder": {"projection_file": "photo_projection.onnx", "step_file": "decoder_step.onnx",
-                    "units": UNITS, "embedding_size": UNITS, "projection_size": UNITS,
-                    "recurrent_activation": weights.recurrent_activation, "merge": weights.merge,
-                    "scores": "log_probabilities"},
-        "vocabulary": {"file": "vocabulary.json", "size": len(words), "start_token": "start",
-                       "end_token": "end", "start_id": words.index("start"), "end_id": words.index("end")},
+        "decoder": {
+            "projection_file": "photo_projection.onnx",
+            "step_file": "decoder_step.onnx",
+            "units": UNITS,
+            "embedding_size": UNITS,
+            "projection_size": UNITS,
+            "recurrent_activation": weights.recurrent_activation,
+            "merge": weights.merge,
+            "scores": "log_probabilities",
+        },
+        "vocabulary": {
+            "file": "vocabulary.json",
+            "size": len(words),
+            "start_token": "start",
+            "end_token": "end",
+            "start_id": words.index("start"),
+            "end_id": words.index("end"),
+        },
         "max_length": max_length,
-        "files": {name: {"sha256": _sha256(folder / name), "bytes": (folder / name).stat().st_size}
-                  for name in names},
+        "files": {
+            name: {"sha256": _sha256(folder / name), "bytes": (folder / name).stat().st_size}
+            for name in names
+        },
         "sources": {},
         "converted_with": {},
         "created": "2026-11-25T00:00:00Z",
