@@ -240,9 +240,10 @@ def prepare_default(echo: Callable[[str], None] = print) -> BenchModel | None:
 
 def ensure_int8(model: BenchModel, echo: Callable[[str], None] = print) -> Path:
     """The model folder's INT8 encoder, quantized once with capgen's own command code."""
-    from capgen.convert.quantize import INT8_FILENAME, quantize_model_folder, read_manifest_json
+    from capgen.convert.model_folder import read_manifest
+    from capgen.convert.quantize import INT8_FILENAME, quantize_model_folder
 
-    manifest = read_manifest_json(model.model_dir)
+    manifest = read_manifest(model.model_dir)
     if manifest["encoder"].get("int8_file") and (model.model_dir / INT8_FILENAME).is_file():
         return model.model_dir / INT8_FILENAME
     echo(f"quantizing the {model.name} encoder to INT8")
@@ -254,11 +255,11 @@ def ensure_fast_decoder(model: BenchModel) -> bool:
     """Add the converter's opt-in fast decoder step where the converter offers one."""
     import importlib.util
 
-    from capgen.convert.quantize import read_manifest_json
+    from capgen.convert.model_folder import read_manifest
 
     if importlib.util.find_spec("capgen.convert.fast_decoder") is None:
         return False
-    if read_manifest_json(model.model_dir)["decoder"].get("int8_step_file"):
+    if read_manifest(model.model_dir)["decoder"].get("int8_step_file"):
         return True
     from capgen.convert.fast_decoder import add_fast_decoder
 

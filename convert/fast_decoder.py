@@ -9,13 +9,10 @@ what it trades.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from capgen.convert.hashing import sha256_file
 from capgen.runtime.errors import ModelError
-from capgen.runtime.manifest import MANIFEST_NAME
 
 FAST_STEP_FILE = "decoder_step.int8.onnx"
 
@@ -24,11 +21,11 @@ def add_fast_decoder(model_dir: Path) -> Path:
     """Write `decoder_step.int8.onnx` next to the folder's step graph and record it; return its path."""
     import onnx
 
+    from capgen.convert.model_folder import read_manifest, record_optional_file
     from capgen.convert.step_graph import fast_step_from_exact
 
-    manifest_path = model_dir / MANIFEST_NAME
+    manifest = read_manifest(model_dir)
     try:
-        manifest = json.loads(manifest_path.read_text())
         step_name = manifest["decoder"]["step_file"]
         exact = onnx.load(str(model_dir / step_name))
         fast = fast_step_from_exact(exact)
@@ -38,12 +35,5 @@ def add_fast_decoder(model_dir: Path) -> Path:
     partial = target.with_name(target.name + ".partial")
     onnx.save(fast, str(partial))
     os.replace(partial, target)
-    manifest["decoder"]["int8_step_file"] = FAST_STEP_FILE
-    manifest.setdefault("files", {})[FAST_STEP_FILE] = {
-        "sha256": sha256_file(target),
-        "bytes": target.stat().st_size,
-    }
-    partial_manifest = manifest_path.with_name(manifest_path.name + ".partial")
-    partial_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(partial_manifest, manifest_path)
+    record_optional_file(model_dir, "decoder", "int8_step_file", FAST_STEP_FILE)
     return target

@@ -333,3 +333,35 @@ def _fill_and_place(
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(staging, out_dir)
+
+
+def read_manifest(model_dir: Path) -> dict[str, Any]:
+    """The raw manifest of a folder the converter wrote, for steps that extend it later."""
+    path = model_dir / MANIFEST_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelError(
+            f"{model_dir}: no manifest.json, so this is not a capgen model folder"
+        ) from None
+    except ValueError as error:
+        raise ModelError(f"{path}: not valid JSON ({error})") from error
+
+
+def record_optional_file(model_dir: Path, section: str, key: str, file_name: str) -> dict[str, Any]:
+    """Name an added file (INT8 encoder, fast step) in the manifest with its sha256 and size.
+
+    The manifest is replaced atomically, so a crash leaves the old, still valid one.
+    """
+    manifest = read_manifest(model_dir)
+    path = model_dir / file_name
+    manifest[section][key] = file_name
+    manifest.setdefault("files", {})[file_name] = {
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+    }
+    target = model_dir / MANIFEST_FILE
+    partial = target.with_name(target.name + ".partial")
+    partial.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(partial, target)
+    return manifest

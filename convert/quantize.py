@@ -27,11 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from capgen.convert.hashing import sha256_file
+from capgen.convert.model_folder import read_manifest, record_optional_file
 from capgen.runtime.errors import ConversionError, ModelError
 
 INT8_FILENAME = "encoder.int8.onnx"
-MANIFEST_NAME = "manifest.json"
 # Calibration set, measured (feature cosine INT8 vs FP32 on held-out images,
 # worst / median; 24 test-split scenes and the 12 Flickr8k photos):
 #   18 kitchenware photos, MinMax              scenes 0.798 / 0.986   Flickr 0.989 / 0.994
@@ -216,32 +215,9 @@ def calibration_pixels(kind: str, scene_count: int = DEFAULT_SCENE_COUNT) -> lis
     return images
 
 
-def read_manifest_json(model_dir: Path) -> dict[str, Any]:
-    path = model_dir / MANIFEST_NAME
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelError(
-            f"{model_dir}: no manifest.json, so this is not a capgen model folder"
-        ) from None
-    except ValueError as error:
-        raise ModelError(f"{path}: not valid JSON ({error})") from error
-
-
 def add_int8_to_manifest(model_dir: Path, int8_name: str = INT8_FILENAME) -> dict[str, Any]:
     """Record the INT8 encoder in the manifest: `encoder.int8_file` and its sha256/bytes."""
-    manifest = read_manifest_json(model_dir)
-    int8_path = model_dir / int8_name
-    manifest["encoder"]["int8_file"] = int8_name
-    manifest.setdefault("files", {})[int8_name] = {
-        "sha256": sha256_file(int8_path),
-        "bytes": int8_path.stat().st_size,
-    }
-    path = model_dir / MANIFEST_NAME
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(partial, path)
-    return manifest
+    return record_optional_file(model_dir, "encoder", "int8_file", int8_name)
 
 
 def quantize_model_folder(
@@ -251,7 +227,7 @@ def quantize_model_folder(
     echo: Callable[[str], None] = print,
 ) -> QuantizationReport:
     """Add `encoder.int8.onnx` to a converted model folder and record it in its manifest."""
-    manifest = read_manifest_json(model_dir)
+    manifest = read_manifest(model_dir)
     encoder = manifest.get("encoder", {})
     fp32_name = encoder.get("file")
     if not isinstance(fp32_name, str) or not (model_dir / fp32_name).is_file():

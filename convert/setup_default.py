@@ -9,10 +9,8 @@ Every step is cached: a second run only re-checks fingerprints.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import capgen.models
 from capgen.convert.hashing import sha256_file
@@ -29,17 +27,14 @@ DEFAULT_DESCRIPTION = (
 )
 
 
-def _read_manifest(folder: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((folder / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _is_current(folder: Path, model: Path, tokenizer: Path, encoder: Path) -> bool:
     """True when the folder was built from exactly these sources and this encoder, INT8 included."""
-    manifest = _read_manifest(folder)
-    if manifest is None:
+    from capgen.convert.model_folder import read_manifest
+    from capgen.runtime.errors import ModelError
+
+    try:
+        manifest = read_manifest(folder)
+    except (ModelError, OSError):
         return False
     sources = manifest.get("sources", {})
     files = manifest.get("files", {})

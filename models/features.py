@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from capgen.convert.hashing import sha256_file
+
 INPUT_SIZE = 299
 BATCH_SIZE = 16
 
@@ -32,15 +34,9 @@ def _batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
         yield items[start : start + size]
 
 
-def _sha256(path: Path) -> str:
-    from capgen.convert.hashing import sha256_file
-
-    return sha256_file(path)
-
-
 def cache_path(images_dir: Path, encoder_path: Path) -> Path:
     """Where the features of `images_dir` under this exact encoder are kept."""
-    return images_dir.parent / f"features-{_sha256(encoder_path)[:16]}.npz"
+    return images_dir.parent / f"features-{sha256_file(encoder_path)[:16]}.npz"
 
 
 def extract_features(

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from capgen.convert.hashing import sha256_file
 from capgen.models.features import cached_features, resolve_encoder
 from capgen.models.flickr8k import Flickr8kDataset
 
@@ -147,7 +148,7 @@ def train(
     encoder_sha = None
     if features is None:
         encoder_path = resolve_encoder(encoder)
-        encoder_sha = _sha256(encoder_path)
+        encoder_sha = sha256_file(encoder_path)
         features = cached_features(
             dataset.images_dir, train_names + dev_names, encoder_path, show_progress
         )
@@ -202,12 +203,6 @@ def train(
     }
     (output_dir / RECORD_FILENAME).write_text(json.dumps(record, indent=2) + "\n")
     return record
-
-
-def _sha256(path: Path) -> str:
-    from capgen.convert.hashing import sha256_file
-
-    return sha256_file(path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,6 +19,7 @@ Accepted sources:
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import stat
@@ -26,40 +27,16 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+from PIL import Image, ImageOps
+
+from capgen.runtime.errors import ImageError, ImageTooLargeError, InputError
 
 # Formats a photo plausibly comes in. Only their plugins are imported (Pillow's
 # `Image.init()` would import ~40, costing 60 ms of every cold start), and the
 # list keeps Pillow away from formats that shell out (EPS -> Ghostscript).
 # Plugins register themselves on import.
-from PIL import (
-    BmpImagePlugin,
-    GifImagePlugin,
-    IcoImagePlugin,
-    Image,
-    ImageOps,
-    JpegImagePlugin,
-    MpoImagePlugin,
-    PngImagePlugin,
-    PpmImagePlugin,
-    TgaImagePlugin,
-    TiffImagePlugin,
-    WebPImagePlugin,
-)
-
-from capgen.runtime.errors import ImageError, ImageTooLargeError, InputError
-
-_PLUGINS = (
-    BmpImagePlugin,
-    GifImagePlugin,
-    IcoImagePlugin,
-    JpegImagePlugin,
-    MpoImagePlugin,
-    PngImagePlugin,
-    PpmImagePlugin,
-    TgaImagePlugin,
-    TiffImagePlugin,
-    WebPImagePlugin,
-)
+for _plugin in ("Bmp", "Gif", "Ico", "Jpeg", "Mpo", "Png", "Ppm", "Tga", "Tiff", "WebP"):
+    importlib.import_module(f"PIL.{_plugin}ImagePlugin")
 ALLOWED_FORMATS = tuple(
     name
     # camera MPO files open through the JPEG plugin

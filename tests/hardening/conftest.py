@@ -31,13 +31,9 @@ CONSOLE_SCRIPT = TESTS.parent / ".venv" / "bin" / "capgen"
 def private_capgen_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """In-process Captioners keep their stamps and graph cache out of the developer's real cache."""
     home = tmp_path_factory.mktemp("hardening_home")
-    previous = os.environ.get("CAPGEN_HOME")
-    os.environ["CAPGEN_HOME"] = str(home)
-    yield home
-    if previous is None:
-        os.environ.pop("CAPGEN_HOME", None)
-    else:
-        os.environ["CAPGEN_HOME"] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CAPGEN_HOME", str(home))
+        yield home
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,13 +16,9 @@ CAPGEN_SCRIPT = REPO_ROOT / ".venv" / "bin" / "capgen"
 def private_capgen_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Keep verification stamps and the 'default model' out of the developer's real cache."""
     home = tmp_path_factory.mktemp("capgen_home")
-    previous = os.environ.get("CAPGEN_HOME")
-    os.environ["CAPGEN_HOME"] = str(home)
-    yield home
-    if previous is None:
-        os.environ.pop("CAPGEN_HOME", None)
-    else:
-        os.environ["CAPGEN_HOME"] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CAPGEN_HOME", str(home))
+        yield home
 
 
 @pytest.fixture(scope="session")
