@@ -240,10 +240,10 @@ def prepare_default(echo: Callable[[str], None] = print) -> BenchModel | None:
 
 def ensure_int8(model: BenchModel, echo: Callable[[str], None] = print) -> Path:
     """The model folder's INT8 encoder, quantized once with capgen's own command code."""
-    from capgen.convert.model_folder import read_manifest
     from capgen.convert.quantize import INT8_FILENAME, quantize_model_folder
+    from capgen.runtime.manifest import read_raw_manifest
 
-    manifest = read_manifest(model.model_dir)
+    manifest = read_raw_manifest(model.model_dir)
     if manifest["encoder"].get("int8_file") and (model.model_dir / INT8_FILENAME).is_file():
         return model.model_dir / INT8_FILENAME
     echo(f"quantizing the {model.name} encoder to INT8")
@@ -255,11 +255,11 @@ def ensure_fast_decoder(model: BenchModel) -> bool:
     """Add the converter's opt-in fast decoder step where the converter offers one."""
     import importlib.util
 
-    from capgen.convert.model_folder import read_manifest
+    from capgen.runtime.manifest import read_raw_manifest
 
     if importlib.util.find_spec("capgen.convert.fast_decoder") is None:
         return False
-    if read_manifest(model.model_dir)["decoder"].get("int8_step_file"):
+    if read_raw_manifest(model.model_dir)["decoder"].get("int8_step_file"):
         return True
     from capgen.convert.fast_decoder import add_fast_decoder
 

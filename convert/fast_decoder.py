@@ -21,10 +21,11 @@ def add_fast_decoder(model_dir: Path) -> Path:
     """Write `decoder_step.int8.onnx` next to the folder's step graph and record it; return its path."""
     import onnx
 
-    from capgen.convert.model_folder import read_manifest, record_optional_file
+    from capgen.convert.model_folder import record_optional_file
     from capgen.convert.step_graph import fast_step_from_exact
+    from capgen.runtime.manifest import read_raw_manifest
 
-    manifest = read_manifest(model_dir)
+    manifest = read_raw_manifest(model_dir)
     try:
         step_name = manifest["decoder"]["step_file"]
         exact = onnx.load(str(model_dir / step_name))

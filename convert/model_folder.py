@@ -29,6 +29,7 @@ from capgen.convert.step_graph import (
     step_metadata,
 )
 from capgen.runtime.errors import InputError, ModelError
+from capgen.runtime.manifest import read_raw_manifest
 
 ENCODER_FILE = "encoder.onnx"
 PROJECTION_FILE = "photo_projection.onnx"
@@ -335,25 +336,12 @@ def _fill_and_place(
     os.replace(staging, out_dir)
 
 
-def read_manifest(model_dir: Path) -> dict[str, Any]:
-    """The raw manifest of a folder the converter wrote, for steps that extend it later."""
-    path = model_dir / MANIFEST_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelError(
-            f"{model_dir}: no manifest.json, so this is not a capgen model folder"
-        ) from None
-    except ValueError as error:
-        raise ModelError(f"{path}: not valid JSON ({error})") from error
-
-
 def record_optional_file(model_dir: Path, section: str, key: str, file_name: str) -> dict[str, Any]:
     """Name an added file (INT8 encoder, fast step) in the manifest with its sha256 and size.
 
     The manifest is replaced atomically, so a crash leaves the old, still valid one.
     """
-    manifest = read_manifest(model_dir)
+    manifest = read_raw_manifest(model_dir)
     path = model_dir / file_name
     manifest[section][key] = file_name
     manifest.setdefault("files", {})[file_name] = {

@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from capgen.convert.model_folder import read_manifest, record_optional_file
+from capgen.convert.model_folder import record_optional_file
 from capgen.runtime.errors import ConversionError, ModelError
+from capgen.runtime.manifest import read_raw_manifest
 
 INT8_FILENAME = "encoder.int8.onnx"
 # Calibration set, measured (feature cosine INT8 vs FP32 on held-out images,
@@ -227,7 +228,7 @@ def quantize_model_folder(
     echo: Callable[[str], None] = print,
 ) -> QuantizationReport:
     """Add `encoder.int8.onnx` to a converted model folder and record it in its manifest."""
-    manifest = read_manifest(model_dir)
+    manifest = read_raw_manifest(model_dir)
     encoder = manifest.get("encoder", {})
     fp32_name = encoder.get("file")
     if not isinstance(fp32_name, str) or not (model_dir / fp32_name).is_file():

@@ -29,11 +29,11 @@ DEFAULT_DESCRIPTION = (
 
 def _is_current(folder: Path, model: Path, tokenizer: Path, encoder: Path) -> bool:
     """True when the folder was built from exactly these sources and this encoder, INT8 included."""
-    from capgen.convert.model_folder import read_manifest
     from capgen.runtime.errors import ModelError
+    from capgen.runtime.manifest import read_raw_manifest
 
     try:
-        manifest = read_manifest(folder)
+        manifest = read_raw_manifest(folder)
     except (ModelError, OSError):
         return False
     sources = manifest.get("sources", {})

@@ -192,6 +192,11 @@ def _parse(folder: Path, data: Any) -> Manifest:
 
 def load_manifest(folder: Path | str) -> Manifest:
     """The parsed manifest of `folder`, or a ModelError saying what is wrong with it."""
+    return _parse(Path(folder), read_raw_manifest(folder))
+
+
+def read_raw_manifest(folder: Path | str) -> Any:
+    """The manifest's JSON as written; the converter extends it with this, the runtime parses it."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelError(f"{folder}: model folder not found (or not a folder)")
@@ -210,7 +215,7 @@ def load_manifest(folder: Path | str) -> Manifest:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
         raise ModelError(f"{path}: not valid JSON ({exc})") from None
-    return _parse(folder, data)
+    return data
 
 
 def _stamp_path(path: Path, record: FileRecord, size: int, mtime_ns: int) -> Path:
