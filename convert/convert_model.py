@@ -12,6 +12,7 @@ from pathlib import Path
 
 from capgen.convert.architecture import DecoderArchitecture, read_architecture
 from capgen.convert.decoder_weights import assemble_decoder_weights
+from capgen.convert.delimiters import DelimiterOptions, Delimiters, choose_delimiters
 from capgen.convert.hashing import sha256_file
 from capgen.convert.keras_reader import read_keras_model
 from capgen.convert.model_folder import (
@@ -22,9 +23,9 @@ from capgen.convert.model_folder import (
     prepare_target,
     write_model_folder,
 )
-from capgen.convert.tokenizer import build_vocabulary, choose_delimiters, read_tokenizer
+from capgen.convert.tokenizer import build_vocabulary, read_tokenizer
 from capgen.runtime.errors import InputError, ModelError, TokenizerError, UnsupportedModelError
-from capgen.runtime.manifest import MAX_CAPTION_LENGTH
+from capgen.runtime.limits import MAX_CAPTION_LENGTH
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,7 @@ class ConversionReport:
     architecture: DecoderArchitecture
     vocab_size: int
     max_length: int
-    start_token: str
-    end_token: str
+    delimiters: Delimiters
     encoder_kind: str
     encoder_path: Path
 
@@ -108,12 +108,19 @@ def convert_model(
     encoder_weights: Path | None = None,
     start_token: str | None = None,
     end_token: str | None = None,
+    start_outside_vocabulary: bool = False,
+    no_end_token: bool = False,
     max_length: int | None = None,
     name: str = "default",
     description: str | None = None,
     force: bool = False,
 ) -> ConversionReport:
-    """Convert the tutorial's decoder and assemble the model folder at `out_dir`."""
+    """Convert the tutorial's decoder and assemble the model folder at `out_dir`.
+
+    Start and end words come from the tokenizer's counts unless given
+    (delimiters.py); `start_outside_vocabulary` and `no_end_token` reproduce
+    caption loops that start from a word the tokenizer does not know, or never stop early.
+    """
     out_dir = Path(out_dir)
     prepare_target(out_dir, force)
     files = read_keras_model(
@@ -122,10 +129,14 @@ def convert_model(
     arch = read_architecture(files.model_config, files.keras_version)
     tokenizer = read_tokenizer(Path(tokenizer_path))
     vocabulary = build_vocabulary(tokenizer, arch.vocab_size)
-    start, end = choose_delimiters(vocabulary, start_token, end_token)
-    if vocabulary.index(start) >= arch.embedding_input_dim:
+    delimiters = choose_delimiters(
+        tokenizer,
+        vocabulary,
+        DelimiterOptions(start_token, end_token, start_outside_vocabulary, no_end_token),
+    )
+    if delimiters.start_id is not None and delimiters.start_id >= arch.embedding_input_dim:
         raise TokenizerError(
-            f"start token {start!r} has id {vocabulary.index(start)}, beyond the "
+            f"start token {delimiters.start_token!r} has id {delimiters.start_id}, beyond the "
             f"model's embedding of {arch.embedding_input_dim} ids"
         )
     length = resolve_max_length(arch, max_length)
@@ -141,8 +152,7 @@ def convert_model(
     spec = ModelFolderSpec(
         weights=weights,
         vocabulary=vocabulary,
-        start_token=start,
-        end_token=end,
+        delimiters=delimiters,
         max_length=length,
         sources=sources,
         name=name,
@@ -155,8 +165,7 @@ def convert_model(
         architecture=arch,
         vocab_size=arch.vocab_size,
         max_length=length,
-        start_token=start,
-        end_token=end,
+        delimiters=delimiters,
         encoder_kind=encoder_info.kind,
         encoder_path=encoder_info.path,
     )

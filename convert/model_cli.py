@@ -42,11 +42,27 @@ def model_command(
         typer.Option(help="Keras Xception no-top weights .h5 for the encoder (default: ImageNet)."),
     ] = None,
     start_token: Annotated[
-        str | None, typer.Option(help="Caption start word (default: detected).")
+        str | None,
+        typer.Option(
+            help="Caption start word (default: the pair of words found in nearly every caption)."
+        ),
     ] = None,
     end_token: Annotated[
-        str | None, typer.Option(help="Caption end word (default: detected).")
+        str | None,
+        typer.Option(
+            help="Caption end word (default: the pair of words found in nearly every caption)."
+        ),
     ] = None,
+    start_outside_vocabulary: Annotated[
+        bool,
+        typer.Option(
+            help="The --start-token word is not in the tokenizer, as in loops whose first input "
+            "was all padding."
+        ),
+    ] = False,
+    no_end_token: Annotated[
+        bool, typer.Option(help="No end word: captions run to max_length, as the loop did.")
+    ] = False,
     max_length: Annotated[
         int | None, typer.Option(help="Only for models whose word input has no fixed length.")
     ] = None,
@@ -70,16 +86,16 @@ def model_command(
         encoder_weights=weights,
         start_token=start_token,
         end_token=end_token,
+        start_outside_vocabulary=start_outside_vocabulary,
+        no_end_token=no_end_token,
         max_length=max_length,
         name=name,
         force=force,
     )
     arch = report.architecture
     merge_order = "photo, words" if arch.photo_first else "words, photo"
-    typer.echo(
-        f"vocabulary:     {report.vocab_size:,} ids (start {report.start_token!r}, "
-        f"end {report.end_token!r})"
-    )
+    typer.echo(f"vocabulary:     {report.vocab_size:,} ids")
+    typer.echo(f"start/end:      {report.delimiters.describe()}")
     typer.echo(f"max length:     {report.max_length}")
     typer.echo(
         f"photo features: {arch.feature_size} -> Dense {arch.projection_size} "

@@ -20,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from capgen.convert.delimiters import Delimiters
 from capgen.convert.hashing import sha256_file
 from capgen.convert.step_graph import (
     FORMAT_VERSION,
@@ -65,8 +66,7 @@ class ModelFolderSpec:
 
     weights: DecoderWeights
     vocabulary: list[str | None]
-    start_token: str
-    end_token: str
+    delimiters: Delimiters
     max_length: int
     sources: dict[str, dict[str, str]]
     name: str = "default"
@@ -231,7 +231,7 @@ def _place_encoder(source: Path, target: Path) -> None:
 
 def _manifest(spec: ModelFolderSpec, encoder: EncoderInfo, staging: Path) -> dict[str, Any]:
     weights = spec.weights
-    vocabulary_ids = {word: index for index, word in enumerate(spec.vocabulary) if word is not None}
+    words = spec.delimiters
     encoder_entry: dict[str, Any] = {
         "file": ENCODER_FILE,
         "kind": encoder.kind,
@@ -265,10 +265,13 @@ def _manifest(spec: ModelFolderSpec, encoder: EncoderInfo, staging: Path) -> dic
         "vocabulary": {
             "file": VOCABULARY_FILE,
             "size": len(spec.vocabulary),
-            "start_token": spec.start_token,
-            "end_token": spec.end_token,
-            "start_id": vocabulary_ids[spec.start_token],
-            "end_id": vocabulary_ids[spec.end_token],
+            "start_token": words.start_token,
+            "end_token": words.end_token,
+            # null: the start word is not in the vocabulary (the first input is
+            # padding) / there is no end word (captions run to max_length).
+            "start_id": words.start_id,
+            "end_id": words.end_id,
+            "delimiters": words.manifest_evidence(),
         },
         "max_length": spec.max_length,
         "files": files,
@@ -322,8 +325,10 @@ def _fill_and_place(
 
     _place_encoder(encoder.path, staging / ENCODER_FILE)
     onnx.save(build_projection_graph(spec.weights), str(staging / PROJECTION_FILE))
-    meta = step_metadata(spec.vocabulary, spec.start_token, spec.end_token, spec.max_length)
-    onnx.save(build_step_graph(spec.weights, meta), str(staging / STEP_FILE))
+    words = spec.delimiters
+    meta = step_metadata(spec.vocabulary, words.start_token, words.end_token, spec.max_length)
+    step = build_step_graph(spec.weights, meta, zero_padding_row=words.start_id is None)
+    onnx.save(step, str(staging / STEP_FILE))
     (staging / VOCABULARY_FILE).write_text(
         json.dumps(spec.vocabulary, ensure_ascii=False) + "\n", encoding="utf-8"
     )

@@ -237,6 +237,7 @@ def build_step_graph(
     weights: DecoderWeights,
     metadata: dict[str, str] | None = None,
     output_layer: OutputLayer = "float32",
+    zero_padding_row: bool = False,
 ) -> onnx.ModelProto:
     """(word, h, c, photo) -> (log_probs, h_out, c_out) for a batch of hypotheses.
 
@@ -247,12 +248,20 @@ def build_step_graph(
     `output_layer="int8_rescored"` builds the opt-in fast step instead (see
     `_int8_rescored_output`): same interface, same greedy words, but only the
     best candidates' scores are exact (up to the normaliser).
+
+    `zero_padding_row` makes the padding id 0 contribute nothing: from the zero
+    state its gates are all 0, so the cell candidate tanh(0) = 0 keeps h = c = 0
+    exactly, and the step scores the first word from the empty prefix. That is
+    what Keras computes (mask_zero) when the caption loop starts from a word
+    the tokenizer does not know, so the first input is all padding.
     """
     units = weights.units
     gate_table = _f32(
         weights.embedding.astype(np.float64) @ weights.lstm_kernel.astype(np.float64)
         + weights.lstm_bias.astype(np.float64)
     )
+    if zero_padding_row:
+        gate_table[0] = 0.0
     initializers = [
         numpy_helper.from_array(gate_table, "word_gate_table"),
         numpy_helper.from_array(_f32(weights.lstm_recurrent_kernel), "recurrent_kernel"),
@@ -380,12 +389,12 @@ def fast_step_from_exact(exact: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def step_metadata(
-    index_word: list[str | None], start_token: str, end_token: str, max_length: int
+    index_word: list[str | None], start_token: str, end_token: str | None, max_length: int
 ) -> dict[str, str]:
     """The metadata_props that make a step graph self-describing."""
     return {
         "capgen.vocabulary": json.dumps(index_word),
         "capgen.start_token": start_token,
-        "capgen.end_token": end_token,
+        "capgen.end_token": end_token or "",
         "capgen.max_length": str(max_length),
     }

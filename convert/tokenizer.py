@@ -44,13 +44,6 @@ _PLAIN_GLOBALS: dict[tuple[str, str], Any] = {
     ("builtins", "list"): list,
 }
 
-# (start, end) pairs seen in the tutorial and its forks, in order of preference.
-DELIMITER_PAIRS: tuple[tuple[str, str], ...] = (
-    ("start", "end"),
-    ("startseq", "endseq"),
-    ("<start>", "<end>"),
-)
-
 
 class _InertTokenizer:
     """Stands in for keras Tokenizer: pickle's BUILD step fills its __dict__, nothing else runs."""
@@ -86,6 +79,11 @@ class TokenizerState:
     filters: str
     split: str
     char_level: bool
+    # Evidence for which words wrap every caption (see delimiters.py); None where
+    # the file does not record them.
+    document_count: int | None = None
+    word_docs: dict[str, int] | None = None
+    word_counts: dict[str, int] | None = None
 
     @property
     def index_word(self) -> dict[int, str]:
@@ -114,6 +112,9 @@ def _state_from(state: dict[str, Any], path: Path) -> TokenizerState:
     if num_words is not None and (isinstance(num_words, bool) or not isinstance(num_words, int)):
         raise TokenizerError(f"{path}: num_words is {num_words!r}, not an integer")
     oov_token = state.get("oov_token")
+    document_count = state.get("document_count")
+    if document_count is not None and not _is_count(document_count):
+        raise TokenizerError(f"{path}: document_count is {document_count!r}, not a count")
     return TokenizerState(
         word_index=clean,
         num_words=num_words,
@@ -122,7 +123,31 @@ def _state_from(state: dict[str, Any], path: Path) -> TokenizerState:
         filters=str(state.get("filters", "")),
         split=str(state.get("split", " ")),
         char_level=bool(state.get("char_level", False)),
+        document_count=document_count,
+        word_docs=_word_counts(state, "word_docs", path),
+        word_counts=_word_counts(state, "word_counts", path),
     )
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _word_counts(state: dict[str, Any], key: str, path: Path) -> dict[str, int] | None:
+    """word -> count (`word_docs`, `word_counts`), as pickled or as to_json()'s JSON string."""
+    counts = state.get(key)
+    if counts is None:
+        return None
+    if isinstance(counts, str):
+        try:
+            counts = json.loads(counts)
+        except (ValueError, RecursionError) as error:
+            raise TokenizerError(f"{path}: {key} is not readable JSON ({error})") from None
+    if not isinstance(counts, dict) or not all(
+        isinstance(word, str) and _is_count(count) for word, count in counts.items()
+    ):
+        raise TokenizerError(f"{path}: {key} is not a mapping of words to counts")
+    return dict(counts)
 
 
 def _attributes_from_json(data: bytes, path: Path) -> dict[str, Any]:
@@ -198,31 +223,3 @@ def build_vocabulary(tokenizer: TokenizerState, vocab_size: int) -> list[str | N
         if index < vocab_size and vocabulary[index] is None:
             vocabulary[index] = word
     return vocabulary
-
-
-def choose_delimiters(
-    vocabulary: list[str | None], start_token: str | None = None, end_token: str | None = None
-) -> tuple[str, str]:
-    """The caption start/end words: the override if given, else the first known pair present."""
-    known = {word for word in vocabulary if word is not None}
-    if start_token is None or end_token is None:
-        for start, end in DELIMITER_PAIRS:
-            if (start_token or start) in known and (end_token or end) in known:
-                start_token, end_token = start_token or start, end_token or end
-                break
-    tried = ", ".join(f"{s}/{e}" for s, e in DELIMITER_PAIRS)
-    for role, token in (("start", start_token), ("end", end_token)):
-        if token is None:
-            raise TokenizerError(
-                f"no {role} token found in the tokenizer's vocabulary (tried {tried}); "
-                f"pass --{role}-token WORD"
-            )
-        if token not in known:
-            raise TokenizerError(
-                f"{role} token {token!r} is not in the tokenizer's vocabulary; "
-                f"pass --{role}-token with a word it has"
-            )
-    assert start_token is not None and end_token is not None
-    if start_token == end_token:
-        raise TokenizerError(f"start and end token are both {start_token!r}; they must differ")
-    return start_token, end_token

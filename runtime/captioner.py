@@ -16,15 +16,17 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from capgen.runtime.decoding import DecodingOptions, DecodingResult, decode, is_count
+from capgen.runtime.decoding import DecodingOptions, DecodingResult, decode
 from capgen.runtime.encoder import Encoder
 from capgen.runtime.errors import CapgenError, InputError, ModelError
 from capgen.runtime.home import default_model_dir
+from capgen.runtime.limits import is_count
 from capgen.runtime.manifest import Manifest, load_manifest, verify_files
 from capgen.runtime.preprocess import DEFAULT_MAX_PIXELS, prepare, resample_filter
 from capgen.runtime.step_model import StepModel
@@ -54,6 +56,17 @@ def check_batch_size(batch_size: object) -> None:
 
 # (image as given, its pixels or why it has none, seconds spent preprocessing)
 _Prepared = tuple[Any, "np.ndarray | CapgenError", float]
+
+
+def _options(options: DecodingOptions | None, overrides: dict[str, Any]) -> DecodingOptions:
+    """`options` with keyword overrides; an unknown name is an InputError, not a TypeError."""
+    known = {f.name for f in fields(DecodingOptions)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise InputError(
+            f"unknown decoding option {unknown[0]!r} (options: {', '.join(sorted(known))})"
+        )
+    return replace(options or DecodingOptions(), **overrides)
 
 
 def resolve_model_dir(model_dir: str | Path | None) -> tuple[Path, bool]:
@@ -131,6 +144,27 @@ class Captioner:
             threads=1,
         )
         self._step_model.check_vocabulary()
+        if self.vocabulary.start_id is None:
+            self._check_padding_start(folder)
+
+    def _check_padding_start(self, folder: Path) -> None:
+        """A model whose start word is not in the vocabulary starts from the padding id.
+
+        That is exact only if the step graph leaves the zero state unchanged for
+        padding (capgen writes such graphs for these models); a folder whose
+        manifest claims it without such a graph would caption from a wrong first word.
+        """
+        h, c = self._step_model.initial_state(1)
+        photo = np.zeros((1, self._step_model.projection_size), dtype=np.float32)
+        _, h_out, c_out = self._step_model.step(
+            np.array([self.vocabulary.first_input_id], dtype=np.int64), h, c, photo
+        )
+        if np.any(h_out) or np.any(c_out):
+            raise ModelError(
+                f"{folder}: the manifest says the start word {self.vocabulary.start_word!r} is not "
+                "in the vocabulary, but the step graph does not treat the padding id as empty "
+                "input; reconvert the model with this capgen"
+            )
 
     def preprocess(self, image: Any) -> np.ndarray:
         """uint8 [H, W, 3] pixels exactly as the encoder sees them."""
@@ -148,16 +182,14 @@ class Captioner:
         return decode(self._step_model, photo, self.vocabulary, options, self.manifest.max_length)
 
     def caption(
-        self,
-        image: Any,
-        beam_size: int = 3,
-        max_length: int | None = None,
-        length_penalty: float | None = None,
-        n_best: int = 1,
-        options: DecodingOptions | None = None,
+        self, image: Any, options: DecodingOptions | None = None, **overrides: Any
     ) -> DecodingResult:
-        """Caption one image (path, bytes, file object, PIL image or array; see preprocess.py)."""
-        options = options or DecodingOptions(beam_size, max_length, length_penalty, n_best)
+        """Caption one image (path, bytes, file object, PIL image or array; see preprocess.py).
+
+        `options` (default: beam 3) with any of its fields overridden by keyword,
+        e.g. `caption(path, beam_size=1)` for the tutorial's greedy loop.
+        """
+        options = _options(options, overrides)
         ((_, outcome),) = self.iter_captions([image], options=options, batch_size=1)
         if isinstance(outcome, CapgenError):
             raise outcome
@@ -166,21 +198,21 @@ class Captioner:
     def caption_batch(
         self,
         images: Iterable[Any],
-        beam_size: int = 3,
-        max_length: int | None = None,
-        length_penalty: float | None = None,
-        n_best: int = 1,
         options: DecodingOptions | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         errors: Literal["raise", "return"] = "raise",
+        **overrides: Any,
     ) -> list[DecodingResult | CapgenError]:
-        """Caption many images; with errors="return", failures are CapgenError items in the list."""
+        """Caption many images; with errors="return", failures are CapgenError items in the list.
+
+        Options as for `caption`.
+        """
         if isinstance(images, (str, bytes, bytearray, os.PathLike)):
             # A lone path would be captioned letter by letter (an [N, H, W, 3] array is N images: fine).
             raise InputError("caption_batch takes a list of images; use caption() for one image")
         if errors not in ("raise", "return"):
             raise InputError(f"errors must be 'raise' or 'return', got {errors!r}")
-        options = options or DecodingOptions(beam_size, max_length, length_penalty, n_best)
+        options = _options(options, overrides)
         results: list[DecodingResult | CapgenError] = []
         for _, outcome in self.iter_captions(images, options=options, batch_size=batch_size):
             if isinstance(outcome, CapgenError) and errors == "raise":

@@ -237,8 +237,8 @@ def info_command(
         f"decoder:      {dec.projection_file} + {dec.step_file} ({dec.units} LSTM units, "
         f"{raw.get('decoder', {}).get('recurrent_activation', '?')} gates, "
         f"{raw.get('decoder', {}).get('merge', '?')} merge)",
-        f"vocabulary:   {voc.file}: {voc.size} ids, start {voc.start_token!r}={voc.start_id}, "
-        f"end {voc.end_token!r}={voc.end_id}",
+        f"vocabulary:   {voc.file}: {voc.size} ids",
+        f"start/end:    {_caption_words(voc)}",
         f"max_length:   {manifest.max_length}",
     ]
     for key, value in sorted((raw.get("sources") or {}).items()):
@@ -268,6 +268,35 @@ def info_command(
         raise ModelIntegrityError(
             f"{len(problems)} file(s) do not match the manifest: {problems[0]}"
         )
+
+
+def _caption_words(voc: Any) -> str:
+    """`start 'startseq' (id 2, in 30,000 of 30,000 captions), end …` from the manifest."""
+    evidence = voc.delimiters or {}
+    documents = evidence.get("documents")
+
+    def word(token: str | None, token_id: int | None, docs: object) -> str:
+        if token is None:
+            return "none (captions run to max_length)"
+        where = (
+            "not in the vocabulary: first input is padding"
+            if token_id is None
+            else f"id {token_id}"
+        )
+        if isinstance(docs, int) and isinstance(documents, int) and documents:
+            where += f", in {docs:,} of {documents:,} captions"
+        return f"{token!r} ({where})"
+
+    start = word(voc.start_token, voc.start_id, evidence.get("start_documents"))
+    end = word(voc.end_token, voc.end_id, evidence.get("end_documents"))
+    how = {
+        "captions": "the captions they appear in",
+        "word_counts": "word counts",
+        "ids": "word ids",
+    }
+    chosen_by = evidence.get("chosen_by")
+    chosen = f"; chosen by {how.get(chosen_by, chosen_by)}" if chosen_by else ""
+    return f"start {start}, end {end}{chosen}"
 
 
 def _print_report(text: str) -> None:

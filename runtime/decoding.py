@@ -1,32 +1,48 @@
 """Search strategies over the step model: greedy (the tutorial's loop) and beam search.
 
 Shaped like openai/whisper's decoding.py: one frozen `DecodingOptions`, one
-`DecodingResult`, and strategies that only see a step model
-(`initial_state`, `step`). Every strategy advances all hypotheses of all
-images in ONE step call per word position, because a step is a few
-microseconds of compute and the per-call overhead would otherwise dominate.
+`DecodingResult`, and strategies plugged into ONE loop (`_search`) that owns
+the step model. The loop advances all hypotheses of all images in one step
+call per word position, because a step is a few microseconds of compute and
+the per-call overhead would otherwise dominate; a strategy only chooses which
+rows go on with which word.
 
-Stopping follows the tutorial exactly: a caption ends after the end token
-(which is kept in `tokens` and `raw`, like the tutorial's `in_text`), or when
-the model's best word is an id with no word (the tutorial's
-`if word is None: break`; the id is not kept), or after `max_length` words.
+The stop rules are stated once (`_stop_rules`, `_stopped`) and follow the
+tutorial exactly: a caption ends after the end token (which is kept in
+`tokens` and `raw`, like the tutorial's `in_text`), or when the chosen word is
+an id with no word (the tutorial's `if word is None: break`; the id is not
+kept, but its log-probability counts, so an unlikely stop never outranks a
+likely caption), or after `max_length` words. A model without an end word
+(`end_id` None) always runs to `max_length`, which then counts as finished.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 import numpy as np
 
 from capgen.runtime.errors import InputError
-from capgen.runtime.manifest import MAX_CAPTION_LENGTH
+from capgen.runtime.limits import MAX_BEAM_SIZE, MAX_CAPTION_LENGTH, is_count
 from capgen.runtime.top_k import top_k
 from capgen.runtime.vocabulary import Vocabulary
 
 StopReason = Literal["end", "no_word", "max_length"]
+
+__all__ = [
+    "MAX_BEAM_SIZE",
+    "DecodingOptions",
+    "DecodingResult",
+    "Hypothesis",
+    "StopReason",
+    "beam_search",
+    "decode",
+    "greedy_search",
+    "is_count",
+    "to_result",
+]
 
 
 class StepModelLike(Protocol):
@@ -35,19 +51,6 @@ class StepModelLike(Protocol):
     def step(
         self, words: np.ndarray, h: np.ndarray, c: np.ndarray, photo: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
-
-
-# Upper bounds on what a caller may ask for. Each step holds beam_size rows of
-# V log-probabilities per image (V = 7,577 for the tutorial: a beam of a million
-# asked for tens of GB), and a model that never says `end` decodes max_length
-# steps (a hundred million took hours): refusing up front beats a hang or an
-# out-of-memory kill. Real captions are 10-40 words; beams beyond ~10 stop helping.
-MAX_BEAM_SIZE = 100
-
-
-def is_count(value: object) -> bool:
-    """An integer (numpy's too), but not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -127,17 +130,18 @@ class DecodingResult:
 
 def to_result(ranked: list[Hypothesis], vocabulary: Vocabulary) -> DecodingResult:
     """The best hypothesis as a result, the rest as its alternatives."""
+    runs_to_length = vocabulary.end_id is None  # no end word: reaching max_length is the end
 
     def one(hyp: Hypothesis) -> DecodingResult:
         words = [vocabulary.words[i] or "" for i in hyp.tokens]
         text_words = words[:-1] if hyp.stop_reason == "end" else words
-        start_word = vocabulary.words[vocabulary.start_id] or ""
         return DecodingResult(
             text=" ".join(text_words),
             tokens=hyp.tokens,
-            raw=" ".join([start_word, *words]),
+            raw=" ".join([vocabulary.start_word, *words]),
             log_probability=hyp.log_probability,
-            finished=hyp.stop_reason == "end",
+            finished=hyp.stop_reason == "end"
+            or (runs_to_length and hyp.stop_reason == "max_length"),
             stop_reason=hyp.stop_reason,
         )
 
@@ -145,47 +149,99 @@ def to_result(ranked: list[Hypothesis], vocabulary: Vocabulary) -> DecodingResul
     return replace(best, alternatives=tuple(one(h) for h in ranked[1:]))
 
 
-def greedy_search(
-    model: StepModelLike, photo: np.ndarray, vocabulary: Vocabulary, max_length: int
+# --- the stop rules, once ---------------------------------------------------------------------
+
+
+def _stop_rules(vocabulary: Vocabulary) -> dict[int, StopReason]:
+    """id -> why choosing it ends a caption; ids not listed continue it."""
+    rules: dict[int, StopReason] = dict.fromkeys(vocabulary.null_id_set, "no_word")
+    if vocabulary.end_id is not None:
+        rules[vocabulary.end_id] = "end"
+    return rules
+
+
+def _stopped(tokens: tuple[int, ...], token: int, score: float, reason: StopReason) -> Hypothesis:
+    """The hypothesis a stop leaves: the end token is kept (as in the tutorial's in_text), a no-word id is not."""
+    return Hypothesis((*tokens, token) if reason == "end" else tokens, score, reason)
+
+
+# --- one loop, pluggable strategies -------------------------------------------------------------
+
+
+class _Strategy(Protocol):
+    def advance(self, log_probs: np.ndarray) -> tuple[np.ndarray, list[int] | None]:
+        """The next words, and which current rows they continue (None: every row, in order)."""
+        ...
+
+    def finish(self) -> list[list[Hypothesis]]:
+        """Per image, its hypotheses ranked best first; rows still live stopped at max_length."""
+        ...
+
+
+def _search(
+    model: StepModelLike,
+    photo: np.ndarray,
+    vocabulary: Vocabulary,
+    max_length: int,
+    strategy: _Strategy,
 ) -> list[list[Hypothesis]]:
-    """The tutorial's argmax loop for a batch of images, one step call per word position.
+    """Run `strategy` over the step model: one step call per word position for every live row."""
+    count = photo.shape[0]
+    words = np.full(count, vocabulary.first_input_id, dtype=np.int64)
+    h, c = model.initial_state(count)
+    row_photo = photo
+    for _ in range(max_length):
+        log_probs, h, c = model.step(words, h, c, row_photo)
+        words, parents = strategy.advance(log_probs)
+        if parents is None:
+            continue
+        if not parents:
+            break
+        h, c, row_photo = h[parents], c[parents], row_photo[parents]
+    return strategy.finish()
+
+
+class _Greedy:
+    """The tutorial's argmax loop, batched.
 
     The per-word Python work is kept to an argmax and a loop over the live
     rows in plain ints, because at ~0.1 ms a step any numpy call counts.
     """
-    count = photo.shape[0]
-    null_ids = vocabulary.null_id_set
-    end_id = vocabulary.end_id
-    words = np.full(count, vocabulary.start_id, dtype=np.int64)
-    h, c = model.initial_state(count)
-    rows = list(range(count))  # image index of each live row
-    tokens: list[list[int]] = [[] for _ in range(count)]
-    log_probability = [0.0] * count
-    reasons: list[StopReason] = ["max_length"] * count
-    for _ in range(max_length):
-        log_probs, h, c = model.step(words, h, c, photo)
+
+    def __init__(self, count: int, vocabulary: Vocabulary) -> None:
+        self.rules = _stop_rules(vocabulary)
+        self.rows = list(range(count))  # image index of each live row
+        self.tokens: list[list[int]] = [[] for _ in range(count)]
+        self.log_probability = [0.0] * count
+        self.ended: list[Hypothesis | None] = [None] * count
+
+    def advance(self, log_probs: np.ndarray) -> tuple[np.ndarray, list[int] | None]:
         chosen = log_probs.argmax(axis=1)
         stopped_any = False
         for row, token in enumerate(chosen.tolist()):
-            image = rows[row]
-            if token in null_ids:
-                reasons[image] = "no_word"
-                stopped_any = True
+            image = self.rows[row]
+            self.log_probability[image] += float(log_probs[row, token])
+            reason = self.rules.get(token)
+            if reason is None:
+                self.tokens[image].append(token)
                 continue
-            tokens[image].append(token)
-            log_probability[image] += float(log_probs[row, token])
-            if token == end_id:
-                reasons[image] = "end"
-                stopped_any = True
+            self.ended[image] = _stopped(
+                tuple(self.tokens[image]), token, self.log_probability[image], reason
+            )
+            stopped_any = True
         if not stopped_any:
-            words = chosen
-            continue
-        keep = [row for row, image in enumerate(rows) if reasons[image] == "max_length"]
-        if not keep:
-            break
-        rows = [rows[row] for row in keep]
-        words, h, c, photo = chosen[keep], h[keep], c[keep], photo[keep]
-    return [[Hypothesis(tuple(tokens[i]), log_probability[i], reasons[i])] for i in range(count)]
+            return chosen, None
+        keep = [row for row, image in enumerate(self.rows) if self.ended[image] is None]
+        self.rows = [self.rows[row] for row in keep]
+        return chosen[keep], keep
+
+    def finish(self) -> list[list[Hypothesis]]:
+        return [
+            [ended or Hypothesis(tuple(tokens), logp, "max_length")]
+            for ended, tokens, logp in zip(
+                self.ended, self.tokens, self.log_probability, strict=True
+            )
+        ]
 
 
 @dataclass
@@ -194,6 +250,118 @@ class _ImageBeams:
 
     ended: list[Hypothesis] = field(default_factory=list)
     stopped: list[Hypothesis] = field(default_factory=list)
+
+
+class _Beam:
+    """Beam search; all live beams of all images share one step call.
+
+    An image is done when `beam_size` hypotheses have ended (end token) or
+    stopped (no-word id, like the tutorial); with beam_size 1 that is exactly
+    the greedy loop. If none ended by `max_length`, the live beams are returned
+    flagged unfinished.
+    """
+
+    def __init__(
+        self,
+        count: int,
+        vocabulary: Vocabulary,
+        beam_size: int,
+        length_penalty: float | None,
+        n_best: int,
+    ) -> None:
+        self.rules = _stop_rules(vocabulary)
+        self.beam_size, self.length_penalty, self.n_best = beam_size, length_penalty, n_best
+        # An image stops taking candidates once beam_size continue or beam_size have
+        # stopped, so a row can give at most beam_size - 1 continuing and
+        # min(words that stop it, beam_size - 1) stopping ones before its last useful
+        # candidate: selection sorts a handful of numbers per row instead of V.
+        self.per_row = min(beam_size + min(len(self.rules), beam_size - 1), vocabulary.size)
+        self.state = [_ImageBeams() for _ in range(count)]
+        # Live rows, grouped by image in image order.
+        self.row_image = np.arange(count)
+        self.row_logp = np.zeros(count, dtype=np.float64)
+        self.row_tokens: list[tuple[int, ...]] = [() for _ in range(count)]
+
+    def advance(self, log_probs: np.ndarray) -> tuple[np.ndarray, list[int] | None]:
+        per_row, beam_size = self.per_row, self.beam_size
+        top_values, row_top = top_k(log_probs, per_row)
+        row_scores = self.row_logp[:, None] + top_values
+        live = len(self.row_image)
+        # One sort for the whole batch: by image, then best score, ties to the
+        # lower (row, word) like argmax, so beam_size 1 is greedy exactly.
+        order = np.lexsort(
+            (
+                row_top.ravel(),
+                np.repeat(np.arange(live), per_row),
+                -row_scores.ravel(),
+                np.repeat(self.row_image, per_row),
+            )
+        )
+        cand_rows = (order // per_row).tolist()
+        cand_tokens = row_top.ravel()[order].tolist()
+        cand_scores = row_scores.ravel()[order].tolist()
+        images = self.row_image.tolist()
+        next_rows: list[int] = []
+        next_words: list[int] = []
+        next_logp: list[float] = []
+        next_tokens: list[tuple[int, ...]] = []
+        next_image: list[int] = []
+        image = -1
+        closed = True  # the current image needs no more candidates this step
+        kept = 0
+        beams = _ImageBeams()
+        for row, token, score in zip(cand_rows, cand_tokens, cand_scores, strict=True):
+            if images[row] != image:
+                image, closed, kept = images[row], False, 0
+                beams = self.state[image]
+            if closed:
+                continue
+            reason = self.rules.get(token)
+            if reason is None:
+                next_rows.append(row)
+                next_words.append(token)
+                next_logp.append(score)
+                next_tokens.append((*self.row_tokens[row], token))
+                next_image.append(image)
+                kept += 1
+            else:
+                done = _stopped(self.row_tokens[row], token, score, reason)
+                (beams.ended if reason == "end" else beams.stopped).append(done)
+            if len(beams.ended) + len(beams.stopped) >= beam_size:
+                # Done: this image's beams end here, including those kept this step.
+                closed = True
+                if kept:
+                    del next_rows[-kept:], next_words[-kept:], next_logp[-kept:]
+                    del next_tokens[-kept:], next_image[-kept:]
+            elif kept == beam_size:
+                closed = True
+        self.row_image = np.array(next_image, dtype=np.int64)
+        self.row_logp = np.array(next_logp, dtype=np.float64)
+        self.row_tokens = next_tokens
+        return np.array(next_words, dtype=np.int64), next_rows
+
+    def finish(self) -> list[list[Hypothesis]]:
+        cut: dict[int, list[Hypothesis]] = {}
+        for row, tokens in enumerate(self.row_tokens):
+            cut.setdefault(int(self.row_image[row]), []).append(
+                Hypothesis(tokens, float(self.row_logp[row]), "max_length")
+            )
+
+        def by_score(hyp: Hypothesis) -> float:
+            return -hyp.score(self.length_penalty)
+
+        ranked: list[list[Hypothesis]] = []
+        for image, beams in enumerate(self.state):
+            unfinished = sorted(beams.stopped + cut.get(image, []), key=by_score)
+            ranked.append((sorted(beams.ended, key=by_score) + unfinished)[: self.n_best])
+        return ranked
+
+
+def greedy_search(
+    model: StepModelLike, photo: np.ndarray, vocabulary: Vocabulary, max_length: int
+) -> list[list[Hypothesis]]:
+    """The tutorial's argmax loop for a batch of images, one step call per word position."""
+    return _search(model, photo, vocabulary, max_length, _Greedy(photo.shape[0], vocabulary))
 
 
 def beam_search(
@@ -205,103 +373,9 @@ def beam_search(
     length_penalty: float | None = None,
     n_best: int = 1,
 ) -> list[list[Hypothesis]]:
-    """Beam search for a batch of images; all live beams of all images share one step call.
-
-    An image is done when `beam_size` hypotheses have ended (end token) or
-    stopped (no-word id, like the tutorial); with beam_size 1 that is exactly
-    the greedy loop. If none ended by `max_length`, the live beams are returned
-    flagged unfinished.
-    """
-    count = photo.shape[0]
-    null_ids = vocabulary.null_id_set
-    end_id = vocabulary.end_id
-    # An image stops taking candidates once beam_size continue or beam_size have
-    # ended, so a row can give at most beam_size - 1 continuing and
-    # min(words that end it, beam_size - 1) ending ones before its last useful
-    # candidate: selection sorts a handful of numbers per row instead of V.
-    per_row = min(beam_size + min(1 + len(null_ids), beam_size - 1), vocabulary.size)
-    state = [_ImageBeams() for _ in range(count)]
-    # Live rows, grouped by image in image order.
-    row_image = np.arange(count)
-    row_logp = np.zeros(count, dtype=np.float64)
-    row_tokens: list[tuple[int, ...]] = [() for _ in range(count)]
-    words = np.full(count, vocabulary.start_id, dtype=np.int64)
-    h, c = model.initial_state(count)
-    for _ in range(max_length):
-        log_probs, h_out, c_out = model.step(words, h, c, photo[row_image])
-        top_values, row_top = top_k(log_probs, per_row)
-        row_scores = row_logp[:, None] + top_values
-        live = len(row_image)
-        # One sort for the whole batch: by image, then best score, ties to the
-        # lower (row, word) like argmax, so beam_size 1 is greedy exactly.
-        order = np.lexsort(
-            (
-                row_top.ravel(),
-                np.repeat(np.arange(live), per_row),
-                -row_scores.ravel(),
-                np.repeat(row_image, per_row),
-            )
-        )
-        cand_rows = (order // per_row).tolist()
-        cand_tokens = row_top.ravel()[order].tolist()
-        cand_scores = row_scores.ravel()[order].tolist()
-        images = row_image.tolist()
-        parent_logp = row_logp.tolist()
-        next_rows: list[int] = []
-        next_words: list[int] = []
-        next_logp: list[float] = []
-        next_tokens: list[tuple[int, ...]] = []
-        next_image: list[int] = []
-        image = -1
-        closed = True  # the current image needs no more candidates this step
-        kept = 0
-        for row, token, score in zip(cand_rows, cand_tokens, cand_scores, strict=True):
-            if images[row] != image:
-                image, closed, kept = images[row], False, 0
-                beams = state[image]
-            if closed:
-                continue
-            if token in null_ids:
-                beams.stopped.append(Hypothesis(row_tokens[row], parent_logp[row], "no_word"))
-            elif token == end_id:
-                beams.ended.append(Hypothesis((*row_tokens[row], token), score, "end"))
-            else:
-                next_rows.append(row)
-                next_words.append(token)
-                next_logp.append(score)
-                next_tokens.append((*row_tokens[row], token))
-                next_image.append(image)
-                kept += 1
-            if len(beams.ended) + len(beams.stopped) >= beam_size:
-                # Done: this image's beams end here, including those kept this step.
-                closed = True
-                if kept:
-                    del next_rows[-kept:], next_words[-kept:], next_logp[-kept:]
-                    del next_tokens[-kept:], next_image[-kept:]
-            elif kept == beam_size:
-                closed = True
-        if not next_rows:
-            row_tokens = []
-            break
-        row_image = np.array(next_image, dtype=np.int64)
-        row_logp = np.array(next_logp, dtype=np.float64)
-        row_tokens = next_tokens
-        words = np.array(next_words, dtype=np.int64)
-        h, c = h_out[next_rows], c_out[next_rows]
-    cut: dict[int, list[Hypothesis]] = {}
-    for row, tokens in enumerate(row_tokens):
-        cut.setdefault(int(row_image[row]), []).append(
-            Hypothesis(tokens, float(row_logp[row]), "max_length")
-        )
-    ranked: list[list[Hypothesis]] = []
-    for image, beams in enumerate(state):
-
-        def by_score(hyp: Hypothesis) -> float:
-            return -hyp.score(length_penalty)
-
-        unfinished = sorted(beams.stopped + cut.get(image, []), key=by_score)
-        ranked.append((sorted(beams.ended, key=by_score) + unfinished)[:n_best])
-    return ranked
+    """Beam search for a batch of images (see `_Beam`)."""
+    strategy = _Beam(photo.shape[0], vocabulary, beam_size, length_penalty, n_best)
+    return _search(model, photo, vocabulary, max_length, strategy)
 
 
 def decode(

@@ -17,6 +17,7 @@ from typing import Any
 
 from capgen.runtime.errors import GitLfsPointerError, ModelError, ModelIntegrityError
 from capgen.runtime.home import capgen_home
+from capgen.runtime.limits import MAX_CAPTION_LENGTH
 
 SUPPORTED_FORMAT_VERSIONS = (1,)
 MANIFEST_NAME = "manifest.json"
@@ -24,7 +25,6 @@ _LFS_PREFIX = b"version https://git-lfs"
 # Bounds on numbers that size work: a manifest saying max_length 10**9 (or an
 # encoder input of 10**5 x 10**5 pixels) would hang or exhaust memory on the
 # first image instead of failing at load. The tutorial's values are 32-40 and 299.
-MAX_CAPTION_LENGTH = 1000
 MAX_INPUT_SIDE = 4096
 
 
@@ -52,12 +52,17 @@ class DecoderSpec:
 
 @dataclass(frozen=True)
 class VocabularySpec:
+    """`start_id` None: the start word is not in the vocabulary, so the first input is
+    padding; `end_token`/`end_id` None: the model has no end word (captions run to max_length)."""
+
     file: str
     size: int
     start_token: str
-    end_token: str
-    start_id: int
-    end_id: int
+    end_token: str | None
+    start_id: int | None
+    end_id: int | None
+    # How the words were chosen (chosen_by, documents, start_documents, end_documents).
+    delimiters: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,20 @@ def _optional_str(data: dict[str, Any], key: str, where: str) -> str | None:
     return value
 
 
+def _nullable(data: dict[str, Any], key: str, kind: type, where: str) -> Any:
+    """A field that must be present but may be null."""
+    if isinstance(data, dict) and key in data and data[key] is None:
+        return None
+    return _field(data, key, kind, where)
+
+
+def _optional_dict(data: dict[str, Any], key: str, where: str) -> dict[str, Any] | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise ModelError(f"manifest.json: field {where}{key} should be an object, got {value!r}")
+    return value
+
+
 def _parse(folder: Path, data: Any) -> Manifest:
     if not isinstance(data, dict) or data.get("format") != "capgen-model":
         raise ModelError(f"{folder}: manifest.json is not a capgen model manifest")
@@ -152,10 +171,16 @@ def _parse(folder: Path, data: Any) -> Manifest:
         file=_field(voc, "file", str, "vocabulary."),
         size=_field(voc, "size", int, "vocabulary."),
         start_token=_field(voc, "start_token", str, "vocabulary."),
-        end_token=_field(voc, "end_token", str, "vocabulary."),
-        start_id=_field(voc, "start_id", int, "vocabulary."),
-        end_id=_field(voc, "end_id", int, "vocabulary."),
+        end_token=_nullable(voc, "end_token", str, "vocabulary."),
+        start_id=_nullable(voc, "start_id", int, "vocabulary."),
+        end_id=_nullable(voc, "end_id", int, "vocabulary."),
+        delimiters=_optional_dict(voc, "delimiters", "vocabulary."),
     )
+    if (vocabulary.end_token is None) != (vocabulary.end_id is None):
+        raise ModelError(
+            "manifest.json: vocabulary.end_token and vocabulary.end_id must both be null "
+            "(no end word) or both be set"
+        )
     files_raw = _field(data, "files", dict, "")
     files: dict[str, FileRecord] = {}
     for name, record in files_raw.items():
@@ -195,11 +220,31 @@ def load_manifest(folder: Path | str) -> Manifest:
     return _parse(Path(folder), read_raw_manifest(folder))
 
 
+def _refuse_non_folder(path: Path) -> None:
+    """A file where a model folder belongs: say what it is and what to do, not just "not found"."""
+    convert = (
+        "convert the Keras model into a folder first: capgen convert model MODEL TOKENIZER -o DIR"
+    )
+    if not path.is_file():
+        raise ModelError(f"{path}: model folder not found (or not a folder)")
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(len(_LFS_PREFIX))
+    except OSError:
+        head = b""
+    if head == _LFS_PREFIX:
+        raise GitLfsPointerError(
+            f"{path}: is a Git LFS pointer, not a model (fetch the real file with `git lfs pull`); "
+            f"then {convert}"
+        )
+    raise ModelError(f"{path}: is a file, not a capgen model folder; {convert}")
+
+
 def read_raw_manifest(folder: Path | str) -> Any:
     """The manifest's JSON as written; the converter extends it with this, the runtime parses it."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ModelError(f"{folder}: model folder not found (or not a folder)")
+        _refuse_non_folder(folder)
     path = folder / MANIFEST_NAME
     try:
         text = path.read_bytes()

@@ -15,12 +15,29 @@ from pathlib import Path
 from capgen.runtime.errors import ModelError
 from capgen.runtime.manifest import VocabularySpec
 
+PADDING_ID = 0  # Keras's padding id: masked, so it leaves the LSTM state unchanged
+
 
 @dataclass(frozen=True)
 class Vocabulary:
+    """The id -> word list and the caption's start and end.
+
+    `start_id` None: the start word is not in the vocabulary, so the model's
+    first input is padding (Keras drops unknown words); `end_id` None: no word
+    ends a caption, it runs to max_length.
+    """
+
     words: tuple[str | None, ...]
-    start_id: int
-    end_id: int
+    start_id: int | None
+    end_id: int | None
+    start_token: str | None = None  # needed only when start_id is None
+
+    @property
+    def start_word(self) -> str:
+        """The caption's start word (the tutorial's raw output begins with it)."""
+        if self.start_token is not None:
+            return self.start_token
+        return (self.words[self.start_id] if self.start_id is not None else None) or ""
 
     @property
     def size(self) -> int:
@@ -31,6 +48,11 @@ class Vocabulary:
         if 0 <= token_id < len(self.words):
             return self.words[token_id]
         return None
+
+    @property
+    def first_input_id(self) -> int:
+        """The id fed at the first step: the start word's, or padding when it has none."""
+        return PADDING_ID if self.start_id is None else self.start_id
 
     @cached_property
     def null_id_set(self) -> frozenset[int]:
@@ -54,6 +76,15 @@ def load_vocabulary(path: Path, spec: VocabularySpec) -> Vocabulary:
         ("start", spec.start_id, spec.start_token),
         ("end", spec.end_id, spec.end_token),
     ):
-        if not 0 <= token_id < len(data) or data[token_id] != token:
+        if token_id is None:
+            if token is not None and token in data:
+                raise ModelError(
+                    f"{path}: the manifest says the {name} word {token!r} is not in the "
+                    f"vocabulary, but it is (id {data.index(token)})"
+                )
+            continue
+        if not 0 < token_id < len(data) or data[token_id] != token:
             raise ModelError(f"{path}: {name} id {token_id} is not the word {token!r}")
-    return Vocabulary(words=tuple(data), start_id=spec.start_id, end_id=spec.end_id)
+    return Vocabulary(
+        words=tuple(data), start_id=spec.start_id, end_id=spec.end_id, start_token=spec.start_token
+    )

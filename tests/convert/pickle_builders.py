@@ -40,19 +40,34 @@ def pickle_fake_tokenizer(
             del sys.modules[name]
 
 
-def tokenizer_state(words: list[str], num_words: int | None = None) -> dict[str, Any]:
-    """A Keras Tokenizer's attributes after fit_on_texts, for the given words in frequency order."""
+# The words the tutorial and its forks wrap every caption in.
+MARKERS = frozenset({"start", "end", "startseq", "endseq", "<start>", "<end>"})
+
+
+def tokenizer_state(
+    words: list[str],
+    num_words: int | None = None,
+    documents: int = 3,
+    markers: frozenset[str] = MARKERS,
+) -> dict[str, Any]:
+    """A Keras Tokenizer's attributes after fit_on_texts, for the given words in frequency order.
+
+    `documents` captions were fitted; the `markers` among the words are in
+    every one of them (as start/end are in the tutorial's), the rest in one.
+    """
     word_index = {word: index for index, word in enumerate(words, start=1)}
     word_docs: collections.defaultdict[str, int] = collections.defaultdict(int)
-    word_docs.update(dict.fromkeys(words, 1))
+    word_docs.update({word: documents if word in markers else 1 for word in words})
     return {
-        "word_counts": collections.OrderedDict((word, 1) for word in words),
+        "word_counts": collections.OrderedDict(
+            (word, documents if word in markers else 1) for word in words
+        ),
         "word_docs": word_docs,
         "filters": '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n',
         "split": " ",
         "lower": True,
         "num_words": num_words,
-        "document_count": 3,
+        "document_count": documents,
         "char_level": False,
         "oov_token": None,
         "index_docs": collections.defaultdict(int),

@@ -111,6 +111,13 @@ def test_manifest_follows_the_contract(sources: dict[str, Any], tmp_path: Path) 
         "end_token": "end",
         "start_id": 2,
         "end_id": 1,
+        # write_fake_tokenizer: 3 captions, each wrapped in start ... end
+        "delimiters": {
+            "chosen_by": "captions",
+            "documents": 3,
+            "start_documents": 3,
+            "end_documents": 3,
+        },
     }
     assert manifest["max_length"] == 12
     assert (
@@ -276,7 +283,7 @@ def test_cli_prints_what_it_found(sources: dict[str, Any], tmp_path: Path) -> No
     )
     assert result.exit_code == 0, result.output
     for expected in (
-        "13 ids (start 'start', end 'end')",
+        "13 ids\nstart/end:      start 'start' (id 2, in 3 of 3 captions), end 'end' (id 1",
         "max length:     12",
         "64 -> Dense 24",
         "recurrent activation sigmoid",

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pickle_builders import pickle_fake_tokenizer, tokenizer_state, write_fake_tokenizer
 
-from capgen.convert.tokenizer import build_vocabulary, choose_delimiters, read_tokenizer
+from capgen.convert.delimiters import DelimiterOptions, choose_delimiters
+from capgen.convert.tokenizer import build_vocabulary, read_tokenizer
 from capgen.runtime.errors import (
     GitLfsPointerError,
     InputError,
@@ -41,7 +42,17 @@ def test_real_tokenizers_from_every_keras_version_load(shared_data: Path, relati
     vocabulary = build_vocabulary(state, 7577)
     assert vocabulary[0] is None and vocabulary[1] == "end" and vocabulary[2] == "start"
     assert all(word is not None for word in vocabulary[1:])
-    assert choose_delimiters(vocabulary) == ("start", "end")
+    words = choose_delimiters(state, vocabulary, DelimiterOptions())
+    assert (words.start_token, words.start_id, words.end_token, words.end_id) == (
+        "start",
+        2,
+        "end",
+        1,
+    )
+    # Every one of the 30,000 training captions is wrapped in the pair.
+    assert state.document_count == words.documents == 30000
+    assert words.start_documents == words.end_documents == 30000
+    assert words.chosen_by == "captions"
 
 
 @pytest.mark.parametrize(
@@ -200,16 +211,6 @@ def test_num_words_limits_the_vocabulary(tmp_path: Path) -> None:
     path.write_bytes(pickle_fake_tokenizer(tokenizer_state(words, num_words=4)))
     vocabulary = build_vocabulary(read_tokenizer(path), 4)
     assert vocabulary == [None, "end", "start", "dog"]
-
-
-def test_delimiter_detection_override_and_failure() -> None:
-    forked = [None, "endseq", "startseq", "dog"]
-    assert choose_delimiters(forked) == ("startseq", "endseq")
-    assert choose_delimiters(forked, start_token="dog", end_token="endseq") == ("dog", "endseq")
-    with pytest.raises(TokenizerError, match=r"no start token found.*--start-token"):
-        choose_delimiters([None, "dog", "cat"])
-    with pytest.raises(TokenizerError, match="'begin' is not in the tokenizer's vocabulary"):
-        choose_delimiters(forked, start_token="begin")
 
 
 @settings(

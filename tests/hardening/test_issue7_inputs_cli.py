@@ -357,7 +357,7 @@ def test_broken_models_and_tokenizers_at_capgen_convert_model(
         keras_sources["encoder"],
     )
     assert good.returncode == 0, good.stderr
-    assert b"vocabulary:     9 ids (start 'start', end 'end')" in good.stdout
+    assert b"vocabulary:     9 ids\nstart/end:      start 'start' (id 2" in good.stdout
 
 
 # ---- crafted Keras files: declared sizes and types are checked before anything is read ----

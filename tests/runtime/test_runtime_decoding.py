@@ -123,6 +123,29 @@ def test_a_word_without_an_id_stops_the_caption_like_the_tutorial() -> None:
             assert result.tokens == (A, END) and result.finished
 
 
+def test_an_unlikely_stop_on_a_word_without_an_id_never_outranks_a_likely_caption() -> None:
+    """Issue 10 finding 23: a stop kept its parent's score, so a 1% stop beat a 97% caption.
+
+    A stop on an id with no word is a choice the model makes with that id's
+    probability (the tutorial takes it only when it is the argmax); its score
+    counts it, in greedy and beam search alike.
+    """
+    table = {START: {0: 0.01, A: 0.99}, A: {A: 0.99, B: 0.01}, B: {A: 1.0}}
+    photo = np.zeros((1, 1), np.float32)
+    for beam_size in (2, 3):
+        result = decode(
+            MarkovStepModel(table), photo, MARKOV_VOCAB, DecodingOptions(beam_size=beam_size), 3
+        )[0]
+        assert result.tokens == (A, A, A), f"beam {beam_size}: {result.tokens}"
+        assert result.stop_reason == "max_length"
+    stop_first = {START: {0: 0.6, A: 0.4}}
+    greedy = decode(
+        MarkovStepModel(stop_first), photo, MARKOV_VOCAB, DecodingOptions(beam_size=1), 3
+    )[0]
+    assert greedy.tokens == () and greedy.stop_reason == "no_word"
+    assert greedy.log_probability == pytest.approx(np.log(0.6), abs=1e-6)
+
+
 def test_max_length_option_overrides_the_model() -> None:
     loop = {START: {A: 1.0}, A: {A: 1.0}}
     photo = np.zeros((1, 1), np.float32)
@@ -258,9 +281,9 @@ def _reference_beam(
         candidates.sort(key=lambda item: (-item[0], item[1], item[2]))
         next_beams: list[tuple[tuple[int, ...], float]] = []
         for score, row, word in candidates:
-            tokens, parent = beams[row]
+            tokens, _ = beams[row]
             if word in vocabulary.null_id_set:
-                stopped.append(Hypothesis(tokens, parent, "no_word"))
+                stopped.append(Hypothesis(tokens, score, "no_word"))
             elif word == vocabulary.end_id:
                 ended.append(Hypothesis((*tokens, word), score, "end"))
             else:
