@@ -9,9 +9,9 @@ what it trades.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from capgen.runtime.atomic_write import atomic_write_bytes
 from capgen.runtime.errors import ModelError
 
 FAST_STEP_FILE = "decoder_step.int8.onnx"
@@ -33,8 +33,6 @@ def add_fast_decoder(model_dir: Path) -> Path:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"{model_dir}: cannot make a fast decoder step ({exc})") from exc
     target = model_dir / FAST_STEP_FILE
-    partial = target.with_name(target.name + ".partial")
-    onnx.save(fast, str(partial))
-    os.replace(partial, target)
+    atomic_write_bytes(target, fast.SerializeToString())
     record_optional_file(model_dir, "decoder", "int8_step_file", FAST_STEP_FILE)
     return target

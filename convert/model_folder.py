@@ -28,8 +28,11 @@ from capgen.convert.step_graph import (
     build_step_graph,
     step_metadata,
 )
+from capgen.runtime.atomic_write import atomic_write_text
 from capgen.runtime.errors import InputError, ModelError
+from capgen.runtime.home import encoders_dir
 from capgen.runtime.manifest import read_raw_manifest
+from capgen.runtime.onnx_external_data import uses_external_data
 
 ENCODER_FILE = "encoder.onnx"
 PROJECTION_FILE = "photo_projection.onnx"
@@ -87,6 +90,11 @@ def describe_encoder(path: Path, kind: str | None = None) -> EncoderInfo:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # onnx raises DecodeError and friends for non-ONNX bytes
         raise ModelError(f"{path} is not a readable ONNX encoder: {error}") from error
+    if uses_external_data(path.read_bytes()):
+        raise ModelError(
+            f"encoder {path} keeps tensors in external data files, which a model folder may not "
+            "(its manifest could not vouch for them); save it as one file"
+        )
     props = {prop.key: prop.value for prop in model.metadata_props}
     outputs = {output.name: output for output in model.graph.output}
     if "features" not in outputs:
@@ -222,11 +230,23 @@ def _own_files(folder: Path) -> set[str]:
 
 
 def _place_encoder(source: Path, target: Path) -> None:
-    """Hard-link the cached encoder when possible (83 MB saved per model), else copy it."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
+    """Hard-link capgen's own cached encoder (83 MB saved per model); copy anything else.
+
+    A user's encoder is always copied: sharing its inode would let a later
+    re-save of the user's file break (or silently change) the model folder.
+    Sharing the cache's entry is safe the other way round too: the cache is
+    replaced, never rewritten in place (`ensure_encoder` re-checks its sha256
+    and re-exports through an atomic rename), so editing the model folder's
+    `encoder.onnx` can at worst make the next conversion re-export it.
+    """
+    cache = encoders_dir().resolve()
+    if source.resolve().parent == cache:
+        try:
+            os.link(source, target)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(source, target)
 
 
 def _manifest(spec: ModelFolderSpec, encoder: EncoderInfo, staging: Path) -> dict[str, Any]:
@@ -348,8 +368,7 @@ def record_optional_file(model_dir: Path, section: str, key: str, file_name: str
         "sha256": sha256_file(path),
         "bytes": path.stat().st_size,
     }
-    target = model_dir / MANIFEST_FILE
-    partial = target.with_name(target.name + ".partial")
-    partial.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(partial, target)
+    atomic_write_text(
+        model_dir / MANIFEST_FILE, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+    )
     return manifest

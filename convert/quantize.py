@@ -19,7 +19,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from capgen.convert.model_folder import record_optional_file
+from capgen.runtime.atomic_write import atomic_writer
 from capgen.runtime.errors import ConversionError, ModelError
 from capgen.runtime.manifest import read_raw_manifest
 
@@ -137,6 +141,8 @@ def quantize_encoder(
 
     if not calibration_images:
         raise ConversionError("INT8 quantization needs at least one calibration image")
+    # Resolved before changing into the scratch folder, where relative paths mean something else.
+    fp32_path, output_path = fp32_path.resolve(), output_path.resolve()
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="capgen-quantize-") as scratch_name:
         scratch = Path(scratch_name)
@@ -146,34 +152,34 @@ def quantize_encoder(
         # onnxruntime's symbolic shape inference dumps `sym_shape_infer_temp.onnx`
         # and an 83 MB `<uuid>.data` into the working directory when it gives up;
         # running it inside the scratch folder keeps the user's folder clean.
-        with contextlib.chdir(scratch):
+        with contextlib.chdir(scratch), _quiet():
             try:
-                quant_pre_process(str(fp32_path.resolve()), str(prepared))
+                quant_pre_process(str(fp32_path), str(prepared))
             except Exception:
                 # The colour features' graph defeats onnxruntime's symbolic shape
                 # inference ("Incomplete symbolic shape inference"); ONNX's own
                 # shape inference still types every Xception tensor, which is all
                 # the quantizer needs there.
-                quant_pre_process(str(fp32_path.resolve()), str(prepared), skip_symbolic_shape=True)
+                quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         model = onnx.load(str(prepared))
         excluded = nodes_kept_float(model)
         partial = scratch / "int8.onnx"
-        quantize_static(
-            str(prepared),
-            str(partial),
-            _ImageReader(calibration_images),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.Percentile,
-            nodes_to_exclude=excluded,
-            extra_options={"CalibPercentile": CALIBRATION_PERCENTILE},
-        )
+        with _quiet():
+            quantize_static(
+                str(prepared),
+                str(partial),
+                _ImageReader(calibration_images),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.Percentile,
+                nodes_to_exclude=excluded,
+                extra_options={"CalibPercentile": CALIBRATION_PERCENTILE},
+            )
         _copy_metadata(fp32_path, partial)
-        tmp_target = output_path.with_name(output_path.name + ".partial")
-        tmp_target.write_bytes(partial.read_bytes())
-        os.replace(tmp_target, output_path)
+        with atomic_writer(output_path) as handle, partial.open("rb") as source:
+            shutil.copyfileobj(source, handle)
     return QuantizationReport(
         output=output_path,
         calibration_images=len(calibration_images),
@@ -181,6 +187,33 @@ def quantize_encoder(
         fp32_bytes=fp32_path.stat().st_size,
         int8_bytes=output_path.stat().st_size,
     )
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Keep the quantizer's own chatter off the user's terminal.
+
+    onnxruntime's quantization tools print, log, warn and let its C++ core
+    write to the process's file descriptors directly, so the descriptors
+    themselves (1 and 2) point at /dev/null while they run; their errors
+    still arrive as exceptions.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for descriptor, copy in zip((1, 2), saved, strict=True):
+            os.dup2(copy, descriptor)
+            os.close(copy)
 
 
 def _copy_metadata(source: Path, target: Path) -> None:
@@ -228,6 +261,7 @@ def quantize_model_folder(
     echo: Callable[[str], None] = print,
 ) -> QuantizationReport:
     """Add `encoder.int8.onnx` to a converted model folder and record it in its manifest."""
+    model_dir = Path(model_dir).resolve()
     manifest = read_raw_manifest(model_dir)
     encoder = manifest.get("encoder", {})
     fp32_name = encoder.get("file")

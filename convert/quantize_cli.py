@@ -32,6 +32,7 @@ def quantize_command(
     from capgen.convert.quantize import INT8_FILENAME, feature_cosines, quantize_model_folder
     from capgen.runtime.manifest import read_raw_manifest
 
+    model_dir = model_dir.resolve()  # the quantizer works in a scratch folder
     started = time.perf_counter()
     quantize_model_folder(model_dir, scene_count=scenes, echo=typer.echo)
     typer.echo(

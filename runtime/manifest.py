@@ -26,6 +26,12 @@ _LFS_PREFIX = b"version https://git-lfs"
 # first image instead of failing at load. The tutorial's values are 32-40 and 299.
 MAX_CAPTION_LENGTH = 1000
 MAX_INPUT_SIDE = 4096
+# The same for the sizes that shape the decoder's state and the features
+# (tutorial: 256 units, 256 projection, 2048 features, 7,577 words); a manifest
+# saying 10**9 units would otherwise allocate gigabytes before any graph ran.
+MAX_UNITS = 1 << 14
+MAX_FEATURE_SIZE = 1 << 16
+MAX_VOCABULARY_SIZE = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,28 @@ class Manifest:
     raw: dict[str, Any]
 
     def path(self, name: str) -> Path:
-        return self.folder / name
+        """Where the folder's file `name` is; refuses a link that leads out of the folder."""
+        return file_in_folder(self.folder, name)
+
+
+def file_in_folder(folder: Path, name: str) -> Path:
+    """`folder / name`, unless it is a symlink that leaves `folder` (ModelIntegrityError).
+
+    Following such a link would read a file the model's author chose anywhere
+    on the user's machine, and size or checksum mismatches would then leak
+    what it holds; the message therefore says nothing about the link's target.
+    """
+    path = folder / name
+    if path.is_symlink():
+        try:
+            inside = path.resolve().is_relative_to(folder.resolve())
+        except (OSError, RuntimeError):  # a looping link
+            inside = False
+        if not inside:
+            raise ModelIntegrityError(
+                f"{path}: is a symbolic link that leaves the model folder; capgen refuses it"
+            )
+    return path
 
 
 def _field(data: dict[str, Any], key: str, kind: type, where: str) -> Any:
@@ -111,6 +138,20 @@ def _optional_str(data: dict[str, Any], key: str, where: str) -> str | None:
     return value
 
 
+def check_file_name(name: str) -> str:
+    """A manifest's file name must be a plain, printable name of a file inside the folder.
+
+    A NUL makes every path operation raise ValueError; `..` or a slash reaches
+    outside the folder; control characters would reach the terminal in messages.
+    """
+    printable = name.isprintable() and name.strip() == name
+    if not name or name in (".", "..") or Path(name).name != name or not printable:
+        raise ModelError(
+            f"manifest.json: file name {name!r} must be a plain name inside the folder"
+        )
+    return name
+
+
 def _parse(folder: Path, data: Any) -> Manifest:
     if not isinstance(data, dict) or data.get("format") != "capgen-model":
         raise ModelError(f"{folder}: manifest.json is not a capgen model manifest")
@@ -130,7 +171,9 @@ def _parse(folder: Path, data: Any) -> Manifest:
         file=_field(enc, "file", str, "encoder."),
         int8_file=int8_file,
         kind=str(enc.get("kind", "xception")),
-        feature_size=_field(enc, "feature_size", int, "encoder."),
+        feature_size=_bounded(
+            _field(enc, "feature_size", int, "encoder."), MAX_FEATURE_SIZE, "encoder.feature_size"
+        ),
         height=_bounded(
             _field(enc_input, "height", int, "encoder.input."),
             MAX_INPUT_SIDE,
@@ -144,13 +187,17 @@ def _parse(folder: Path, data: Any) -> Manifest:
     decoder = DecoderSpec(
         projection_file=_field(dec, "projection_file", str, "decoder."),
         step_file=_field(dec, "step_file", str, "decoder."),
-        units=_field(dec, "units", int, "decoder."),
-        projection_size=_field(dec, "projection_size", int, "decoder."),
+        units=_bounded(_field(dec, "units", int, "decoder."), MAX_UNITS, "decoder.units"),
+        projection_size=_bounded(
+            _field(dec, "projection_size", int, "decoder."), MAX_UNITS, "decoder.projection_size"
+        ),
         int8_step_file=int8_step_file,
     )
     vocabulary = VocabularySpec(
         file=_field(voc, "file", str, "vocabulary."),
-        size=_field(voc, "size", int, "vocabulary."),
+        size=_bounded(
+            _field(voc, "size", int, "vocabulary."), MAX_VOCABULARY_SIZE, "vocabulary.size"
+        ),
         start_token=_field(voc, "start_token", str, "vocabulary."),
         end_token=_field(voc, "end_token", str, "vocabulary."),
         start_id=_field(voc, "start_id", int, "vocabulary."),
@@ -159,10 +206,7 @@ def _parse(folder: Path, data: Any) -> Manifest:
     files_raw = _field(data, "files", dict, "")
     files: dict[str, FileRecord] = {}
     for name, record in files_raw.items():
-        if Path(name).name != name:
-            raise ModelError(
-                f"manifest.json: file name {name!r} must be a plain name inside the folder"
-            )
+        check_file_name(name)
         files[name] = FileRecord(
             sha256=_field(record, "sha256", str, f"files.{name}.").lower(),
             bytes=_field(record, "bytes", int, f"files.{name}."),
@@ -200,7 +244,7 @@ def read_raw_manifest(folder: Path | str) -> Any:
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelError(f"{folder}: model folder not found (or not a folder)")
-    path = folder / MANIFEST_NAME
+    path = file_in_folder(folder, MANIFEST_NAME)
     try:
         text = path.read_bytes()
     except FileNotFoundError:

@@ -1,0 +1,145 @@
+"""Replace a file whole and atomically, never writing through a link: the one way capgen writes files.
+
+A fixed temporary name such as `encoder.int8.onnx.partial` can be planted as
+a symlink in a folder someone sent you; opening it for writing would then
+overwrite whatever it points to. So every temporary file is created here,
+exclusively (`mkstemp`: O_CREAT|O_EXCL, a random name) in the target's own
+folder, written through the descriptor that created it where possible,
+flushed to disk, and renamed over the target (`os.replace` replaces a link
+at the target itself instead of following it). On any failure the temporary
+file is removed and the old target is left as it was.
+
+Temporary names carry the writer's pid, so a later run can tell the
+leftovers of a killed process (`prune_stale_temporaries`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+SUFFIX = ".partial"
+# A temporary file this old is a leftover of a killed or crashed writer:
+# the largest write capgen makes (optimising the 83 MB encoder) takes seconds.
+STALE_AFTER_SECONDS = 600
+
+
+def _default_mode() -> int:
+    """0o666 minus the process umask (mkstemp's 0o600 would hide model files from other users)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o644
+
+
+def _reserve(target: Path) -> tuple[int, Path]:
+    descriptor, name = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=SUFFIX
+    )
+    os.fchmod(descriptor, _default_mode())
+    return descriptor, Path(name)
+
+
+def _commit(temporary: Path, target: Path) -> None:
+    os.replace(temporary, target)
+    with contextlib.suppress(OSError):  # a folder that cannot be fsynced only loses durability
+        folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+@contextlib.contextmanager
+def atomic_writer(target: Path) -> Iterator[BinaryIO]:
+    """A binary file that becomes `target` when the block ends without an exception."""
+    target = Path(target)
+    descriptor, temporary = _reserve(target)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        _commit(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(target: Path, data: bytes) -> None:
+    """Replace `target` with `data`, atomically."""
+    with atomic_writer(target) as handle:
+        handle.write(data)
+
+
+def atomic_write_text(target: Path, text: str) -> None:
+    """Replace `target` with `text` encoded as UTF-8, atomically."""
+    atomic_write_bytes(target, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """An exclusively created, empty temporary path for libraries that only write to a name.
+
+    The file exists (so no one else can create it) before the library opens
+    it; it replaces `target` when the block ends without an exception.
+    """
+    target = Path(target)
+    descriptor, temporary = _reserve(target)
+    os.close(descriptor)
+    try:
+        yield temporary
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        _commit(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the pid in `.<target>.<pid>.<random>.partial` is a running process."""
+    parts = name.split(".")
+    try:
+        pid = int(parts[-3])
+    except (IndexError, ValueError):
+        return True  # not one of ours (or an older capgen's): only its age can condemn it
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def prune_stale_temporaries(folder: Path, older_than: float = STALE_AFTER_SECONDS) -> None:
+    """Delete temporary files left in `folder` by writers that were killed (Ctrl-C, SIGKILL, power).
+
+    A file goes when its writer's pid is gone, or when it is older than
+    `older_than` seconds (a pid can be reused, or belong to another
+    container sharing the folder). Never raises: this is housekeeping.
+    """
+    now = time.time()
+    try:
+        entries = list(Path(folder).glob(f"*{SUFFIX}"))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            info = entry.lstat()
+            if now - info.st_mtime > older_than or not _writer_alive(entry.name):
+                entry.unlink()
+        except OSError:
+            continue
