@@ -30,12 +30,17 @@ from typing import Any
 
 import numpy as np
 
-from capgen.convert.model_folder import record_optional_file
 from capgen.runtime.atomic_write import atomic_writer
 from capgen.runtime.errors import ConversionError, ModelError
-from capgen.runtime.manifest import read_raw_manifest
+from capgen.runtime.manifest import (
+    INT8_ENCODER_FILE,
+    Manifest,
+    OptionalFile,
+    add_optional_file,
+    load_manifest,
+)
 
-INT8_FILENAME = "encoder.int8.onnx"
+INT8_FILENAME = INT8_ENCODER_FILE  # the name this module used before
 # Calibration set, measured (feature cosine INT8 vs FP32 on held-out images,
 # worst / median; 24 test-split scenes and the 12 Flickr8k photos):
 #   18 kitchenware photos, MinMax              scenes 0.798 / 0.986   Flickr 0.989 / 0.994
@@ -249,9 +254,9 @@ def calibration_pixels(kind: str, scene_count: int = DEFAULT_SCENE_COUNT) -> lis
     return images
 
 
-def add_int8_to_manifest(model_dir: Path, int8_name: str = INT8_FILENAME) -> dict[str, Any]:
+def add_int8_to_manifest(model_dir: Path, int8_name: str = INT8_FILENAME) -> Manifest:
     """Record the INT8 encoder in the manifest: `encoder.int8_file` and its sha256/bytes."""
-    return record_optional_file(model_dir, "encoder", "int8_file", int8_name)
+    return add_optional_file(model_dir, OptionalFile.INT8_ENCODER, int8_name)
 
 
 def quantize_model_folder(
@@ -262,16 +267,17 @@ def quantize_model_folder(
 ) -> QuantizationReport:
     """Add `encoder.int8.onnx` to a converted model folder and record it in its manifest."""
     model_dir = Path(model_dir).resolve()
-    manifest = read_raw_manifest(model_dir)
-    encoder = manifest.get("encoder", {})
-    fp32_name = encoder.get("file")
-    if not isinstance(fp32_name, str) or not (model_dir / fp32_name).is_file():
-        raise ModelError(f"{model_dir}: manifest names no existing encoder file ({fp32_name!r})")
-    kind = str(encoder.get("kind", "xception"))
+    manifest = load_manifest(model_dir)
+    fp32_path = manifest.path(manifest.encoder.file)
+    if not fp32_path.is_file():
+        raise ModelError(
+            f"{model_dir}: manifest names no existing encoder file ({manifest.encoder.file!r})"
+        )
+    kind = manifest.encoder.kind
     if images is None:
         images = calibration_pixels(kind, scene_count)
     echo(f"calibrating on {len(images)} images ({kind} encoder)")
-    report = quantize_encoder(model_dir / fp32_name, model_dir / INT8_FILENAME, images)
+    report = quantize_encoder(fp32_path, model_dir / INT8_FILENAME, images)
     add_int8_to_manifest(model_dir)
     if report.excluded_nodes:
         echo(f"kept in float (outside Xception): {len(report.excluded_nodes)} nodes")
