@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from capgen.runtime.atomic_write import atomic_path
 from capgen.runtime.home import capgen_home
 from capgen.runtime.manifest import MANIFEST_FILE
 
@@ -136,9 +137,8 @@ def build_tutorial7577(target_dir: Path) -> Path:
     h5_path = target_dir / "model_7577.h5"
     model = tf_keras.models.model_from_json(DECODER_JSON.read_text())
     _peaked_weights(model, _word_index(DECODER_TOKENIZER))
-    partial = target_dir / "model_7577.partial.h5"
-    model.save(partial)
-    partial.replace(h5_path)
+    with atomic_path(h5_path, keep_suffix=True) as partial:  # Keras picks the format by suffix
+        model.save(partial)
     return h5_path
 
 

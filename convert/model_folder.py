@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -26,6 +27,7 @@ from capgen.convert.step_graph import (
     build_step_graph,
     step_metadata,
 )
+from capgen.runtime.atomic_write import default_mode
 from capgen.runtime.errors import InputError, ModelError
 from capgen.runtime.home import encoders_dir
 from capgen.runtime.manifest import (
@@ -293,12 +295,11 @@ def write_model_folder(
             f"{spec.weights.vocab_size}"
         )
     prepare_target(out_dir, force)
-    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir()
+        # Created exclusively under a fresh name: nothing already there is reused or deleted.
+        staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+        os.chmod(staging, default_mode(directory=True))
     except OSError as error:
         raise InputError(
             f"cannot create the model folder {out_dir} ({error.strerror or error})"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,28 +25,37 @@ from pathlib import Path
 from typing import BinaryIO
 
 SUFFIX = ".partial"
+# `.<target>.<pid>.<random>.partial`, optionally followed by the target's suffix.
+_TEMPORARY_NAME = re.compile(r"\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.partial(\.[^.]*)?$")
 # A temporary file this old is a leftover of a killed or crashed writer:
 # the largest write capgen makes (optimising the 83 MB encoder) takes seconds.
 STALE_AFTER_SECONDS = 600
 
 
-def _default_mode() -> int:
-    """0o666 minus the process umask (mkstemp's 0o600 would hide model files from other users)."""
+def default_mode(directory: bool = False) -> int:
+    """What open()/mkdir() would give: 0o666 (0o777 for a folder) minus the process umask.
+
+    mkstemp and mkdtemp create 0o600/0o700, which would hide model files from
+    other users once renamed into place. The umask is read, not set: setting
+    it to read it would race with other threads.
+    """
+    full = 0o777 if directory else 0o666
     try:
         with open("/proc/self/status", encoding="ascii", errors="replace") as status:
             for line in status:
                 if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
+                    return full & ~int(line.split()[1], 8)
     except (OSError, ValueError):
         pass
-    return 0o644
+    return full & ~0o022
 
 
-def _reserve(target: Path) -> tuple[int, Path]:
+def _reserve(target: Path, keep_suffix: bool = False) -> tuple[int, Path]:
+    suffix = SUFFIX + (target.suffix if keep_suffix else "")
     descriptor, name = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=SUFFIX
+        dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=suffix
     )
-    os.fchmod(descriptor, _default_mode())
+    os.fchmod(descriptor, default_mode())
     return descriptor, Path(name)
 
 
@@ -87,14 +97,16 @@ def atomic_write_text(target: Path, text: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
+def atomic_path(target: Path, keep_suffix: bool = False) -> Iterator[Path]:
     """An exclusively created, empty temporary path for libraries that only write to a name.
 
     The file exists (so no one else can create it) before the library opens
     it; it replaces `target` when the block ends without an exception.
+    `keep_suffix` ends the temporary name with the target's suffix, for
+    libraries that choose a format by it (Keras `.h5`).
     """
     target = Path(target)
-    descriptor, temporary = _reserve(target)
+    descriptor, temporary = _reserve(target, keep_suffix)
     os.close(descriptor)
     try:
         yield temporary
@@ -108,11 +120,10 @@ def atomic_path(target: Path) -> Iterator[Path]:
 
 def _writer_alive(name: str) -> bool:
     """Whether the pid in `.<target>.<pid>.<random>.partial` is a running process."""
-    parts = name.split(".")
-    try:
-        pid = int(parts[-3])
-    except (IndexError, ValueError):
+    match = _TEMPORARY_NAME.search(name)
+    if match is None:
         return True  # not one of ours (or an older capgen's): only its age can condemn it
+    pid = int(match["pid"])
     if pid == os.getpid():
         return True
     try:
@@ -133,7 +144,7 @@ def prune_stale_temporaries(folder: Path, older_than: float = STALE_AFTER_SECOND
     """
     now = time.time()
     try:
-        entries = list(Path(folder).glob(f"*{SUFFIX}"))
+        entries = list(Path(folder).glob(f"*{SUFFIX}*"))
     except OSError:
         return
     for entry in entries:

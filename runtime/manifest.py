@@ -28,7 +28,7 @@ from typing import Any
 
 from capgen.runtime.atomic_write import atomic_write_bytes
 from capgen.runtime.errors import GitLfsPointerError, ModelError, ModelIntegrityError
-from capgen.runtime.git_lfs import POINTER_PREFIX as _LFS_PREFIX
+from capgen.runtime.git_lfs import POINTER_PREFIX, is_pointer
 from capgen.runtime.home import capgen_home
 
 FORMAT_NAME = "capgen-model"
@@ -374,7 +374,7 @@ def _read_json(folder: Path) -> Any:
         ) from None
     except OSError as exc:
         raise ModelError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    if text.startswith(_LFS_PREFIX):
+    if is_pointer(text):
         raise GitLfsPointerError(f"{path}: is a Git LFS pointer; run `git lfs pull`")
     try:
         data = json.loads(text)
@@ -510,7 +510,7 @@ def _stamp_path(path: Path, record: FileRecord, size: int, mtime_ns: int) -> Pat
 def _read_head(path: Path) -> bytes:
     try:
         with path.open("rb") as handle:
-            return handle.read(len(_LFS_PREFIX))
+            return handle.read(len(POINTER_PREFIX))
     except OSError as exc:
         raise ModelIntegrityError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
@@ -531,7 +531,7 @@ def verify_file(path: Path, record: FileRecord, use_stamps: bool = True) -> None
     if not S_ISREG(stat.st_mode):  # a folder or a FIFO in its place: opening it would fail or block
         raise ModelIntegrityError(f"{path}: is not a regular file")
     if stat.st_size != record.bytes:
-        if _read_head(path) == _LFS_PREFIX:
+        if is_pointer(_read_head(path)):
             raise GitLfsPointerError(
                 f"{path}: is a Git LFS pointer, not the model file; run `git lfs pull`"
             )
