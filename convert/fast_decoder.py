@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from capgen.runtime.atomic_write import atomic_write_bytes
+from capgen.runtime.atomic_write import atomic_write_bytes, prune_stale_temporaries
 from capgen.runtime.errors import ModelError
 from capgen.runtime.manifest import FAST_STEP_FILE, OptionalFile, add_optional_file, load_manifest
+from capgen.runtime.onnx_external_data import read_single_file_graph
 
 __all__ = ["FAST_STEP_FILE", "add_fast_decoder"]
 
@@ -25,9 +26,11 @@ def add_fast_decoder(model_dir: Path) -> Path:
     from capgen.convert.step_graph import fast_step_from_exact
 
     model_dir = Path(model_dir)
+    prune_stale_temporaries(model_dir)  # left by a run that was killed while writing
     manifest = load_manifest(model_dir)
+    graph = read_single_file_graph(manifest.path(manifest.decoder.step_file))
     try:
-        exact = onnx.load(str(manifest.path(manifest.decoder.step_file)))
+        exact = onnx.load_model_from_string(graph)
         fast = fast_step_from_exact(exact)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"{model_dir}: cannot make a fast decoder step ({exc})") from exc

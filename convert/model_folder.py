@@ -45,7 +45,7 @@ from capgen.runtime.manifest import (
     parse_encoder_spec,
     write_manifest,
 )
-from capgen.runtime.onnx_external_data import uses_external_data
+from capgen.runtime.onnx_external_data import read_single_file_graph
 
 # manifest key -> the distributions that provide it (TensorFlow ships as tensorflow-cpu here).
 _VERSIONED_PACKAGES = {
@@ -97,11 +97,7 @@ def describe_encoder(path: Path, kind: str | None = None) -> EncoderInfo:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # onnx raises DecodeError and friends for non-ONNX bytes
         raise ModelError(f"{path} is not a readable ONNX encoder: {error}") from error
-    if uses_external_data(path.read_bytes()):
-        raise ModelError(
-            f"encoder {path} keeps tensors in external data files, which a model folder may not "
-            "(its manifest could not vouch for them); save it as one file"
-        )
+    read_single_file_graph(path)  # external data: refused here, not first at caption time
     props = {prop.key: prop.value for prop in model.metadata_props}
     outputs = {output.name: output for output in model.graph.output}
     if "features" not in outputs:

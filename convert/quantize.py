@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from capgen.runtime.atomic_write import atomic_writer
+from capgen.runtime.atomic_write import atomic_writer, prune_stale_temporaries
 from capgen.runtime.errors import ConversionError, ModelError
 from capgen.runtime.manifest import (
     INT8_ENCODER_FILE,
@@ -39,6 +39,7 @@ from capgen.runtime.manifest import (
     add_optional_file,
     load_manifest,
 )
+from capgen.runtime.onnx_external_data import read_single_file_graph
 
 INT8_FILENAME = INT8_ENCODER_FILE  # the name this module used before
 # Calibration set, measured (feature cosine INT8 vs FP32 on held-out images,
@@ -267,12 +268,14 @@ def quantize_model_folder(
 ) -> QuantizationReport:
     """Add `encoder.int8.onnx` to a converted model folder and record it in its manifest."""
     model_dir = Path(model_dir).resolve()
+    prune_stale_temporaries(model_dir)  # left by a run that was killed while writing
     manifest = load_manifest(model_dir)
     fp32_path = manifest.path(manifest.encoder.file)
     if not fp32_path.is_file():
         raise ModelError(
             f"{model_dir}: manifest names no existing encoder file ({manifest.encoder.file!r})"
         )
+    read_single_file_graph(fp32_path)  # external data: refused, as the runtime would
     kind = manifest.encoder.kind
     if images is None:
         images = calibration_pixels(kind, scene_count)
@@ -292,8 +295,10 @@ def feature_cosines(fp32_path: Path, int8_path: Path, images: Sequence[np.ndarra
     import onnxruntime as ort
 
     batch = np.stack(list(images))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # onnxruntime's warnings are not the user's problem
     sessions = [
-        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         for path in (fp32_path, int8_path)
     ]
     reference, quantized = (session.run(["features"], {"image": batch})[0] for session in sessions)

@@ -118,12 +118,7 @@ def atomic_path(target: Path, keep_suffix: bool = False) -> Iterator[Path]:
         raise
 
 
-def _writer_alive(name: str) -> bool:
-    """Whether the pid in `.<target>.<pid>.<random>.partial` is a running process."""
-    match = _TEMPORARY_NAME.search(name)
-    if match is None:
-        return True  # not one of ours (or an older capgen's): only its age can condemn it
-    pid = int(match["pid"])
+def _writer_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
     try:
@@ -135,22 +130,32 @@ def _writer_alive(name: str) -> bool:
     return True
 
 
-def prune_stale_temporaries(folder: Path, older_than: float = STALE_AFTER_SECONDS) -> None:
+def prune_stale_temporaries(
+    folder: Path, older_than: float = STALE_AFTER_SECONDS, legacy_glob: str | None = None
+) -> None:
     """Delete temporary files left in `folder` by writers that were killed (Ctrl-C, SIGKILL, power).
 
-    A file goes when its writer's pid is gone, or when it is older than
+    Only names this module makes (`.<target>.<pid>.<random>.partial`) are
+    considered, so a user's own files in a model folder are never touched.
+    One goes when its writer's pid is gone, or when it is older than
     `older_than` seconds (a pid can be reused, or belong to another
-    container sharing the folder). Never raises: this is housekeeping.
+    container sharing the folder). `legacy_glob` adds names an older capgen
+    used in a folder that is capgen's own (age alone condemns those).
+    Never raises: this is housekeeping.
     """
     now = time.time()
     try:
-        entries = list(Path(folder).glob(f"*{SUFFIX}*"))
+        ours = list(Path(folder).glob(f".*{SUFFIX}*"))
+        legacy = list(Path(folder).glob(legacy_glob)) if legacy_glob else []
     except OSError:
         return
-    for entry in entries:
+    for entry in ours + legacy:
+        match = _TEMPORARY_NAME.search(entry.name)
+        if entry in ours and match is None:
+            continue
         try:
-            info = entry.lstat()
-            if now - info.st_mtime > older_than or not _writer_alive(entry.name):
+            old = now - entry.lstat().st_mtime > older_than
+            if old or (match is not None and not _writer_alive(int(match["pid"]))):
                 entry.unlink()
         except OSError:
             continue

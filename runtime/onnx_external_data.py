@@ -15,6 +15,10 @@ by its length. Field numbers are from onnx/onnx.proto3.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from capgen.runtime.errors import ModelError
+
 # message kind -> {field number: message kind of that (length-delimited) field}
 _MODEL, _GRAPH, _NODE, _ATTRIBUTE, _FUNCTION, _SPARSE, _TENSOR = range(7)
 _CHILDREN: dict[int, dict[int, int]] = {
@@ -91,3 +95,18 @@ def uses_external_data(data: bytes) -> bool:
     except _Malformed:
         return True
     return False
+
+
+def read_single_file_graph(path: Path) -> bytes:
+    """The bytes of the ONNX file at `path`, or a one-line ModelError if it uses external data."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if uses_external_data(data):
+        raise ModelError(
+            f"{path}: keeps tensors in external data files, which a capgen model folder may not "
+            "(its manifest cannot vouch for them); save the graph as one file"
+        )
+    return data

@@ -35,7 +35,7 @@ import onnxruntime as ort
 from capgen.runtime.atomic_write import atomic_path, prune_stale_temporaries
 from capgen.runtime.errors import ModelError
 from capgen.runtime.home import capgen_home
-from capgen.runtime.onnx_external_data import uses_external_data
+from capgen.runtime.onnx_external_data import read_single_file_graph
 
 
 @cache
@@ -105,21 +105,6 @@ def _options(threads: int | None) -> ort.SessionOptions:
     return options
 
 
-def _read_graph(path: Path) -> bytes:
-    """The graph's bytes, refused if it keeps tensors in side files (see onnx_external_data)."""
-    try:
-        with path.open("rb") as handle:
-            data = handle.read()
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if uses_external_data(data):
-        raise ModelError(
-            f"{path}: keeps tensors in external data files, which a capgen model folder may not "
-            "(its manifest cannot vouch for them); save the graph as one file"
-        )
-    return data
-
-
 def _load_cached(cached: Path, threads: int | None) -> ort.InferenceSession | None:
     options = _options(threads)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -155,10 +140,11 @@ def _optimise_into(graph: bytes, threads: int | None, cached: Path) -> ort.Infer
 
 
 def _create(path: Path, threads: int | None, cache_key: str | None) -> ort.InferenceSession:
-    graph = _read_graph(path)
+    graph = read_single_file_graph(path)
     if cache_key:
         cached = _optimized_cache_path(cache_key)
-        prune_stale_temporaries(cached.parent)  # left by runs killed while optimising
+        # Left by runs killed while optimising (`tmp*.partial`: capgen before 2026-12).
+        prune_stale_temporaries(cached.parent, legacy_glob="tmp*.partial")
         session = _load_cached(cached, threads) if cached.is_file() else None
         if session is None:
             session = _optimise_into(graph, threads, cached)

@@ -137,9 +137,15 @@ def test_f04_partial_symlink_not_followed(
         (folder / name).symlink_to(Path("..") / victim.name)
         victims[victim] = victim.read_bytes()
 
+    leftover = folder / f".encoder.int8.onnx.{_dead_pid()}.k1ll3d.partial"  # f18 in a model folder
+    leftover.write_bytes(b"half a graph")
+    users_own = folder / "notes.partial"
+    users_own.write_text("mine")
+
     done = run("convert", "quantize", folder, timeout=600)
 
     assert done.returncode == 0, done.stderr.decode()
+    assert not leftover.exists() and users_own.read_text() == "mine"
     for victim, content in victims.items():
         assert victim.read_bytes() == content, victim
     for name in ("manifest.json", "encoder.int8.onnx", "decoder_step.int8.onnx"):
@@ -161,6 +167,16 @@ def test_f05_external_data_refused_at_load(run: Run, tmp_path: Path) -> None:
 
     assert_one_line_error(done, 3, "encoder.onnx", "external data")
     assert done.stdout == b""
+
+
+@pytest.mark.convert
+def test_f05_external_data_refused_by_quantize(run: Run, quantizable_model: Path) -> None:
+    """`capgen convert quantize` refuses a folder's encoder with external data, as the runtime does."""
+    _with_external_data(_quantizable_encoder(), quantizable_model / "encoder.onnx")
+    _relist(quantizable_model, "encoder.onnx")
+    done = run("convert", "quantize", quantizable_model, timeout=600)
+    assert_one_line_error(done, 3, "encoder.onnx", "external data")
+    assert not (quantizable_model / "encoder.int8.onnx").exists()
 
 
 @pytest.mark.convert

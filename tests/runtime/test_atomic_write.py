@@ -68,14 +68,15 @@ def test_leftovers_of_dead_writers_are_pruned(tmp_path: Path) -> None:
     child.wait()
     dead = tmp_path / f".model.h5.{child.pid}.abc123_x.partial.h5"
     alive = tmp_path / f".enc.onnx.{os.getpid()}.zzz.partial"
-    foreign = tmp_path / "notes.partial"  # no pid: only age could condemn it
-    keep = tmp_path / "encoder.onnx"
-    for path in (dead, alive, foreign, keep):
+    legacy = tmp_path / "tmpab12cd.partial"
+    users = [tmp_path / "notes.partial", tmp_path / ".draft.partial", tmp_path / "encoder.onnx"]
+    for path in (dead, alive, legacy, *users):
         path.write_bytes(b"x")
 
-    prune_stale_temporaries(tmp_path)
+    prune_stale_temporaries(tmp_path, legacy_glob="tmp*.partial")
 
     assert not dead.exists()
-    assert alive.exists() and foreign.exists() and keep.exists()
-    prune_stale_temporaries(tmp_path, older_than=-1)
-    assert not alive.exists() and not foreign.exists() and keep.exists()
+    assert alive.exists() and legacy.exists()
+    prune_stale_temporaries(tmp_path, older_than=-1, legacy_glob="tmp*.partial")
+    assert not alive.exists() and not legacy.exists()
+    assert all(path.exists() for path in users)  # names capgen never makes are never deleted
