@@ -37,7 +37,6 @@ SUPPORTED_FORMAT_VERSIONS = (FORMAT_VERSION,)
 
 # The standard files of a model folder.
 MANIFEST_FILE = "manifest.json"
-MANIFEST_NAME = MANIFEST_FILE  # the name this module used before
 ENCODER_FILE = "encoder.onnx"
 PROJECTION_FILE = "photo_projection.onnx"
 STEP_FILE = "decoder_step.onnx"
