@@ -28,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from capgen.runtime.atomic_write import atomic_path
 from capgen.runtime.home import capgen_home
+from capgen.runtime.manifest import MANIFEST_FILE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -135,9 +137,8 @@ def build_tutorial7577(target_dir: Path) -> Path:
     h5_path = target_dir / "model_7577.h5"
     model = tf_keras.models.model_from_json(DECODER_JSON.read_text())
     _peaked_weights(model, _word_index(DECODER_TOKENIZER))
-    partial = target_dir / "model_7577.partial.h5"
-    model.save(partial)
-    partial.replace(h5_path)
+    with atomic_path(h5_path, keep_suffix=True) as partial:  # Keras picks the format by suffix
+        model.save(partial)
     return h5_path
 
 
@@ -184,7 +185,7 @@ def prepare_tutorial7577(echo: Callable[[str], None] = print) -> BenchModel:
     )
     h5_path = folder / "model_7577.h5"
     if not (
-        _stamp_ok(stamp, wanted) and h5_path.is_file() and (model_dir / "manifest.json").is_file()
+        _stamp_ok(stamp, wanted) and h5_path.is_file() and (model_dir / MANIFEST_FILE).is_file()
     ):
         echo("building the 7,577-word tutorial decoder (.h5) and converting it with capgen")
         build_tutorial7577(folder)
@@ -222,7 +223,7 @@ def prepare_default(echo: Callable[[str], None] = print) -> BenchModel | None:
     wanted = _source_fingerprint(
         keras_file, tokenizer, Path(__file__), *_encoder_sources("xception+colour")
     )
-    if not (_stamp_ok(stamp, wanted) and (model_dir / "manifest.json").is_file()):
+    if not (_stamp_ok(stamp, wanted) and (model_dir / MANIFEST_FILE).is_file()):
         echo("converting the default model with capgen (xception+colour encoder)")
         folder.mkdir(parents=True, exist_ok=True)
         _convert(keras_file, tokenizer, model_dir, "xception+colour", "default")
@@ -240,26 +241,25 @@ def prepare_default(echo: Callable[[str], None] = print) -> BenchModel | None:
 
 def ensure_int8(model: BenchModel, echo: Callable[[str], None] = print) -> Path:
     """The model folder's INT8 encoder, quantized once with capgen's own command code."""
-    from capgen.convert.quantize import INT8_FILENAME, quantize_model_folder
-    from capgen.runtime.manifest import read_raw_manifest
+    from capgen.convert.quantize import quantize_model_folder
+    from capgen.runtime.manifest import load_manifest
 
-    manifest = read_raw_manifest(model.model_dir)
-    if manifest["encoder"].get("int8_file") and (model.model_dir / INT8_FILENAME).is_file():
-        return model.model_dir / INT8_FILENAME
+    int8_file = load_manifest(model.model_dir).encoder.int8_file
+    if int8_file and (model.model_dir / int8_file).is_file():
+        return model.model_dir / int8_file
     echo(f"quantizing the {model.name} encoder to INT8")
-    quantize_model_folder(model.model_dir, echo=echo)
-    return model.model_dir / INT8_FILENAME
+    return quantize_model_folder(model.model_dir, echo=echo).output
 
 
 def ensure_fast_decoder(model: BenchModel) -> bool:
     """Add the converter's opt-in fast decoder step where the converter offers one."""
     import importlib.util
 
-    from capgen.runtime.manifest import read_raw_manifest
+    from capgen.runtime.manifest import load_manifest
 
     if importlib.util.find_spec("capgen.convert.fast_decoder") is None:
         return False
-    if read_raw_manifest(model.model_dir)["decoder"].get("int8_step_file"):
+    if load_manifest(model.model_dir).decoder.int8_step_file:
         return True
     from capgen.convert.fast_decoder import add_fast_decoder
 

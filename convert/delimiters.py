@@ -68,6 +68,12 @@ class Delimiters:
     start_documents: int | None = None  # captions holding the start word
     end_documents: int | None = None
 
+    @classmethod
+    def given(cls, vocabulary: list[str | None], start: str, end: str | None) -> Delimiters:
+        """Words chosen by the caller (both in `vocabulary`, or end None), without evidence."""
+        ids = _ids(vocabulary)
+        return cls(start, ids[start], end, None if end is None else ids[end], "options")
+
     def describe(self) -> str:
         """`start 'startseq' (id 2, in 30,000 of 30,000 captions), end ...` for the summary."""
         start = _describe_word(self.start_token, self.start_id, self.start_documents, self)

@@ -9,32 +9,32 @@ what it trades.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from capgen.runtime.atomic_write import atomic_write_bytes, prune_stale_temporaries
 from capgen.runtime.errors import ModelError
+from capgen.runtime.manifest import FAST_STEP_FILE, OptionalFile, add_optional_file, load_manifest
+from capgen.runtime.onnx_external_data import read_single_file_graph
 
-FAST_STEP_FILE = "decoder_step.int8.onnx"
+__all__ = ["FAST_STEP_FILE", "add_fast_decoder"]
 
 
 def add_fast_decoder(model_dir: Path) -> Path:
     """Write `decoder_step.int8.onnx` next to the folder's step graph and record it; return its path."""
     import onnx
 
-    from capgen.convert.model_folder import record_optional_file
     from capgen.convert.step_graph import fast_step_from_exact
-    from capgen.runtime.manifest import read_raw_manifest
 
-    manifest = read_raw_manifest(model_dir)
+    model_dir = Path(model_dir)
+    prune_stale_temporaries(model_dir)  # left by a run that was killed while writing
+    manifest = load_manifest(model_dir)
+    graph = read_single_file_graph(manifest.path(manifest.decoder.step_file))
     try:
-        step_name = manifest["decoder"]["step_file"]
-        exact = onnx.load(str(model_dir / step_name))
+        exact = onnx.load_model_from_string(graph)
         fast = fast_step_from_exact(exact)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"{model_dir}: cannot make a fast decoder step ({exc})") from exc
     target = model_dir / FAST_STEP_FILE
-    partial = target.with_name(target.name + ".partial")
-    onnx.save(fast, str(partial))
-    os.replace(partial, target)
-    record_optional_file(model_dir, "decoder", "int8_step_file", FAST_STEP_FILE)
+    atomic_write_bytes(target, fast.SerializeToString())
+    add_optional_file(model_dir, OptionalFile.FAST_STEP, FAST_STEP_FILE)
     return target

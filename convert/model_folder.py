@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -21,23 +22,32 @@ from pathlib import Path
 from typing import Any
 
 from capgen.convert.delimiters import Delimiters
-from capgen.convert.hashing import sha256_file
 from capgen.convert.step_graph import (
-    FORMAT_VERSION,
     DecoderWeights,
     build_projection_graph,
     build_step_graph,
     step_metadata,
 )
+from capgen.runtime.atomic_write import default_mode
 from capgen.runtime.errors import InputError, ModelError
-from capgen.runtime.manifest import read_raw_manifest
+from capgen.runtime.home import encoders_dir
+from capgen.runtime.manifest import (
+    ENCODER_FILE,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    PROJECTION_FILE,
+    STEP_FILE,
+    VOCABULARY_FILE,
+    DecoderSpec,
+    Manifest,
+    VocabularySpec,
+    file_record,
+    own_file_names,
+    parse_encoder_spec,
+    write_manifest,
+)
+from capgen.runtime.onnx_external_data import read_single_file_graph
 
-ENCODER_FILE = "encoder.onnx"
-PROJECTION_FILE = "photo_projection.onnx"
-STEP_FILE = "decoder_step.onnx"
-VOCABULARY_FILE = "vocabulary.json"
-INT8_ENCODER_FILE = "encoder.int8.onnx"  # written later by `capgen convert quantize`
-MANIFEST_FILE = "manifest.json"
 # manifest key -> the distributions that provide it (TensorFlow ships as tensorflow-cpu here).
 _VERSIONED_PACKAGES = {
     "capgen": ("capgen",),
@@ -87,6 +97,7 @@ def describe_encoder(path: Path, kind: str | None = None) -> EncoderInfo:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # onnx raises DecodeError and friends for non-ONNX bytes
         raise ModelError(f"{path} is not a readable ONNX encoder: {error}") from error
+    read_single_file_graph(path)  # external data: refused here, not first at caption time
     props = {prop.key: prop.value for prop in model.metadata_props}
     outputs = {output.name: output for output in model.graph.output}
     if "features" not in outputs:
@@ -190,7 +201,7 @@ def prepare_target(out_dir: Path, force: bool) -> None:
             f"refusing to replace {out_dir}: it is not empty and not a capgen model folder"
         )
     strangers = sorted(
-        entry.name for entry in out_dir.iterdir() if entry.name not in _own_files(out_dir)
+        entry.name for entry in out_dir.iterdir() if entry.name not in own_file_names(out_dir)
     )
     if strangers:
         # e.g. the user kept model_9.h5 in the folder it was converted to: --force would delete it.
@@ -200,85 +211,75 @@ def prepare_target(out_dir: Path, force: bool) -> None:
         )
 
 
-def _own_files(folder: Path) -> set[str]:
-    """What a model folder may hold: the standard files and whatever its manifest lists."""
-    own = {
-        MANIFEST_FILE,
-        ENCODER_FILE,
-        PROJECTION_FILE,
-        STEP_FILE,
-        VOCABULARY_FILE,
-        INT8_ENCODER_FILE,
-    }
-    try:
-        listed = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8")).get("files", {})
-    except (OSError, ValueError, RecursionError, AttributeError):
-        return own
-    return (
-        own | {name for name in listed if isinstance(name, str)}
-        if isinstance(listed, dict)
-        else own
-    )
-
-
 def _place_encoder(source: Path, target: Path) -> None:
-    """Hard-link the cached encoder when possible (83 MB saved per model), else copy it."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
+    """Hard-link capgen's own cached encoder (83 MB saved per model); copy anything else.
+
+    A user's encoder is always copied: sharing its inode would let a later
+    re-save of the user's file break (or silently change) the model folder.
+    Sharing the cache's entry is safe the other way round too: the cache is
+    replaced, never rewritten in place (`ensure_encoder` re-checks its sha256
+    and re-exports through an atomic rename), so editing the model folder's
+    `encoder.onnx` can at worst make the next conversion re-export it.
+    """
+    cache = encoders_dir().resolve()
+    if source.resolve().parent == cache:
+        try:
+            os.link(source, target)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(source, target)
 
 
-def _manifest(spec: ModelFolderSpec, encoder: EncoderInfo, staging: Path) -> dict[str, Any]:
+def _manifest(spec: ModelFolderSpec, encoder: EncoderInfo, staging: Path) -> Manifest:
     weights = spec.weights
     words = spec.delimiters
-    encoder_entry: dict[str, Any] = {
+    sources = dict(spec.sources)
+    if encoder.weights_source is not None:
+        sources["encoder_weights"] = encoder.weights_source
+    entry = {
         "file": ENCODER_FILE,
         "kind": encoder.kind,
         "feature_size": encoder.feature_size,
         "input": encoder.preprocessing,
     }
-    sources = dict(spec.sources)
-    if encoder.weights_source is not None:
-        sources["encoder_weights"] = encoder.weights_source
-    files = {
-        name: {"sha256": sha256_file(staging / name), "bytes": (staging / name).stat().st_size}
-        for name in (ENCODER_FILE, PROJECTION_FILE, STEP_FILE, VOCABULARY_FILE)
-    }
-    return {
-        "format": "capgen-model",
-        "format_version": FORMAT_VERSION,
-        "name": spec.name,
-        "description": spec.description,
-        "encoder": encoder_entry,
-        "decoder": {
-            "projection_file": PROJECTION_FILE,
-            "step_file": STEP_FILE,
-            "units": weights.units,
-            "embedding_size": weights.embedding_size,
-            "projection_size": weights.projection_size,
-            "recurrent_activation": weights.recurrent_activation,
-            "merge": weights.merge,
-            "scores": "log_probabilities",
-            **spec.extra_decoder,
-        },
-        "vocabulary": {
-            "file": VOCABULARY_FILE,
-            "size": len(spec.vocabulary),
-            "start_token": words.start_token,
-            "end_token": words.end_token,
-            # null: the start word is not in the vocabulary (the first input is
+    return Manifest(
+        folder=staging,
+        name=spec.name,
+        description=spec.description,
+        encoder=parse_encoder_spec(entry),  # checked now, not first at caption time
+        decoder=DecoderSpec(
+            projection_file=PROJECTION_FILE,
+            step_file=STEP_FILE,
+            units=weights.units,
+            embedding_size=weights.embedding_size,
+            projection_size=weights.projection_size,
+            recurrent_activation=weights.recurrent_activation,
+            merge=weights.merge,
+            scores="log_probabilities",
+            extra=dict(spec.extra_decoder),
+        ),
+        vocabulary=VocabularySpec(
+            file=VOCABULARY_FILE,
+            size=len(spec.vocabulary),
+            start_token=words.start_token,
+            # None: the start word is not in the vocabulary (the first input is
             # padding) / there is no end word (captions run to max_length).
-            "start_id": words.start_id,
-            "end_id": words.end_id,
-            "delimiters": words.manifest_evidence(),
+            end_token=words.end_token,
+            start_id=words.start_id,
+            end_id=words.end_id,
+            delimiters=words.manifest_evidence(),
+        ),
+        max_length=spec.max_length,
+        files={
+            name: file_record(staging / name)
+            for name in (ENCODER_FILE, PROJECTION_FILE, STEP_FILE, VOCABULARY_FILE)
         },
-        "max_length": spec.max_length,
-        "files": files,
-        "sources": sources,
-        "converted_with": converted_with(),
-        "created": datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
-    }
+        sources=sources,
+        converted_with=converted_with(),
+        created=datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        format_version=FORMAT_VERSION,
+    )
 
 
 def write_model_folder(
@@ -293,12 +294,11 @@ def write_model_folder(
             f"{spec.weights.vocab_size}"
         )
     prepare_target(out_dir, force)
-    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir()
+        # Created exclusively under a fresh name: nothing already there is reused or deleted.
+        staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+        os.chmod(staging, default_mode(directory=True))
     except OSError as error:
         raise InputError(
             f"cannot create the model folder {out_dir} ({error.strerror or error})"
@@ -332,29 +332,7 @@ def _fill_and_place(
     (staging / VOCABULARY_FILE).write_text(
         json.dumps(spec.vocabulary, ensure_ascii=False) + "\n", encoding="utf-8"
     )
-    manifest = _manifest(spec, encoder, staging)
-    (staging / MANIFEST_FILE).write_text(
-        json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
+    write_manifest(_manifest(spec, encoder, staging))
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(staging, out_dir)
-
-
-def record_optional_file(model_dir: Path, section: str, key: str, file_name: str) -> dict[str, Any]:
-    """Name an added file (INT8 encoder, fast step) in the manifest with its sha256 and size.
-
-    The manifest is replaced atomically, so a crash leaves the old, still valid one.
-    """
-    manifest = read_raw_manifest(model_dir)
-    path = model_dir / file_name
-    manifest[section][key] = file_name
-    manifest.setdefault("files", {})[file_name] = {
-        "sha256": sha256_file(path),
-        "bytes": path.stat().st_size,
-    }
-    target = model_dir / MANIFEST_FILE
-    partial = target.with_name(target.name + ".partial")
-    partial.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(partial, target)
-    return manifest

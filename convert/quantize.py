@@ -19,7 +19,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +30,18 @@ from typing import Any
 
 import numpy as np
 
-from capgen.convert.model_folder import record_optional_file
+from capgen.runtime.atomic_write import atomic_writer, prune_stale_temporaries
 from capgen.runtime.errors import ConversionError, ModelError
-from capgen.runtime.manifest import read_raw_manifest
+from capgen.runtime.manifest import (
+    INT8_ENCODER_FILE,
+    Manifest,
+    OptionalFile,
+    add_optional_file,
+    load_manifest,
+)
+from capgen.runtime.onnx_external_data import read_single_file_graph
 
-INT8_FILENAME = "encoder.int8.onnx"
+INT8_FILENAME = INT8_ENCODER_FILE  # the name this module used before
 # Calibration set, measured (feature cosine INT8 vs FP32 on held-out images,
 # worst / median; 24 test-split scenes and the 12 Flickr8k photos):
 #   18 kitchenware photos, MinMax              scenes 0.798 / 0.986   Flickr 0.989 / 0.994
@@ -137,6 +147,8 @@ def quantize_encoder(
 
     if not calibration_images:
         raise ConversionError("INT8 quantization needs at least one calibration image")
+    # Resolved before changing into the scratch folder, where relative paths mean something else.
+    fp32_path, output_path = fp32_path.resolve(), output_path.resolve()
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="capgen-quantize-") as scratch_name:
         scratch = Path(scratch_name)
@@ -146,34 +158,34 @@ def quantize_encoder(
         # onnxruntime's symbolic shape inference dumps `sym_shape_infer_temp.onnx`
         # and an 83 MB `<uuid>.data` into the working directory when it gives up;
         # running it inside the scratch folder keeps the user's folder clean.
-        with contextlib.chdir(scratch):
+        with contextlib.chdir(scratch), _quiet():
             try:
-                quant_pre_process(str(fp32_path.resolve()), str(prepared))
+                quant_pre_process(str(fp32_path), str(prepared))
             except Exception:
                 # The colour features' graph defeats onnxruntime's symbolic shape
                 # inference ("Incomplete symbolic shape inference"); ONNX's own
                 # shape inference still types every Xception tensor, which is all
                 # the quantizer needs there.
-                quant_pre_process(str(fp32_path.resolve()), str(prepared), skip_symbolic_shape=True)
+                quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         model = onnx.load(str(prepared))
         excluded = nodes_kept_float(model)
         partial = scratch / "int8.onnx"
-        quantize_static(
-            str(prepared),
-            str(partial),
-            _ImageReader(calibration_images),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.Percentile,
-            nodes_to_exclude=excluded,
-            extra_options={"CalibPercentile": CALIBRATION_PERCENTILE},
-        )
+        with _quiet():
+            quantize_static(
+                str(prepared),
+                str(partial),
+                _ImageReader(calibration_images),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.Percentile,
+                nodes_to_exclude=excluded,
+                extra_options={"CalibPercentile": CALIBRATION_PERCENTILE},
+            )
         _copy_metadata(fp32_path, partial)
-        tmp_target = output_path.with_name(output_path.name + ".partial")
-        tmp_target.write_bytes(partial.read_bytes())
-        os.replace(tmp_target, output_path)
+        with atomic_writer(output_path) as handle, partial.open("rb") as source:
+            shutil.copyfileobj(source, handle)
     return QuantizationReport(
         output=output_path,
         calibration_images=len(calibration_images),
@@ -181,6 +193,33 @@ def quantize_encoder(
         fp32_bytes=fp32_path.stat().st_size,
         int8_bytes=output_path.stat().st_size,
     )
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Keep the quantizer's own chatter off the user's terminal.
+
+    onnxruntime's quantization tools print, log, warn and let its C++ core
+    write to the process's file descriptors directly, so the descriptors
+    themselves (1 and 2) point at /dev/null while they run; their errors
+    still arrive as exceptions.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for descriptor, copy in zip((1, 2), saved, strict=True):
+            os.dup2(copy, descriptor)
+            os.close(copy)
 
 
 def _copy_metadata(source: Path, target: Path) -> None:
@@ -216,9 +255,9 @@ def calibration_pixels(kind: str, scene_count: int = DEFAULT_SCENE_COUNT) -> lis
     return images
 
 
-def add_int8_to_manifest(model_dir: Path, int8_name: str = INT8_FILENAME) -> dict[str, Any]:
+def add_int8_to_manifest(model_dir: Path, int8_name: str = INT8_FILENAME) -> Manifest:
     """Record the INT8 encoder in the manifest: `encoder.int8_file` and its sha256/bytes."""
-    return record_optional_file(model_dir, "encoder", "int8_file", int8_name)
+    return add_optional_file(model_dir, OptionalFile.INT8_ENCODER, int8_name)
 
 
 def quantize_model_folder(
@@ -228,16 +267,20 @@ def quantize_model_folder(
     echo: Callable[[str], None] = print,
 ) -> QuantizationReport:
     """Add `encoder.int8.onnx` to a converted model folder and record it in its manifest."""
-    manifest = read_raw_manifest(model_dir)
-    encoder = manifest.get("encoder", {})
-    fp32_name = encoder.get("file")
-    if not isinstance(fp32_name, str) or not (model_dir / fp32_name).is_file():
-        raise ModelError(f"{model_dir}: manifest names no existing encoder file ({fp32_name!r})")
-    kind = str(encoder.get("kind", "xception"))
+    model_dir = Path(model_dir).resolve()
+    prune_stale_temporaries(model_dir)  # left by a run that was killed while writing
+    manifest = load_manifest(model_dir)
+    fp32_path = manifest.path(manifest.encoder.file)
+    if not fp32_path.is_file():
+        raise ModelError(
+            f"{model_dir}: manifest names no existing encoder file ({manifest.encoder.file!r})"
+        )
+    read_single_file_graph(fp32_path)  # external data: refused, as the runtime would
+    kind = manifest.encoder.kind
     if images is None:
         images = calibration_pixels(kind, scene_count)
     echo(f"calibrating on {len(images)} images ({kind} encoder)")
-    report = quantize_encoder(model_dir / fp32_name, model_dir / INT8_FILENAME, images)
+    report = quantize_encoder(fp32_path, model_dir / INT8_FILENAME, images)
     add_int8_to_manifest(model_dir)
     if report.excluded_nodes:
         echo(f"kept in float (outside Xception): {len(report.excluded_nodes)} nodes")
@@ -252,8 +295,10 @@ def feature_cosines(fp32_path: Path, int8_path: Path, images: Sequence[np.ndarra
     import onnxruntime as ort
 
     batch = np.stack(list(images))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # onnxruntime's warnings are not the user's problem
     sessions = [
-        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         for path in (fp32_path, int8_path)
     ]
     reference, quantized = (session.run(["features"], {"image": batch})[0] for session in sessions)

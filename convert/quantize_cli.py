@@ -30,8 +30,9 @@ def quantize_command(
     from capgen.convert.calibration import fetch_kitchenware_photos, photo_pixels
     from capgen.convert.fast_decoder import add_fast_decoder
     from capgen.convert.quantize import INT8_FILENAME, feature_cosines, quantize_model_folder
-    from capgen.runtime.manifest import read_raw_manifest
+    from capgen.runtime.manifest import load_manifest
 
+    model_dir = model_dir.resolve()  # the quantizer works in a scratch folder
     started = time.perf_counter()
     quantize_model_folder(model_dir, scene_count=scenes, echo=typer.echo)
     typer.echo(
@@ -40,9 +41,11 @@ def quantize_command(
     typer.echo(f"quantized in {time.perf_counter() - started:.1f} s")
     # A quick sanity check a user can read: how far INT8 moved the features of
     # the calibration photos (not an accuracy claim; see benchmarks/ for that).
-    fp32_name = read_raw_manifest(model_dir)["encoder"]["file"]
+    manifest = load_manifest(model_dir)
     sample = photo_pixels(fetch_kitchenware_photos()[:4])
-    cosines = feature_cosines(model_dir / fp32_name, model_dir / INT8_FILENAME, sample)
+    cosines = feature_cosines(
+        manifest.path(manifest.encoder.file), manifest.path(INT8_FILENAME), sample
+    )
     typer.echo(f"feature cosine INT8 vs FP32 on {len(sample)} photos: min {cosines.min():.4f}")
 
 

@@ -30,21 +30,20 @@ DEFAULT_DESCRIPTION = (
 def _is_current(folder: Path, model: Path, tokenizer: Path, encoder: Path) -> bool:
     """True when the folder was built from exactly these sources and this encoder, INT8 included."""
     from capgen.runtime.errors import ModelError
-    from capgen.runtime.manifest import read_raw_manifest
+    from capgen.runtime.manifest import load_manifest
 
     try:
-        manifest = read_raw_manifest(folder)
+        manifest = load_manifest(folder)
     except (ModelError, OSError):
         return False
-    sources = manifest.get("sources", {})
-    files = manifest.get("files", {})
-    encoder_name = manifest.get("encoder", {}).get("file", "")
+    sources = manifest.sources
+    encoder_record = manifest.files.get(manifest.encoder.file)
     wanted = {
         "model": sources.get("model", {}).get("sha256") == sha256_file(model),
         "tokenizer": sources.get("tokenizer", {}).get("sha256") == sha256_file(tokenizer),
-        "encoder": files.get(encoder_name, {}).get("sha256") == sha256_file(encoder),
-        "int8": "int8_file" in manifest.get("encoder", {}),
-        "fast_decoder": "int8_step_file" in manifest.get("decoder", {}),
+        "encoder": encoder_record is not None and encoder_record.sha256 == sha256_file(encoder),
+        "int8": manifest.encoder.int8_file is not None,
+        "fast_decoder": manifest.decoder.int8_step_file is not None,
     }
     return all(wanted.values())
 

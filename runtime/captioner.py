@@ -27,7 +27,7 @@ from capgen.runtime.encoder import Encoder
 from capgen.runtime.errors import CapgenError, InputError, ModelError
 from capgen.runtime.home import default_model_dir
 from capgen.runtime.limits import is_count
-from capgen.runtime.manifest import Manifest, load_manifest, verify_files
+from capgen.runtime.manifest import MANIFEST_FILE, Manifest, load_manifest, verify_files
 from capgen.runtime.preprocess import DEFAULT_MAX_PIXELS, prepare, resample_filter
 from capgen.runtime.step_model import StepModel
 from capgen.runtime.vocabulary import Vocabulary, load_vocabulary
@@ -74,7 +74,7 @@ def resolve_model_dir(model_dir: str | Path | None) -> tuple[Path, bool]:
     if model_dir is not None:
         return Path(model_dir), False
     folder = default_model_dir()
-    if not (folder / "manifest.json").is_file():
+    if not (folder / MANIFEST_FILE).is_file():
         raise ModelError(
             f"no default model at {folder}; run `make setup` or `capgen setup` to build it, "
             "or pass a model folder (capgen convert model model_9.h5 tokenizer.p -o mymodel/)"

@@ -219,38 +219,36 @@ def info_command(
     """Show what a model folder's manifest says and verify every file's size and sha256."""
     from capgen.runtime.captioner import resolve_model_dir
     from capgen.runtime.errors import ModelIntegrityError
-    from capgen.runtime.manifest import load_manifest, verify_file
+    from capgen.runtime.manifest import FORMAT_NAME, load_manifest, verify_file
 
     folder, is_default = resolve_model_dir(model_dir)
     manifest = load_manifest(folder)
     enc, dec, voc = manifest.encoder, manifest.decoder, manifest.vocabulary
-    raw = manifest.raw
     lines = [
         f"model:        {manifest.name}{'  (default demonstration model)' if is_default else ''}",
         f"folder:       {folder}",
         f"description:  {manifest.description}",
-        f"format:       {raw.get('format')} v{raw.get('format_version')}",
+        f"format:       {FORMAT_NAME} v{manifest.format_version}",
         f"encoder:      {enc.file} ({enc.kind}, {enc.height}x{enc.width} RGB uint8, "
         f"{enc.resize_filter} resize, {enc.feature_size} features)",
         f"int8 encoder: {enc.int8_file or 'none'}",
         f"fast decoder: {dec.int8_step_file or 'none'}",
         f"decoder:      {dec.projection_file} + {dec.step_file} ({dec.units} LSTM units, "
-        f"{raw.get('decoder', {}).get('recurrent_activation', '?')} gates, "
-        f"{raw.get('decoder', {}).get('merge', '?')} merge)",
+        f"{dec.recurrent_activation or '?'} gates, {dec.merge or '?'} merge)",
         f"vocabulary:   {voc.file}: {voc.size} ids",
         f"start/end:    {_caption_words(voc)}",
         f"max_length:   {manifest.max_length}",
     ]
-    for key, value in sorted((raw.get("sources") or {}).items()):
+    for key, value in sorted(manifest.sources.items()):
         if isinstance(value, dict):
             lines.append(
                 f"source:       {key}: {value.get('name', '?')} sha256 {str(value.get('sha256', '?'))[:16]}…"
             )
-    converted = raw.get("converted_with") or {}
+    converted = manifest.converted_with
     if converted:
         lines.append("converted:    " + ", ".join(f"{k} {v}" for k, v in sorted(converted.items())))
-    if raw.get("created"):
-        lines.append(f"created:      {raw['created']}")
+    if manifest.created:
+        lines.append(f"created:      {manifest.created}")
     report = ["\n".join(lines) + "\nfiles:\n"]
     problems = []
     for name, record in manifest.files.items():

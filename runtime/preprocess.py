@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from capgen.runtime.errors import ImageError, ImageTooLargeError, InputError
+from capgen.runtime.git_lfs import is_pointer as is_lfs_pointer
 
 # Formats a photo plausibly comes in. Only their plugins are imported (Pillow's
 # `Image.init()` would import ~40, costing 60 ms of every cold start), and the
@@ -65,7 +66,7 @@ def _describe_non_image(head: bytes) -> str:
         return "SVG drawings are not supported; export a PNG or JPEG"
     if stripped.startswith(_HTML_PREFIXES):
         return "not an image: the file is an HTML/XML page (a failed download?)"
-    if stripped.startswith(b"version https://git-lfs"):
+    if is_lfs_pointer(stripped):
         return "not an image: the file is a Git LFS pointer; run `git lfs pull`"
     if head[4:8] == b"ftyp" and head[8:12] in (
         b"heic",

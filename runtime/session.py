@@ -8,9 +8,12 @@ usable from many threads.
 Optimising the 83 MB Xception graph is most of a cold start's session time
 (0.30 -> 0.16 s to load the real-size model here), so the encoder's
 optimised graph is cached under $CAPGEN_HOME/optimized, keyed on the file's
-sha256 (from the manifest, already verified), the onnxruntime version and the
-CPU's feature flags (fully optimised graphs are specific to the CPU they were
-made on). Entries are shared by every model folder with the same encoder,
+sha256 (from the manifest, already verified; graphs with external data are
+refused, so the file is the whole model), the optimisation level, the
+onnxruntime version and the CPU's feature flags (fully optimised graphs are
+specific to the CPU they were made on). A cache that cannot be written (full
+disk, read-only) costs only the optimisation, and temporary files left by a
+killed run are pruned by the next one. Entries are shared by every model folder with the same encoder,
 the least recently used are pruned beyond `CACHE_LIMIT_BYTES`, and the
 folder is safe to delete at any time. The small decoder graphs are not
 cached: loading their optimised form measured slower than optimising them.
@@ -22,7 +25,6 @@ import contextlib
 import hashlib
 import os
 import platform
-import tempfile
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -30,8 +32,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from capgen.runtime.atomic_write import atomic_path, prune_stale_temporaries
 from capgen.runtime.errors import ModelError
 from capgen.runtime.home import capgen_home
+from capgen.runtime.onnx_external_data import read_single_file_graph
 
 
 @cache
@@ -47,10 +51,28 @@ def _cpu_fingerprint() -> str:
 
 
 CACHE_LIMIT_BYTES = 1 << 30
+# Bump when what goes into an optimised graph changes in a way the key below
+# does not see (e.g. a new session option that alters the optimised graph).
+CACHE_FORMAT = "2"
+_PROVIDERS = ["CPUExecutionProvider"]
 
 
 def _optimized_cache_path(content_sha256: str) -> Path:
-    key = "\0".join([content_sha256, ort.__version__, _cpu_fingerprint()])
+    """The cache entry for a graph: everything that can change the optimised graph is in the key.
+
+    The graph's bytes (its sha256; external data is refused, so those bytes
+    are the whole model), the optimisation level, onnxruntime's version and
+    the CPU's feature flags.
+    """
+    key = "\0".join(
+        [
+            CACHE_FORMAT,
+            content_sha256,
+            str(int(ort.GraphOptimizationLevel.ORT_ENABLE_ALL)),
+            ort.__version__,
+            _cpu_fingerprint(),
+        ]
+    )
     return capgen_home() / "optimized" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.onnx"
 
 
@@ -83,43 +105,52 @@ def _options(threads: int | None) -> ort.SessionOptions:
     return options
 
 
-def _create(path: Path, threads: int | None, cache_key: str | None) -> ort.InferenceSession:
-    providers = ["CPUExecutionProvider"]
-    cached = _optimized_cache_path(cache_key) if cache_key else None
-    if cached is not None and cached.is_file():
-        options = _options(threads)
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        try:
-            session = ort.InferenceSession(str(cached), sess_options=options, providers=providers)
-        except Exception:  # a damaged cache entry: rebuild it below
-            cached.unlink(missing_ok=True)
-        else:
-            with contextlib.suppress(OSError):
-                os.utime(cached)  # recently used: pruned last
-            return session
+def _load_cached(cached: Path, threads: int | None) -> ort.InferenceSession | None:
     options = _options(threads)
-    temporary = None
-    if cached is not None:
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=cached.parent, suffix=".partial")
-            os.close(handle)
-            options.optimized_model_filepath = temporary
-        except OSError:
-            temporary = None  # a read-only cache only costs the optimisation next time
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-    except Exception:
-        if temporary:
-            Path(temporary).unlink(missing_ok=True)
-        raise
-    if temporary and cached is not None:
-        try:
-            os.replace(temporary, cached)  # atomic: a crash never leaves half a graph as the cache
-            prune_cache(cached.parent)
-        except OSError:
-            Path(temporary).unlink(missing_ok=True)
+        session = ort.InferenceSession(str(cached), sess_options=options, providers=_PROVIDERS)
+    except Exception:  # a damaged cache entry: rebuilt by the caller
+        cached.unlink(missing_ok=True)
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(cached)  # recently used: pruned last
     return session
+
+
+def _optimise_into(graph: bytes, threads: int | None, cached: Path) -> ort.InferenceSession | None:
+    """A session whose optimised graph is saved as `cached`; None if that cannot be written.
+
+    A full disk or a read-only cache makes onnxruntime fail the whole session
+    ("Protobuf serialization failed"); the caller then runs without the cache,
+    so a cache that cannot be written costs only speed.
+    """
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cached) as temporary:
+            options = _options(threads)
+            options.optimized_model_filepath = str(temporary)
+            session = ort.InferenceSession(graph, sess_options=options, providers=_PROVIDERS)
+            if temporary.stat().st_size == 0:
+                raise OSError("onnxruntime wrote no optimised graph")
+    except Exception:
+        return None
+    prune_cache(cached.parent)
+    return session
+
+
+def _create(path: Path, threads: int | None, cache_key: str | None) -> ort.InferenceSession:
+    graph = read_single_file_graph(path)
+    if cache_key:
+        cached = _optimized_cache_path(cache_key)
+        # Left by runs killed while optimising (`tmp*.partial`: capgen before 2026-12).
+        prune_stale_temporaries(cached.parent, legacy_glob="tmp*.partial")
+        session = _load_cached(cached, threads) if cached.is_file() else None
+        if session is None:
+            session = _optimise_into(graph, threads, cached)
+        if session is not None:
+            return session
+    return ort.InferenceSession(graph, sess_options=_options(threads), providers=_PROVIDERS)
 
 
 class OnnxSession:
@@ -136,6 +167,8 @@ class OnnxSession:
         """`cache_key`: the file's sha256, to cache its optimised graph (see module docstring)."""
         try:
             self._session = _create(path, threads, cache_key)
+        except ModelError:
+            raise
         except Exception as exc:  # onnxruntime raises its own unrelated exception types
             first_line = (
                 str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,0 +1,112 @@
+"""Does an ONNX file keep tensors in side files? Answered from its bytes, without the onnx package.
+
+ONNX lets a tensor's bytes live in another file ("external data", named by
+a `location` relative to the model). A model folder's manifest vouches for
+the files it lists, so a graph that pulls weights from an unlisted side file
+could change its output without any checksum noticing, and every cache keyed
+on the graph file would serve one model's weights for another. capgen
+therefore refuses external data in model folders, at conversion and at load.
+
+The runtime may not depend on `onnx`, so this walks the protobuf wire format
+itself, descending only into the messages that can hold a tensor (graphs,
+nodes, attributes, functions, sparse tensors) and skipping every other field
+by its length. Field numbers are from onnx/onnx.proto3.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from capgen.runtime.errors import ModelError
+
+# message kind -> {field number: message kind of that (length-delimited) field}
+_MODEL, _GRAPH, _NODE, _ATTRIBUTE, _FUNCTION, _SPARSE, _TENSOR = range(7)
+_CHILDREN: dict[int, dict[int, int]] = {
+    _MODEL: {7: _GRAPH, 25: _FUNCTION},
+    _GRAPH: {1: _NODE, 5: _TENSOR, 15: _SPARSE},
+    _NODE: {5: _ATTRIBUTE},
+    _FUNCTION: {7: _NODE, 11: _ATTRIBUTE},
+    _ATTRIBUTE: {5: _TENSOR, 6: _GRAPH, 10: _TENSOR, 11: _GRAPH, 22: _SPARSE, 23: _SPARSE},
+    _SPARSE: {1: _TENSOR, 2: _TENSOR},
+    _TENSOR: {},
+}
+_TENSOR_EXTERNAL_DATA = 13  # repeated StringStringEntryProto
+_TENSOR_DATA_LOCATION = 14  # enum: DEFAULT = 0, EXTERNAL = 1
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _varint(data: bytes, position: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if position >= end or shift > 63:
+            raise _Malformed
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, position
+        shift += 7
+
+
+def _skip(data: bytes, wire_type: int, position: int, end: int) -> int:
+    if wire_type == 0:
+        return _varint(data, position, end)[1]
+    if wire_type == 1:
+        return position + 8
+    if wire_type == 5:
+        return position + 4
+    if wire_type == 2:
+        length, position = _varint(data, position, end)
+        return position + length
+    raise _Malformed  # groups (3, 4) are not used by ONNX
+
+
+def uses_external_data(data: bytes) -> bool:
+    """True when any tensor in the serialized ModelProto `data` names external data.
+
+    Bytes that are not a well-formed protobuf count as True: onnxruntime
+    would refuse them anyway, and a parser disagreement must not open a gap.
+    """
+    pending = [(_MODEL, 0, len(data))]
+    try:
+        while pending:
+            kind, position, end = pending.pop()
+            children = _CHILDREN[kind]
+            while position < end:
+                tag, position = _varint(data, position, end)
+                field, wire_type = tag >> 3, tag & 7
+                if kind == _TENSOR and field == _TENSOR_EXTERNAL_DATA:
+                    return True
+                if kind == _TENSOR and field == _TENSOR_DATA_LOCATION and wire_type == 0:
+                    location, position = _varint(data, position, end)
+                    if location != 0:
+                        return True
+                    continue
+                start = position
+                position = _skip(data, wire_type, position, end)
+                if position > end:
+                    raise _Malformed
+                if wire_type == 2 and field in children:
+                    length, body = _varint(data, start, end)
+                    pending.append((children[field], body, body + length))
+    except _Malformed:
+        return True
+    return False
+
+
+def read_single_file_graph(path: Path) -> bytes:
+    """The bytes of the ONNX file at `path`, or a one-line ModelError if it uses external data."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if uses_external_data(data):
+        raise ModelError(
+            f"{path}: keeps tensors in external data files, which a capgen model folder may not "
+            "(its manifest cannot vouch for them); save the graph as one file"
+        )
+    return data

@@ -1,0 +1,112 @@
+"""The model folder contract (capgen.runtime.manifest): one definition, parse and dump agree byte for byte."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+from tiny_model import WORDS, encoder_graph, random_weights, write_tiny_model
+
+from capgen.runtime.errors import ModelError
+from capgen.runtime.manifest import (
+    FAST_STEP_FILE,
+    INT8_ENCODER_FILE,
+    MANIFEST_FILE,
+    OptionalFile,
+    add_optional_file,
+    dump_manifest,
+    load_manifest,
+    verify_files,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _converted(folder: Path) -> Path:
+    """A folder written by the converter, with non-ASCII text in its description and vocabulary."""
+    from capgen.convert.delimiters import Delimiters
+    from capgen.convert.model_folder import ModelFolderSpec, describe_encoder, write_model_folder
+
+    user = folder.parent / "user-encoder.onnx"
+    onnx.save(encoder_graph(), str(user))
+    words = list(WORDS)
+    words[3] = "chien-méchant"
+    spec = ModelFolderSpec(
+        weights=random_weights(),
+        vocabulary=words,
+        delimiters=Delimiters.given(words, "start", "end"),
+        max_length=8,
+        sources={"model": {"name": "modèle_9.h5", "sha256": "ab" * 32}},
+        description="naïve – test",
+    )
+    return write_model_folder(folder, spec, describe_encoder(user))
+
+
+def test_converted_manifest_round_trips_to_identical_bytes(tmp_path: Path) -> None:
+    from capgen.convert.fast_decoder import add_fast_decoder
+
+    folder = _converted(tmp_path / "model")
+    written = (folder / MANIFEST_FILE).read_bytes()
+    assert dump_manifest(load_manifest(folder)) == written
+    assert written.endswith(b"}\n") and "naïve – test".encode() in written  # UTF-8, not \\u escapes
+    assert (
+        written == (json.dumps(json.loads(written), indent=2, ensure_ascii=False) + "\n").encode()
+    )
+
+    add_fast_decoder(folder)
+    shutil.copyfile(folder / "encoder.onnx", folder / INT8_ENCODER_FILE)
+    add_optional_file(folder, OptionalFile.INT8_ENCODER, INT8_ENCODER_FILE)
+    extended = (folder / MANIFEST_FILE).read_bytes()
+    assert dump_manifest(load_manifest(folder)) == extended
+    data = json.loads(extended)
+    assert data["encoder"]["int8_file"] == INT8_ENCODER_FILE
+    assert data["decoder"]["int8_step_file"] == FAST_STEP_FILE
+    assert list(data["files"])[-2:] == [FAST_STEP_FILE, INT8_ENCODER_FILE]
+    verify_files(load_manifest(folder), use_stamps=False)
+
+
+def test_adding_a_file_keeps_fields_capgen_does_not_know(tmp_path: Path) -> None:
+    folder = write_tiny_model(tmp_path / "model").folder
+    data = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+    data["licence"] = {"text": "CC-BY 4.0"}
+    data["decoder"]["note"] = "trained 2026"
+    data["vocabulary"]["language"] = "en"
+    (folder / MANIFEST_FILE).write_text(json.dumps(data), encoding="utf-8")
+    shutil.copyfile(folder / "encoder.onnx", folder / INT8_ENCODER_FILE)
+
+    add_optional_file(folder, OptionalFile.INT8_ENCODER, INT8_ENCODER_FILE)
+
+    after = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+    assert after["licence"] == {"text": "CC-BY 4.0"}
+    assert after["decoder"]["note"] == "trained 2026"
+    assert after["vocabulary"]["language"] == "en"
+    assert {k: v for k, v in after.items() if k not in ("encoder", "files")} == {
+        k: v for k, v in data.items() if k not in ("encoder", "files")
+    }
+
+
+def test_an_optional_file_must_be_a_plain_name(tmp_path: Path) -> None:
+    folder = write_tiny_model(tmp_path / "model").folder
+    with pytest.raises(ModelError, match="plain name"):
+        add_optional_file(folder, OptionalFile.FAST_STEP, "../elsewhere.onnx")
+
+
+def test_only_the_contract_names_model_files_or_reads_the_manifest() -> None:
+    """File names and manifest reading live in runtime/manifest.py; no other source spells them."""
+    names = re.compile(
+        r"[\"'](manifest\.json|encoder\.onnx|photo_projection\.onnx|decoder_step\.onnx|"
+        r"vocabulary\.json|encoder\.int8\.onnx|decoder_step\.int8\.onnx)[\"']"
+    )
+    offenders = []
+    for package in ("runtime", "convert", "benchmarks", "capgen", "models"):
+        for source in (REPO / package).rglob("*.py"):
+            if source == REPO / "runtime" / "manifest.py":
+                continue
+            for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
+                if names.search(line) or "read_raw_manifest" in line:
+                    offenders.append(f"{source.relative_to(REPO)}:{number}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
