@@ -276,4 +276,3 @@ def photo_folder(count: int) -> list[Path]:
         photos.append(path)
         index += 1
     return photos
-

@@ -259,4 +259,3 @@ def encoder_record(encoder_path: Path) -> dict[str, Any]:
         return json.loads(record_path.read_text())
     except (OSError, ValueError) as error:
         raise ConversionError(f"no export record beside {encoder_path}: {error}") from error
-

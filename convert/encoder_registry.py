@@ -102,6 +102,7 @@ def get_encoder_kind(name: str) -> EncoderKindSpec:
     """The spec registered under `name`, or a one-line InputError naming the known kinds."""
     spec = find_encoder_kind(name)
     if spec is None:
-        raise InputError(f"unknown encoder {name!r}; choose one of {', '.join(encoder_kind_names())}")
+        raise InputError(
+            f"unknown encoder {name!r}; choose one of {', '.join(encoder_kind_names())}"
+        )
     return spec
-

@@ -55,7 +55,8 @@ def _content_sha256(value: Any) -> str:
 def recipe_inputs() -> dict[str, str]:
     """The data the colour features' graph is built from, by content (not by source file bytes)."""
     head = {
-        name: getattr(shape_head_params, name) for name in ("SHAPES", "MEAN", "SCALE", "WEIGHTS", "BIAS")
+        name: getattr(shape_head_params, name)
+        for name in ("SHAPES", "MEAN", "SCALE", "WEIGHTS", "BIAS")
     }
     return {
         "colour_recipe": str(COLOUR_RECIPE_VERSION),
@@ -69,7 +70,9 @@ def build_xception_colour(weights_path: Path) -> Any:
     from capgen.convert.encoder import build_xception_encoder
     from capgen.models.colour_features import colour_features
 
-    return build_xception_encoder(weights_path, extra_features=colour_features, input_size=INPUT_SIZE)
+    return build_xception_encoder(
+        weights_path, extra_features=colour_features, input_size=INPUT_SIZE
+    )
 
 
 def train_scene_pixels(count: int, seed: int = CALIBRATION_SCENE_SEED) -> list[Any]:

@@ -72,9 +72,7 @@ def _is_lazy(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
     return False
 
 
-def imports_of(
-    module: str, text: str, is_package: bool, known: set[str]
-) -> dict[str, bool]:
+def imports_of(module: str, text: str, is_package: bool, known: set[str]) -> dict[str, bool]:
     """capgen modules imported by `module` -> True when every such import is lazy."""
     tree = ast.parse(text)
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
@@ -97,7 +95,10 @@ def imports_of(
                 base = ".".join([*anchor, *([base] if base else [])])
             for alias in node.names:
                 candidate = f"{base}.{alias.name}"
-                add(candidate if candidate in known else _resolve(base, known), _is_lazy(node, parents))
+                add(
+                    candidate if candidate in known else _resolve(base, known),
+                    _is_lazy(node, parents),
+                )
     return found
 
 
@@ -141,7 +142,8 @@ def render(edges: dict[str, dict[str, bool]], title: str) -> str:
     for package in PACKAGES.values():
         targets = package_edges.get(package, {})
         described = ", ".join(
-            f"`{target}` ({_count(len(set(modules)))})" for target, modules in sorted(targets.items())
+            f"`{target}` ({_count(len(set(modules)))})"
+            for target, modules in sorted(targets.items())
         )
         lines.append(f"- `{package}` → {described or 'nothing outside itself'}")
     lines.append("")
@@ -153,7 +155,8 @@ def render(edges: dict[str, dict[str, bool]], title: str) -> str:
         for module in modules:
             targets = edges[module]
             described = ", ".join(
-                f"`{target}`" + (" (lazy)" if lazy else "") for target, lazy in sorted(targets.items())
+                f"`{target}`" + (" (lazy)" if lazy else "")
+                for target, lazy in sorted(targets.items())
             )
             lines.append(f"- `{module}` → {described or '—'}")
         lines.append("")

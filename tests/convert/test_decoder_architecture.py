@@ -220,5 +220,7 @@ def test_reading_a_config_needs_neither_onnx_nor_tensorflow() -> None:
         "import capgen.convert.architecture, capgen.convert.decoder_weights\n"
         "print(sorted({'onnx', 'tensorflow'} & set(sys.modules)))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]"

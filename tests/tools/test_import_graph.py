@@ -31,9 +31,7 @@ def test_lists_eager_lazy_and_relative_imports_per_package(tmp_path: Path) -> No
         "def later():\n"
         "    import capgen.runtime.errors\n"
     )
-    (tmp_path / "convert" / "b.py").write_text(
-        "def f():\n    from capgen.convert.a import later\n"
-    )
+    (tmp_path / "convert" / "b.py").write_text("def f():\n    from capgen.convert.a import later\n")
     output = _run(str(tmp_path), "--title", "Example")
     assert output.startswith("## Example\n")
     assert "- `capgen.convert` → `capgen.runtime` (1 module)" in output
@@ -47,5 +45,7 @@ def test_reads_a_git_revision() -> None:
         pytest.skip("not a git checkout")
     output = _run(str(REPO_ROOT), "--rev", "HEAD")
     assert "`capgen.convert.encoder_registry`" in output
-    convert_line = next(line for line in output.splitlines() if line.startswith("- `capgen.convert` →"))
+    convert_line = next(
+        line for line in output.splitlines() if line.startswith("- `capgen.convert` →")
+    )
     assert "capgen.models" not in convert_line
