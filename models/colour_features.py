@@ -134,8 +134,13 @@ def _per_colour(masks: tf.Tensor) -> tf.Tensor:
     weight = pixels + _EPS
     cx = tf.einsum("nwc,w->nc", column_mass, coords) / weight
     cy = tf.einsum("nhc,h->nc", row_mass, coords) / weight
-    sx = tf.sqrt(tf.maximum(tf.einsum("nwc,w->nc", column_mass, coords * coords) / weight - cx * cx, 0.0) + _EPS)
-    sy = tf.sqrt(tf.maximum(tf.einsum("nhc,h->nc", row_mass, coords * coords) / weight - cy * cy, 0.0) + _EPS)
+    sx = tf.sqrt(
+        tf.maximum(tf.einsum("nwc,w->nc", column_mass, coords * coords) / weight - cx * cx, 0.0)
+        + _EPS
+    )
+    sy = tf.sqrt(
+        tf.maximum(tf.einsum("nhc,h->nc", row_mass, coords * coords) / weight - cy * cy, 0.0) + _EPS
+    )
     box_w = tf.reduce_sum(tf.reduce_max(masks, axis=1), axis=1) / float(size)
     box_h = tf.reduce_sum(tf.reduce_max(masks, axis=2), axis=1) / float(size)
     extent = area / (box_w * box_h + _EPS)
@@ -190,7 +195,9 @@ def _background(rgb: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
     free = 1.0 - tf.clip_by_value(tf.reduce_sum(masks, axis=-1), 0.0, 1.0)
     mean = tf.reduce_sum(free * luminance, axis=[1, 2]) / (tf.reduce_sum(free, axis=[1, 2]) + _EPS)
     overall = tf.reduce_mean(luminance, axis=[1, 2])
-    spread = tf.sqrt(tf.reduce_mean(tf.square(luminance - overall[:, None, None]), axis=[1, 2]) + _EPS)
+    spread = tf.sqrt(
+        tf.reduce_mean(tf.square(luminance - overall[:, None, None]), axis=[1, 2]) + _EPS
+    )
     return tf.stack([2.0 * mean, 2.0 * overall, 4.0 * spread], axis=-1)
 
 
@@ -206,13 +213,19 @@ def _slots(per_colour: tf.Tensor) -> tf.Tensor:
     colours = len(PROTOTYPES)
     presence = per_colour[:, :, _PRESENCE]
     centre_x = per_colour[:, :, _CENTRE_X]
-    left_of = tf.sigmoid((centre_x[:, :, None] - centre_x[:, None, :]) / 0.003)  # [N,C,C']: c' left of c
+    left_of = tf.sigmoid(
+        (centre_x[:, :, None] - centre_x[:, None, :]) / 0.003
+    )  # [N,C,C']: c' left of c
     others = tf.constant(1.0 - np.eye(colours, dtype=np.float32))
     rank = tf.reduce_sum(left_of * presence[:, None, :] * others[None], axis=2)  # [N,C]
     slots = tf.constant(np.arange(SLOTS, dtype=np.float32))
-    membership = presence[:, :, None] * tf.nn.relu(1.0 - tf.abs(rank[:, :, None] - slots[None, None, :]))
+    membership = presence[:, :, None] * tf.nn.relu(
+        1.0 - tf.abs(rank[:, :, None] - slots[None, None, :])
+    )
     identity = tf.constant(2.0 * np.eye(colours, dtype=np.float32))
-    content = tf.concat([tf.tile(identity[None], [tf.shape(per_colour)[0], 1, 1]), per_colour], axis=-1)
+    content = tf.concat(
+        [tf.tile(identity[None], [tf.shape(per_colour)[0], 1, 1]), per_colour], axis=-1
+    )
     ordered = tf.einsum("ncs,ncd->nsd", membership, content)  # [N,SLOTS,SLOT_SIZE]
     return tf.reshape(ordered, [-1, SLOTS * SLOT_SIZE])
 
