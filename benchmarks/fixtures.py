@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ SUPPRESSED_BIAS = -50.0
 # Scenes for the throughput folder: far past any train/dev split's indices.
 SCENE_SEED = 8
 SCENE_FIRST_INDEX = 900_000
+# Bump when this module changes what it builds (weights, conversion): it keys the stamps.
 RECIPE_VERSION = "1"
 
 
@@ -155,34 +155,26 @@ def _stamp_ok(stamp: Path, wanted: dict[str, str]) -> bool:
         return False
 
 
-def _source_fingerprint(*paths: Path) -> dict[str, str]:
+def _fingerprint(kind: str, *paths: Path) -> dict[str, str]:
+    """What a converted bench model depends on: this module's recipe, its inputs' content and
+    the encoder's export recipe (never source files' bytes)."""
+    from capgen.convert.encoder import export_recipe
+    from capgen.convert.encoder_registry import get_encoder_kind
     from capgen.convert.hashing import sha256_file
 
     fingerprint = {"recipe": RECIPE_VERSION}
     for path in paths:
         fingerprint[path.name] = sha256_file(path)
+    for key, value in export_recipe(get_encoder_kind(kind)).items():
+        fingerprint[f"encoder.{key}"] = value
     return fingerprint
-
-
-def _encoder_sources(kind: str) -> list[Path]:
-    """The files the exported encoder depends on: a change there means reconverting."""
-    import capgen.convert.encoder as encoder_module
-
-    sources = [Path(encoder_module.__file__)]
-    if kind == "xception+colour":
-        import capgen.convert.colour_features as colour_module
-
-        sources.append(Path(colour_module.__file__))
-    return sources
 
 
 def prepare_tutorial7577(echo: Callable[[str], None] = print) -> BenchModel:
     folder = bench_home() / "tutorial7577"
     model_dir = folder / "capgen_model"
     stamp = folder / "stamp.json"
-    wanted = _source_fingerprint(
-        DECODER_JSON, DECODER_TOKENIZER, Path(__file__), *_encoder_sources("xception")
-    )
+    wanted = _fingerprint("xception", DECODER_JSON, DECODER_TOKENIZER)
     h5_path = folder / "model_7577.h5"
     if not (
         _stamp_ok(stamp, wanted) and h5_path.is_file() and (model_dir / MANIFEST_FILE).is_file()
@@ -220,9 +212,7 @@ def prepare_default(echo: Callable[[str], None] = print) -> BenchModel | None:
     folder = bench_home() / "default"
     model_dir = folder / "capgen_model"
     stamp = folder / "stamp.json"
-    wanted = _source_fingerprint(
-        keras_file, tokenizer, Path(__file__), *_encoder_sources("xception+colour")
-    )
+    wanted = _fingerprint("xception+colour", keras_file, tokenizer)
     if not (_stamp_ok(stamp, wanted) and (model_dir / MANIFEST_FILE).is_file()):
         echo("converting the default model with capgen (xception+colour encoder)")
         folder.mkdir(parents=True, exist_ok=True)
@@ -286,19 +276,3 @@ def photo_folder(count: int) -> list[Path]:
         photos.append(path)
         index += 1
     return photos
-
-
-def copy_photos(photos: list[Path], target: Path) -> Path:
-    """A folder holding exactly these photos (for `capgen caption FOLDER`)."""
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    for number, photo in enumerate(photos):
-        shutil.copyfile(photo, target / f"{number:03d}_{photo.name}")
-    return target
-
-
-def scene_bytes(index: int) -> bytes:
-    from capgen.models.scenes import render, sample_scene
-
-    return render(sample_scene(SCENE_SEED, index), SCENE_SEED, index)

@@ -1,7 +1,7 @@
 """The `capgen` console script: one typer app assembled from the stage CLIs.
 
-The runtime owns `caption` and `info`; the converter owns `convert …` and
-`setup`; the benchmarks own `bench`. Those modules import heavy stacks
+The runtime owns `caption` and `info`; the converter owns `convert …`; the
+demonstration model (models/) owns `setup`; the benchmarks own `bench`. Those modules import heavy stacks
 (TensorFlow) only inside their commands, so `capgen caption` starts fast and
 works on a runtime-only install.
 """
@@ -35,6 +35,9 @@ def build_app() -> typer.Typer:
     from capgen.convert.cli import register_convert_commands
 
     register_convert_commands(app)
+    from capgen.models.setup_default import setup_command
+
+    app.command("setup")(setup_command)
     from capgen.benchmarks.cli import register_bench_command
 
     register_bench_command(app)

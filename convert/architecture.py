@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from capgen.convert.step_graph import DenseActivation, Merge, RecurrentActivation
+from capgen.convert.decoder_types import DenseActivation, Merge, RecurrentActivation
 from capgen.runtime.errors import UnsupportedModelError
 
 # Layers with no effect at inference, or that only compute Keras 3's padding mask.

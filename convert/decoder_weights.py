@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from capgen.convert.architecture import DecoderArchitecture
+from capgen.convert.decoder_types import DecoderWeights
 from capgen.convert.keras_reader import LayerWeights, require_weights
-from capgen.convert.step_graph import DecoderWeights
 from capgen.runtime.errors import ModelError
 
 

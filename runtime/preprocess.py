@@ -51,10 +51,6 @@ IMAGE_SUFFIXES = frozenset(
 # would take gigabytes, so such images are refused before any pixel is decoded.
 DEFAULT_MAX_PIXELS = 89_478_485
 
-ImageSource = (
-    str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
-)
-
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _HTML_PREFIXES = (b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")

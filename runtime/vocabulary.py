@@ -43,12 +43,6 @@ class Vocabulary:
     def size(self) -> int:
         return len(self.words)
 
-    def word(self, token_id: int) -> str | None:
-        """The word for an id, or None where the tutorial's `word_for_id` finds none."""
-        if 0 <= token_id < len(self.words):
-            return self.words[token_id]
-        return None
-
     @property
     def first_input_id(self) -> int:
         """The id fed at the first step: the start word's, or padding when it has none."""
@@ -58,9 +52,6 @@ class Vocabulary:
     def null_id_set(self) -> frozenset[int]:
         """Ids without a word: the tutorial stops decoding when it predicts one."""
         return frozenset(i for i, word in enumerate(self.words) if word is None)
-
-    def join(self, token_ids: list[int] | tuple[int, ...]) -> str:
-        return " ".join(self.words[i] or "" for i in token_ids)
 
 
 def load_vocabulary(path: Path, spec: VocabularySpec) -> Vocabulary:

@@ -79,7 +79,7 @@ def extract_features(filename, model, colour: bool = False):
 
 
 def colour_features(pixels: np.ndarray) -> np.ndarray:
-    from capgen.convert.colour_features import colour_features as compute
+    from capgen.models.colour_features import colour_features as compute
 
     return np.asarray(compute(tf.constant(pixels, dtype=tf.uint8)), dtype=np.float32)
 

@@ -208,3 +208,19 @@ def test_embedding_smaller_than_the_output_is_refused(real_config: dict[str, Any
     _layer(real_config, "embedding_2")["config"]["input_dim"] = 5000
     with pytest.raises(UnsupportedModelError, match=r"knows 5000 word ids .* predicts 7577"):
         read_architecture(real_config)
+
+
+def test_reading_a_config_needs_neither_onnx_nor_tensorflow() -> None:
+    """architecture.py takes its types from decoder_types, not from the onnx graph builder."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import capgen.convert.architecture, capgen.convert.decoder_weights\n"
+        "print(sorted({'onnx', 'tensorflow'} & set(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

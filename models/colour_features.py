@@ -24,7 +24,8 @@ binding has to be in that vector already. We therefore describe the image
 3. A 3x3 grid of each mask's coverage (which colour is where) and the
    background's brightness and texture.
 4. A fitted shape head (a linear softmax over the descriptors, see
-   models/shape_head.py) and a one-hot of the object count, per colour.
+   models/shape_head.py, its constants in
+   models/shape_head_params.py) and a one-hot of the object count, per colour.
 5. The same per-colour descriptors (with a colour one-hot) re-ordered into
    left-to-right slots, and the number of colours present: captions name
    groups left to right, so the decoder finds "the next group" at a fixed place.
@@ -41,32 +42,20 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from capgen.convert import shape_head
-from capgen.convert.palette import PALETTE
-from capgen.runtime.errors import ConversionError
+from capgen.models import shape_head_params
+from capgen.models.colour_encoder import (
+    GRID,
+    HARMONICS,
+    PER_COLOUR_SIZE,
+    PROTOTYPES,
+    SLOT_SIZE,
+    SLOTS,
+)
 
-INPUT_SIZE = 299
 POOL = 2  # 299 -> 149: enough resolution for the smallest shapes, cheap
-PROTOTYPES = PALETTE
 MASK_RADIUS = 0.2  # RGB distance (0..sqrt 3) at which a pixel is half in the mask
 MASK_SOFTNESS = 0.025
 MASK_FLOOR = 0.1
-HARMONICS = tuple(range(2, 11))
-GRID = 3
-
-PER_COLOUR_BASIC = 13
-DESCRIPTOR_SIZE = PER_COLOUR_BASIC + 2 * len(HARMONICS)
-COUNTS = 3
-PER_COLOUR_SIZE = DESCRIPTOR_SIZE + len(shape_head.SHAPES) + COUNTS
-# Pin the generated shape head: changing it must change this file, which is
-# what the encoder export's cache key hashes (capgen.convert.encoder).
-SHAPE_HEAD_SHA256 = "9a9ee76012fd5a3703967ac1c5267ffd8970ce1c648b226bc679377d1d65555a"
-GLOBAL_SIZE = 4
-SLOTS = 3
-SLOT_SIZE = len(PROTOTYPES) + PER_COLOUR_SIZE
-COLOUR_FEATURE_SIZE = (
-    len(PROTOTYPES) * (PER_COLOUR_SIZE + GRID * GRID) + SLOTS * SLOT_SIZE + GLOBAL_SIZE
-)
 _PRESENCE, _CENTRE_X = 0, 7  # columns of the per-colour descriptor
 
 _EPS = 1e-6
@@ -145,8 +134,13 @@ def _per_colour(masks: tf.Tensor) -> tf.Tensor:
     weight = pixels + _EPS
     cx = tf.einsum("nwc,w->nc", column_mass, coords) / weight
     cy = tf.einsum("nhc,h->nc", row_mass, coords) / weight
-    sx = tf.sqrt(tf.maximum(tf.einsum("nwc,w->nc", column_mass, coords * coords) / weight - cx * cx, 0.0) + _EPS)
-    sy = tf.sqrt(tf.maximum(tf.einsum("nhc,h->nc", row_mass, coords * coords) / weight - cy * cy, 0.0) + _EPS)
+    sx = tf.sqrt(
+        tf.maximum(tf.einsum("nwc,w->nc", column_mass, coords * coords) / weight - cx * cx, 0.0)
+        + _EPS
+    )
+    sy = tf.sqrt(
+        tf.maximum(tf.einsum("nhc,h->nc", row_mass, coords * coords) / weight - cy * cy, 0.0) + _EPS
+    )
     box_w = tf.reduce_sum(tf.reduce_max(masks, axis=1), axis=1) / float(size)
     box_h = tf.reduce_sum(tf.reduce_max(masks, axis=2), axis=1) / float(size)
     extent = area / (box_w * box_h + _EPS)
@@ -177,25 +171,13 @@ def _per_colour(masks: tf.Tensor) -> tf.Tensor:
 
 
 def _shape_probabilities(descriptors: tf.Tensor) -> tf.Tensor:
-    """The fitted shape head (models/shape_head.py): softmax over SHAPES per colour, [N,C,S]."""
-    mean = tf.constant(np.array(shape_head.MEAN, np.float32))
-    scale = tf.constant(np.array(shape_head.SCALE, np.float32))
-    weights = tf.constant(np.array(shape_head.WEIGHTS, np.float32))
-    bias = tf.constant(np.array(shape_head.BIAS, np.float32))
+    """The fitted shape head (models/shape_head_params.py): softmax over SHAPES per colour, [N,C,S]."""
+    mean = tf.constant(np.array(shape_head_params.MEAN, np.float32))
+    scale = tf.constant(np.array(shape_head_params.SCALE, np.float32))
+    weights = tf.constant(np.array(shape_head_params.WEIGHTS, np.float32))
+    bias = tf.constant(np.array(shape_head_params.BIAS, np.float32))
     logits = tf.einsum("ncd,ds->ncs", (descriptors - mean) / scale, weights) + bias
     return tf.nn.softmax(logits, axis=-1)
-
-
-def _check_shape_head() -> None:
-    import hashlib
-    from pathlib import Path
-
-    actual = hashlib.sha256(Path(shape_head.__file__).read_bytes()).hexdigest()
-    if actual != SHAPE_HEAD_SHA256:
-        raise ConversionError(f"convert/shape_head.py has sha256 {actual}; update SHAPE_HEAD_SHA256")
-
-
-_check_shape_head()
 
 
 def _grid_coverage(masks: tf.Tensor) -> tf.Tensor:
@@ -213,7 +195,9 @@ def _background(rgb: tf.Tensor, masks: tf.Tensor) -> tf.Tensor:
     free = 1.0 - tf.clip_by_value(tf.reduce_sum(masks, axis=-1), 0.0, 1.0)
     mean = tf.reduce_sum(free * luminance, axis=[1, 2]) / (tf.reduce_sum(free, axis=[1, 2]) + _EPS)
     overall = tf.reduce_mean(luminance, axis=[1, 2])
-    spread = tf.sqrt(tf.reduce_mean(tf.square(luminance - overall[:, None, None]), axis=[1, 2]) + _EPS)
+    spread = tf.sqrt(
+        tf.reduce_mean(tf.square(luminance - overall[:, None, None]), axis=[1, 2]) + _EPS
+    )
     return tf.stack([2.0 * mean, 2.0 * overall, 4.0 * spread], axis=-1)
 
 
@@ -229,13 +213,19 @@ def _slots(per_colour: tf.Tensor) -> tf.Tensor:
     colours = len(PROTOTYPES)
     presence = per_colour[:, :, _PRESENCE]
     centre_x = per_colour[:, :, _CENTRE_X]
-    left_of = tf.sigmoid((centre_x[:, :, None] - centre_x[:, None, :]) / 0.003)  # [N,C,C']: c' left of c
+    left_of = tf.sigmoid(
+        (centre_x[:, :, None] - centre_x[:, None, :]) / 0.003
+    )  # [N,C,C']: c' left of c
     others = tf.constant(1.0 - np.eye(colours, dtype=np.float32))
     rank = tf.reduce_sum(left_of * presence[:, None, :] * others[None], axis=2)  # [N,C]
     slots = tf.constant(np.arange(SLOTS, dtype=np.float32))
-    membership = presence[:, :, None] * tf.nn.relu(1.0 - tf.abs(rank[:, :, None] - slots[None, None, :]))
+    membership = presence[:, :, None] * tf.nn.relu(
+        1.0 - tf.abs(rank[:, :, None] - slots[None, None, :])
+    )
     identity = tf.constant(2.0 * np.eye(colours, dtype=np.float32))
-    content = tf.concat([tf.tile(identity[None], [tf.shape(per_colour)[0], 1, 1]), per_colour], axis=-1)
+    content = tf.concat(
+        [tf.tile(identity[None], [tf.shape(per_colour)[0], 1, 1]), per_colour], axis=-1
+    )
     ordered = tf.einsum("ncs,ncd->nsd", membership, content)  # [N,SLOTS,SLOT_SIZE]
     return tf.reshape(ordered, [-1, SLOTS * SLOT_SIZE])
 
