@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
-from capgen.runtime.errors import ImageError, ImageTooLargeError, InputError
+from capgen.runtime.errors import ImageError, ImageTooLargeError, InputError, ModelError
 
 # Formats a photo plausibly comes in. Only their plugins are imported (Pillow's
 # `Image.init()` would import ~40, costing 60 ms of every cold start), and the
@@ -252,10 +252,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def resample_filter(name: str) -> Image.Resampling:
+    """The Pillow filter a manifest's `encoder.input.resize_filter` names; a bad name is the model's fault."""
     try:
         return Image.Resampling[name.upper()]
     except KeyError:
-        raise InputError(f"unknown resize filter {name!r}") from None
+        raise ModelError(f"unknown resize filter {name!r} in the model's manifest") from None
 
 
 def prepare(
