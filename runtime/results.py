@@ -102,5 +102,5 @@ def parse_line(line: bytes) -> dict[str, Any] | None:
     except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         return None
     if is_success_record(record) or is_error_record(record):
-        return record  # type: ignore[no-any-return]
+        return record
     return None

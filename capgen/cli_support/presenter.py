@@ -58,7 +58,7 @@ def _invoke(app: typer.Typer, args: list[str]) -> int:
         return ExitCode.BROKEN_PIPE
     except ClickException as error:  # e.g. `capgen convert` alone, which shows its help
         error.show()  # type: ignore[attr-defined]
-        return error.exit_code  # type: ignore[attr-defined, no-any-return]
+        return error.exit_code  # type: ignore[attr-defined]
     except OSError as error:
         if error.errno not in _WRITE_ERRNOS:
             raise
