@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from capgen.cli_support.console import say, write_stdout
+from capgen.cli_support.console import escape_controls, say, write_stdout
 from capgen.cli_support.usage_errors import OneLineUsageCommand
 from capgen.runtime.errors import CapgenError, InputError
 
@@ -259,7 +259,9 @@ def info_command(
         lines.append("converted:    " + ", ".join(f"{k} {v}" for k, v in sorted(converted.items())))
     if raw.get("created"):
         lines.append(f"created:      {raw['created']}")
-    report = ["\n".join(lines) + "\nfiles:\n"]
+    # A manifest's text may hold control characters: each line is escaped on its
+    # own, so a newline inside a field cannot fake a line of the report.
+    report = ["\n".join(map(escape_controls, lines)) + "\nfiles:\n"]
     problems = []
     for name, record in manifest.files.items():
         try:
@@ -269,7 +271,10 @@ def info_command(
             status = f"FAILED: {err}"
             problems.append(err)
         report.append(
-            f"  {name:<24} {record.bytes:>12} bytes  sha256 {record.sha256[:16]}…  {status}\n"
+            escape_controls(
+                f"  {name:<24} {record.bytes:>12} bytes  sha256 {record.sha256[:16]}…  {status}"
+            )
+            + "\n"
         )
     write_stdout("".join(report))  # all at once; a closed pipe is the presenter's
     if problems:

@@ -13,7 +13,9 @@ existing file is replaced only when it carries capgen's annotate marker.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import stat
 import tempfile
@@ -141,13 +143,29 @@ def _check_lines(path: Path, data: bytes) -> tuple[int, bool, set[str]]:
 
 
 def _open_for_append(path: Path, create: bool) -> int:
+    """An O_APPEND descriptor holding an exclusive lock: one capgen at a time per --output.
+
+    Two runs appending to one file would caption the same images twice; the
+    second is refused instead (the lock goes with the process, even on a kill).
+    """
     flags = _APPEND_FLAGS | (os.O_CREAT | os.O_EXCL if create else 0)
     try:
-        return os.open(path, flags, 0o644)
+        fd = os.open(path, flags, 0o644)
     except OSError as exc:
         if exc.errno == errno.EEXIST:
             raise InputError(f"{path}: appeared while capgen was checking it; run again") from None
         raise InputError(f"{path}: cannot open for writing ({_reason(exc)})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise InputError(
+                f"{path}: another capgen process is writing to it; wait for it to finish "
+                "(then --resume) or choose another --output"
+            ) from None
+        raise InputError(f"{path}: cannot lock for writing ({_reason(exc)})") from None
+    return fd
 
 
 def open_output(path: Path, resume: bool, inputs: InputFiles) -> tuple[JsonlWriter, set[str]]:
@@ -287,18 +305,20 @@ class AnnotateFolder:
         refusal = self._why_not_replaceable(target)
         if refusal is not None:
             raise InputError(f"{target}: {refusal}; not overwritten")
-        fd, temporary = tempfile.mkstemp(
-            dir=self.folder, prefix=f".{target.name}.", suffix=".partial"
-        )
+        temporary: str | None = None
         try:
+            fd, temporary = tempfile.mkstemp(
+                dir=self.folder, prefix=f".{target.name}.", suffix=".partial"
+            )
             with os.fdopen(fd, "wb") as handle:
                 picture.save(handle, "JPEG", quality=90, comment=ANNOTATE_MARKER)
             self._move_into_place(temporary, target)
         except OSError as exc:
             raise InputError(f"{target}: cannot write annotated image ({_reason(exc)})") from None
         finally:
-            if os.path.lexists(temporary):
-                os.unlink(temporary)
+            if temporary is not None and os.path.lexists(temporary):
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
         return target
 
     def _move_into_place(self, temporary: str, target: Path) -> None:

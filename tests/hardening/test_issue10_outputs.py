@@ -45,6 +45,18 @@ def launch(capgen_script: Path, home: Path) -> Run:
     return launcher
 
 
+def _without_root_override() -> None:
+    """A preexec_fn: as root, drop the capabilities that ignore file modes, so 0o444 binds."""
+    if os.getuid() != 0:
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP: gone after exec too
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
 def _capgen_lines(run: Run, model: TinyModel, photos: list[Path], output: Path) -> bytes:
     """A genuine capgen --output file for `photos`."""
     done = run("caption", "-m", model.folder, *photos, "-o", output)
@@ -103,6 +115,21 @@ def test_f01_resume_cuts_only_a_half_written_capgen_line_and_keeps_whole_records
     assert redone == [str(photos[2])]  # the record without its newline was kept, not redone
     records = [json.loads(line) for line in output.read_bytes().splitlines()]
     assert [r["path"] for r in records] == [str(p) for p in photos]
+
+
+def test_f01_a_second_capgen_on_the_same_output_is_refused(
+    run: Run, hardening_model: TinyModel, photo: Path, tmp_path: Path
+) -> None:
+    """Two runs sharing one --output --resume used to caption the same images twice."""
+    import fcntl
+
+    output = tmp_path / "out.jsonl"
+    content = _capgen_lines(run, hardening_model, [photo], output)
+    with output.open("ab") as holder:
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX)  # what a running capgen holds
+        done = run("caption", "-m", hardening_model.folder, photo, "-o", output, "--resume")
+    assert_one_line_error(done, ExitCode.USAGE, "another capgen process is writing to it")
+    assert output.read_bytes() == content
 
 
 # Finding 2: another tool's JSON Lines was taken for capgen's -----------------
@@ -230,19 +257,23 @@ def test_f03_annotate_sees_an_input_given_through_a_link(
     assert holiday.read_bytes() == before and sorted(os.listdir(photos)) == ["holiday.jpg"]
 
 
+def test_f03_annotate_into_a_folder_it_cannot_write_is_one_line(
+    launch: Run, hardening_model: TinyModel, photo: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "annotated"
+    out.mkdir()
+    out.chmod(0o555)
+    done = launch(
+        "caption", "-m", hardening_model.folder, photo, "--annotate", out,
+        preexec_fn=_without_root_override,
+    )  # fmt: skip
+    stderr = done.stderr.decode()
+    assert b"Traceback" not in done.stderr and stderr.count("\n") == 1, stderr
+    assert "cannot write annotated image" in stderr and done.returncode == ExitCode.USAGE
+    assert len(done.stdout.splitlines()) == 1 and os.listdir(out) == []
+
+
 # Finding 10: a read-only --output with a partial last line -------------------
-
-
-def _without_root_override() -> None:
-    """A preexec_fn: as root, drop the capabilities that ignore file modes, so 0o444 binds."""
-    if os.getuid() != 0:
-        return
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
-        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP: gone after exec too
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
 
 
 def test_f10_read_only_output_with_a_partial_last_line_is_one_line(
@@ -353,6 +384,20 @@ def test_f20_control_characters_in_vocabulary_words_are_escaped(run: Run, tmp_pa
     assert len(lines) == 3
     for line in lines:
         assert line.count("\t") == 1 and not _controls(line), repr(line)
+
+
+def test_f20_info_escapes_control_characters_from_the_manifest(
+    run: Run, hardening_model: TinyModel, tmp_path: Path
+) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(hardening_model.folder, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["description"] = "fine\x1b]0;pwned\x07\nfiles:\n  fake ok"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    done = run("info", folder)
+    assert done.returncode == ExitCode.OK, done.stderr
+    stdout = done.stdout.decode()
+    assert "\x1b" not in stdout and "fine\\x1b]0;pwned\\x07\\x0afiles:" in stdout, stdout
 
 
 # Finding 21: one exit-code table, tested row by row --------------------------
