@@ -524,3 +524,41 @@ def test_f21_every_exit_code_row_is_what_the_console_script_returns(
         assert stderr.count("\n") == 1 and stderr.startswith("capgen: "), stderr
     if code == ExitCode.MODEL:
         assert "unknown resize filter 'SINC'" in stderr
+
+
+# Issue 15 item 6: --annotate reuses the decoded image ------------------------
+
+
+def test_i15_annotate_decodes_each_image_once_with_the_same_captions(
+    launch: Run, hardening_model: TinyModel, tmp_path: Path
+) -> None:
+    photos = write_photos(tmp_path / "photos", 3, seed=24)
+    env = _interrupting_site(
+        tmp_path / "site",
+        "import atexit, collections, json\n"
+        "opened = collections.Counter()\n"
+        "def hook(event, args):\n"
+        "    if event == 'open' and str(args[0]).endswith('.png'):\n"
+        "        opened[str(args[0])] += 1\n"
+        "sys.addaudithook(hook)\n"
+        "atexit.register(lambda: sys.stderr.write('OPENED ' + json.dumps(opened) + '\\n'))\n",
+    )
+    plain = launch("caption", "-m", hardening_model.folder, *photos, "--json", env=env)
+    annotated = launch(
+        "caption", "-m", hardening_model.folder, *photos, "--json",
+        "--annotate", tmp_path / "annotated", env=env,
+    )  # fmt: skip
+    assert plain.returncode == annotated.returncode == ExitCode.OK, annotated.stderr
+
+    def captions(done: subprocess.CompletedProcess[bytes]) -> list[tuple[str, float]]:
+        records = [json.loads(line) for line in done.stdout.splitlines()]
+        return [(r["caption"], r["log_probability"]) for r in records]
+
+    def opened(done: subprocess.CompletedProcess[bytes]) -> dict[str, int]:
+        line = done.stderr.decode().splitlines()[-1]
+        assert line.startswith("OPENED "), done.stderr
+        return json.loads(line.removeprefix("OPENED "))  # type: ignore[no-any-return]
+
+    assert captions(annotated) == captions(plain)
+    assert opened(annotated) == {str(photo): 1 for photo in photos} == opened(plain)
+    assert len(os.listdir(tmp_path / "annotated")) == 3
