@@ -9,7 +9,7 @@ STAMP := $(VENV)/.capgen-installed
 CAPGEN := $(BIN)/capgen
 
 .DEFAULT_GOAL := demo
-.PHONY: demo setup install test lint bench train clean
+.PHONY: demo setup install test lint typecheck bench train clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "capgen needs $(PYTHON) (Python 3.11) on PATH"; exit 1; }
@@ -32,7 +32,8 @@ setup: install
 demo: setup
 	$(CAPGEN) caption examples/
 
-test: setup
+# Lint and type-check first (cheap, and CI runs exactly this), then the suite.
+test: setup lint typecheck
 	$(BIN)/python -m pytest
 
 # Retrain the default model from scratch (about 45 min on 2 cores); see models/README.md.
@@ -46,6 +47,12 @@ train: install
 
 lint: install
 	$(BIN)/ruff check .
+
+# mypy on capgen/ and runtime/, through a tree of links that mirrors
+# pyproject's package-dir mapping (tools/typecheck_tree.py; config in pyproject).
+typecheck: install
+	$(BIN)/python tools/typecheck_tree.py
+	$(BIN)/mypy -p capgen.runtime -p capgen.cli_support -m capgen -m capgen.cli -m capgen.__main__
 
 bench: setup
 	$(CAPGEN) bench

@@ -8,19 +8,23 @@ works on a runtime-only install.
 
 from __future__ import annotations
 
-import errno
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import typer
+if TYPE_CHECKING:
+    import typer
 
-from capgen.runtime.cli import register_runtime_commands
+# Only the standard library above: a Ctrl-C must be handled before the heavy imports start.
 
 _SUBCOMMANDS = {"caption", "info", "convert", "setup", "bench", "--help", "-h", "--version"}
 
 
 def build_app() -> typer.Typer:
-    from capgen.runtime.usage_errors import OneLineUsageGroup
+    import typer
+
+    from capgen.cli_support.usage_errors import OneLineUsageGroup
+    from capgen.runtime.cli import register_runtime_commands
 
     app = typer.Typer(
         cls=OneLineUsageGroup,
@@ -30,7 +34,7 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
-    app.callback()(_root_options)
+    app.callback()(_root_options())
     register_runtime_commands(app)
     from capgen.convert.cli import register_convert_commands
 
@@ -46,21 +50,30 @@ def build_app() -> typer.Typer:
 
 def _print_version(value: bool) -> None:
     if value:
+        import typer
+
         from capgen import __version__
 
         typer.echo(f"capgen {__version__}")
         raise typer.Exit()
 
 
-def _root_options(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version", is_eager=True, callback=_print_version, help="Show the version and exit."
+def _root_options() -> Callable[..., None]:
+    """The root's own options, built here so that importing this module imports no typer."""
+    import typer
+
+    def root(
+        version: bool = typer.Option(  # a default, not Annotated: typer is not a module global
+            False,
+            "--version",
+            is_eager=True,
+            callback=_print_version,
+            help="Show the version and exit.",
         ),
-    ] = False,
-) -> None:
-    """Caption images on a CPU with the classic Keras CNN+LSTM model, converted to ONNX."""
+    ) -> None:
+        """Caption images on a CPU with the classic Keras CNN+LSTM model, converted to ONNX."""
+
+    return root
 
 
 def _tutorial_argv(argv: list[str]) -> list[str]:
@@ -71,20 +84,12 @@ def _tutorial_argv(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    """Run the CLI; any CapgenError becomes one line on stderr and its documented exit code."""
-    from capgen.runtime.errors import CapgenError
+    """Run the CLI: every outcome is presented by capgen.cli_support.presenter, never a traceback."""
+    from capgen.cli_support.interrupts import leave_on_interrupt, leave_quietly_at_exit
 
-    try:
-        app = build_app()
-        app(args=_tutorial_argv(sys.argv[1:]), prog_name="capgen", standalone_mode=True)
-    except CapgenError as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"capgen: error: {message}", file=sys.stderr)
-        sys.exit(error.exit_code)
-    except BrokenPipeError:
-        sys.exit(141)  # the reader of stdout went away (e.g. `| head`): nothing to report
-    except OSError as error:
-        if error.errno not in (errno.ENOSPC, errno.EIO, errno.EDQUOT):
-            raise
-        print(f"capgen: error: cannot write output: {error.strerror}", file=sys.stderr)
-        sys.exit(2)
+    leave_on_interrupt(message="capgen: interrupted")  # while importing: nothing to keep yet
+    from capgen.cli_support.presenter import run
+
+    code = run(build_app(), _tutorial_argv(sys.argv[1:]))
+    leave_quietly_at_exit(code)  # all is written: a Ctrl-C during shutdown only hurries it
+    sys.exit(code)

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from capgen.runtime.usage_errors import OneLineUsageCommand
+from capgen.cli_support.usage_errors import OneLineUsageCommand
 
 
 def model_command(

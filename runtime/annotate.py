@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from capgen.runtime.errors import InputError
-from capgen.runtime.preprocess import load_image, to_rgb
+from capgen.runtime.preprocess import to_rgb
 
 MAX_WIDTH = 1024
 MIN_WIDTH = 320
@@ -36,13 +33,22 @@ def _wrap(text: str, font: Any, draw: ImageDraw.ImageDraw, width: int) -> list[s
     return [*lines, current] if current else lines or [""]
 
 
-def annotate(image: Any, caption: str) -> Image.Image:
-    """The upright image (scaled to at most MAX_WIDTH wide) with the caption beneath."""
-    picture = to_rgb(load_image(image))
+def for_annotation(image: Image.Image) -> Image.Image:
+    """The RGB picture an annotated copy shows: a decoded upright image, at most MAX_WIDTH wide.
+
+    The CLI makes it from the image it decodes for captioning, so each image
+    is decoded once; this smaller copy is what it keeps until the caption is known.
+    """
+    picture = to_rgb(image)
     if picture.width > MAX_WIDTH:
         picture = picture.resize(
             (MAX_WIDTH, max(1, round(picture.height * MAX_WIDTH / picture.width)))
         )
+    return picture
+
+
+def annotate(picture: Image.Image, caption: str) -> Image.Image:
+    """`picture` (from for_annotation) with the caption written in a white band beneath it."""
     width = max(picture.width, MIN_WIDTH)
     font = _font(max(14, width // 36))
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -58,23 +64,3 @@ def annotate(image: Any, caption: str) -> Image.Image:
             (MARGIN, picture.height + MARGIN + number * line_height), line, fill="black", font=font
         )
     return canvas
-
-
-def annotated_path(folder: Path, source: str, taken: set[Path]) -> Path:
-    """folder/<stem>.jpg, with _2, _3 … when two inputs share a name."""
-    stem = Path(os.fsdecode(source)).stem or "image"
-    candidate = folder / f"{stem}.jpg"
-    number = 2
-    while candidate in taken:
-        candidate = folder / f"{stem}_{number}.jpg"
-        number += 1
-    taken.add(candidate)
-    return candidate
-
-
-def save_annotated(image: Any, caption: str, target: Path) -> None:
-    picture = annotate(image, caption)
-    try:
-        picture.save(target, "JPEG", quality=90)
-    except OSError as exc:
-        raise InputError(f"{target}: cannot write annotated image ({exc.strerror or exc})") from exc

@@ -12,8 +12,13 @@ Output of `capgen caption`:
   (failed ones are retried);
 - every failure is also reported on stderr as `capgen: <path>: <reason>` and
   the other images are still captioned; exit status 0 when all succeeded, 1
-  when any image failed, 130 on Ctrl-C (what finished is already written),
-  and the error's own code (see errors.py) when nothing could run at all.
+  when some of several images failed, the failure's own code when the one
+  image given alone failed, 130 on Ctrl-C (what finished is already written),
+  and the error's own code when nothing could run at all (errors.ExitCode);
+- file names and captions in line output and on stderr show control
+  characters as escapes (cli_support/console.py); --json is exact.
+
+Errors are raised, not printed: capgen.cli_support.presenter shows them.
 
 Heavy imports (numpy, onnxruntime, Pillow) happen inside the commands so
 `capgen --help` and the other subcommands stay fast.
@@ -21,60 +26,29 @@ Heavy imports (numpy, onnxruntime, Pillow) happen inside the commands so
 
 from __future__ import annotations
 
-import functools
-import os
 import sys
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from capgen.runtime.console import say, tolerate_any_terminal
+from capgen.cli_support.console import escape_controls, say, write_stdout
+from capgen.cli_support.usage_errors import OneLineUsageCommand
 from capgen.runtime.errors import CapgenError, InputError
-from capgen.runtime.usage_errors import OneLineUsageCommand
 
-F = TypeVar("F", bound=Callable[..., Any])
+if TYPE_CHECKING:
+    from capgen.runtime.captioner import Captioner
+    from capgen.runtime.decoding import DecodingOptions
+    from capgen.runtime.sinks import CaptionSinks
 
 DEMO_NOTE = (
     "capgen: note: using the default demonstration model, trained on synthetic scenes "
     "(shapes and colours), not on photos. To caption photos, convert your own: "
     "capgen convert model model_9.h5 tokenizer.p -o mymodel/ && capgen caption --model mymodel/ IMAGE"
 )
-INTERRUPTED_EXIT = 130
-BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE, what a shell reports for a tool killed by a closed pipe
 
 
-def cli_errors(function: F) -> F:
-    """Map CapgenError to `capgen: error: <message>` and its exit code, Ctrl-C to 130: never a traceback."""
-
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        tolerate_any_terminal()
-        try:
-            return function(*args, **kwargs)
-        except CapgenError as err:
-            say(f"capgen: error: {err}")
-            raise typer.Exit(err.exit_code) from None
-        except KeyboardInterrupt:  # Ctrl-C while loading: nothing to keep, but no traceback either
-            say("capgen: interrupted")
-            raise typer.Exit(INTERRUPTED_EXIT) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _check_annotate_folder(annotate: Path, images: list[str]) -> None:
-    """Refuse an --annotate folder that holds input images: their pictures would replace the photos."""
-    target = os.path.realpath(annotate)
-    for image in images:
-        if os.path.realpath(os.path.dirname(image) or ".") == target:
-            raise InputError(
-                f"--annotate {annotate} is where input images are ({image}); annotated copies "
-                "would overwrite them, choose another folder"
-            )
-
-
-@cli_errors
 def caption_command(
     images: Annotated[
         list[str] | None, typer.Argument(help="Images, folders or globs.", show_default=False)
@@ -135,6 +109,8 @@ def caption_command(
     # Pillow warns about oddities it recovers from (corrupt EXIF, huge images we
     # refuse anyway); the CLI reports problems itself, one line per image.
     warnings.filterwarnings("ignore", module="PIL")
+    from capgen.runtime.captioner import Captioner, check_batch_size
+    from capgen.runtime.decoding import DecodingOptions
     from capgen.runtime.inputs import expand_inputs
 
     arguments = [*(image or []), *(images or [])]
@@ -143,74 +119,106 @@ def caption_command(
     if resume and output is None:
         raise InputError("--resume needs --output FILE")
     paths, empty_folders = expand_inputs(arguments)
-
-    from capgen.runtime import results
-    from capgen.runtime.captioner import Captioner, check_batch_size
-    from capgen.runtime.decoding import DecodingOptions
-    from capgen.runtime.outputs import CaptionSinks, StdoutUnwritable
-
     options = DecodingOptions(
         beam_size=beam_size, max_length=max_length, length_penalty=length_penalty, n_best=n_best
     )
     check_batch_size(batch_size)  # every option is checked before --output is touched
-    captioner = Captioner(
-        model, threads=threads, int8=int8, fast_decoder=fast_decoder
-    )  # before touching --output: a bad model changes nothing
+    # The model too: a bad model changes nothing.
+    captioner = Captioner(model, threads=threads, int8=int8, fast_decoder=fast_decoder)
     if captioner.is_default_model:
         say(DEMO_NOTE)
-    done = results.prepare_resume(output) if resume and output is not None else set()
-    todo = [path for path in paths if path not in done]
-    if output is not None and not resume:
-        results.check_replaceable(output)
-        try:
-            output.write_bytes(b"")
-        except OSError as exc:
-            raise InputError(f"{output}: cannot write ({exc.strerror or exc})") from exc
-    if annotate is not None:
-        _check_annotate_folder(annotate, todo)
-        try:
-            annotate.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"{annotate}: cannot create folder ({exc.strerror or exc})") from exc
-    sinks = CaptionSinks(
-        json_lines=json_lines,
-        raw=raw,
-        # Just the caption for `capgen caption photo.jpg`; with several arguments,
-        # a folder or a glob, each line says which image it is about.
-        show_path=not (len(arguments) == 1 and paths == arguments),
-        writer=results.JsonlWriter(output) if output is not None else None,
-        annotate_dir=annotate,
-    )
+    # Just the caption for `capgen caption photo.jpg`; with several arguments,
+    # a folder or a glob, each line says which image it is about.
+    single_image = len(arguments) == 1 and paths == arguments
+    sinks, done = _open_sinks(paths, output, resume, annotate, json_lines, raw, not single_image)
     for (
         folder,
         reason,
-    ) in empty_folders.items():  # also a JSON line, so --json and --output readers see it
+    ) in empty_folders.items():  # also a JSON line, for --json and --output readers
         sinks.handle(folder, InputError(reason))
+    _caption_all(captioner, sinks, [p for p in paths if p not in done], options, batch_size)
+    if sinks.failure_codes:
+        raise typer.Exit(sinks.exit_code(single_image))
+
+
+def _open_sinks(
+    paths: list[str],
+    output: Path | None,
+    resume: bool,
+    annotate: Path | None,
+    json_lines: bool,
+    raw: bool,
+    show_path: bool,
+) -> tuple[CaptionSinks, set[str]]:
+    """Check every output against every input, then open them: (sinks, images --output already has).
+
+    Nothing is written until all checks have passed: a refused --annotate
+    folder leaves --output as it was.
+    """
+    from capgen.runtime.outputs import AnnotateFolder, InputFiles, open_output
+    from capgen.runtime.sinks import CaptionSinks
+
+    inputs = InputFiles(paths)
+    folder = AnnotateFolder(annotate, inputs) if annotate is not None else None
+    writer, done = open_output(output, resume, inputs) if output is not None else (None, set())
+    if folder is not None:
+        folder.create()
+    sinks = CaptionSinks(
+        json_lines=json_lines, raw=raw, show_path=show_path, writer=writer, annotate=folder
+    )
+    return sinks, done
+
+
+def _decoded_once(paths: list[str]) -> Iterator[tuple[str, Any, Any]]:
+    """(path, what to caption, picture for --annotate): each image decoded once, for both.
+
+    An image that cannot be decoded is passed on as its path, so the captioner
+    reports it in its own words like any other failure.
+    """
+    from capgen.runtime.annotate import for_annotation
+    from capgen.runtime.preprocess import load_image
+
+    for path in paths:
+        try:
+            image = load_image(path)
+            yield path, image, for_annotation(image)
+        except CapgenError:
+            yield path, path, None
+
+
+def _caption_all(
+    captioner: Captioner,
+    sinks: CaptionSinks,
+    todo: list[str],
+    options: DecodingOptions,
+    batch_size: int,
+) -> None:
+    """The loop: caption `todo` in order, each outcome to the sinks as soon as it is known."""
     if sys.stderr.isatty() and len(todo) > 1:
         from tqdm import tqdm
 
         sinks.progress = tqdm(total=len(todo), unit="img", file=sys.stderr, dynamic_ncols=True)
+    items = (
+        _decoded_once(todo) if sinks.annotate is not None else ((path, path, None) for path in todo)
+    )
+    pictures: dict[int, Any] = {}
+
+    def sources() -> Iterator[Any]:
+        for index, (_, source, picture) in enumerate(items):
+            pictures[index] = picture
+            yield source
+
     try:
-        for path, outcome in captioner.iter_captions(todo, options=options, batch_size=batch_size):
-            sinks.handle(path, outcome)
-    except KeyboardInterrupt:
-        say("capgen: interrupted; results so far are written")
-        raise typer.Exit(INTERRUPTED_EXIT) from None
-    except BrokenPipeError:
-        # `capgen caption folder | head -1`: the reader left; stop quietly like other Unix tools.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise typer.Exit(BROKEN_PIPE_EXIT) from None
-    except StdoutUnwritable:
-        # Say so once; Python's own flush of the same full stdout at exit must not add a traceback.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        outcomes = captioner.iter_captions(sources(), options=options, batch_size=batch_size)
+        for index, (path, (_, outcome)) in enumerate(zip(todo, outcomes, strict=True)):
+            sinks.handle(path, outcome, pictures.pop(index, None))
+    except KeyboardInterrupt as interrupt:
+        interrupt.add_note("results so far are written")
         raise
     finally:
         sinks.close()
-    if sinks.failures:
-        raise typer.Exit(1)
 
 
-@cli_errors
 def info_command(
     model_dir: Annotated[
         Path | None, typer.Argument(help="Model folder (default: capgen setup's).")
@@ -249,7 +257,9 @@ def info_command(
         lines.append("converted:    " + ", ".join(f"{k} {v}" for k, v in sorted(converted.items())))
     if manifest.created:
         lines.append(f"created:      {manifest.created}")
-    report = ["\n".join(lines) + "\nfiles:\n"]
+    # A manifest's text may hold control characters: each line is escaped on its
+    # own, so a newline inside a field cannot fake a line of the report.
+    report = ["\n".join(map(escape_controls, lines)) + "\nfiles:\n"]
     problems = []
     for name, record in manifest.files.items():
         try:
@@ -259,9 +269,12 @@ def info_command(
             status = f"FAILED: {err}"
             problems.append(err)
         report.append(
-            f"  {name:<24} {record.bytes:>12} bytes  sha256 {record.sha256[:16]}…  {status}\n"
+            escape_controls(
+                f"  {name:<24} {record.bytes:>12} bytes  sha256 {record.sha256[:16]}…  {status}"
+            )
+            + "\n"
         )
-    _print_report("".join(report))
+    write_stdout("".join(report))  # all at once; a closed pipe is the presenter's
     if problems:
         raise ModelIntegrityError(
             f"{len(problems)} file(s) do not match the manifest: {problems[0]}"
@@ -295,19 +308,6 @@ def _caption_words(voc: Any) -> str:
     chosen_by = evidence.get("chosen_by")
     chosen = f"; chosen by {how.get(chosen_by, chosen_by)}" if chosen_by else ""
     return f"start {start}, end {end}{chosen}"
-
-
-def _print_report(text: str) -> None:
-    """All of `capgen info` at once; a closed pipe exits quietly (141), a full disk is one line (2)."""
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise typer.Exit(BROKEN_PIPE_EXIT) from None
-    except OSError as exc:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise InputError(f"cannot write to standard output ({exc.strerror or exc})") from None
 
 
 def register_runtime_commands(app: typer.Typer) -> None:

@@ -4,27 +4,70 @@ Every problem a user can cause (a bad image, a broken model folder, a hostile
 pickle, a missing conversion stack) is raised as a subclass of `CapgenError`,
 so callers catch one type and the CLI can map each family to a one-line
 message and a documented exit code instead of a traceback.
+
+`ExitCode` is the one table of the process's exit codes: each error family
+takes its code from it, the CLI exits with its members, and a test checks
+README.md's table against it row by row.
 """
 
 from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Every exit status of `capgen`, with the meaning README.md's table gives it."""
+
+    meaning: str
+
+    def __new__(cls, code: int, meaning: str) -> ExitCode:
+        member = int.__new__(cls, code)
+        member._value_ = code
+        member.meaning = meaning
+        return member
+
+    OK = 0, "every image captioned / command succeeded"
+    SOME_FAILED = (
+        1,
+        "some images of several failed; each is reported as `capgen: <path>: <reason>` "
+        "and the rest were captioned",
+    )
+    USAGE = (
+        2,
+        "usage or input problem (missing path, bad option, existing output folder, "
+        "an --output that is not capgen's); also one image given alone that is missing or unreadable",
+    )
+    MODEL = (
+        3,
+        "model problem: missing/corrupt folder, checksum mismatch, a Git LFS pointer "
+        "(model or tokenizer), unsupported layer, unknown manifest version or field value",
+    )
+    TOKENIZER = (
+        4,
+        "tokenizer problem: unsafe or unreadable pickle, vocabulary that does not fit the model",
+    )
+    IMAGE = 5, "an image could not be decoded: the API, and one image file given alone"
+    CONVERSION = 6, "the conversion stack is missing or a conversion step failed"
+    INTERRUPTED = 130, "interrupted (Ctrl-C); every caption finished so far is already written"
+    BROKEN_PIPE = 141, "stdout closed early (e.g. piped into `head`)"
 
 
 class CapgenError(Exception):
     """Base class: a problem with something the user gave capgen."""
 
-    exit_code: int = 1
+    exit_code: int = ExitCode.SOME_FAILED
 
 
 class InputError(CapgenError):
     """A file or argument the user passed cannot be used (missing, unreadable, wrong kind)."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class ImageError(InputError):
     """An image cannot be decoded or is unsafe to decode."""
 
-    exit_code = 5
+    exit_code = ExitCode.IMAGE
 
 
 class ImageTooLargeError(ImageError):
@@ -34,7 +77,7 @@ class ImageTooLargeError(ImageError):
 class ModelError(CapgenError):
     """A model file or model folder is missing, corrupt, or not something capgen can run."""
 
-    exit_code = 3
+    exit_code = ExitCode.MODEL
 
 
 class GitLfsPointerError(ModelError):
@@ -52,7 +95,7 @@ class UnsupportedModelError(ModelError):
 class TokenizerError(CapgenError):
     """A tokenizer file cannot be read safely or does not fit the model."""
 
-    exit_code = 4
+    exit_code = ExitCode.TOKENIZER
 
 
 class UnsafePickleError(TokenizerError):
@@ -62,12 +105,13 @@ class UnsafePickleError(TokenizerError):
 class ConversionError(CapgenError):
     """The conversion stack is missing or a conversion step failed."""
 
-    exit_code = 6
+    exit_code = ExitCode.CONVERSION
 
 
 __all__ = [
     "CapgenError",
     "ConversionError",
+    "ExitCode",
     "GitLfsPointerError",
     "ImageError",
     "ImageTooLargeError",

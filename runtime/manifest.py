@@ -178,7 +178,7 @@ def _field(data: dict[str, Any], key: str, kind: type, where: str) -> Any:
         raise ModelError(
             f"manifest.json: field {where}{key} should be {kind.__name__}, got {value!r}"
         )
-    if kind is int and value <= 0 and key not in ("start_id", "end_id"):
+    if kind is int and data[key] <= 0 and key not in ("start_id", "end_id"):
         raise ModelError(f"manifest.json: field {where}{key} must be positive, got {value}")
     return value
 

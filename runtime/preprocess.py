@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
-from capgen.runtime.errors import ImageError, ImageTooLargeError, InputError
+from capgen.runtime.errors import ImageError, ImageTooLargeError, InputError, ModelError
 from capgen.runtime.git_lfs import is_pointer as is_lfs_pointer
 
 # Formats a photo plausibly comes in. Only their plugins are imported (Pillow's
@@ -249,10 +249,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def resample_filter(name: str) -> Image.Resampling:
+    """The Pillow filter a manifest's `encoder.input.resize_filter` names; a bad name is the model's fault."""
     try:
         return Image.Resampling[name.upper()]
     except KeyError:
-        raise InputError(f"unknown resize filter {name!r}") from None
+        raise ModelError(f"unknown resize filter {name!r} in the model's manifest") from None
 
 
 def prepare(

@@ -7,7 +7,7 @@ from typing import Annotated
 import pytest
 import typer
 
-from capgen.runtime.usage_errors import OneLineUsageGroup
+from capgen.cli_support.usage_errors import OneLineUsageGroup
 
 
 def _app() -> typer.Typer:

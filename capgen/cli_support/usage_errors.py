@@ -15,12 +15,15 @@ from typing import Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from capgen.runtime.console import say
+from capgen.cli_support.console import say
+from capgen.runtime.errors import ExitCode
 
 # typer vendors click; its UsageError (bad option, missing argument, bad value)
 # is the base of the one click exception typer re-exports.
 UsageError: type[Exception] = typer.BadParameter.__mro__[1]
-USAGE_EXIT = 2
+USAGE_EXIT = ExitCode.USAGE
+# Base of every click error typer can raise (UsageError, BadParameter, NoArgsIsHelpError …).
+ClickException: type[Exception] = UsageError.__mro__[1]
 
 
 def _one_line(error: Exception) -> str:

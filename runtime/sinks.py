@@ -1,0 +1,84 @@
+"""Where each outcome of `capgen caption` goes: stdout, stderr, --output, --annotate, the progress bar.
+
+One object owns these sinks so the command itself reads as setup + one loop,
+and every outcome, good or bad, is written the moment it is known.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from capgen.cli_support.console import escape_controls, printable, say, write_stdout
+from capgen.runtime import results
+from capgen.runtime.decoding import DecodingResult
+from capgen.runtime.errors import CapgenError, ExitCode
+from capgen.runtime.outputs import AnnotateFolder, JsonlWriter
+
+
+@dataclass
+class CaptionSinks:
+    json_lines: bool
+    raw: bool
+    show_path: bool
+    writer: JsonlWriter | None = None
+    annotate: AnnotateFolder | None = None
+    progress: Any = None  # a tqdm bar when stderr is a terminal
+    failure_codes: list[int] = field(default_factory=list)
+
+    def _stdout(self, line: str) -> None:
+        if self.progress is not None:
+            self.progress.write(line, file=sys.stdout)  # keeps the bar below the output
+        else:
+            write_stdout(line + "\n", then="; stopped")
+
+    def failed(self, path: str, error: CapgenError, prefix: str = "") -> None:
+        self.failure_codes.append(error.exit_code)
+        say(f"capgen: {printable(path)}: {prefix}{error}")
+
+    def exit_code(self, single_image: bool) -> int:
+        """0; else the failure's own code for one image given alone, 1 when some of several failed."""
+        if not self.failure_codes:
+            return ExitCode.OK
+        return self.failure_codes[0] if single_image else ExitCode.SOME_FAILED
+
+    def handle(self, path: str, outcome: DecodingResult | CapgenError, picture: Any = None) -> None:
+        """Report one image's outcome everywhere; `picture`: its decoded image, for --annotate."""
+        if isinstance(outcome, CapgenError):
+            self.failed(path, outcome)
+            record = results.error_record(path, str(outcome))
+            if self.json_lines:
+                self._stdout(results.to_line(record).rstrip("\n"))
+        else:
+            record = results.success_record(path, outcome, raw=self.raw)
+            if self.json_lines:
+                self._stdout(results.to_line(record).rstrip("\n"))
+            else:
+                caption = escape_controls(record["caption"])
+                self._stdout(f"{printable(path)}\t{caption}" if self.show_path else caption)
+            if self.annotate is not None:
+                self._annotate(path, record["caption"], picture)
+        if self.writer is not None:
+            self.writer.write(record)
+        if self.progress is not None:
+            self.progress.update(1)
+
+    def _annotate(self, path: str, caption: str, picture: Any) -> None:
+        from capgen.runtime.annotate import annotate, for_annotation
+
+        assert self.annotate is not None
+        try:
+            if picture is None:
+                from capgen.runtime.preprocess import load_image
+
+                picture = for_annotation(load_image(path))
+            self.annotate.save(path, annotate(picture, caption))
+        except CapgenError as err:  # the caption stands; only its picture failed
+            self.failed(path, err, prefix="annotate: ")
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+        if self.writer is not None:
+            self.writer.close()
