@@ -9,7 +9,10 @@ that image's CapgenError so `caption_batch(errors="return")` keeps the rest.
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -105,18 +108,24 @@ def sources(keras_sources: dict[str, Path]) -> dict[str, Path]:
 
 
 def _convert(
-    run: Run, sources: dict[str, Path], out: Path, model: Path | None = None, **given: Path
-) -> object:
-    tokenizer = given.get("tokenizer", sources["tokenizer"])
+    run: Run,
+    sources: dict[str, Path],
+    out: Path,
+    model: Path | None = None,
+    tokenizer: Path | None = None,
+    **options: object,
+) -> subprocess.CompletedProcess[bytes]:
+    """`capgen convert model MODEL TOKENIZER -o OUT --encoder E` (`options` go to subprocess.run)."""
     return run(
         "convert",
         "model",
         model or sources["model"],
-        tokenizer,
+        tokenizer or sources["tokenizer"],
         "-o",
         out,
         "--encoder",
         sources["encoder"],
+        **options,
     )
 
 
@@ -208,7 +217,7 @@ def test_f11_every_hostile_tokenizer_value_is_a_tokenizer_error(
         tokenizer = tmp_path / f"{name.replace(' ', '_')}.p"
         tokenizer.write_bytes(content)
         done = _convert(run, sources, tmp_path / "out", tokenizer=tokenizer)
-        assert_one_line_error(done, 4, fragment)  # type: ignore[arg-type]
+        assert_one_line_error(done, 4, fragment)
         assert not (tmp_path / "out").exists(), name
 
 
@@ -282,5 +291,222 @@ def test_f20_control_characters_in_vocabulary_words_are_refused_at_conversion(
     words = [word if w == "dog" else w for w in WORDS]
     tokenizer = write_fake_tokenizer(tmp_path / "tokenizer.p", words)
     done = _convert(run, sources, tmp_path / "out", tokenizer=tokenizer)
-    assert_one_line_error(done, 4, shown)  # type: ignore[arg-type]
+    assert_one_line_error(done, 4, shown)
     assert not (tmp_path / "out").exists()
+
+
+# ---- F7: HDF5 links and storage that bring bytes from outside the model file are refused ----
+
+_EMBEDDINGS = "model_weights/embedding/embedding/embeddings"
+
+
+def _edited_h5(source: Path, target: Path, edit) -> Path:  # type: ignore[no-untyped-def]
+    import h5py
+
+    shutil.copyfile(source, target)
+    with h5py.File(target, "a") as handle:
+        edit(handle)
+    return target
+
+
+def _outside_bytes_models(source: Path, folder: Path) -> dict[str, tuple[Path, str]]:
+    import h5py
+
+    with h5py.File(source, "r") as handle:
+        embeddings = np.asarray(handle[_EMBEDDINGS])
+    other = folder / "other.h5"
+    with h5py.File(other, "w") as handle:
+        handle["weights"] = embeddings * 2  # right shape: used to convert, silently
+        handle.create_group("group")
+    fifo = folder / "pipe.h5"
+    os.mkfifo(fifo)
+    raw = folder / "raw.bin"
+    raw.write_bytes(embeddings.astype("<f4").tobytes())
+
+    def relink(link):  # type: ignore[no-untyped-def]
+        def edit(handle) -> None:  # type: ignore[no-untyped-def]
+            del handle[_EMBEDDINGS]
+            handle[_EMBEDDINGS] = link
+
+        return edit
+
+    def external_storage(handle) -> None:  # type: ignore[no-untyped-def]
+        del handle[_EMBEDDINGS]
+        handle.create_dataset(
+            _EMBEDDINGS,
+            shape=embeddings.shape,
+            dtype="<f4",
+            external=[(str(raw), 0, raw.stat().st_size)],
+        )
+
+    def virtual(handle) -> None:  # type: ignore[no-untyped-def]
+        del handle[_EMBEDDINGS]
+        layout = h5py.VirtualLayout(shape=embeddings.shape, dtype="f8")
+        layout[:] = h5py.VirtualSource(str(other), "weights", shape=embeddings.shape)
+        handle.create_virtual_dataset(_EMBEDDINGS, layout)
+
+    def linked_group(handle) -> None:  # type: ignore[no-untyped-def]
+        del handle["model_weights/embedding"]
+        handle["model_weights/embedding"] = h5py.ExternalLink(str(other), "/group")
+
+    def make(name: str, edit) -> Path:  # type: ignore[no-untyped-def]
+        return _edited_h5(source, folder / f"{name}.h5", edit)
+
+    return {
+        "fifo": (
+            make("fifo", relink(h5py.ExternalLink(str(fifo), "/x"))),
+            f"is an external link to {str(fifo)!r}:'/x'",
+        ),
+        "other h5": (
+            make("other", relink(h5py.ExternalLink(str(other), "/weights"))),
+            f"HDF5 object /{_EMBEDDINGS} is an external link to {str(other)!r}:'/weights'",
+        ),
+        "soft": (
+            make("soft", relink(h5py.SoftLink("/elsewhere"))),
+            "is a SoftLink to '/elsewhere'",
+        ),
+        "group": (make("group", linked_group), "/model_weights/embedding is an external link"),
+        "external storage": (
+            make("storage", external_storage),
+            "keeps its values in external file",
+        ),
+        "virtual": (make("virtual", virtual), "is a virtual dataset that maps other files"),
+    }
+
+
+@pytest.mark.convert
+def test_f07_links_and_storage_outside_the_keras_file_are_refused(
+    run: Run, sources: dict[str, Path], tmp_path: Path
+) -> None:
+    """A link to a FIFO hung convert forever; one to another .h5 supplied unrecorded weights."""
+    for name, (model, fragment) in _outside_bytes_models(sources["model"], tmp_path).items():
+        done = _convert(run, sources, tmp_path / "out", model=model, timeout=60)
+        assert_one_line_error(done, 3, fragment)
+        assert not (tmp_path / "out").exists(), name
+
+
+def _keras_zip_with(source: Path, target: Path, edit) -> Path:  # type: ignore[no-untyped-def]
+    """A copy of a .keras file whose model.weights.h5 went through `edit(h5py.File)`."""
+    import zipfile
+
+    import h5py
+
+    with zipfile.ZipFile(source) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    weights = io.BytesIO(members["model.weights.h5"])
+    with h5py.File(weights, "a") as handle:
+        edit(handle)
+    members["model.weights.h5"] = weights.getvalue()
+    with zipfile.ZipFile(target, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    return target
+
+
+@pytest.mark.convert
+def test_f07_links_inside_a_keras_zip_are_refused_too(
+    run: Run, sources: dict[str, Path], tmp_path: Path
+) -> None:
+    import h5py
+
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as handle:
+        handle["weights"] = np.zeros((9, 8), dtype=np.float32)
+
+    def relink(handle) -> None:  # type: ignore[no-untyped-def]
+        del handle["layers/embedding/vars/0"]
+        handle["layers/embedding/vars/0"] = h5py.ExternalLink(str(other), "/weights")
+
+    model = _keras_zip_with(sources["keras_zip"], tmp_path / "linked.keras", relink)
+    done = _convert(run, sources, tmp_path / "out", model=model)
+    assert_one_line_error(done, 3, "/layers/embedding/vars/0 is an external link")
+
+
+# ---- F8: only the weights the architecture uses are read, within a total budget ----
+
+_GIB_OF_ZEROS = {
+    "shape": (16_384, 16_384),
+    "dtype": "f4",
+    "chunks": (1024, 1024),
+    "compression": "gzip",
+}
+
+
+def _limit_address_space(gib: float):  # type: ignore[no-untyped-def]
+    """A preexec_fn: the child may map at most `gib` GiB (conversion itself needs under 1)."""
+    import resource
+
+    limit = int(gib * 2**30)
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _with_unused_weights(source: Path, target: Path, hard_links: bool) -> Path:
+    """Six 1 GiB zero weights (each under the per-weight limit) listed on a used layer."""
+
+    def edit(handle) -> None:  # type: ignore[no-untyped-def]
+        group = handle["model_weights/hidden_dense"]
+        names = [f"hidden_dense/unused_{i}" for i in range(6)]
+        first = group.create_dataset(names[0], **_GIB_OF_ZEROS)
+        for name in names[1:]:
+            if hard_links:
+                group[name] = first  # one dataset, six names
+            else:
+                group.create_dataset(name, **_GIB_OF_ZEROS)
+        group.attrs["weight_names"] = [*group.attrs["weight_names"], *names]
+
+    return _edited_h5(source, target, edit)
+
+
+@pytest.mark.convert
+@pytest.mark.parametrize("hard_links", [False, True], ids=["six weights", "one weight six names"])
+def test_f08_weights_the_architecture_does_not_use_are_never_read(
+    run: Run, sources: dict[str, Path], tmp_path: Path, hard_links: bool
+) -> None:
+    model = _with_unused_weights(sources["model"], tmp_path / "bloated.h5", hard_links)
+    assert model.stat().st_size < 200_000
+    done = _convert(
+        run, sources, tmp_path / "out", model=model, preexec_fn=_limit_address_space(2.5)
+    )
+    assert done.returncode == 0, done.stderr.decode()  # used to be a MemoryError traceback
+    assert b"Traceback" not in done.stderr
+    assert (tmp_path / "out" / "manifest.json").is_file()
+
+
+@pytest.mark.convert
+def test_f08_a_config_needing_more_than_the_total_budget_is_refused_before_reading(
+    run: Run, sources: dict[str, Path], tmp_path: Path
+) -> None:
+    """Three ~1 GiB weights, each under the per-weight limit, whose config really asks for them."""
+    import json
+
+    feature_size, input_dim, vocab = 22_000_000, 33_000_000, 26_000_000
+
+    def edit(handle) -> None:  # type: ignore[no-untyped-def]
+        config = json.loads(handle.attrs["model_config"])
+        for layer in config["config"]["layers"]:
+            settings = layer["config"]
+            if layer["name"] == "photo_features":
+                settings["batch_shape"] = [None, feature_size]
+            elif layer["name"] == "embedding":
+                settings["input_dim"] = input_dim
+            elif layer["name"] == "output_dense":
+                settings["units"] = vocab
+        handle.attrs["model_config"] = json.dumps(config)
+        for key, shape in (
+            ("photo_dense/photo_dense/kernel", (feature_size, 12)),
+            ("embedding/embedding/embeddings", (input_dim, 8)),
+            ("output_dense/output_dense/kernel", (10, vocab)),
+            ("output_dense/output_dense/bias", (vocab,)),
+        ):  # declared, never written: a few kB on disk
+            del handle[f"model_weights/{key}"]
+            handle.create_dataset(
+                f"model_weights/{key}", shape=shape, dtype="f4", chunks=True, compression="gzip"
+            )
+
+    model = _edited_h5(sources["model"], tmp_path / "huge_config.h5", edit)
+    done = _convert(
+        run, sources, tmp_path / "out", model=model, preexec_fn=_limit_address_space(2.5)
+    )
+    assert_one_line_error(
+        done, 3, "the config's sizes need 3.0 GiB of weights, more than the 2 GiB"
+    )
