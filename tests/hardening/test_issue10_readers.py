@@ -510,3 +510,69 @@ def test_f08_a_config_needing_more_than_the_total_budget_is_refused_before_readi
     assert_one_line_error(
         done, 3, "the config's sizes need 3.0 GiB of weights, more than the 2 GiB"
     )
+
+
+# ---- F12: configs nested deeper than any Keras writes are one line, not 3,000 of traceback ----
+
+
+def _nest(value: object, depth: int) -> object:
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.convert
+@pytest.mark.parametrize("dialect", ["keras3", "keras2"])
+def test_f12_deeply_nested_inbound_nodes_are_one_line(
+    run: Run, sources: dict[str, Path], tmp_path: Path, dialect: str
+) -> None:
+    import json
+
+    import h5py
+
+    def edit(handle) -> None:  # type: ignore[no-untyped-def]
+        config = json.loads(handle.attrs["model_config"])
+        layer = next(x for x in config["config"]["layers"] if x["name"] == "hidden_dense")
+        if dialect == "keras3":  # {"args": [...]} walked by a recursive search for tensors
+            layer["inbound_nodes"] = [{"args": _nest({"x": 1}, 900), "kwargs": {}}]
+        else:  # [[name, node, tensor, kwargs]] with the name buried 900 lists deep
+            layer["inbound_nodes"] = [[[_nest("add", 900), 0, 0, {}]]]
+        handle.attrs["model_config"] = json.dumps(config)
+
+    model = _edited_h5(sources["model"], tmp_path / "deep.h5", edit)
+    done = _convert(run, sources, tmp_path / "out", model=model)
+    assert_one_line_error(done, 3, "nests more than 100 levels deep")
+    architecture = tmp_path / "deep.json"
+    with h5py.File(model, "r") as handle:
+        architecture.write_text(handle.attrs["model_config"])
+    done = run(
+        "convert",
+        "model",
+        sources["model"],
+        sources["tokenizer"],
+        "--architecture",
+        architecture,
+        "-o",
+        tmp_path / "out",
+        "--encoder",
+        sources["encoder"],
+    )
+    assert_one_line_error(done, 3, "nests more than 100 levels deep")
+
+
+def test_f12_read_architecture_never_lets_a_recursion_error_out() -> None:
+    """The same class for a caller handing the config over directly (the API route)."""
+    from capgen.convert.architecture import read_architecture
+    from capgen.runtime.errors import UnsupportedModelError
+
+    layers = [
+        {
+            "class_name": "Dense",
+            "name": "d",
+            "config": {},
+            "inbound_nodes": [{"args": _nest({}, 5000)}],
+        }
+    ]
+    config = {"class_name": "Functional", "config": {"layers": layers}}
+    with pytest.raises(UnsupportedModelError, match="RecursionError"):
+        read_architecture(config)
