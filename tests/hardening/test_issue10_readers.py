@@ -576,3 +576,97 @@ def test_f12_read_architecture_never_lets_a_recursion_error_out() -> None:
     config = {"class_name": "Functional", "config": {"layers": layers}}
     with pytest.raises(UnsupportedModelError, match="RecursionError"):
         read_architecture(config)
+
+
+# ---- F14: a step graph that passes the load-time check and misbehaves later is one ModelError line ----
+
+
+def _step_graph_variant(model: TinyModel, target: Path, name: str) -> Path:
+    """A copy of the tiny model whose step graph's log_probs go through extra nodes first.
+
+    float64: the scores are cast to double (beam search's top-k graph refused them);
+    wider: the word axis grows by the fed word's id (0 at the load-time check, 1+ later);
+    fails: a Reshape that only fails once a real word is fed (onnxruntime logged it itself).
+    """
+    import hashlib
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    shutil.copytree(model.folder, target)
+    step = onnx.load(target / "decoder_step.onnx")
+    for node in step.graph.node:
+        node.output[:] = ["raw_log_probs" if out == "log_probs" else out for out in node.output]
+
+    def const(label: str, values: list[int]) -> onnx.NodeProto:
+        return helper.make_node(
+            "Constant",
+            [],
+            [label],
+            value=helper.make_tensor(label, TensorProto.INT64, [len(values)], values),
+        )
+
+    largest_word = helper.make_node("ReduceMax", ["word"], ["largest_word"], keepdims=1)
+    nodes = {
+        "float64": [
+            helper.make_node("Cast", ["raw_log_probs"], ["log_probs"], to=TensorProto.DOUBLE)
+        ],
+        "wider": [
+            largest_word,
+            const("no_pad", [0, 0, 0]),
+            helper.make_node("Concat", ["no_pad", "largest_word"], ["pads"], axis=0),
+            helper.make_node("Pad", ["raw_log_probs", "pads"], ["log_probs"]),
+        ],
+        "fails": [
+            largest_word,
+            const("vocab", [len(model.words)]),
+            const("any_rows", [-1]),
+            helper.make_node("Add", ["vocab", "largest_word"], ["width"]),
+            helper.make_node("Concat", ["any_rows", "width"], ["new_shape"], axis=0),
+            helper.make_node("Reshape", ["raw_log_probs", "new_shape"], ["log_probs"]),
+        ],
+    }[name]
+    step.graph.node.extend(nodes)
+    (output,) = [o for o in step.graph.output if o.name == "log_probs"]
+    output.type.tensor_type.shape.dim[1].dim_param = "V"
+    if name == "float64":
+        output.type.tensor_type.elem_type = TensorProto.DOUBLE
+    onnx.save(step, target / "decoder_step.onnx")
+    manifest = json.loads((target / "manifest.json").read_text())
+    data = (target / "decoder_step.onnx").read_bytes()
+    manifest["files"]["decoder_step.onnx"] = {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+    }
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return target
+
+
+@pytest.mark.parametrize(
+    ("variant", "fragment"),
+    [
+        ("float64", "a step gave log_probs float64[1, 13]"),
+        ("wider", "a step gave log_probs float32[1, 14]"),
+        ("fails", "failed to run (Fail: [ONNXRuntimeError]"),
+    ],
+)
+@pytest.mark.parametrize("beam", ["1", "3"])
+def test_f14_a_step_graph_misbehaving_at_run_time_is_one_model_error_line(
+    run: Run, hardening_model: TinyModel, tmp_path: Path, variant: str, fragment: str, beam: str
+) -> None:
+    folder = _step_graph_variant(hardening_model, tmp_path / "model", variant)
+    (photo,) = write_photos(tmp_path / "photos", 1, seed=14)
+    done = run("caption", "-m", folder, "--beam-size", beam, photo, timeout=60)
+    stderr = assert_one_line_error(done, 3, fragment)  # nothing but capgen's own line
+    assert "[E:onnxruntime" not in stderr and "\x1b[" not in stderr  # its own log line
+    assert done.stdout == b""
+
+
+def test_f14_top_k_failures_are_model_errors() -> None:
+    """Scores top_k's graph cannot take (here float64, from a custom step model) are a ModelError."""
+    from capgen.runtime.errors import ModelError
+    from capgen.runtime.top_k import top_k
+
+    with pytest.raises(ModelError, match=r"scores \(float64\[2, 10\]\) cannot be ranked"):
+        top_k(np.zeros((2, 10), dtype=np.float64), 3)
