@@ -111,11 +111,17 @@ def _nesting_depth(value: Any) -> int:
 
 
 def read_architecture_json(path: Path) -> dict[str, Any]:
-    path = check_source_file(Path(path), "architecture JSON", empty_error=ModelError)
+    path = check_source_file(
+        Path(path), "architecture JSON", empty_error=ModelError, max_bytes=MAX_CONFIG_BYTES
+    )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise ModelError(f"architecture file {path} is not UTF-8 JSON text") from error
+    except OSError as error:
+        raise InputError(
+            f"cannot read architecture JSON {path}: {error.strerror or error}"
+        ) from error
     return _parse_config(text, f"architecture file {path}")
 
 

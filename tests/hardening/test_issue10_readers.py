@@ -113,6 +113,7 @@ def _convert(
     out: Path,
     model: Path | None = None,
     tokenizer: Path | None = None,
+    architecture: Path | None = None,
     **options: object,
 ) -> subprocess.CompletedProcess[bytes]:
     """`capgen convert model MODEL TOKENIZER -o OUT --encoder E` (`options` go to subprocess.run)."""
@@ -121,6 +122,7 @@ def _convert(
         "model",
         model or sources["model"],
         tokenizer or sources["tokenizer"],
+        *(["--architecture", architecture] if architecture else []),
         "-o",
         out,
         "--encoder",
@@ -221,14 +223,20 @@ def test_f11_every_hostile_tokenizer_value_is_a_tokenizer_error(
         assert not (tmp_path / "out").exists(), name
 
 
+def _sparse_file(path: Path, content: bytes, size: int) -> Path:
+    """`content` padded with zeros to `size` bytes without using the disk (a hole)."""
+    path.write_bytes(content)
+    with path.open("r+b") as handle:
+        handle.truncate(size)
+    return path
+
+
 @pytest.mark.convert
 def test_f11_an_oversized_tokenizer_is_refused_before_reading(
     run: Run, sources: dict[str, Path], tmp_path: Path
 ) -> None:
-    tokenizer = tmp_path / "huge.p"
-    tokenizer.write_bytes(sources["tokenizer"].read_bytes())
-    with tokenizer.open("r+b") as handle:
-        handle.truncate(65 << 20)  # sparse: trailing bytes after STOP, which pickle never reads
+    # trailing bytes after STOP, which pickle never reads
+    tokenizer = _sparse_file(tmp_path / "huge.p", sources["tokenizer"].read_bytes(), 65 << 20)
     done = _convert(run, sources, tmp_path / "out", tokenizer=tokenizer)
     assert_one_line_error(done, 4, "more than the 67,108,864 any real tokenizer needs")
 
@@ -545,18 +553,7 @@ def test_f12_deeply_nested_inbound_nodes_are_one_line(
     architecture = tmp_path / "deep.json"
     with h5py.File(model, "r") as handle:
         architecture.write_text(handle.attrs["model_config"])
-    done = run(
-        "convert",
-        "model",
-        sources["model"],
-        sources["tokenizer"],
-        "--architecture",
-        architecture,
-        "-o",
-        tmp_path / "out",
-        "--encoder",
-        sources["encoder"],
-    )
+    done = _convert(run, sources, tmp_path / "out", architecture=architecture)
     assert_one_line_error(done, 3, "nests more than 100 levels deep")
 
 
@@ -670,3 +667,12 @@ def test_f14_top_k_failures_are_model_errors() -> None:
 
     with pytest.raises(ModelError, match=r"scores \(float64\[2, 10\]\) cannot be ranked"):
         top_k(np.zeros((2, 10), dtype=np.float64), 3)
+
+
+@pytest.mark.convert
+def test_f08_an_oversized_architecture_json_is_refused_before_reading(
+    run: Run, sources: dict[str, Path], tmp_path: Path
+) -> None:
+    architecture = _sparse_file(tmp_path / "model.json", b"{}", 65 << 20)
+    done = _convert(run, sources, tmp_path / "out", architecture=architecture)
+    assert_one_line_error(done, 3, "more than the 67,108,864 any real architecture JSON needs")
