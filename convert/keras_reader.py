@@ -161,6 +161,12 @@ def _child(group: Any, name: str, where: str) -> Any | None:
     return node
 
 
+def _group(parent: Any, name: str, where: str) -> Any | None:
+    """`_child`, if it is a group: a dataset where a group belongs would be iterated row by row."""
+    child = _child(parent, name, where)
+    return child if isinstance(child, _h5py().Group) else None
+
+
 def _check_dataset(dataset: Any, label: str, where: str) -> None:
     """Refuse a weight whose bytes would come from outside the file, or that is not numbers."""
     h5py = _h5py()
@@ -225,7 +231,7 @@ def _locate_legacy(root: Any, needed: WeightShapes, where: str) -> dict[str, dic
     for layer_name in (_text(name) for name in root.attrs["layer_names"]):
         if layer_name not in needed:
             continue  # layers without weights, or that the decoder does not use: never read
-        group = _child(root, layer_name, where)
+        group = _group(root, layer_name, where)
         if group is None:
             continue
         for weight_name in (_text(name) for name in group.attrs.get("weight_names", [])):
@@ -262,7 +268,7 @@ def _keras3_default_paths(model_config: dict[str, Any]) -> dict[str, str]:
 
 def _vars_datasets(group: Any, where: str) -> list[Any]:
     """A Keras 3 layer group's variables in position order (0, 1, 2, ...), not read."""
-    variables = _child(group, "vars", where)
+    variables = _group(group, "vars", where)
     if variables is None:
         return []
     positions = sorted((name for name in variables if name.isdigit()), key=int)
@@ -277,11 +283,13 @@ def _locate_keras3(
         for layer in (model_config.get("config") or {}).get("layers", [])
     }
     default_paths = _keras3_default_paths(model_config)
-    layers = _child(root, "layers", where)
+    layers = _group(root, "layers", where)
     located: dict[str, dict[str, Any]] = {}
-    for path in list(layers):
-        group = _child(layers, path, where)
-        variables = _child(group, "vars", where)
+    for path in list(layers or ()):
+        group = _group(layers, path, where)
+        if group is None:
+            continue
+        variables = _group(group, "vars", where)
         named = variables.attrs.get("name") if variables is not None else None
         layer_name = (
             _text(named)
@@ -294,7 +302,7 @@ def _locate_keras3(
         if order is None:
             continue  # the architecture check names unsupported layers
         datasets = _vars_datasets(group, where)
-        cell = _child(group, "cell", where)
+        cell = _group(group, "cell", where)
         if cell is not None:  # recurrent layers keep their variables on the cell
             datasets += _vars_datasets(cell, where)
         located[layer_name] = {
@@ -310,10 +318,10 @@ def _read_weights_group(
 ) -> LayerWeights:
     if "layer_names" in handle.attrs:
         return _read_planned(_locate_legacy(handle, needed, where), needed, where)
-    model_weights = _child(handle, "model_weights", where)
+    model_weights = _group(handle, "model_weights", where)
     if model_weights is not None and "layer_names" in model_weights.attrs:
         return _read_planned(_locate_legacy(model_weights, needed, where), needed, where)
-    if _child(handle, "layers", where) is not None:
+    if _group(handle, "layers", where) is not None:
         return _read_planned(_locate_keras3(handle, model_config, needed, where), needed, where)
     raise ModelError(f"{where} holds no Keras weights (no layer_names or layers group)")
 
@@ -362,7 +370,7 @@ def _read_h5(path: Path, architecture: dict[str, Any] | None) -> KerasModelFiles
                 "that model.to_json() wrote for it"
             )
         version = handle.attrs.get("keras_version")
-        model_weights = _child(handle, "model_weights", where)
+        model_weights = _group(handle, "model_weights", where)
         if version is None and model_weights is not None:
             version = model_weights.attrs.get("keras_version")
         needed = _needed_weights(model_config, version)

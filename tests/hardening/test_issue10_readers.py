@@ -676,3 +676,20 @@ def test_f08_an_oversized_architecture_json_is_refused_before_reading(
     architecture = _sparse_file(tmp_path / "model.json", b"{}", 65 << 20)
     done = _convert(run, sources, tmp_path / "out", architecture=architecture)
     assert_one_line_error(done, 3, "more than the 67,108,864 any real architecture JSON needs")
+
+
+@pytest.mark.convert
+def test_f08_a_dataset_where_a_group_belongs_is_never_iterated(
+    run: Run, sources: dict[str, Path], tmp_path: Path
+) -> None:
+    """`vars` as a declared billion-row dataset: iterating it for variable names read it row by row."""
+
+    def replace_vars(handle) -> None:  # type: ignore[no-untyped-def]
+        del handle["layers/embedding/vars"]
+        handle.create_dataset(
+            "layers/embedding/vars", shape=(10**9,), dtype="f4", chunks=True, compression="gzip"
+        )
+
+    model = _keras_zip_with(sources["keras_zip"], tmp_path / "rows.keras", replace_vars)
+    done = _convert(run, sources, tmp_path / "out", model=model, timeout=60)
+    assert_one_line_error(done, 3, "layer 'embedding' has no embeddings weight")
