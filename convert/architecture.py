@@ -238,7 +238,18 @@ def read_architecture(
     """Map a Keras model config onto the tutorial decoder, refusing anything outside the family."""
     try:
         return _read_architecture(model_config, saved_version)
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+    # RecursionError: the walks below recurse through the config; the reader
+    # refuses configs nested over 100 deep, this catches any other caller's.
+    # OverflowError: int(float("inf")), which JSON's Infinity makes possible.
+    except (
+        KeyError,
+        TypeError,
+        ValueError,
+        IndexError,
+        AttributeError,
+        RecursionError,
+        OverflowError,
+    ) as error:
         raise UnsupportedModelError(
             f"the model config is malformed or from an unknown Keras dialect "
             f"({type(error).__name__}: {error})"

@@ -27,8 +27,16 @@ from typing import Any
 
 import numpy as np
 
+from capgen.convert.architecture import read_architecture
+from capgen.convert.decoder_weights import (
+    MAX_TOTAL_WEIGHT_BYTES,
+    LayerWeights,
+    WeightShapes,
+    expected_weight_shapes,
+    shape_mismatch,
+)
 from capgen.convert.source_files import check_source_file
-from capgen.runtime.errors import InputError, ModelError, UnsupportedModelError
+from capgen.runtime.errors import InputError, ModelError
 
 # Keras 3 stores each layer's variables by position; these are the positions.
 _KERAS3_VARIABLE_ORDER: dict[str, tuple[str, ...]] = {
@@ -43,8 +51,9 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # the declarations before anything is read.
 MAX_WEIGHT_BYTES = 1 << 30
 MAX_CONFIG_BYTES = 64 << 20
-
-LayerWeights = dict[str, dict[str, np.ndarray]]  # layer name -> {"kernel": ..., "bias": ...}
+# Real Keras configs nest about a dozen levels (nested models a few more);
+# every walk of a config recurses, so deeper ones are refused after parsing.
+MAX_CONFIG_DEPTH = 100
 
 
 @dataclass
@@ -79,15 +88,40 @@ def _parse_config(text: str, where: str) -> dict[str, Any]:
         raise ModelError(f"{where} is not valid JSON: {error}") from error
     if not isinstance(config, dict) or "config" not in config:
         raise ModelError(f"{where} is not a Keras model config (no 'config' key)")
+    if _nesting_depth(config) > MAX_CONFIG_DEPTH:
+        raise ModelError(
+            f"{where} nests more than {MAX_CONFIG_DEPTH} levels deep; no Keras model config does"
+        )
     return config
 
 
+def _nesting_depth(value: Any) -> int:
+    """How deep lists and dicts nest in parsed JSON, measured without recursion."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if deepest > MAX_CONFIG_DEPTH:
+                return deepest
+            pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def read_architecture_json(path: Path) -> dict[str, Any]:
-    path = check_source_file(Path(path), "architecture JSON", empty_error=ModelError)
+    path = check_source_file(
+        Path(path), "architecture JSON", empty_error=ModelError, max_bytes=MAX_CONFIG_BYTES
+    )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise ModelError(f"architecture file {path} is not UTF-8 JSON text") from error
+    except OSError as error:
+        raise InputError(
+            f"cannot read architecture JSON {path}: {error.strerror or error}"
+        ) from error
     return _parse_config(text, f"architecture file {path}")
 
 
@@ -96,32 +130,118 @@ def _variable_key(weight_name: str) -> str:
     return re.sub(r":\d+$", "", weight_name.rsplit("/", 1)[-1])
 
 
-def _weight_array(dataset: Any) -> np.ndarray:
-    """A dataset's values, refusing non-numbers and sizes no tutorial decoder has before reading."""
-    name = getattr(dataset, "name", "?")
-    dtype = getattr(dataset, "dtype", None)
-    if dtype is None or dtype.kind not in "fiu":
-        raise ModelError(f"weight {name} holds {dtype} values, not numbers")
-    declared = int(np.prod(dataset.shape, dtype=np.float64)) * dtype.itemsize
-    if declared > MAX_WEIGHT_BYTES:
+def _child(group: Any, name: str, where: str) -> Any | None:
+    """The object at `name` ('a/b/c') under `group`, or None; refuses every link but a hard one.
+
+    h5py follows soft and external links silently: an external link to a FIFO
+    hung the conversion forever, one to another .h5 supplied weights that the
+    manifest's sources never record. Each path component's link is read with
+    getlink=True before anything is dereferenced (`in` and `items()` would
+    resolve external links themselves).
+    """
+    h5py = _h5py()
+    node = group
+    for part in (part for part in name.split("/") if part):
+        if not isinstance(node, h5py.Group):
+            return None
+        link = node.get(part, getlink=True)
+        if link is None:
+            return None
+        if not isinstance(link, h5py.HardLink):
+            target = (
+                f"an external link to {link.filename!r}:{link.path!r}"
+                if isinstance(link, h5py.ExternalLink)
+                else f"a {type(link).__name__} to {getattr(link, 'path', '?')!r}"
+            )
+            raise ModelError(
+                f"{where}: HDF5 object {node.name.rstrip('/')}/{part} is {target}; "
+                "capgen reads only what the file itself holds"
+            )
+        node = node[part]
+    return node
+
+
+def _group(parent: Any, name: str, where: str) -> Any | None:
+    """`_child`, if it is a group: a dataset where a group belongs would be iterated row by row."""
+    child = _child(parent, name, where)
+    return child if isinstance(child, _h5py().Group) else None
+
+
+def _check_dataset(dataset: Any, label: str, where: str) -> None:
+    """Refuse a weight whose bytes would come from outside the file, or that is not numbers."""
+    h5py = _h5py()
+    if not isinstance(dataset, h5py.Dataset):
+        raise ModelError(f"{where}: weight {label} is an HDF5 group, not an array")
+    if dataset.is_virtual:
         raise ModelError(
-            f"weight {name} declares shape {tuple(dataset.shape)} ({declared / 2**30:.1f} GiB), "
-            f"more than any tutorial decoder ({MAX_WEIGHT_BYTES >> 30} GiB at most); refusing to read it"
+            f"{where}: weight {label} is a virtual dataset that maps other files; "
+            "capgen reads only what the file itself holds"
         )
-    return np.asarray(dataset)
+    if dataset.external:
+        raise ModelError(
+            f"{where}: weight {label} keeps its values in external file "
+            f"{_text(dataset.external[0][0])!r}; capgen reads only what the file itself holds"
+        )
+    dtype = dataset.dtype
+    if dtype.kind not in "fiu":
+        raise ModelError(f"weight {dataset.name} holds {dtype} values, not numbers")
 
 
-def _read_legacy_weights(root: Any) -> LayerWeights:
-    weights: LayerWeights = {}
+def _declared_bytes(dataset: Any) -> int:
+    return int(np.prod(dataset.shape, dtype=np.float64)) * dataset.dtype.itemsize
+
+
+def _read_planned(
+    located: dict[str, dict[str, Any]], needed: WeightShapes, where: str
+) -> LayerWeights:
+    """Check every located weight against the architecture, then the total, then read them.
+
+    Sizes and shapes come from the HDF5 declarations, so nothing is
+    decompressed or allocated for a file that does not fit.
+    """
+    total = 0
+    for layer, datasets in located.items():
+        for key, dataset in datasets.items():
+            label = f"{layer}/{key}"
+            _check_dataset(dataset, label, where)
+            declared = _declared_bytes(dataset)
+            if declared > MAX_WEIGHT_BYTES:
+                raise ModelError(
+                    f"weight {dataset.name} declares shape {tuple(dataset.shape)} "
+                    f"({declared / 2**30:.1f} GiB), more than any tutorial decoder "
+                    f"({MAX_WEIGHT_BYTES >> 30} GiB at most); refusing to read it"
+                )
+            expected = needed[layer][key]
+            if tuple(dataset.shape) != expected:
+                raise shape_mismatch(tuple(dataset.shape), expected, f"layer {layer!r} {key}")
+            total += declared
+    if total > MAX_TOTAL_WEIGHT_BYTES:
+        raise ModelError(
+            f"{where}: the weights the architecture needs declare {total / 2**30:.1f} GiB in all, "
+            f"more than the {MAX_TOTAL_WEIGHT_BYTES >> 30} GiB capgen reads; refusing to read them"
+        )
+    return {
+        layer: {key: np.asarray(dataset) for key, dataset in datasets.items()}
+        for layer, datasets in located.items()
+    }
+
+
+def _locate_legacy(root: Any, needed: WeightShapes, where: str) -> dict[str, dict[str, Any]]:
+    located: dict[str, dict[str, Any]] = {}
     for layer_name in (_text(name) for name in root.attrs["layer_names"]):
-        group = root[layer_name]
-        arrays = {
-            _variable_key(_text(weight_name)): _weight_array(group[_text(weight_name)])
-            for weight_name in group.attrs.get("weight_names", [])
-        }
-        if arrays:
-            weights[layer_name] = arrays
-    return weights
+        if layer_name not in needed:
+            continue  # layers without weights, or that the decoder does not use: never read
+        group = _group(root, layer_name, where)
+        if group is None:
+            continue
+        for weight_name in (_text(name) for name in group.attrs.get("weight_names", [])):
+            key = _variable_key(weight_name)
+            if key in needed[layer_name] and key not in located.get(layer_name, {}):
+                dataset = _child(group, weight_name, where)
+                if dataset is None:
+                    raise ModelError(f"{where}: layer {layer_name!r} lists a missing weight")
+                located.setdefault(layer_name, {})[key] = dataset
+    return located
 
 
 def _snake_case(class_name: str) -> str:
@@ -146,50 +266,70 @@ def _keras3_default_paths(model_config: dict[str, Any]) -> dict[str, str]:
     return paths
 
 
-def _vars_arrays(group: Any) -> list[np.ndarray]:
-    variables = group.get("vars")
+def _vars_datasets(group: Any, where: str) -> list[Any]:
+    """A Keras 3 layer group's variables in position order (0, 1, 2, ...), not read."""
+    variables = _group(group, "vars", where)
     if variables is None:
         return []
-    return [_weight_array(variables[key]) for key in sorted(variables, key=int)]
+    positions = sorted((name for name in variables if name.isdigit()), key=int)
+    return [_child(variables, name, where) for name in positions]
 
 
-def _read_keras3_weights(root: Any, model_config: dict[str, Any]) -> LayerWeights:
+def _locate_keras3(
+    root: Any, model_config: dict[str, Any], needed: WeightShapes, where: str
+) -> dict[str, dict[str, Any]]:
     classes = {
         str(layer.get("name")): str(layer.get("class_name"))
         for layer in (model_config.get("config") or {}).get("layers", [])
     }
     default_paths = _keras3_default_paths(model_config)
-    weights: LayerWeights = {}
-    for path, group in root["layers"].items():
-        variables = group.get("vars")
+    layers = _group(root, "layers", where)
+    located: dict[str, dict[str, Any]] = {}
+    for path in list(layers or ()):
+        group = _group(layers, path, where)
+        if group is None:
+            continue
+        variables = _group(group, "vars", where)
         named = variables.attrs.get("name") if variables is not None else None
         layer_name = (
             _text(named)
             if named is not None and _text(named) in classes
             else default_paths.get(path)
         )
-        if layer_name is None:
-            continue
-        arrays = _vars_arrays(group)
-        if "cell" in group:  # recurrent layers keep their variables on the cell
-            arrays += _vars_arrays(group["cell"])
-        if not arrays:
+        if layer_name is None or layer_name not in needed or layer_name in located:
             continue
         order = _KERAS3_VARIABLE_ORDER.get(classes[layer_name])
         if order is None:
             continue  # the architecture check names unsupported layers
-        weights[layer_name] = dict(zip(order, arrays, strict=False))
-    return weights
+        datasets = _vars_datasets(group, where)
+        cell = _group(group, "cell", where)
+        if cell is not None:  # recurrent layers keep their variables on the cell
+            datasets += _vars_datasets(cell, where)
+        located[layer_name] = {
+            key: dataset
+            for key, dataset in zip(order, datasets, strict=False)
+            if key in needed[layer_name]
+        }
+    return located
 
 
-def _read_weights_group(handle: Any, model_config: dict[str, Any], where: str) -> LayerWeights:
+def _read_weights_group(
+    handle: Any, model_config: dict[str, Any], needed: WeightShapes, where: str
+) -> LayerWeights:
     if "layer_names" in handle.attrs:
-        return _read_legacy_weights(handle)
-    if "model_weights" in handle and "layer_names" in handle["model_weights"].attrs:
-        return _read_legacy_weights(handle["model_weights"])
-    if "layers" in handle:
-        return _read_keras3_weights(handle, model_config)
+        return _read_planned(_locate_legacy(handle, needed, where), needed, where)
+    model_weights = _group(handle, "model_weights", where)
+    if model_weights is not None and "layer_names" in model_weights.attrs:
+        return _read_planned(_locate_legacy(model_weights, needed, where), needed, where)
+    if _group(handle, "layers", where) is not None:
+        return _read_planned(_locate_keras3(handle, model_config, needed, where), needed, where)
     raise ModelError(f"{where} holds no Keras weights (no layer_names or layers group)")
+
+
+def _needed_weights(model_config: dict[str, Any], version: Any) -> WeightShapes:
+    """The shape of every weight the decoder uses, from the config, before any weight is read."""
+    arch = read_architecture(model_config, _text(version) if version is not None else None)
+    return expected_weight_shapes(arch)
 
 
 # What h5py, zipfile and json raise on damaged bytes; all of it means "this file is broken".
@@ -230,9 +370,11 @@ def _read_h5(path: Path, architecture: dict[str, Any] | None) -> KerasModelFiles
                 "that model.to_json() wrote for it"
             )
         version = handle.attrs.get("keras_version")
-        if version is None and "model_weights" in handle:
-            version = handle["model_weights"].attrs.get("keras_version")
-        weights = _read_weights_group(handle, model_config, where)
+        model_weights = _group(handle, "model_weights", where)
+        if version is None and model_weights is not None:
+            version = model_weights.attrs.get("keras_version")
+        needed = _needed_weights(model_config, version)
+        weights = _read_weights_group(handle, model_config, needed, where)
         return KerasModelFiles(
             model_config, _text(version) if version is not None else None, weights
         )
@@ -261,9 +403,10 @@ def _read_keras_zip(path: Path, architecture: dict[str, Any] | None) -> KerasMod
         metadata = json.loads(archive.read("metadata.json")) if "metadata.json" in names else {}
         weights_bytes = archive.read("model.weights.h5")
         model_config = architecture or _parse_config(config_text, f"config.json inside {path}")
-        with _h5py().File(io.BytesIO(weights_bytes), "r") as handle:
-            weights = _read_weights_group(handle, model_config, where)
         version = metadata.get("keras_version") if isinstance(metadata, dict) else None
+        needed = _needed_weights(model_config, version)
+        with _h5py().File(io.BytesIO(weights_bytes), "r") as handle:
+            weights = _read_weights_group(handle, model_config, needed, where)
         return KerasModelFiles(
             model_config, _text(version) if version is not None else None, weights
         )
@@ -289,17 +432,3 @@ def read_keras_model(path: Path, architecture_json: Path | None = None) -> Keras
     if architecture is not None and files.keras_version is None:
         files.keras_version = architecture.get("keras_version")
     return files
-
-
-def require_weights(weights: LayerWeights, layer: str, names: tuple[str, ...]) -> list[np.ndarray]:
-    """The arrays `names` of `layer`, or a ModelError saying which weight the file lacks."""
-    arrays = weights.get(layer)
-    if arrays is None:
-        raise ModelError(
-            f"the weights file has no weights for layer {layer!r}; "
-            "is it the weights file of this architecture?"
-        )
-    missing = [name for name in names if name not in arrays]
-    if missing:
-        raise UnsupportedModelError(f"layer {layer!r} has no {', '.join(missing)} weight")
-    return [arrays[name] for name in names]

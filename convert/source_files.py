@@ -16,17 +16,28 @@ from capgen.runtime.git_lfs import POINTER_PREFIX, is_pointer
 LFS_FIX = "fetch the real file with `git lfs install && git lfs pull` in that repository"
 
 
-def check_source_file(path: Path, what: str, empty_error: type[CapgenError] = InputError) -> Path:
+def check_source_file(
+    path: Path,
+    what: str,
+    empty_error: type[CapgenError] = InputError,
+    max_bytes: int | None = None,
+) -> Path:
     """Fail with one clear line unless `path` is a non-empty regular file that is not an LFS pointer.
 
     `empty_error` lets each caller keep its own error family (a 0-byte tokenizer
-    is a TokenizerError, a 0-byte model a ModelError).
+    is a TokenizerError, a 0-byte model a ModelError); so does a file larger
+    than `max_bytes`, which is refused before it is read into memory.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{what} not found: {path}")
     if not path.is_file():
         raise InputError(f"{what} is not a file: {path}")
+    if max_bytes is not None and path.stat().st_size > max_bytes:
+        raise empty_error(
+            f"{what} {path} is {path.stat().st_size:,} bytes, more than the {max_bytes:,} "
+            f"any real {what} needs; refusing to read it"
+        )
     try:
         with path.open("rb") as handle:
             head = handle.read(len(POINTER_PREFIX))

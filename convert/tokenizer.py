@@ -16,12 +16,15 @@ import collections
 import io
 import json
 import pickle
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from capgen.convert.pickle_nesting import MAX_TUPLE_DEPTH, deepest_tuple
 from capgen.convert.source_files import check_source_file
-from capgen.runtime.errors import TokenizerError, UnsafePickleError
+from capgen.convert.untrusted import describe
+from capgen.runtime.errors import InputError, TokenizerError, UnsafePickleError
 
 TOKENIZER_MODULES = frozenset(
     {
@@ -35,6 +38,12 @@ TOKENIZER_MODULES = frozenset(
         "tensorflow.python.keras.preprocessing.text",
     }
 )
+
+# Ids are int32 in every Keras sequence; anything larger is not a word id.
+MAX_WORD_ID = 2**31 - 1
+# The tutorial's 7,576-word tokenizer.p is 300 kB (about 40 bytes a word with
+# its counts); 64 MB holds over a million words, more than any caption model.
+MAX_TOKENIZER_BYTES = 64 << 20
 
 # word_counts is an OrderedDict; word_docs/index_docs are defaultdict(int).
 _PLAIN_GLOBALS: dict[tuple[str, str], Any] = {
@@ -94,35 +103,72 @@ def _loads_restricted(data: bytes) -> Any:
     return _RestrictedUnpickler(io.BytesIO(data)).load()
 
 
+def _text_field(state: dict[str, Any], key: str, default: str, path: Path) -> str:
+    value = state.get(key, default)
+    if not isinstance(value, str):
+        raise TokenizerError(f"{path}: the Tokenizer's {key} is {describe(value)}, not text")
+    return value
+
+
+def _flag_field(state: dict[str, Any], key: str, default: bool, path: Path) -> bool:
+    value = state.get(key, default)
+    if not isinstance(value, int) or value not in (0, 1):  # bools, and 0/1 from old files
+        raise TokenizerError(f"{path}: the Tokenizer's {key} is {describe(value)}, not True/False")
+    return bool(value)
+
+
+def _word_entry(word: Any, index: Any, path: Path) -> tuple[str, int]:
+    if not isinstance(word, str):
+        raise TokenizerError(f"{path}: word_index has {describe(word)} where a word should be")
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise TokenizerError(
+            f"{path}: word_index gives {describe(word)} {describe(index)}, not an integer id"
+        )
+    if not 1 <= index <= MAX_WORD_ID:
+        raise TokenizerError(
+            f"{path}: word_index gives {describe(word)} the id {describe(index)}; "
+            f"ids run from 1 to {MAX_WORD_ID:,}"
+        )
+    return word, index
+
+
 def _state_from(state: dict[str, Any], path: Path) -> TokenizerState:
-    """Validate a Tokenizer's attributes (from a pickle's __dict__ or tokenizer.to_json())."""
+    """Validate a Tokenizer's attributes (from a pickle's __dict__ or tokenizer.to_json()).
+
+    Every value is checked for its type and range before it is used or shown,
+    and shown through `describe`: a hostile file's values (lists nested 200,000
+    deep, 40,000-digit integers, bytes for text) make repr and f-strings raise.
+    """
     word_index = state.get("word_index")
     if not isinstance(word_index, dict) or not word_index:
         raise TokenizerError(f"{path}: the Tokenizer has no word_index (was it fitted on texts?)")
-    clean: dict[str, int] = {}
-    for word, index in word_index.items():
-        if not isinstance(word, str) or isinstance(index, bool) or not isinstance(index, int):
-            raise TokenizerError(f"{path}: word_index has a non word->id entry {word!r}: {index!r}")
-        if index < 1:
-            raise TokenizerError(
-                f"{path}: word_index gives {word!r} the id {index}; ids start at 1"
-            )
-        clean[word] = index
+    clean = dict(_word_entry(word, index, path) for word, index in word_index.items())
     num_words = state.get("num_words")
-    if num_words is not None and (isinstance(num_words, bool) or not isinstance(num_words, int)):
-        raise TokenizerError(f"{path}: num_words is {num_words!r}, not an integer")
+    if num_words is not None and (
+        isinstance(num_words, bool) or not isinstance(num_words, int) or num_words < 0
+    ):
+        raise TokenizerError(
+            f"{path}: num_words is {describe(num_words)}, not a non-negative integer"
+        )
+    if num_words is not None and num_words > MAX_WORD_ID + 1:
+        raise TokenizerError(
+            f"{path}: num_words is {describe(num_words)}, more than the {MAX_WORD_ID + 1:,} ids "
+            "a tokenizer can have"
+        )
     oov_token = state.get("oov_token")
+    if oov_token is not None and not isinstance(oov_token, str):
+        raise TokenizerError(f"{path}: oov_token is {describe(oov_token)}, not text")
     document_count = state.get("document_count")
     if document_count is not None and not _is_count(document_count):
-        raise TokenizerError(f"{path}: document_count is {document_count!r}, not a count")
+        raise TokenizerError(f"{path}: document_count is {describe(document_count)}, not a count")
     return TokenizerState(
         word_index=clean,
         num_words=num_words,
-        oov_token=oov_token if isinstance(oov_token, str) else None,
-        lower=bool(state.get("lower", True)),
-        filters=str(state.get("filters", "")),
-        split=str(state.get("split", " ")),
-        char_level=bool(state.get("char_level", False)),
+        oov_token=oov_token,
+        lower=_flag_field(state, "lower", True, path),
+        filters=_text_field(state, "filters", "", path),
+        split=_text_field(state, "split", " ", path),
+        char_level=_flag_field(state, "char_level", False, path),
         document_count=document_count,
         word_docs=_word_counts(state, "word_docs", path),
         word_counts=_word_counts(state, "word_counts", path),
@@ -168,6 +214,19 @@ def _attributes_from_json(data: bytes, path: Path) -> dict[str, Any]:
 
 def _attributes_from_pickle(data: bytes, path: Path) -> dict[str, Any]:
     try:
+        # Before anything is built: hashing a deeply nested tuple crashes the
+        # interpreter itself (see pickle_nesting), beyond any except clause.
+        depth = deepest_tuple(data)
+    except Exception as error:  # pickletools reports malformed opcodes as assorted errors
+        raise TokenizerError(
+            f"{path} is not a readable pickle ({type(error).__name__}: {error})"
+        ) from error
+    if depth > MAX_TUPLE_DEPTH:
+        raise TokenizerError(
+            f"{path} nests tuples more than {MAX_TUPLE_DEPTH} deep; no Keras Tokenizer does "
+            "(refused before unpickling)"
+        )
+    try:
         obj = _loads_restricted(data)
     except UnsafePickleError:
         raise
@@ -189,8 +248,13 @@ def read_tokenizer(path: Path) -> TokenizerState:
 
     Every failure is a one-line TokenizerError (UnsafePickleError for hostile pickles).
     """
-    path = check_source_file(Path(path), "tokenizer", empty_error=TokenizerError)
-    data = path.read_bytes()
+    path = check_source_file(
+        Path(path), "tokenizer", empty_error=TokenizerError, max_bytes=MAX_TOKENIZER_BYTES
+    )
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise InputError(f"cannot read tokenizer {path}: {error.strerror or error}") from error
     if data.lstrip()[:1] == b"{":
         return _state_from(_attributes_from_json(data, path), path)
     return _state_from(_attributes_from_pickle(data, path), path)
@@ -221,5 +285,27 @@ def build_vocabulary(tokenizer: TokenizerState, vocab_size: int) -> list[str | N
     vocabulary: list[str | None] = [None] * vocab_size
     for word, index in tokenizer.word_index.items():
         if index < vocab_size and vocabulary[index] is None:
+            _check_printable(word, index)
             vocabulary[index] = word
     return vocabulary
+
+
+# Unicode categories no caption word may hold: control characters (\n, \t, ESC,
+# U+0085), line/paragraph separators, and lone surrogates (not encodable as UTF-8).
+_UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs"})
+
+
+def _check_printable(word: str, index: int) -> None:
+    """Refuse a word that would split capgen's one-line outputs or drive the terminal.
+
+    A vocabulary word is printed in `path<TAB>caption` lines, JSON Lines and
+    one-line error reports; a tab, newline or escape sequence inside it would
+    break those lines or inject terminal commands into every caption using it.
+    """
+    for character in word:
+        if unicodedata.category(character) in _UNPRINTABLE_CATEGORIES:
+            raise TokenizerError(
+                f"the tokenizer's word {describe(word)} (id {index}) holds the control or "
+                f"separator character U+{ord(character):04X}; capgen refuses words that would "
+                "break its one-line outputs"
+            )

@@ -15,6 +15,9 @@ Accepted sources:
 - a numpy array `HxW`, `HxWx1`, `HxWx3` or `HxWx4` (RGB(A)): `uint8` as is,
   `uint16` as 16-bit (divided by 257), `bool` as black/white, floats must lie
   in [0, 1] (the matplotlib/skimage convention) and are scaled by 255.
+
+Every source, arrays and PIL images included, gets the same `max_pixels`
+limit, checked before any pixel is decoded or copied.
 """
 
 from __future__ import annotations
@@ -29,7 +32,13 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
-from capgen.runtime.errors import ImageError, ImageTooLargeError, InputError, ModelError
+from capgen.runtime.errors import (
+    CapgenError,
+    ImageError,
+    ImageTooLargeError,
+    InputError,
+    ModelError,
+)
 from capgen.runtime.git_lfs import is_pointer as is_lfs_pointer
 
 # Formats a photo plausibly comes in. Only their plugins are imported (Pillow's
@@ -97,12 +106,7 @@ def _decode(stream: BinaryIO, max_pixels: int) -> Image.Image:
         raise ImageError(_describe_non_image(head)) from None
     except Exception as exc:
         raise ImageError(f"cannot read image header ({type(exc).__name__}: {exc})") from None
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ImageTooLargeError(
-            f"image is {width}x{height} = {width * height} pixels, more than the "
-            f"{max_pixels} capgen decodes (decompression bomb guard)"
-        )
+    _check_pixel_count(*image.size, max_pixels)
     try:
         image.load()
     except Exception as exc:
@@ -120,7 +124,7 @@ def _upright(image: Image.Image) -> Image.Image:
         return image
 
 
-def _special_file_kind(path: str | os.PathLike[str]) -> str | None:
+def _special_file_kind(path: str | bytes | os.PathLike[str]) -> str | None:
     """'a FIFO', 'a device', 'a socket' for what is not a regular file or folder, else None.
 
     Opening a named pipe blocks until something writes to it, so `capgen caption
@@ -128,8 +132,8 @@ def _special_file_kind(path: str | os.PathLike[str]) -> str | None:
     """
     try:
         mode = os.stat(path).st_mode
-    except OSError:
-        return None  # open() below reports missing or unreadable paths in its own words
+    except (OSError, ValueError):
+        return None  # open() below reports missing, unreadable or impossible paths in its own words
     if stat.S_ISFIFO(mode):
         return "a named pipe (FIFO)"
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
@@ -139,7 +143,19 @@ def _special_file_kind(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def _open_path(path: str | os.PathLike[str], max_pixels: int) -> Image.Image:
+def _os_path(path: str | os.PathLike[str]) -> str | bytes:
+    """The path as the OS takes it, or an InputError for what no file can be named."""
+    try:
+        name = os.fspath(path)
+    except Exception as exc:  # a user's PathLike whose __fspath__ fails or returns a non-path
+        raise InputError(f"cannot use this path object ({_reason(exc)})") from exc
+    if ("\0" if isinstance(name, str) else b"\0") in name:
+        raise InputError("the path contains a NUL character, which no file name can hold")
+    return name
+
+
+def _open_path(source: str | os.PathLike[str], max_pixels: int) -> Image.Image:
+    path = _os_path(source)
     special = _special_file_kind(path)
     if special is not None:
         raise InputError(f"is {special}, not an image file")
@@ -156,13 +172,25 @@ def _open_path(path: str | os.PathLike[str], max_pixels: int) -> Image.Image:
         raise InputError(f"cannot read ({exc.strerror or exc})") from None
 
 
-def _from_array(array: np.ndarray) -> Image.Image:
+def _check_pixel_count(width: int, height: int, max_pixels: int) -> None:
+    """The decompression-bomb guard, for every source: files, PIL images and arrays alike."""
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} = {width * height} pixels, more than the "
+            f"{max_pixels} capgen decodes (decompression bomb guard)"
+        )
+
+
+def _from_array(array: np.ndarray, max_pixels: int) -> Image.Image:
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
         raise InputError(f"array of shape {array.shape} is not HxW, HxWx1, HxWx3 or HxWx4")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise InputError(f"array of shape {array.shape} has no pixels")
+    # Checked before any conversion copies it: a broadcast view costs no memory
+    # until np.ascontiguousarray below materialises every pixel.
+    _check_pixel_count(array.shape[1], array.shape[0], max_pixels)
     if array.dtype == np.bool_:
         array = array.astype(np.uint8) * 255
     elif array.dtype == np.uint16:
@@ -178,36 +206,64 @@ def _from_array(array: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array))
 
 
-def load_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """A decoded, upright PIL image from any supported source (see module docstring)."""
+def _reason(exc: BaseException) -> str:
+    """'Type: first line of the message', safe for any exception a user's object may raise."""
+    try:
+        lines = str(exc).strip().splitlines()
+    except Exception:  # an exception whose __str__ itself fails
+        lines = []
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+
+
+def _read_file_object(source: Any) -> bytes:
+    """All bytes of a user's file object; whatever its read() raises is this image's error."""
+    try:
+        data = source.read()
+    except PermissionError:
+        raise InputError("permission denied") from None
+    except OSError as exc:
+        raise InputError(f"cannot read ({exc.strerror or exc})") from None
+    except Exception as exc:  # a closed file (ValueError), a failing wrapper (anything)
+        raise ImageError(f"cannot read from the file object ({_reason(exc)})") from exc
+    if not isinstance(data, (bytes, bytearray)):
+        raise InputError("file object must be opened in binary mode")
+    return bytes(data)
+
+
+def _load_image(source: Any, max_pixels: int) -> Image.Image:
     if isinstance(source, Image.Image):
+        # Before load(): an Image.open()ed bomb would otherwise decode first.
+        _check_pixel_count(source.width, source.height, max_pixels)
         try:
             source.load()
         except Exception as exc:
             raise ImageError(f"cannot decode image ({type(exc).__name__}: {exc})") from None
-        if source.width * source.height > max_pixels:
-            raise ImageTooLargeError(
-                f"image has {source.width * source.height} pixels, more than {max_pixels}"
-            )
         # Same pixels as captioning the file itself; a no-op for images already made upright.
         return _upright(source)
     if isinstance(source, np.ndarray):
-        return _from_array(source)
+        return _from_array(source, max_pixels)
     if isinstance(source, (bytes, bytearray, memoryview)):
         return _decode(io.BytesIO(bytes(source)), max_pixels)
     if isinstance(source, (str, os.PathLike)):
         return _open_path(source, max_pixels)
     if hasattr(source, "read"):
-        try:
-            data = source.read()
-        except PermissionError:
-            raise InputError("permission denied") from None
-        except OSError as exc:
-            raise InputError(f"cannot read ({exc.strerror or exc})") from None
-        if not isinstance(data, (bytes, bytearray)):
-            raise InputError("file object must be opened in binary mode")
-        return _decode(io.BytesIO(data), max_pixels)
+        return _decode(io.BytesIO(_read_file_object(source)), max_pixels)
     raise InputError(f"cannot make an image from a {type(source).__name__}")
+
+
+def load_image(source: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A decoded, upright PIL image from any supported source (see module docstring).
+
+    Every failure is a CapgenError (InputError or ImageError) about this one
+    image, so a batch reports it and goes on: the sources are the user's
+    objects, whose methods may raise anything.
+    """
+    try:
+        return _load_image(source, max_pixels)
+    except CapgenError:
+        raise
+    except Exception as exc:
+        raise ImageError(f"cannot use this image ({_reason(exc)})") from exc
 
 
 def _alpha_on_white(image: Image.Image) -> Image.Image:
@@ -267,9 +323,9 @@ def prepare(
     rgb = to_rgb(load_image(source, max_pixels))
     try:
         resized = rgb.resize((width, height), resize_filter)
+        return np.asarray(resized, dtype=np.uint8)
     except Exception as exc:
-        raise ImageError(f"cannot resize image ({type(exc).__name__}: {exc})") from None
-    return np.asarray(resized, dtype=np.uint8)
+        raise ImageError(f"cannot resize image ({_reason(exc)})") from None
 
 
 def is_image_path(path: Path) -> bool:

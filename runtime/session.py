@@ -101,7 +101,9 @@ def _options(threads: int | None) -> ort.SessionOptions:
     options.inter_op_num_threads = 1
     if threads is not None:
         options.intra_op_num_threads = threads
-    options.log_severity_level = 3  # onnxruntime's warnings are not the user's problem
+    # 4 = fatal only: at 3 a graph failing at run time also printed onnxruntime's
+    # own coloured log line next to capgen's one-line ModelError.
+    options.log_severity_level = 4
     return options
 
 
@@ -189,4 +191,7 @@ class OnnxSession:
         try:
             return self._session.run(self.output_names, feeds)
         except Exception as exc:  # a graph that fails at run time is a broken model, not bad input
-            raise ModelError(f"{self.path}: failed to run ({type(exc).__name__}: {exc})") from exc
+            first_line = (str(exc).strip().splitlines() or [""])[0]  # ORT messages end in a newline
+            raise ModelError(
+                f"{self.path}: failed to run ({type(exc).__name__}: {first_line})"
+            ) from exc

@@ -15,6 +15,8 @@ from capgen.runtime.errors import ModelError
 from capgen.runtime.manifest import DecoderSpec
 from capgen.runtime.session import OnnxSession
 
+_FLOAT32 = np.dtype(np.float32)  # compared as a dtype object: half the cost of np.float32
+
 
 class StepModel:
     def __init__(
@@ -37,9 +39,10 @@ class StepModel:
 
     def project(self, features: np.ndarray) -> np.ndarray:
         (photo,) = self._projection.run({"features": features})
-        if photo.shape != (features.shape[0], self.projection_size):
+        if photo.shape != (features.shape[0], self.projection_size) or photo.dtype != np.float32:
             raise ModelError(
-                f"photo projection gave shape {photo.shape}, expected [N, {self.projection_size}]"
+                f"photo projection gave {photo.dtype} of shape {photo.shape}, "
+                f"expected float32 [N, {self.projection_size}]"
             )
         return photo
 
@@ -51,17 +54,45 @@ class StepModel:
     def step(
         self, words: np.ndarray, h: np.ndarray, c: np.ndarray, photo: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Advance every row by one word: (log_probs [N, V], h_out, c_out)."""
+        """Advance every row by one word: (log_probs [N, V], h_out, c_out).
+
+        A graph passes the load-time check and can still misbehave later
+        (float64 scores crashed beam search's top-k graph; a wider word axis
+        after the first step indexed past the vocabulary), so every step's
+        outputs are checked: attribute compares only, ~1-2 us against a 100-250 us step.
+        """
         log_probs, h_out, c_out = self._run_step({"word": words, "h": h, "c": c, "photo": photo})
+        if (
+            log_probs.dtype != _FLOAT32
+            or h_out.dtype != _FLOAT32
+            or c_out.dtype != _FLOAT32
+            or log_probs.shape != (words.shape[0], self.vocab_size)
+            or h_out.shape != h.shape
+            or c_out.shape != c.shape
+        ):
+            raise ModelError(self._bad_outputs(words.shape[0], log_probs, h_out, c_out))
         return log_probs, h_out, c_out
 
+    def _bad_outputs(
+        self, rows: int, log_probs: np.ndarray, h_out: np.ndarray, c_out: np.ndarray
+    ) -> str:
+        found = ", ".join(
+            f"{name} {array.dtype}{list(array.shape)}"
+            for name, array in (("log_probs", log_probs), ("h_out", h_out), ("c_out", c_out))
+        )
+        return (
+            f"{self._step_path}: a step gave {found}; expected float32 log_probs "
+            f"[{rows}, {self.vocab_size}] (the vocabulary has {self.vocab_size} words) and "
+            f"h_out, c_out [{rows}, {self.units}]"
+        )
+
     def check_vocabulary(self) -> None:
-        """One dummy step, so a step graph and vocabulary.json that disagree fail at load, not mid-batch."""
+        """One dummy step, so a step graph and vocabulary.json that disagree fail at load, not mid-batch.
+
+        `step` checks the outputs' dtypes and shapes, so a graph declaring
+        float64 scores or the wrong number of words is refused here.
+        """
         h, c = self.initial_state(1)
-        log_probs, _, _ = self.step(
+        self.step(
             np.zeros(1, dtype=np.int64), h, c, np.zeros((1, self.projection_size), dtype=np.float32)
         )
-        if log_probs.shape != (1, self.vocab_size):
-            raise ModelError(
-                f"{self._step_path}: scores {log_probs.shape[1]} words, vocabulary has {self.vocab_size}"
-            )

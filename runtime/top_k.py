@@ -15,6 +15,8 @@ import threading
 import numpy as np
 import onnxruntime as ort
 
+from capgen.runtime.errors import ModelError
+
 # onnx.helper: TopK(scores [R, V] float, k [1] int64; axis=1, largest=1, sorted=1)
 # -> values [R, K], indices [R, K]; opset 17, IR 8. Equal scores: the lower id first.
 TOP_K_GRAPH = (
@@ -37,6 +39,7 @@ def _get_session() -> ort.InferenceSession:
             options = ort.SessionOptions()
             options.intra_op_num_threads = 1
             options.inter_op_num_threads = 1
+            options.log_severity_level = 4  # failures become ModelError; no raw ORT log lines
             _session = ort.InferenceSession(
                 TOP_K_GRAPH, options, providers=["CPUExecutionProvider"]
             )
@@ -48,7 +51,14 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if k >= scores.shape[1]:
         indices = np.argsort(-scores, axis=1, kind="stable")
         return np.take_along_axis(scores, indices, axis=1), indices
-    values, indices = _get_session().run(
-        None, {"scores": scores, "k": np.array([k], dtype=np.int64)}
-    )
+    try:
+        values, indices = _get_session().run(
+            None, {"scores": scores, "k": np.array([k], dtype=np.int64)}
+        )
+    except Exception as exc:  # onnxruntime's Fail/InvalidArgument/RuntimeException: bad scores
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(
+            f"the decoder's scores ({scores.dtype}{list(scores.shape)}) cannot be ranked: "
+            f"{first_line}"
+        ) from exc
     return values, indices
