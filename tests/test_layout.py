@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ALLOWED = {
     "capgen/cli_support": {"capgen.cli_support", "capgen.runtime.errors"},
     "runtime": {"capgen.runtime", "capgen.cli_support"},
-    # capgen.models: until issue 15 item 2 moves the demo's code out of convert/.
-    "convert": {"capgen.convert", "capgen.runtime", "capgen.cli_support", "capgen.models"},
+    # Not capgen.models: the demo registers its encoder kind through an entry point.
+    "convert": {"capgen.convert", "capgen.runtime", "capgen.cli_support"},
     "models": {"capgen.models", "capgen.runtime", "capgen.convert"},
     "benchmarks": {"capgen.benchmarks", "capgen.runtime", "capgen.convert", "capgen.models"},
 }
