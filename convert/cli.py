@@ -9,13 +9,15 @@ one-line ConversionError rather than an ImportError traceback.
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from capgen.runtime.errors import ConversionError
+from capgen.runtime.errors import ConversionError, InputError
 
 CONVERT_STACK = ("tensorflow", "keras", "tf2onnx", "onnx", "h5py")
 
@@ -70,19 +72,35 @@ def encoder_command(
     """Export the Xception feature extractor to ONNX (dynamic batch, uint8 input) and time it."""
     require_convert_stack()
     quiet_tensorflow()
-    import shutil
-
     from capgen.convert.encoder import ensure_encoder
     from capgen.convert.encoder_registry import get_encoder_kind
 
+    if output is not None and os.path.lexists(output):  # checked before minutes of export
+        raise InputError(
+            f"--output {output} already exists; capgen does not replace a file it did not "
+            "write: remove it or choose another path"
+        )
     started = time.perf_counter()
     path = ensure_encoder(kind, weights=weights, force=force)
     typer.echo(f"encoder {kind}: {path} ({time.perf_counter() - started:.1f} s)")
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, output)
+        _copy_out(path, output)
         typer.echo(f"copied to {output}")
     _report_features(path, get_encoder_kind(kind).input_size)
+
+
+def _copy_out(source: Path, output: Path) -> None:
+    """A copy of the cache entry at `output`: an exclusive temporary, never through a link."""
+    from capgen.runtime.atomic_write import atomic_writer
+
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if os.path.lexists(output):
+            raise InputError(f"--output {output} appeared during the export; it was left alone")
+        with source.open("rb") as reader, atomic_writer(output) as writer:
+            shutil.copyfileobj(reader, writer, 1 << 20)
+    except OSError as error:
+        raise InputError(f"cannot write --output {output} ({error.strerror or error})") from None
 
 
 def _report_features(encoder_path: Path, input_size: int) -> None:
