@@ -176,6 +176,31 @@ def _measured(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: model for name, model in results["models"].items() if "error" not in model}
 
 
+def _quietness_lines(results: dict[str, Any]) -> list[str]:
+    """How busy the other processes were during each section; a loud banner for a noisy run."""
+    quietness = results.get("quietness") or {}
+    if not quietness:
+        return []
+    noisy = results.get("noisy_sections") or []
+    lines = [
+        (
+            f"- **NOISY RUN**: other processes used the CPU during {', '.join(noisy)}; "
+            "those figures say as much about the neighbours as about capgen. Do not commit them."
+            if noisy
+            else "- quiet run: other processes stayed below the threshold in every section"
+        ),
+        "- other processes' CPU while each section ran (cores; load average before → after; "
+        "waited; attempts):",
+    ]
+    for name, how in quietness.items():
+        mark = "" if how["quiet"] else " **noisy**"
+        lines.append(
+            f"  - {name}: {how['other_cores']:.2f}{mark}; {how['load_average_before']:.2f} → "
+            f"{how['load_average_after']:.2f}; {how['waited_seconds']:.0f} s; {how['attempts']}"
+        )
+    return lines
+
+
 def _markdown(results: dict[str, Any]) -> str:
     machine = results["machine"]
     lines = [
@@ -190,6 +215,7 @@ def _markdown(results: dict[str, Any]) -> str:
         f"- CPU: {machine['cpu']}, {machine['logical_cores']} logical cores, {machine['memory_gib']} GiB; "
         f"flags: {', '.join(machine['cpu_flags'])}",
         f"- load average at start: {machine['load_average_at_start']} (the machine is shared)",
+        *_quietness_lines(results),
         f"- Python {machine['python']}, {machine['platform']}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()),
         f"- environment: {machine['env'] or 'no OPENBLAS/OMP overrides'}",
@@ -309,8 +335,9 @@ def _markdown(results: dict[str, Any]) -> str:
         lines += [
             "",
             "## Distance from the machine's limit",
-            f"- onnxruntime MatMul {matmul['size']}³ float32: best {matmul['gflops_best']:.0f} GFLOP/s "
-            f"(median {matmul['gflops_median']:.0f})",
+            f"- ceiling: onnxruntime MatMul float32, best over {len(matmul.get('trials', [matmul]))} "
+            f"(shape, threads) settings: {matmul['gflops_best']:.0f} GFLOP/s at {matmul['size']}³ with "
+            f"{matmul.get('threads', 'default')} threads (median {matmul['gflops_median']:.0f})",
             "- Xception = 16.7 GFLOP per 299×299 image (8.36 G multiply-adds)",
         ]
         for key, entry in results.get("encoder_efficiency", {}).items():

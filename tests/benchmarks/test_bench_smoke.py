@@ -76,3 +76,20 @@ def test_smoke_run_writes_every_section(
     } <= metrics
     assert all(isinstance(entry["met"], bool) for entry in targets.values())
     assert written["machine"]["logical_cores"] >= 1
+    # Every section says how busy the rest of the machine was while it ran.
+    assert set(written["quietness"]) == {
+        "tutorial7577 cold start",
+        "tutorial7577 warm",
+        "matmul ceiling",
+    }
+    for how in written["quietness"].values():
+        assert how["other_cores"] >= 0 and how["attempts"] == 1
+        assert isinstance(how["quiet"], bool)
+    assert written["noisy_sections"] == [
+        name for name, how in written["quietness"].items() if not how["quiet"]
+    ]
+    assert "other processes' CPU while each section ran" in markdown
+    assert len(written["matmul"]["trials"]) >= 1
+    assert written["matmul"]["gflops_best"] == max(
+        trial["gflops_best"] for trial in written["matmul"]["trials"]
+    )
