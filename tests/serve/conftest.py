@@ -42,3 +42,9 @@ def images() -> dict[str, bytes]:
         "blue": png((20, 30, 210), (64, 48)),
         "html": b"<html><body>not a picture</body></html>",
     }
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "server_args(*args): extra `capgen serve` options for a test"
+    )
