@@ -152,9 +152,10 @@ async def _outcomes(
     """Wait for every image of the request; cancel them all if the client leaves or time runs out."""
     gathered = asyncio.gather(*futures)
     watcher = asyncio.ensure_future(_client_left(request))
+    both: list[asyncio.Future[Any]] = [gathered, watcher]
     try:
         done, _ = await asyncio.wait(
-            {gathered, watcher}, timeout=max(0.0, remaining), return_when=asyncio.FIRST_COMPLETED
+            both, timeout=max(0.0, remaining), return_when=asyncio.FIRST_COMPLETED
         )
     finally:
         watcher.cancel()
