@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -64,12 +65,7 @@ class ServeSettings:
             raise InputError(f"--host must be a host name or address, got {self.host!r}")
         _check_int("--port", self.port, 0, 65535)
         _check_int("--workers", self.workers, 1, cores())
-        if self.workers > 1:
-            raise InputError(
-                "--workers above 1 is not supported yet: run one `capgen serve` per port "
-                "(each with --threads) behind a load balancer"
-            )
-        if self.threads is not None:
+        if self.threads is not None:  # workers x threads <= cores
             _check_int("--threads", self.threads, 1, max(1, cores() // self.workers))
         _check_int("--max-batch", self.max_batch, 1, MAX_BATCH_LIMIT)
         _check_number("--max-wait-ms", self.max_wait_ms, 0, MAX_WAIT_MS_LIMIT, open_low=False)
@@ -85,6 +81,18 @@ class ServeSettings:
             raise InputError(
                 "--api-key must be printable ASCII without spaces (it is sent as a Bearer token)"
             )
+
+    def to_json(self) -> str:
+        """For worker processes (workers.py): every field, as the CLI gave it."""
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        fields["model"] = None if self.model is None else str(self.model)
+        return json.dumps(fields)
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeSettings:
+        fields = json.loads(text)
+        model = fields.pop("model")
+        return cls(model=None if model is None else Path(model), **fields)
 
     @property
     def max_body_bytes(self) -> int:

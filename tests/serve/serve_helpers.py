@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 TESTS = Path(__file__).resolve().parents[1]
 CONSOLE_SCRIPT = TESTS.parent / ".venv" / "bin" / "capgen"
-STARTED = re.compile(r"capgen: serving .* on (http://\S+)")
+STARTED = re.compile(r"capgen: serving .* on (http://[^\s,]+)")
 WAIT_S = 60.0  # an upper bound for anything to happen, never an expectation of speed
 
 

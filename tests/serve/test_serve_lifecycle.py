@@ -114,7 +114,7 @@ def run_serve(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
         (["--timeout-s", "nan"], 2, "--timeout-s must be a number more than 0"),
         (["--max-wait-ms", "-1"], 2, "--max-wait-ms must be a number from 0"),
         (["--port", "70000"], 2, "--port must be an integer from 0 to 65535"),
-        (["--workers", "2"], 2, "--workers"),
+        (["--workers", "100000"], 2, "--workers must be an integer from 1 to"),
         (["--threads", "100000"], 2, "--threads must be an integer from 1"),
         (["--api-key", "has space"], 2, "--api-key must be printable ASCII"),
         (["--max-batch", "x"], 2, "(see --help)"),
@@ -154,3 +154,38 @@ def test_without_the_serve_extra_it_says_what_to_install(tmp_path: Path) -> None
     assert done.stderr == (
         "capgen: error: capgen serve needs the serve extra (fastapi missing): pip install 'capgen[serve]'\n"
     )
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def test_workers_times_threads_may_not_exceed_the_cores(tmp_path: Path) -> None:
+    cores = _cores()
+    done = run_serve("--workers", str(cores), "--threads", "2", home=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert f"--threads must be an integer from 1 to {max(1, cores // cores)}" in done.stderr
+
+
+def test_workers_are_processes_with_their_own_model_and_each_drains(
+    serve_model: Path, serve_home: Path, images: dict[str, bytes]
+) -> None:
+    if _cores() < 2:
+        pytest.skip("--workers 2 needs 2 cores (workers x threads <= cores)")
+    import psutil
+
+    for server in start_server(serve_model, serve_home, "--workers", "2"):
+        workers = [
+            child
+            for child in psutil.Process(server.process.pid).children()
+            if "spawn_main" in " ".join(child.cmdline())
+        ]
+        assert len(workers) == 2
+        with server.client() as client:
+            answers = [
+                client.post("/v1/captions", content=images["red"], headers=PNG) for _ in range(6)
+            ]
+        assert {a.status_code for a in answers} == {200}
+        assert server.terminate() == 0
+        assert sum("capgen: draining" in line for line in server.lines) == 2
+        assert not any("Traceback" in line for line in server.lines), server.lines
