@@ -49,9 +49,9 @@ def serve_command(
         str, typer.Option(help="Address to listen on (loopback unless told).")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free port, shown at start).")] = 8000,
-    workers: Annotated[int, typer.Option(help="Worker processes (only 1 for now).")] = 1,
+    workers: Annotated[int, typer.Option(help="Worker processes, each with its own model.")] = 1,
     threads: Annotated[
-        int | None, typer.Option(help="Encoder threads (default: the cores).")
+        int | None, typer.Option(help="Encoder threads per worker (default: cores / workers).")
     ] = None,
     int8: Annotated[bool, typer.Option("--int8", help="Use the model's INT8 encoder.")] = False,
     max_batch: Annotated[int, typer.Option(help="Most images in one model batch.")] = 8,

@@ -189,3 +189,18 @@ def test_workers_are_processes_with_their_own_model_and_each_drains(
         assert server.terminate() == 0
         assert sum("capgen: draining" in line for line in server.lines) == 2
         assert not any("Traceback" in line for line in server.lines), server.lines
+
+
+def test_int8_is_served_when_the_model_has_it_and_refused_when_not(
+    serve_model: Path, serve_home: Path, tmp_path: Path
+) -> None:
+    from tiny_model import write_tiny_model
+
+    missing = run_serve("--model", str(serve_model), "--int8", home=tmp_path)
+    assert missing.returncode == 3, missing.stderr
+    assert "this model has no INT8 encoder" in missing.stderr and missing.stderr.count("\n") == 1
+    with_int8 = write_tiny_model(tmp_path / "int8-model", with_int8=True).folder
+    for server in start_server(with_int8, serve_home, "--int8"):
+        with server.client() as client:
+            model = client.get("/v1/model").json()
+        assert model["int8_available"] is True and model["int8_in_use"] is True
