@@ -69,6 +69,10 @@ def serve_command(
             help="Require Authorization: Bearer KEY (prefer the environment variable).",
         ),
     ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="Allow this browser origin (repeatable); CORS is off without it."),
+    ] = None,
 ) -> None:
     """Serve captions over HTTP: POST /v1/captions, GET /v1/model, /healthz, /readyz, /metrics, /."""
     settings = ServeSettings(
@@ -84,6 +88,7 @@ def serve_command(
         max_body_mb=max_body_mb,
         timeout_s=timeout_s,
         api_key=api_key,
+        cors_origins=tuple(cors_origin or ()),
     )
     require_serve_extra()
     from capgen.serve.server import serve

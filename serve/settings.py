@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,10 @@ MAX_BATCH_LIMIT = 64  # = the Captioner's MAX_BATCH_SIZE; kept here so this modu
 MAX_QUEUE_LIMIT = 100_000
 MAX_BODY_MB_LIMIT = 1024
 MAX_WAIT_MS_LIMIT = 60_000
+# scheme://host[:port], no path: what a browser sends as Origin ("*" is not accepted).
+_ORIGIN = re.compile(
+    r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
+)
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:
@@ -59,6 +64,7 @@ class ServeSettings:
     max_body_mb: float = 20.0
     timeout_s: float = 30.0
     api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()  # CORS is off unless origins are given
 
     def __post_init__(self) -> None:
         if not self.host or any(ch.isspace() for ch in self.host):
@@ -82,6 +88,12 @@ class ServeSettings:
                 "--api-key must be printable ASCII without spaces (it is sent as a Bearer token)"
             )
 
+        for origin in self.cors_origins:
+            if not _ORIGIN.fullmatch(origin):
+                raise InputError(
+                    f"--cors-origin must be an origin such as https://example.org:8443, got {origin!r}"
+                )
+
     def to_json(self) -> str:
         """For worker processes (workers.py): every field, as the CLI gave it."""
         fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -92,7 +104,8 @@ class ServeSettings:
     def from_json(cls, text: str) -> ServeSettings:
         fields = json.loads(text)
         model = fields.pop("model")
-        return cls(model=None if model is None else Path(model), **fields)
+        origins = tuple(fields.pop("cors_origins"))
+        return cls(model=None if model is None else Path(model), cors_origins=origins, **fields)
 
     @property
     def max_body_bytes(self) -> int:

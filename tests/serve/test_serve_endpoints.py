@@ -22,6 +22,7 @@ pytest.importorskip("httpx", reason="httpx (dev extra) is not installed")
 
 from serve_helpers import CONSOLE_SCRIPT, Server, raw_request, read_response, start_server
 
+PNG = {"Content-Type": "image/png"}
 SUCCESS_KEYS = {"path", "caption", "log_probability", "finished", "tokens", "timings"}
 
 
@@ -235,3 +236,15 @@ def test_metrics_page_and_openapi(server: Server) -> None:
     body = api["paths"]["/v1/captions"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "image/*"} <= set(body)
     assert {"/v1/model", "/healthz", "/readyz", "/metrics", "/"} <= set(api["paths"])
+
+
+def test_cors_is_off_by_default(server: Server, images: dict[str, bytes]) -> None:
+    origin = {"Origin": "http://elsewhere.test"}
+    with server.client() as client:
+        answer = client.post("/v1/captions", content=images["red"], headers={**PNG, **origin})
+        preflight = client.options(
+            "/v1/captions", headers={**origin, "Access-Control-Request-Method": "POST"}
+        )
+    assert answer.status_code == 200
+    assert "access-control-allow-origin" not in answer.headers
+    assert "access-control-allow-origin" not in preflight.headers

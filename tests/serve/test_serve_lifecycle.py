@@ -204,3 +204,36 @@ def test_int8_is_served_when_the_model_has_it_and_refused_when_not(
         with server.client() as client:
             model = client.get("/v1/model").json()
         assert model["int8_available"] is True and model["int8_in_use"] is True
+
+
+def test_cors_only_for_the_origins_asked_for(
+    serve_model: Path, serve_home: Path, images: dict[str, bytes]
+) -> None:
+    args = ("--cors-origin", "http://app.test:8080", "--api-key", "k")
+    for server in start_server(serve_model, serve_home, *args):
+        ask = {
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        }
+        with server.client() as client:
+            allowed = client.options(
+                "/v1/captions", headers={"Origin": "http://app.test:8080", **ask}
+            )
+            other = client.options("/v1/captions", headers={"Origin": "http://evil.test", **ask})
+            posted = client.post(
+                "/v1/captions",
+                content=images["red"],
+                headers={**PNG, "Origin": "http://app.test:8080", "Authorization": "Bearer k"},
+            )
+        assert allowed.status_code == 200  # a preflight carries no key, and needs none
+        assert allowed.headers["access-control-allow-origin"] == "http://app.test:8080"
+        assert "access-control-allow-origin" not in other.headers
+        assert posted.status_code == 200
+        assert posted.headers["access-control-allow-origin"] == "http://app.test:8080"
+        assert "x-request-id" in posted.headers["access-control-expose-headers"].lower()
+
+
+def test_a_bad_cors_origin_is_one_line(tmp_path: Path) -> None:
+    done = run_serve("--cors-origin", "*", home=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "--cors-origin must be an origin" in done.stderr
