@@ -10,6 +10,7 @@ warmed (and not while draining). Every error answer is
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -71,7 +72,7 @@ class Service:
             await self.batcher.on_model_thread(lambda: captioner.caption_batch([blank]))
         except Exception as error:  # reported by /readyz and the log; the process stays up
             self.load_error = one_line(f"{type(error).__name__}: {error}")
-            access_log.error('{"event": "model_failed", "message": %s}', repr(self.load_error))
+            access_log.error(json.dumps({"event": "model_failed", "message": self.load_error}))
             return
         self.captioner = captioner
         self.ready = True
