@@ -17,7 +17,17 @@ if TYPE_CHECKING:
 
 # Only the standard library above: a Ctrl-C must be handled before the heavy imports start.
 
-_SUBCOMMANDS = {"caption", "info", "convert", "setup", "bench", "--help", "-h", "--version"}
+_SUBCOMMANDS = {
+    "caption",
+    "info",
+    "convert",
+    "setup",
+    "bench",
+    "serve",
+    "--help",
+    "-h",
+    "--version",
+}
 
 
 def build_app() -> typer.Typer:
@@ -45,6 +55,9 @@ def build_app() -> typer.Typer:
     from capgen.benchmarks.cli import register_bench_command
 
     register_bench_command(app)
+    from capgen.serve.cli import register_serve_command
+
+    register_serve_command(app)
     return app
 
 

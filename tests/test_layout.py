@@ -20,6 +20,7 @@ ALLOWED = {
     # Not capgen.models: the demo registers its encoder kind through an entry point.
     "convert": {"capgen.convert", "capgen.runtime", "capgen.cli_support"},
     "models": {"capgen.models", "capgen.runtime", "capgen.convert"},
+    "serve": {"capgen.serve", "capgen.runtime", "capgen.cli_support"},
     "benchmarks": {"capgen.benchmarks", "capgen.runtime", "capgen.convert", "capgen.models"},
 }
 # capgen/__init__.py's lazy public API, for the packages built on the runtime.

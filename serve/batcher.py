@@ -1,0 +1,176 @@
+"""Dynamic micro-batching: requests that arrive together become ONE Captioner batch.
+
+Each image is a job in the queue of its `DecodingOptions` (images with
+different options cannot share a beam search). One collector task takes the
+group of the oldest job, waits until that group holds `max_batch` images or
+the oldest has waited `max_wait`, and runs the batch on the single model
+thread, so the event loop never runs model code and batches grow while the
+model is busy. A job whose future is cancelled (its client left, or timed
+out) leaves the queue at once and costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from capgen.runtime.decoding import DecodingOptions, DecodingResult
+from capgen.runtime.errors import CapgenError
+from capgen.serve.errors import service_unavailable
+from capgen.serve.metrics import Metrics
+
+Outcome = DecodingResult | CapgenError
+# (images, options) -> one outcome per image, in order; runs on the model thread.
+BatchRunner = Callable[[list[Any], DecodingOptions], list[Outcome]]
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class Job:
+    image: Any
+    options: DecodingOptions
+    future: asyncio.Future[Outcome]
+    enqueued: float  # time.perf_counter()
+
+
+class MicroBatcher:
+    """The queue, its collector task and the one model thread."""
+
+    def __init__(
+        self,
+        run_batch: BatchRunner,
+        max_batch: int,
+        max_wait_s: float,
+        max_queue: int,
+        metrics: Metrics,
+    ) -> None:
+        self._run_batch = run_batch
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self._metrics = metrics
+        self._groups: dict[DecodingOptions, deque[Job]] = {}
+        self._depth = 0
+        self._wakeup = asyncio.Event()
+        self._flush = False  # draining: run what is queued without waiting for more
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capgen-model")
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def depth(self) -> int:
+        """Images waiting for a batch (not those already running)."""
+        return self._depth
+
+    async def on_model_thread(self, work: Callable[[], T]) -> T:
+        """Run `work` on the model thread (loading and warming the model use it too)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._collect())
+
+    def flush(self) -> None:
+        """From now on run queued work at once (the server is draining)."""
+        self._flush = True
+        self._wakeup.set()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for group in self._groups.values():
+            for job in group:
+                job.future.cancel()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, images: list[Any], options: DecodingOptions) -> list[asyncio.Future[Outcome]]:
+        """Queue every image of one request, or none of them (503 queue_full) if they do not fit."""
+        if self._depth + len(images) > self.max_queue:
+            raise service_unavailable(
+                "queue_full",
+                f"the queue is full ({self._depth} of {self.max_queue} images waiting); retry later",
+            )
+        loop = asyncio.get_running_loop()
+        group = self._groups.setdefault(options, deque())
+        futures = []
+        now = time.perf_counter()
+        for image in images:
+            job = Job(image, options, loop.create_future(), now)
+            job.future.add_done_callback(functools.partial(self._forget, job))
+            group.append(job)
+            futures.append(job.future)
+        self._set_depth(self._depth + len(images))
+        self._wakeup.set()
+        return futures
+
+    def _set_depth(self, depth: int) -> None:
+        self._depth = depth
+        self._metrics.queue_depth.set(depth)
+
+    def _forget(self, job: Job, future: asyncio.Future[Outcome]) -> None:
+        """A cancelled job still in the queue leaves it now, before any work is spent on it."""
+        if not future.cancelled():
+            return
+        group = self._groups.get(job.options)
+        if group is None or job not in group:
+            return
+        group.remove(job)
+        if not group:
+            del self._groups[job.options]
+        self._set_depth(self._depth - 1)
+        self._metrics.skipped.inc()
+
+    async def _wait(self, timeout: float | None) -> None:
+        self._wakeup.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), timeout)
+
+    def _oldest_group(self) -> DecodingOptions:
+        return min(self._groups, key=lambda options: self._groups[options][0].enqueued)
+
+    async def _collect(self) -> None:
+        """Forever: gather the oldest group up to max_batch images or max_wait, then run it."""
+        while True:
+            if not self._groups:
+                await self._wait(None)
+                continue
+            options = self._oldest_group()
+            deadline = self._groups[options][0].enqueued + self.max_wait_s
+            while not self._flush:
+                group = self._groups.get(options)
+                remaining = deadline - time.perf_counter()
+                if group is None or len(group) >= self.max_batch or remaining <= 0:
+                    break
+                await self._wait(remaining)
+            group = self._groups.get(options)
+            if group is None:  # every job of it was cancelled while we waited
+                continue
+            batch = [group.popleft() for _ in range(min(self.max_batch, len(group)))]
+            if not group:
+                del self._groups[options]
+            self._set_depth(self._depth - len(batch))
+            await self._execute(batch, options)
+
+    async def _execute(self, batch: list[Job], options: DecodingOptions) -> None:
+        started = time.perf_counter()
+        for job in batch:
+            self._metrics.stage_seconds.labels(stage="queue").observe(started - job.enqueued)
+        self._metrics.batch_size.observe(len(batch))
+        images = [job.image for job in batch]
+        try:
+            outcomes = await self.on_model_thread(lambda: self._run_batch(images, options))
+        except Exception as exc:  # a model failure fails its batch, not the service
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        for job, outcome in zip(batch, outcomes, strict=True):
+            if not job.future.done():
+                job.future.set_result(outcome)

@@ -1,0 +1,122 @@
+"""Running the app under uvicorn, with a drain on SIGTERM (and Ctrl-C).
+
+uvicorn alone stops accepting connections on SIGTERM, so a load balancer
+sees refused connections, and `/readyz` never turns false. Here the first
+SIGTERM or SIGINT starts a drain instead: `/readyz` answers 503, new caption
+requests get 503 `draining`, queued images run at once, and when no caption
+request is in flight the server shuts down and the process exits 0. A
+second Ctrl-C stops at once; a repeated SIGTERM (systemd signals every
+process of the service, then the supervisor signals its workers) does not
+cut the drain short.
+
+`--workers N` runs N processes (uvicorn's supervisor, workers.py), each with
+its own Captioner and N-th of the cores, each draining on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from types import FrameType
+
+import uvicorn
+
+from capgen.cli_support.console import say
+from capgen.runtime.errors import InputError
+from capgen.serve.app import Service, create_app
+from capgen.serve.settings import ServeSettings
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, but the first SIGTERM/SIGINT drains instead of closing the door."""
+
+    def __init__(self, config: uvicorn.Config, service_of: Callable[[], Service | None]) -> None:
+        super().__init__(config)
+        self.service_of = service_of  # the app's Service, once the app is loaded
+        self.drain_requested = False
+        self.drain_started = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.drain_requested:
+            if sig == signal.SIGINT:  # a second Ctrl-C: stop now
+                self.should_exit = self.force_exit = True
+            return
+        # Only a flag here (a signal handler); the drain itself starts in on_tick, on the loop.
+        self.drain_requested = True
+
+    async def on_tick(self, counter: int) -> bool:
+        service = self.service_of()
+        if self.drain_requested:
+            if service is None:
+                self.should_exit = True
+            elif not self.drain_started:
+                self.drain_started = True
+                service.begin_drain()
+                say("capgen: draining: finishing requests in flight, refusing new ones")
+            if service is not None and service.state.in_flight == 0:
+                self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket for host:port, or one line saying why not (address in use, …)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as error:
+        raise InputError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def configure_logging() -> None:
+    """One JSON line per request on stderr (capgen.serve.access); uvicorn's own at warning."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access = logging.getLogger("capgen.serve.access")
+    access.handlers[:] = [handler]
+    access.setLevel(logging.INFO)
+    access.propagate = False
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+
+
+def serve(settings: ServeSettings) -> None:
+    """Load the model (a bad one is a one-line error before binding), then serve until drained."""
+    from capgen.runtime.captioner import Captioner
+    from capgen.runtime.cli import DEMO_NOTE
+
+    captioner = Captioner(settings.model, threads=settings.threads_per_worker, int8=settings.int8)
+    if captioner.is_default_model:
+        say(DEMO_NOTE)
+    sock = listen(settings.host, settings.port)
+    configure_logging()
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    workers = f", {settings.workers} workers" if settings.workers > 1 else ""
+    say(f"capgen: serving {captioner.manifest.name} on http://{shown}:{port}{workers}")
+    if settings.workers > 1:
+        del captioner  # each worker process loads its own
+        from capgen.serve.workers import run_workers
+
+        run_workers(settings, sock)
+        return
+    app = create_app(lambda: captioner, settings)
+    DrainingServer(uvicorn_config(app, settings), lambda: app.state.service).run(sockets=[sock])
+
+
+def uvicorn_config(app: object, settings: ServeSettings, **extra: object) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        log_config=None,
+        access_log=False,  # capgen.serve.access writes one structured line per request
+        server_header=False,
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.timeout_s) + 5,
+        **extra,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,117 @@
+"""The service's settings, checked once so every endpoint can rely on them (standard library only)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from capgen.runtime.errors import InputError
+
+API_KEY_ENV = "CAPGEN_API_KEY"
+MAX_BATCH_LIMIT = 64  # = the Captioner's MAX_BATCH_SIZE; kept here so this module stays light
+MAX_QUEUE_LIMIT = 100_000
+MAX_BODY_MB_LIMIT = 1024
+MAX_WAIT_MS_LIMIT = 60_000
+# scheme://host[:port], no path: what a browser sends as Origin ("*" is not accepted).
+_ORIGIN = re.compile(
+    r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
+)
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InputError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+
+
+def _check_number(name: str, value: object, low: float, high: float, open_low: bool) -> None:
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value > low if open_low else value >= low)
+        and value <= high
+    )
+    if not ok:
+        bound = f"more than {low:g}" if open_low else f"from {low:g}"
+        raise InputError(f"{name} must be a number {bound} to {high:g}, got {value!r}")
+
+
+def cores() -> int:
+    """Cores this process may use (the affinity mask, not the machine's total)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What `capgen serve`'s options say; the defaults are the CLI's."""
+
+    model: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    threads: int | None = None
+    int8: bool = False
+    max_batch: int = 8
+    max_wait_ms: float = 5.0
+    max_queue: int = 64
+    max_body_mb: float = 20.0
+    timeout_s: float = 30.0
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()  # CORS is off unless origins are given
+
+    def __post_init__(self) -> None:
+        if not self.host or any(ch.isspace() for ch in self.host):
+            raise InputError(f"--host must be a host name or address, got {self.host!r}")
+        _check_int("--port", self.port, 0, 65535)
+        _check_int("--workers", self.workers, 1, cores())
+        if self.threads is not None:  # workers x threads <= cores
+            _check_int("--threads", self.threads, 1, max(1, cores() // self.workers))
+        _check_int("--max-batch", self.max_batch, 1, MAX_BATCH_LIMIT)
+        _check_number("--max-wait-ms", self.max_wait_ms, 0, MAX_WAIT_MS_LIMIT, open_low=False)
+        _check_int("--max-queue", self.max_queue, 1, MAX_QUEUE_LIMIT)
+        _check_number("--max-body-mb", self.max_body_mb, 0, MAX_BODY_MB_LIMIT, open_low=True)
+        _check_number("--timeout-s", self.timeout_s, 0, 86_400, open_low=True)
+        if self.api_key is not None and (
+            not self.api_key
+            or not self.api_key.isascii()
+            or not self.api_key.isprintable()
+            or " " in self.api_key
+        ):
+            raise InputError(
+                "--api-key must be printable ASCII without spaces (it is sent as a Bearer token)"
+            )
+
+        for origin in self.cors_origins:
+            if not _ORIGIN.fullmatch(origin):
+                raise InputError(
+                    f"--cors-origin must be an origin such as https://example.org:8443, got {origin!r}"
+                )
+
+    def to_json(self) -> str:
+        """For worker processes (workers.py): every field, as the CLI gave it."""
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        fields["model"] = None if self.model is None else str(self.model)
+        return json.dumps(fields)
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeSettings:
+        fields = json.loads(text)
+        model = fields.pop("model")
+        origins = tuple(fields.pop("cors_origins"))
+        return cls(model=None if model is None else Path(model), cors_origins=origins, **fields)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def threads_per_worker(self) -> int:
+        """Encoder threads of each worker's Captioner: the cores split so workers x threads <= cores."""
+        return self.threads if self.threads is not None else max(1, cores() // self.workers)
