@@ -34,7 +34,9 @@ DEFAULT_DESCRIPTION = (
 
 
 def _is_current(folder: Path, model: Path, tokenizer: Path, encoder: Path) -> bool:
-    """True when the folder was built from exactly these sources and this encoder, INT8 included."""
+    """True when the folder was built from exactly these sources and this encoder, INT8 included,
+    by the converter's current recipe (an older recipe wrote graphs older onnxruntimes refuse)."""
+    from capgen.convert.model_folder import CONVERTER_RECIPE
     from capgen.runtime.errors import ModelError
     from capgen.runtime.manifest import load_manifest
 
@@ -45,6 +47,7 @@ def _is_current(folder: Path, model: Path, tokenizer: Path, encoder: Path) -> bo
     sources = manifest.sources
     encoder_record = manifest.files.get(manifest.encoder.file)
     wanted = {
+        "recipe": manifest.converted_with.get("recipe") == CONVERTER_RECIPE,
         "model": sources.get("model", {}).get("sha256") == sha256_file(model),
         "tokenizer": sources.get("tokenizer", {}).get("sha256") == sha256_file(tokenizer),
         "encoder": encoder_record is not None and encoder_record.sha256 == sha256_file(encoder),

@@ -268,9 +268,10 @@ def info_command(
         except ModelIntegrityError as err:
             status = f"FAILED: {err}"
             problems.append(err)
+        needs = f"  onnxruntime {record.onnxruntime}" if record.onnxruntime else ""
         report.append(
             escape_controls(
-                f"  {name:<24} {record.bytes:>12} bytes  sha256 {record.sha256[:16]}…  {status}"
+                f"  {name:<24} {record.bytes:>12} bytes  sha256 {record.sha256[:16]}…  {status}{needs}"
             )
             + "\n"
         )
