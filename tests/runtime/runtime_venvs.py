@@ -11,6 +11,7 @@ sdist-relevant files suffice.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -54,12 +55,28 @@ def _source_copy(root: Path) -> Path:
     return source
 
 
+def find_interpreter(name: str) -> str | None:
+    """`name` on PATH if it runs, else a pyenv build of it (pyenv's shim for a version that
+    is installed but not selected exits 127), else None."""
+    version = name.removeprefix("python")
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    candidates = [shutil.which(name), *map(str, sorted(pyenv.glob(f"{version}.*/bin/{name}")))]
+    for candidate in filter(None, candidates):
+        probe = subprocess.run([candidate, "-c", "pass"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return candidate
+    return None
+
+
 def build_runtime_venv(flavour: RuntimeFlavour, root: Path) -> Path:
     """A venv under `root` with `pip install -c <constraints> <repo>` (no extras); skips
-    with the reason when the interpreter is not on PATH, fails with pip's output."""
-    interpreter = shutil.which(flavour.python)
+    with the reason when the interpreter is missing, fails with pip's output."""
+    interpreter = find_interpreter(flavour.python)
     if interpreter is None:
-        pytest.skip(f"{flavour.python} is not on PATH: cannot prove the {flavour.label} install")
+        pytest.skip(
+            f"{flavour.python} is not installed (not on PATH, no pyenv build): "
+            f"cannot prove the {flavour.label} install"
+        )
     venv = root / f"venv-{flavour.label}"
     if (venv / "bin" / "capgen").exists():
         return venv
