@@ -155,3 +155,17 @@ def _assert_installed_at_lower_bounds(venv: Path, constraints: Path, home: Path)
     for name, version in bounds.items():
         pinned = _pins(constraints)[name]
         assert pinned == version or pinned.startswith(version + "."), (name, pinned, version)
+
+
+@pytest.mark.slow
+def test_bench_outside_the_repository_says_what_it_needs(
+    runtime_only_venv: Path, tmp_path: Path
+) -> None:
+    result = _run(
+        runtime_only_venv, str(runtime_only_venv / "bin" / "capgen"), "bench", env_home=tmp_path
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "capgen bench runs in a capgen repository checkout" in lines[0]
+    assert "../shared/data" in lines[0]
