@@ -11,14 +11,19 @@ CAPGEN := $(BIN)/capgen
 .DEFAULT_GOAL := demo
 .PHONY: demo setup install test lint typecheck bench train clean
 
-$(STAMP): pyproject.toml
+# Exact versions come from constraints.txt (pyproject.toml states ranges), so every
+# install, CI's included, resolves to the same set.
+CONSTRAINTS := constraints.txt
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS)
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "capgen needs $(PYTHON) (Python 3.11) on PATH"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[convert,train,bench,serve,dev]"
+	$(PIP_INSTALL) -e ".[convert,train,bench,serve,dev]"
 	# tf-keras gives Keras 2 behaviour for real Keras-2 .h5 files; with its
 	# dependencies it would pull the full GPU tensorflow on top of tensorflow-cpu.
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps "tf-keras==2.21.0"
+	$(PIP_INSTALL) --no-deps tf-keras
 	touch $(STAMP)
 
 install: $(STAMP)

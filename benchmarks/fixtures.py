@@ -161,8 +161,9 @@ def _fingerprint(kind: str, *paths: Path) -> dict[str, str]:
     from capgen.convert.encoder import export_recipe
     from capgen.convert.encoder_registry import get_encoder_kind
     from capgen.convert.hashing import sha256_file
+    from capgen.convert.model_folder import CONVERTER_RECIPE
 
-    fingerprint = {"recipe": RECIPE_VERSION}
+    fingerprint = {"recipe": RECIPE_VERSION, "converter_recipe": CONVERTER_RECIPE}
     for path in paths:
         fingerprint[path.name] = sha256_file(path)
     for key, value in export_recipe(get_encoder_kind(kind)).items():

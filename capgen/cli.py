@@ -96,6 +96,18 @@ def _tutorial_argv(argv: list[str]) -> list[str]:
     return argv
 
 
+def _mistyped_command(argv: list[str]) -> str | None:
+    """The command `capgen captoin x.jpg` meant ("caption"), when the first word is no path."""
+    import difflib
+    import os
+
+    if not argv or argv[0] in _SUBCOMMANDS or argv[0].startswith("-") or os.path.exists(argv[0]):
+        return None
+    commands = sorted(name for name in _SUBCOMMANDS if not name.startswith("-"))
+    close = difflib.get_close_matches(argv[0], commands, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
 def main() -> None:
     """Run the CLI: every outcome is presented by capgen.cli_support.presenter, never a traceback."""
     from capgen.cli_support.interrupts import leave_on_interrupt, leave_quietly_at_exit
@@ -103,6 +115,13 @@ def main() -> None:
     leave_on_interrupt(message="capgen: interrupted")  # while importing: nothing to keep yet
     from capgen.cli_support.presenter import run
 
+    meant = _mistyped_command(sys.argv[1:])
+    if meant is not None:  # not taken as an image path: "no such file" would mislead
+        from capgen.cli_support.console import say
+        from capgen.runtime.errors import ExitCode
+
+        say(f"capgen: error: no command {sys.argv[1]!r}; did you mean {meant!r}? (see --help)")
+        sys.exit(ExitCode.USAGE)
     code = run(build_app(), _tutorial_argv(sys.argv[1:]))
     leave_quietly_at_exit(code)  # all is written: a Ctrl-C during shutdown only hurries it
     sys.exit(code)

@@ -25,6 +25,7 @@ from capgen.convert.encoder_registry import (
     register_encoder_kind,
 )
 from capgen.convert.hashing import sha256_file
+from capgen.convert.portable import make_portable
 from capgen.convert.weights import (
     XCEPTION_INPUT_SIZE,
     default_weights_path,
@@ -171,6 +172,7 @@ def export_encoder(kind: str, weights_path: Path, output_path: Path) -> Path:
         },
     )
     model_proto.producer_name = "capgen (tf2onnx)"
+    make_portable(model_proto)  # tf2onnx writes IR 8 at opset 17 today; keep it so
     onnx.checker.check_model(model_proto)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     # 83 MB serialised once; written through an exclusive temporary in the cache folder.

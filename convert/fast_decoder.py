@@ -23,6 +23,7 @@ def add_fast_decoder(model_dir: Path) -> Path:
     """Write `decoder_step.int8.onnx` next to the folder's step graph and record it; return its path."""
     import onnx
 
+    from capgen.convert.portable import onnxruntime_requirement
     from capgen.convert.step_graph import fast_step_from_exact
 
     model_dir = Path(model_dir)
@@ -36,5 +37,7 @@ def add_fast_decoder(model_dir: Path) -> Path:
         raise ModelError(f"{model_dir}: cannot make a fast decoder step ({exc})") from exc
     target = model_dir / FAST_STEP_FILE
     atomic_write_bytes(target, fast.SerializeToString())
-    add_optional_file(model_dir, OptionalFile.FAST_STEP, FAST_STEP_FILE)
+    add_optional_file(
+        model_dir, OptionalFile.FAST_STEP, FAST_STEP_FILE, onnxruntime_requirement(fast)
+    )
     return target

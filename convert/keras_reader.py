@@ -72,7 +72,7 @@ def _h5py() -> Any:
         from capgen.runtime.errors import ConversionError
 
         raise ConversionError(
-            "reading Keras files needs h5py: pip install capgen[convert]"
+            "reading Keras files needs h5py: pip install 'capgen[convert]'"
         ) from error
     return h5py
 

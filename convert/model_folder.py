@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from capgen.convert.delimiters import Delimiters
+from capgen.convert.portable import file_requirement
 from capgen.convert.step_graph import (
     DecoderWeights,
     build_projection_graph,
@@ -47,6 +48,11 @@ from capgen.runtime.manifest import (
     write_manifest,
 )
 from capgen.runtime.onnx_external_data import read_single_file_graph
+
+# Bump when what the converter writes changes for the same sources (2: graphs at the
+# lowest IR version, onnxruntime recorded per file). Recorded as converted_with.recipe,
+# so `capgen setup` and the benchmark fixtures rebuild folders made by an older recipe.
+CONVERTER_RECIPE = "2"
 
 # manifest key -> the distributions that provide it (TensorFlow ships as tensorflow-cpu here).
 _VERSIONED_PACKAGES = {
@@ -175,7 +181,7 @@ def check_encoder_fits(encoder: EncoderInfo, feature_size: int) -> None:
 
 def converted_with() -> dict[str, str]:
     """Versions of what converted the folder (installed distributions; nothing is imported)."""
-    versions = {"python": platform.python_version()}
+    versions = {"python": platform.python_version(), "recipe": CONVERTER_RECIPE}
     for key, distributions in _VERSIONED_PACKAGES.items():
         for distribution in distributions:
             try:
@@ -272,8 +278,11 @@ def _manifest(spec: ModelFolderSpec, encoder: EncoderInfo, staging: Path) -> Man
         ),
         max_length=spec.max_length,
         files={
-            name: file_record(staging / name)
-            for name in (ENCODER_FILE, PROJECTION_FILE, STEP_FILE, VOCABULARY_FILE)
+            **{
+                name: file_record(staging / name, file_requirement(staging / name))
+                for name in (ENCODER_FILE, PROJECTION_FILE, STEP_FILE)
+            },
+            VOCABULARY_FILE: file_record(staging / VOCABULARY_FILE),
         },
         sources=sources,
         converted_with=converted_with(),

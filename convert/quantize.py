@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from capgen.convert.portable import file_requirement, make_portable
 from capgen.runtime.atomic_write import atomic_writer, prune_stale_temporaries
 from capgen.runtime.errors import ConversionError, ModelError
 from capgen.runtime.manifest import (
@@ -240,6 +241,8 @@ def _copy_metadata(source: Path, target: Path) -> None:
         }
     )
     onnx.helper.set_model_props(target_model, props)
+    # The quantizer keeps its input's IR version; a graph from elsewhere may carry a newer one.
+    make_portable(target_model)
     onnx.save(target_model, str(target))
 
 
@@ -252,7 +255,10 @@ def calibration_pixels(kind: str, scene_count: int = DEFAULT_SCENE_COUNT) -> lis
 
 def add_int8_to_manifest(model_dir: Path, int8_name: str = INT8_FILENAME) -> Manifest:
     """Record the INT8 encoder in the manifest: `encoder.int8_file` and its sha256/bytes."""
-    return add_optional_file(model_dir, OptionalFile.INT8_ENCODER, int8_name)
+    path = Path(model_dir) / int8_name
+    return add_optional_file(
+        model_dir, OptionalFile.INT8_ENCODER, int8_name, file_requirement(path)
+    )
 
 
 def quantize_model_folder(

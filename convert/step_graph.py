@@ -19,6 +19,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from capgen.convert.decoder_types import DecoderWeights, RecurrentActivation
+from capgen.convert.portable import make_portable
 
 OPSET = 17
 FORMAT_VERSION = 1
@@ -94,7 +95,7 @@ def build_projection_graph(weights: DecoderWeights) -> onnx.ModelProto:
         [helper.make_tensor_value_info("photo", TensorProto.FLOAT, ["N", weights.projection_size])],
         initializers,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model = make_portable(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]))
     model.producer_name = "capgen"
     onnx.checker.check_model(model)
     return model
@@ -301,7 +302,7 @@ def build_step_graph(
     opsets = [helper.make_opsetid("", OPSET)]
     if output_layer != "float32":
         opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
-    model = helper.make_model(graph, opset_imports=opsets)
+    model = make_portable(helper.make_model(graph, opset_imports=opsets))
     model.producer_name = "capgen"
     props = {"capgen.format_version": str(FORMAT_VERSION), **(metadata or {})}
     if output_layer != "float32":
@@ -331,6 +332,7 @@ def fast_step_from_exact(exact: onnx.ModelProto) -> onnx.ModelProto:
     del fast.graph.node[:]
     fast.graph.node.extend([*graph.node[:-3], *nodes, graph.node[-1]])
     fast.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    make_portable(fast)  # an exact step written before capgen lowered its IR version
     helper.set_model_props(
         fast,
         {

@@ -22,6 +22,8 @@ from capgen.convert.hashing import sha256_file
 from capgen.models.colour_encoder import KIND as COLOUR_KIND
 from capgen.runtime.home import default_model_dir
 
+# In the repository checkout (an editable install maps capgen.models to models/) and the
+# sdist; the wheel leaves the Keras files out, so an installed capgen is given --sources.
 DEFAULT_SOURCES = Path(__file__).resolve().parent / "default"
 DEFAULT_MODEL_FILE = "model.keras"
 DEFAULT_TOKENIZER_FILE = "tokenizer.p"
@@ -34,7 +36,9 @@ DEFAULT_DESCRIPTION = (
 
 
 def _is_current(folder: Path, model: Path, tokenizer: Path, encoder: Path) -> bool:
-    """True when the folder was built from exactly these sources and this encoder, INT8 included."""
+    """True when the folder was built from exactly these sources and this encoder, INT8 included,
+    by the converter's current recipe (an older recipe wrote graphs older onnxruntimes refuse)."""
+    from capgen.convert.model_folder import CONVERTER_RECIPE
     from capgen.runtime.errors import ModelError
     from capgen.runtime.manifest import load_manifest
 
@@ -45,6 +49,7 @@ def _is_current(folder: Path, model: Path, tokenizer: Path, encoder: Path) -> bo
     sources = manifest.sources
     encoder_record = manifest.files.get(manifest.encoder.file)
     wanted = {
+        "recipe": manifest.converted_with.get("recipe") == CONVERTER_RECIPE,
         "model": sources.get("model", {}).get("sha256") == sha256_file(model),
         "tokenizer": sources.get("tokenizer", {}).get("sha256") == sha256_file(tokenizer),
         "encoder": encoder_record is not None and encoder_record.sha256 == sha256_file(encoder),
@@ -54,7 +59,27 @@ def _is_current(folder: Path, model: Path, tokenizer: Path, encoder: Path) -> bo
     return all(wanted.values())
 
 
-def setup_default_model(force: bool = False, echo: Callable[[str], None] = print) -> Path:
+def default_sources(folder: Path | None = None) -> tuple[Path, Path]:
+    """model.keras and tokenizer.p from `folder` (default: the checkout's models/default).
+
+    InputError in one line saying what setup needs when they are not there.
+    """
+    from capgen.runtime.errors import InputError
+
+    folder = DEFAULT_SOURCES if folder is None else folder
+    model, tokenizer = folder / DEFAULT_MODEL_FILE, folder / DEFAULT_TOKENIZER_FILE
+    if not (model.is_file() and tokenizer.is_file()):
+        raise InputError(
+            f"capgen setup needs the default model's sources ({DEFAULT_MODEL_FILE}, "
+            f"{DEFAULT_TOKENIZER_FILE}) in {folder}; the wheel does not carry them: run it in a "
+            "capgen repository checkout (or the sdist) or pass --sources models/default from one"
+        )
+    return model, tokenizer
+
+
+def setup_default_model(
+    force: bool = False, echo: Callable[[str], None] = print, sources: Path | None = None
+) -> Path:
     """Build (or confirm) the default model folder and return its path."""
     from capgen.convert.convert_model import convert_model
     from capgen.convert.encoder import ensure_encoder
@@ -63,12 +88,11 @@ def setup_default_model(force: bool = False, echo: Callable[[str], None] = print
     from capgen.convert.weights import fetch_imagenet_weights
     from capgen.runtime.manifest import load_manifest, verify_files
 
+    model, tokenizer = default_sources(sources)
     weights = fetch_imagenet_weights(force=force)
     echo(f"ImageNet Xception weights: {weights}")
     encoder = ensure_encoder(DEFAULT_ENCODER_KIND, force=force)
     echo(f"encoder ({DEFAULT_ENCODER_KIND}): {encoder}")
-    model = DEFAULT_SOURCES / DEFAULT_MODEL_FILE
-    tokenizer = DEFAULT_SOURCES / DEFAULT_TOKENIZER_FILE
     target = default_model_dir()
     if not force and _is_current(target, model, tokenizer, encoder):
         verify_files(load_manifest(target))
@@ -104,10 +128,18 @@ def _warm_runtime_caches(folder: Path) -> None:
 
 def setup_command(
     force: Annotated[bool, typer.Option(help="Rebuild everything, ignoring caches.")] = False,
+    sources: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder holding the default model's model.keras and tokenizer.p "
+            "(default: models/default of the capgen checkout; the wheel does not carry them)."
+        ),
+    ] = None,
 ) -> None:
     """Build everything the default model needs: weights, encoder ONNX, the default model folder."""
     from capgen.convert.cli import quiet_tensorflow, require_convert_stack
 
     require_convert_stack()
+    default_sources(sources)  # before any download: say what is missing first
     quiet_tensorflow()
-    setup_default_model(force=force, echo=typer.echo)
+    setup_default_model(force=force, echo=typer.echo, sources=sources)

@@ -51,14 +51,24 @@ DEMO_NOTE = (
 
 def caption_command(
     images: Annotated[
-        list[str] | None, typer.Argument(help="Images, folders or globs.", show_default=False)
+        list[str] | None,
+        typer.Argument(
+            help="Images, folders or globs; - reads one image from standard input.",
+            show_default=False,
+        ),
     ] = None,
     image: Annotated[
         list[str] | None,
         typer.Option("--image", "-i", help="An image (repeatable; the tutorial's flag)."),
     ] = None,
     beam_size: Annotated[
-        int, typer.Option("--beam-size", "-b", help="1 = the tutorial's greedy loop.")
+        int,
+        typer.Option(
+            "--beam-size",
+            "-b",
+            help="Beam width. The default 3 usually gives better captions than the "
+            "tutorial's greedy loop, which is -b 1 (its captions can differ).",
+        ),
     ] = 3,
     max_length: Annotated[
         int | None, typer.Option(help="Most words per caption (default: the model's).")
@@ -67,7 +77,9 @@ def caption_command(
         float | None,
         typer.Option(help="Rank beams by logp / ((5+len)/6)^alpha (default: total logp)."),
     ] = None,
-    n_best: Annotated[int, typer.Option(help="Alternatives to include in --json output.")] = 1,
+    n_best: Annotated[
+        int, typer.Option(help="Alternatives to include (JSON only: needs --json or --output).")
+    ] = 1,
     model: Annotated[
         Path | None, typer.Option("--model", "-m", help="Model folder (default: capgen setup's).")
     ] = None,
@@ -101,9 +113,11 @@ def caption_command(
 ) -> None:
     """Caption images: the caption for one image file, path<TAB>caption lines for several.
 
-    Failures are reported on stderr as `capgen: <path>: <reason>` and the
-    others still captioned; exit 0 if all succeeded, 1 if any failed.
+    A caption that reached the model's max_length before its end word ends with "\\[max length reached]" (--json: "finished": false).
+
+    Failures are reported on stderr as `capgen: <path>: <reason>` and the others still captioned; exit 0 if all succeeded, 1 if any failed.
     """
+    # \\[ in the docstring: typer's rich help markup would take [...] for a style and drop it.
     import warnings
 
     # Pillow warns about oddities it recovers from (corrupt EXIF, huge images we
@@ -118,12 +132,17 @@ def caption_command(
         raise InputError("no images given; usage: capgen caption IMAGE... (or -i IMAGE)")
     if resume and output is None:
         raise InputError("--resume needs --output FILE")
+    _check_standard_input(arguments, annotate)
     paths, empty_folders = expand_inputs(arguments)
     options = DecodingOptions(
         beam_size=beam_size, max_length=max_length, length_penalty=length_penalty, n_best=n_best
     )
+    if n_best > 1 and not json_lines and output is None:
+        raise InputError("--n-best alternatives appear only in JSON: add --json (or --output FILE)")
     check_batch_size(batch_size)  # every option is checked before --output is touched
     # The model too: a bad model changes nothing.
+    if int8:
+        _require_int8_encoder(model)
     captioner = Captioner(model, threads=threads, int8=int8, fast_decoder=fast_decoder)
     if captioner.is_default_model:
         say(DEMO_NOTE)
@@ -139,6 +158,46 @@ def caption_command(
     _caption_all(captioner, sinks, [p for p in paths if p not in done], options, batch_size)
     if sinks.failure_codes:
         raise typer.Exit(sinks.exit_code(single_image))
+
+
+STANDARD_INPUT = "-"
+
+
+def _check_standard_input(arguments: list[str], annotate: Path | None) -> None:
+    """`-` is one image read from standard input (a file named - is ./-)."""
+    count = arguments.count(STANDARD_INPUT)
+    if not count:
+        return
+    if count > 1:
+        raise InputError("- (standard input) can be given only once")
+    if annotate is not None:
+        raise InputError(
+            "--annotate needs image files; - (standard input) has no name to save under"
+        )
+    if sys.stdin is None or sys.stdin.isatty():
+        raise InputError(
+            "- reads an image from standard input, which is a terminal: pipe one in "
+            "(capgen caption - < photo.jpg)"
+        )
+
+
+def _source(path: str) -> Any:
+    """What to caption for `path`: standard input's bytes for `-`, else the path itself."""
+    return sys.stdin.buffer if path == STANDARD_INPUT else path
+
+
+def _require_int8_encoder(model: Path | None) -> None:
+    """--int8 on a folder without one: say how to make it, before any session is built."""
+    from capgen.runtime.captioner import resolve_model_dir
+    from capgen.runtime.errors import ModelError
+    from capgen.runtime.manifest import load_manifest
+
+    folder, _ = resolve_model_dir(model)
+    if load_manifest(folder).encoder.int8_file is None:
+        raise ModelError(
+            f"{folder}: this model has no INT8 encoder; add one with `capgen convert quantize "
+            f"{folder}` (needs pip install 'capgen[convert]'), or caption without --int8"
+        )
 
 
 def _open_sinks(
@@ -180,7 +239,7 @@ def _decoded_once(paths: list[str]) -> Iterator[tuple[str, Any, Any]]:
 
     for path in paths:
         try:
-            image = load_image(path)
+            image = load_image(_source(path))
             yield path, image, for_annotation(image)
         except CapgenError:
             yield path, path, None
@@ -199,7 +258,9 @@ def _caption_all(
 
         sinks.progress = tqdm(total=len(todo), unit="img", file=sys.stderr, dynamic_ncols=True)
     items = (
-        _decoded_once(todo) if sinks.annotate is not None else ((path, path, None) for path in todo)
+        _decoded_once(todo)
+        if sinks.annotate is not None
+        else ((path, _source(path), None) for path in todo)
     )
     pictures: dict[int, Any] = {}
 
@@ -268,9 +329,10 @@ def info_command(
         except ModelIntegrityError as err:
             status = f"FAILED: {err}"
             problems.append(err)
+        needs = f"  onnxruntime {record.onnxruntime}" if record.onnxruntime else ""
         report.append(
             escape_controls(
-                f"  {name:<24} {record.bytes:>12} bytes  sha256 {record.sha256[:16]}…  {status}"
+                f"  {name:<24} {record.bytes:>12} bytes  sha256 {record.sha256[:16]}…  {status}{needs}"
             )
             + "\n"
         )

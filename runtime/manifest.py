@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -33,6 +34,9 @@ from capgen.runtime.home import capgen_home
 from capgen.runtime.limits import MAX_CAPTION_LENGTH
 
 FORMAT_NAME = "capgen-model"
+# A file record's onnxruntime field: the versions that load the file.
+_REQUIREMENT = re.compile(r">=\d+\.\d+(\.\d+)?")
+_VERSION_PREFIX = re.compile(r"\d+(\.\d+)*")
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (FORMAT_VERSION,)
 
@@ -118,6 +122,9 @@ class VocabularySpec:
 class FileRecord:
     sha256: str
     bytes: int
+    # The onnxruntime versions that load this file (">=1.20"); None: not recorded
+    # (folders converted before capgen recorded it, and files that are not graphs).
+    onnxruntime: str | None = None
 
 
 @dataclass(frozen=True)
@@ -330,13 +337,24 @@ def _parse_vocabulary(voc: dict[str, Any]) -> VocabularySpec:
     return spec
 
 
+def _parse_requirement(record: dict[str, Any], where: str) -> str | None:
+    requirement = _optional(record, "onnxruntime", str, where)
+    if requirement is not None and _REQUIREMENT.fullmatch(requirement) is None:
+        raise ModelError(
+            f"manifest.json: {where}onnxruntime must look like '>=1.20', got {requirement!r}"
+        )
+    return requirement
+
+
 def _parse_files(files_raw: dict[str, Any]) -> dict[str, FileRecord]:
     files: dict[str, FileRecord] = {}
     for name, record in files_raw.items():
         check_file_name(name)
+        where = f"files.{name}."
         files[name] = FileRecord(
-            sha256=_field(record, "sha256", str, f"files.{name}.").lower(),
-            bytes=_field(record, "bytes", int, f"files.{name}."),
+            sha256=_field(record, "sha256", str, where).lower(),
+            bytes=_field(record, "bytes", int, where),
+            onnxruntime=_parse_requirement(record, where),
         )
     return files
 
@@ -479,6 +497,11 @@ def _dump_vocabulary(spec: VocabularySpec) -> dict[str, Any]:
     return {**fields, **spec.extra}
 
 
+def _dump_file(record: FileRecord) -> dict[str, Any]:
+    fields = {"sha256": record.sha256, "bytes": record.bytes}
+    return {**fields, **_without_none({"onnxruntime": record.onnxruntime})}
+
+
 def manifest_json(manifest: Manifest) -> dict[str, Any]:
     """The manifest as the JSON object manifest.json holds, keys in the contract's order."""
     fields = {
@@ -490,10 +513,7 @@ def manifest_json(manifest: Manifest) -> dict[str, Any]:
         "decoder": _dump_decoder(manifest.decoder),
         "vocabulary": _dump_vocabulary(manifest.vocabulary),
         "max_length": manifest.max_length,
-        "files": {
-            name: {"sha256": record.sha256, "bytes": record.bytes}
-            for name, record in manifest.files.items()
-        },
+        "files": {name: _dump_file(record) for name, record in manifest.files.items()},
         "sources": dict(manifest.sources),
         "converted_with": dict(manifest.converted_with),
     }
@@ -513,17 +533,19 @@ def write_manifest(manifest: Manifest) -> Path:
     return target
 
 
-def file_record(path: Path) -> FileRecord:
-    """The sha256 and size the manifest records for the file at `path`."""
+def file_record(path: Path, onnxruntime: str | None = None) -> FileRecord:
+    """The sha256 and size the manifest records for the file at `path` (and what runs it)."""
     with path.open("rb") as handle:
         digest = hashlib.file_digest(handle, "sha256").hexdigest()
-    return FileRecord(sha256=digest, bytes=path.stat().st_size)
+    return FileRecord(sha256=digest, bytes=path.stat().st_size, onnxruntime=onnxruntime)
 
 
-def with_optional_file(manifest: Manifest, role: OptionalFile, name: str) -> Manifest:
+def with_optional_file(
+    manifest: Manifest, role: OptionalFile, name: str, onnxruntime: str | None = None
+) -> Manifest:
     """`manifest` naming `name` (already in the folder) as its INT8 encoder or fast step."""
     check_file_name(name)
-    files = {**manifest.files, name: file_record(manifest.path(name))}
+    files = {**manifest.files, name: file_record(manifest.path(name), onnxruntime)}
     if role is OptionalFile.INT8_ENCODER:
         encoder = dataclasses.replace(manifest.encoder, int8_file=name)
         return dataclasses.replace(manifest, encoder=encoder, files=files)
@@ -531,9 +553,11 @@ def with_optional_file(manifest: Manifest, role: OptionalFile, name: str) -> Man
     return dataclasses.replace(manifest, decoder=decoder, files=files)
 
 
-def add_optional_file(folder: Path, role: OptionalFile, name: str) -> Manifest:
+def add_optional_file(
+    folder: Path, role: OptionalFile, name: str, onnxruntime: str | None = None
+) -> Manifest:
     """Record the folder's file `name` as its INT8 encoder or fast step, with sha256 and size."""
-    manifest = with_optional_file(load_manifest(folder), role, name)
+    manifest = with_optional_file(load_manifest(folder), role, name, onnxruntime)
     write_manifest(manifest)
     return manifest
 
@@ -607,6 +631,46 @@ def verify_file(path: Path, record: FileRecord, use_stamps: bool = True) -> None
 def verify_files(
     manifest: Manifest, names: list[str] | None = None, use_stamps: bool = True
 ) -> None:
-    """Check the listed files (default: all in the manifest) against size and sha256."""
-    for name in names if names is not None else list(manifest.files):
+    """Check the listed files (default: all in the manifest): the onnxruntime they need first
+    (one line naming the version instead of onnxruntime's own error), then size and sha256."""
+    chosen = names if names is not None else list(manifest.files)
+    for name in chosen:
+        check_onnxruntime(manifest.path(name), manifest.files[name])
+    for name in chosen:
         verify_file(manifest.path(name), manifest.files[name], use_stamps=use_stamps)
+
+
+def _version_numbers(text: str) -> tuple[int, ...]:
+    """(1, 22, 0) from '1.22.0', '1.24.1+openvino' or '1.20.0.dev2024'; () if none."""
+    match = _VERSION_PREFIX.match(text)
+    return tuple(int(part) for part in match.group(0).split(".")) if match else ()
+
+
+def installed_onnxruntime() -> str:
+    """The version of the onnxruntime module (whichever distribution installed it)."""
+    import onnxruntime
+
+    return str(getattr(onnxruntime, "__version__", "0"))
+
+
+def onnxruntime_shortfall(record: FileRecord, installed: str) -> str | None:
+    """The version `record` needs when `installed` is older, else None."""
+    if record.onnxruntime is None:
+        return None
+    needed = record.onnxruntime.removeprefix(">=")
+    if _version_numbers(installed) >= _version_numbers(needed):
+        return None
+    return needed
+
+
+def check_onnxruntime(path: Path, record: FileRecord) -> None:
+    """ModelError (exit 3) when the installed onnxruntime is older than the file needs."""
+    if record.onnxruntime is None:
+        return
+    installed = installed_onnxruntime()
+    needed = onnxruntime_shortfall(record, installed)
+    if needed is not None:
+        raise ModelError(
+            f"{path}: needs onnxruntime >= {needed}, this is onnxruntime {installed}; "
+            f"upgrade it: pip install 'onnxruntime>={needed}'"
+        )

@@ -16,6 +16,17 @@ from capgen.runtime.decoding import DecodingResult
 from capgen.runtime.errors import CapgenError, ExitCode
 from capgen.runtime.outputs import AnnotateFolder, JsonlWriter
 
+# Plain output's mark on a caption that ran into max_length before its end word: it
+# would otherwise look finished (--json says it as "finished": false).
+CUT_OFF_MARK = " [max length reached]"
+
+
+def cut_off_mark(result: DecodingResult, raw: bool) -> str:
+    """CUT_OFF_MARK for a caption cut at max_length; "" otherwise and for --raw (the tutorial's string)."""
+    if raw or result.finished or result.stop_reason != "max_length":
+        return ""
+    return CUT_OFF_MARK
+
 
 @dataclass
 class CaptionSinks:
@@ -55,7 +66,7 @@ class CaptionSinks:
             if self.json_lines:
                 self._stdout(results.to_line(record).rstrip("\n"))
             else:
-                caption = escape_controls(record["caption"])
+                caption = escape_controls(record["caption"]) + cut_off_mark(outcome, self.raw)
                 self._stdout(f"{printable(path)}\t{caption}" if self.show_path else caption)
             if self.annotate is not None:
                 self._annotate(path, record["caption"], picture)

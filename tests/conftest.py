@@ -41,7 +41,7 @@ def tensorflow_stack() -> None:
     missing = [m for m in ("tensorflow", "tf2onnx", "onnx", "h5py") if not _has_module(m)]
     if missing:
         pytest.skip(
-            f"conversion stack not installed ({', '.join(missing)}); pip install capgen[convert]"
+            f"conversion stack not installed ({', '.join(missing)}); pip install 'capgen[convert]'"
         )
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from runtime_venvs import RuntimeFlavour, build_runtime_venv
 from tiny_model import TinyModel, write_tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -31,3 +32,10 @@ def tiny_captioner(tiny_model: TinyModel):  # type: ignore[no-untyped-def]
     from capgen.runtime.captioner import Captioner
 
     return Captioner(tiny_model.folder)
+
+
+@pytest.fixture(scope="session")
+def runtime_venvs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[RuntimeFlavour], Path]:
+    """Build (once per session) the runtime-only venv of a flavour; see runtime_venvs.py."""
+    root = tmp_path_factory.mktemp("runtime_venvs")
+    return lambda flavour: build_runtime_venv(flavour, root)

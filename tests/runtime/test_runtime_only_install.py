@@ -12,51 +12,25 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from runtime_venvs import FLAVOURS, RuntimeFlavour
 from tiny_model import TinyModel
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("tensorflow", "keras", "tf_keras", "h5py", "onnx", "tf2onnx")
+FLAVOUR_IDS = [flavour.label for flavour in FLAVOURS]
 
 
 @pytest.fixture(scope="module")
-def runtime_only_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    venv = tmp_path_factory.mktemp("runtime_only") / "venv"
-    base_python = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base_python, "-m", "venv", str(venv)], check=True)
-    # Install from a copy of the sources: pip builds in-tree and would leave build/ and
-    # *.egg-info in the working tree; the copy also proves the sdist-relevant files suffice.
-    source = venv.parent / "source"
-    shutil.copytree(
-        REPO_ROOT,
-        source,
-        ignore=shutil.ignore_patterns(".venv", ".git", "*.egg-info", "build", "__pycache__"),
-    )
-    result = subprocess.run(
-        [
-            str(venv / "bin" / "python"),
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            str(source),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.fail(f"runtime-only install failed:\n{result.stdout}\n{result.stderr}")
-    return venv
+def runtime_only_venv(runtime_venvs: Callable[[RuntimeFlavour], Path]) -> Path:
+    """Python 3.11 with CI's pins: the install the README describes."""
+    return runtime_venvs(FLAVOURS[0])
 
 
 def _run(venv: Path, *args: str, env_home: Path) -> subprocess.CompletedProcess[str]:
@@ -84,9 +58,17 @@ def test_base_install_has_no_tensorflow_keras_or_h5py(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("flavour", FLAVOURS, ids=FLAVOUR_IDS)
 def test_runtime_only_install_captions_via_cli_and_api(
-    runtime_only_venv: Path, tiny_model: TinyModel, tmp_path: Path
+    flavour: RuntimeFlavour,
+    runtime_venvs: Callable[[RuntimeFlavour], Path],
+    tiny_model: TinyModel,
+    tmp_path: Path,
 ) -> None:
+    """On Python 3.11, 3.12 and 3.13 with CI's pins, and on the oldest claimed dependency set."""
+    runtime_only_venv = runtime_venvs(flavour)
+    if flavour.constraints.name == "constraints-oldest.txt":
+        _assert_installed_at_lower_bounds(runtime_only_venv, flavour.constraints, tmp_path)
     image_path = tmp_path / "photo.png"
     rng = np.random.default_rng(7)
     Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(image_path)
@@ -146,3 +128,44 @@ def test_convert_on_runtime_only_install_says_what_to_install(
     assert result.returncode != 0
     assert "capgen[convert]" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _pins(constraints: Path) -> dict[str, str]:
+    lines = constraints.read_text(encoding="utf-8").splitlines()
+    pairs = (line.split("==") for line in lines if line and not line.startswith("#"))
+    return {name.strip().lower(): version.strip() for name, version in pairs}
+
+
+def _assert_installed_at_lower_bounds(venv: Path, constraints: Path, home: Path) -> None:
+    """The oldest set really is what got installed, and it is pyproject's lower bounds."""
+    probe = (
+        "import json, importlib.metadata as m; "
+        f"print(json.dumps({{n: m.version(n) for n in {sorted(_pins(constraints))!r}}}))"
+    )
+    result = _run(venv, str(venv / "bin" / "python"), "-c", probe, env_home=home)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == _pins(constraints)
+    import tomllib
+
+    project = tomllib.loads((constraints.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    bounds = {}
+    for requirement in project["project"]["dependencies"]:
+        name, _, version = requirement.partition(">=")
+        bounds[name.strip().lower()] = version.strip()
+    for name, version in bounds.items():
+        pinned = _pins(constraints)[name]
+        assert pinned == version or pinned.startswith(version + "."), (name, pinned, version)
+
+
+@pytest.mark.slow
+def test_bench_outside_the_repository_says_what_it_needs(
+    runtime_only_venv: Path, tmp_path: Path
+) -> None:
+    result = _run(
+        runtime_only_venv, str(runtime_only_venv / "bin" / "capgen"), "bench", env_home=tmp_path
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "capgen bench runs in a capgen repository checkout" in lines[0]
+    assert "../shared/data" in lines[0]

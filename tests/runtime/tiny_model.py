@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from capgen.convert.portable import make_portable
 from capgen.convert.step_graph import (
     DecoderWeights,
     build_projection_graph,
@@ -79,7 +80,8 @@ def encoder_graph(height: int = HEIGHT, width: int = WIDTH) -> onnx.ModelProto:
             helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
         ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    # At IR 8 like every graph capgen writes, so the oldest onnxruntime loads the tiny model too.
+    model = make_portable(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     onnx.checker.check_model(model)
     return model
 

@@ -1,0 +1,104 @@
+"""Fresh virtual environments holding capgen's runtime alone, as a user's `pip install capgen` gets it.
+
+One per interpreter (python3.11, python3.12, python3.13) installed with the
+pins CI uses (constraints.txt), and one on the oldest dependency set capgen
+claims (constraints-oldest.txt: the lower bounds in pyproject.toml). Built
+from the package registry for real (10-30 s each), at most once per test
+session, from a copy of the sources: pip builds in-tree and would leave
+build/ and *.egg-info in the working tree, and the copy also proves the
+sdist-relevant files suffice.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONSTRAINTS = REPO_ROOT / "constraints.txt"
+OLDEST_CONSTRAINTS = REPO_ROOT / "constraints-oldest.txt"
+
+
+@dataclass(frozen=True)
+class RuntimeFlavour:
+    """Which interpreter and which pins a runtime-only venv is built with."""
+
+    label: str
+    python: str
+    constraints: Path
+
+
+FLAVOURS = (
+    RuntimeFlavour("py3.11", "python3.11", CONSTRAINTS),
+    RuntimeFlavour("py3.12", "python3.12", CONSTRAINTS),
+    RuntimeFlavour("py3.13", "python3.13", CONSTRAINTS),
+    RuntimeFlavour("oldest", "python3.11", OLDEST_CONSTRAINTS),
+)
+OLDEST = FLAVOURS[-1]
+
+
+def _source_copy(root: Path) -> Path:
+    source = root / "source"
+    if not source.exists():
+        shutil.copytree(
+            REPO_ROOT,
+            source,
+            ignore=shutil.ignore_patterns(
+                ".venv", ".git", "*.egg-info", "build", "dist", "__pycache__", ".*_cache"
+            ),
+        )
+    return source
+
+
+def find_interpreter(name: str) -> str | None:
+    """`name` on PATH if it runs, else a pyenv build of it (pyenv's shim for a version that
+    is installed but not selected exits 127), else None."""
+    version = name.removeprefix("python")
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    candidates = [shutil.which(name), *map(str, sorted(pyenv.glob(f"{version}.*/bin/{name}")))]
+    for candidate in filter(None, candidates):
+        probe = subprocess.run([candidate, "-c", "pass"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return candidate
+    return None
+
+
+def build_runtime_venv(flavour: RuntimeFlavour, root: Path) -> Path:
+    """A venv under `root` with `pip install -c <constraints> <repo>` (no extras); skips
+    with the reason when the interpreter is missing, fails with pip's output."""
+    interpreter = find_interpreter(flavour.python)
+    if interpreter is None:
+        pytest.skip(
+            f"{flavour.python} is not installed (not on PATH, no pyenv build): "
+            f"cannot prove the {flavour.label} install"
+        )
+    venv = root / f"venv-{flavour.label}"
+    if (venv / "bin" / "capgen").exists():
+        return venv
+    subprocess.run([interpreter, "-m", "venv", str(venv)], check=True)
+    result = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-c",
+            str(flavour.constraints),
+            str(_source_copy(root)),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(
+            f"runtime-only install ({flavour.label}) failed:\n{result.stdout}\n{result.stderr}"
+        )
+    return venv
