@@ -20,11 +20,12 @@ OLDEST_ONNXRUNTIME = (1, 20)
 # MatMulNBits with bits other than 4 (the fast step's 8-bit output layer): 1.21.1 refuses
 # it, 1.22.0 runs it (measured).
 MATMUL_NBITS_8_BIT_ONNXRUNTIME = (1, 22)
-# The newest IR version each onnxruntime release reads, where it goes past the oldest one's
-# (measured: 1.20.1 and 1.22.0 read IR 10, 1.24.4 reads IR 13).
-_IR_ONNXRUNTIME = {11: (1, 23), 12: (1, 23), 13: (1, 24)}
+# The first onnxruntime release that reads each IR version past 10 (1.20.1 reads up to
+# IR 10, measured; 1.24.4 up to 13, FACTS.md; 11 and 12 follow the onnx releases that
+# introduced them). capgen writes IR 8 itself; these only describe a user's own encoder.
+_IR_ONNXRUNTIME = {11: (1, 22), 12: (1, 23), 13: (1, 24)}
 _NEWER_IR_ONNXRUNTIME = (1, 25)
-OLDEST_SUPPORTED_IR = 10
+OLDEST_ONNXRUNTIME_MAX_IR = 10
 
 
 def lowest_ir_version(model: Any) -> int:
@@ -72,7 +73,7 @@ def _version_text(version: tuple[int, int]) -> str:
 def onnxruntime_requirement(model: Any) -> str:
     """The onnxruntime versions that run `model`, as the manifest records it (">=1.20")."""
     needed = OLDEST_ONNXRUNTIME
-    if model.ir_version > OLDEST_SUPPORTED_IR:
+    if model.ir_version > OLDEST_ONNXRUNTIME_MAX_IR:
         needed = max(needed, _IR_ONNXRUNTIME.get(model.ir_version, _NEWER_IR_ONNXRUNTIME))
     for node in model.graph.node:
         if node.op_type == "MatMulNBits" and node.domain == "com.microsoft":
