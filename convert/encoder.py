@@ -14,7 +14,6 @@ kinds register through `capgen.convert.encoder_registry`.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -31,6 +30,7 @@ from capgen.convert.weights import (
     default_weights_path,
     fetch_imagenet_weights,
 )
+from capgen.runtime.atomic_write import atomic_path, atomic_write_text
 from capgen.runtime.errors import ConversionError, InputError
 from capgen.runtime.home import encoders_dir
 
@@ -173,9 +173,8 @@ def export_encoder(kind: str, weights_path: Path, output_path: Path) -> Path:
     model_proto.producer_name = "capgen (tf2onnx)"
     onnx.checker.check_model(model_proto)
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = output_path.with_name(output_path.name + ".partial")
-    onnx.save(model_proto, str(partial))
-    os.replace(partial, output_path)
+    with atomic_path(output_path) as partial:  # created exclusively, renamed into place
+        onnx.save(model_proto, str(partial))
     return output_path
 
 
@@ -238,7 +237,7 @@ def _read_record(record_path: Path) -> dict[str, Any]:
 
 
 def _write_record(record_path: Path, record: dict[str, Any]) -> None:
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
 
 
 def _is_current(record: dict[str, Any], wanted: dict[str, Any], spec: EncoderKindSpec) -> bool:
