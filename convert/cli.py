@@ -8,33 +8,18 @@ one-line ConversionError rather than an ImportError traceback.
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from capgen.runtime.errors import ConversionError
-
-CONVERT_STACK = ("tensorflow", "keras", "tf2onnx", "onnx", "h5py")
+from capgen.convert.stack import CONVERT_EXTRA, CONVERT_STACK, quiet_tensorflow, require
 
 
 def require_convert_stack() -> None:
     """Fail with one line, not an ImportError, when the `convert` extra is missing."""
-    missing = [name for name in CONVERT_STACK if importlib.util.find_spec(name) is None]
-    if missing:
-        raise ConversionError(
-            f"this command needs the conversion stack ({', '.join(missing)} missing): "
-            "pip install 'capgen[convert]'"
-        )
-
-
-def quiet_tensorflow() -> None:
-    """Keep TensorFlow's start-up chatter off stderr (unless the user asked for it)."""
-    import os
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    require(CONVERT_STACK, "this command needs the conversion stack", CONVERT_EXTRA)
 
 
 def weights_command(
@@ -101,7 +86,7 @@ def _report_features(encoder_path: Path, input_size: int) -> None:
 
 def register_convert_commands(app: typer.Typer) -> None:
     convert_app = typer.Typer(
-        help="Convert tutorial Keras files to a capgen model folder (needs the convert extra: pip install capgen\\[convert]).",
+        help="Convert tutorial Keras files to a capgen model folder (needs the convert extra: pip install 'capgen\\[convert]'; convert model --encoder FILE.onnx needs only 'capgen\\[convert-decoder]').",
         no_args_is_help=True,
     )
     convert_app.command("weights")(weights_command)

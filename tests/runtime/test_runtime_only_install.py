@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from tiny_model import TinyModel
+from venv_builder import install_capgen_venv
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("tensorflow", "keras", "tf_keras", "h5py", "onnx", "tf2onnx")
@@ -29,34 +28,7 @@ HEAVY = ("tensorflow", "keras", "tf_keras", "h5py", "onnx", "tf2onnx")
 
 @pytest.fixture(scope="module")
 def runtime_only_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    venv = tmp_path_factory.mktemp("runtime_only") / "venv"
-    base_python = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base_python, "-m", "venv", str(venv)], check=True)
-    # Install from a copy of the sources: pip builds in-tree and would leave build/ and
-    # *.egg-info in the working tree; the copy also proves the sdist-relevant files suffice.
-    source = venv.parent / "source"
-    shutil.copytree(
-        REPO_ROOT,
-        source,
-        ignore=shutil.ignore_patterns(".venv", ".git", "*.egg-info", "build", "__pycache__"),
-    )
-    result = subprocess.run(
-        [
-            str(venv / "bin" / "python"),
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            str(source),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.fail(f"runtime-only install failed:\n{result.stdout}\n{result.stderr}")
-    return venv
+    return install_capgen_venv(tmp_path_factory.mktemp("runtime_only"))
 
 
 def _run(venv: Path, *args: str, env_home: Path) -> subprocess.CompletedProcess[str]:
