@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 # Only the standard library above: a Ctrl-C must be handled before the heavy imports start.
 
 _SUBCOMMANDS = {"caption", "info", "convert", "setup", "bench", "--help", "-h", "--version"}
+_SUBCOMMANDS.add("models")  # runtime/cli.py: list the installed models
 
 
 def build_app() -> typer.Typer:

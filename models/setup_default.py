@@ -14,13 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from capgen.convert.hashing import sha256_file
 from capgen.models.colour_encoder import KIND as COLOUR_KIND
 from capgen.runtime.home import default_model_dir
+
+if TYPE_CHECKING:
+    from capgen.runtime.manifest import Manifest
 
 DEFAULT_SOURCES = Path(__file__).resolve().parent / "default"
 DEFAULT_MODEL_FILE = "model.keras"
@@ -71,7 +74,9 @@ def setup_default_model(force: bool = False, echo: Callable[[str], None] = print
     tokenizer = DEFAULT_SOURCES / DEFAULT_TOKENIZER_FILE
     target = default_model_dir()
     if not force and _is_current(target, model, tokenizer, encoder):
-        verify_files(load_manifest(target))
+        manifest = load_manifest(target)
+        verify_files(manifest)
+        _mark_demonstration(manifest)
         echo(f"default model up to date: {target}")
         return target
     report = convert_model(
@@ -82,6 +87,7 @@ def setup_default_model(force: bool = False, echo: Callable[[str], None] = print
         name="default",
         description=DEFAULT_DESCRIPTION,
         force=True,
+        demonstration=True,
     )
     echo(
         f"default model: vocabulary {report.architecture.vocab_size}, "
@@ -93,6 +99,24 @@ def setup_default_model(force: bool = False, echo: Callable[[str], None] = print
     _warm_runtime_caches(target)
     echo(f"default model ready: {target}")
     return target
+
+
+def _mark_demonstration(manifest: Manifest) -> None:
+    """Folders built before the manifest said so get `"demonstration": true` (only the manifest changes)."""
+    from dataclasses import replace
+
+    from capgen.runtime.errors import InputError
+    from capgen.runtime.identity import DEMONSTRATION_KEY, is_demonstration
+    from capgen.runtime.manifest import write_manifest
+
+    if not is_demonstration(manifest):
+        try:
+            write_manifest(replace(manifest, extra={**manifest.extra, DEMONSTRATION_KEY: True}))
+        except OSError as error:  # another user's cache: it captions the same, without the note
+            raise InputError(
+                f"cannot mark {manifest.folder} as the demonstration ({error.strerror or error}); "
+                "run `capgen setup` as the cache's owner"
+            ) from None
 
 
 def _warm_runtime_caches(folder: Path) -> None:
