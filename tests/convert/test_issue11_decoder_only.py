@@ -20,11 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from keras_decoder_builders import (
-    DecoderShape,
-    apply_role_weights,
-    build_tf_keras_decoder,
     fit_small_tokenizer,
-    peaked_role_weights,
+    save_small_tutorial_decoder,
     tiny_encoder_onnx,
 )
 from PIL import Image
@@ -49,19 +46,8 @@ def tutorial_files(
     tokenizer = fit_small_tokenizer(folder / "tokenizer.p")
     files = {"tokenizer": folder / "tokenizer.p"}
     for features in (32, 2048):
-        shape = DecoderShape(
-            feature_size=features,
-            max_length=12,
-            vocab_size=len(tokenizer.word_index) + 1,
-            embedding_size=8,
-            units=12,
-            projection_size=12,
-            hidden_size=10,
-        )
-        model = build_tf_keras_decoder(shape)
-        apply_role_weights(model, peaked_role_weights(shape, seed=5))
-        model.save(folder / f"model_{features}.h5")
-        files[f"model_{features}"] = folder / f"model_{features}.h5"
+        path = folder / f"model_{features}.h5"
+        files[f"model_{features}"] = save_small_tutorial_decoder(path, tokenizer, features, seed=5)
     files["encoder"] = tiny_encoder_onnx(folder / "tiny.onnx", 32)
     files["encoder_2048"] = tiny_encoder_onnx(folder / "tiny2048.onnx", 2048)
     photo = folder / "photo.png"

@@ -58,29 +58,12 @@ def openvino_python() -> Path:
 def plain_xception_model(tmp_path: Path, tf_keras_stack: None) -> Path:
     if not XCEPTION_ONNX.is_file():
         pytest.skip(f"no exported plain Xception at {XCEPTION_ONNX} (capgen setup makes it)")
-    from keras_decoder_builders import (
-        DecoderShape,
-        apply_role_weights,
-        build_tf_keras_decoder,
-        fit_small_tokenizer,
-        peaked_role_weights,
-    )
+    from keras_decoder_builders import fit_small_tokenizer, save_small_tutorial_decoder
 
     from capgen.convert.convert_model import convert_model
 
     tokenizer = fit_small_tokenizer(tmp_path / "tokenizer.p")
-    shape = DecoderShape(
-        feature_size=2048,
-        max_length=12,
-        vocab_size=len(tokenizer.word_index) + 1,
-        embedding_size=16,
-        units=32,
-        projection_size=32,
-        hidden_size=32,
-    )
-    decoder = build_tf_keras_decoder(shape)
-    apply_role_weights(decoder, peaked_role_weights(shape, seed=9))
-    decoder.save(tmp_path / "model_9.h5")
+    save_small_tutorial_decoder(tmp_path / "model_9.h5", tokenizer, 2048, seed=9, units=32)
     out = tmp_path / "plain"
     convert_model(
         tmp_path / "model_9.h5", tmp_path / "tokenizer.p", out, encoder=str(XCEPTION_ONNX)
