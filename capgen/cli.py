@@ -24,6 +24,7 @@ _SUBCOMMANDS = {
     "setup",
     "bench",
     "serve",
+    "models",
     "--help",
     "-h",
     "--version",

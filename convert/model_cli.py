@@ -7,13 +7,13 @@ understood their model the way they trained it.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from capgen.cli_support.console import escape_controls, write_stdout
 from capgen.cli_support.usage_errors import OneLineUsageCommand
 
 
@@ -66,16 +66,30 @@ def model_command(
     max_length: Annotated[
         int | None, typer.Option(help="Only for models whose word input has no fixed length.")
     ] = None,
-    name: Annotated[str, typer.Option(help="Name recorded in the manifest.")] = "default",
+    name: Annotated[
+        str | None,
+        typer.Option(help="Name recorded in the manifest (default: the output folder's name)."),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing model folder.")] = False,
 ) -> None:
-    """Convert a tutorial model (model_9.h5 + tokenizer.p) into a capgen model folder."""
-    from capgen.convert.cli import require_convert_stack
+    """Convert a tutorial model (model_9.h5 + tokenizer.p) into a capgen model folder.
 
-    require_convert_stack()  # before importing the converter, which needs onnx
+    Needs h5py and onnx (pip install 'capgen[convert-decoder]'); TensorFlow
+    only to export an encoder that is not in the cache yet.
+    """
+    from capgen.convert.stack import DECODER_STACK, quiet_tensorflow, require
+
+    # Before importing the converter, which needs onnx; TensorFlow is checked
+    # only where an encoder must be exported (capgen.convert.encoder).
+    require(
+        DECODER_STACK,
+        "converting a model needs the conversion stack",
+        "pip install 'capgen[convert-decoder]' (add TensorFlow with 'capgen[convert]' to "
+        "export an encoder)",
+    )
+    quiet_tensorflow()  # before anything imports TensorFlow
     from capgen.convert.convert_model import convert_model
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # only an encoder export imports TensorFlow
     started = time.perf_counter()
     report = convert_model(
         model,
@@ -91,6 +105,7 @@ def model_command(
         max_length=max_length,
         name=name,
         force=force,
+        progress=lambda line: write_stdout(escape_controls(line) + "\n"),  # stderr: one-line errors
     )
     arch = report.architecture
     merge_order = "photo, words" if arch.photo_first else "words, photo"

@@ -88,6 +88,7 @@ class ModelFolderSpec:
     name: str = "default"
     description: str = ""
     extra_decoder: dict[str, Any] = field(default_factory=dict)
+    extra_manifest: dict[str, Any] = field(default_factory=dict)  # e.g. demonstration
 
 
 def describe_encoder(path: Path, kind: str | None = None) -> EncoderInfo:
@@ -288,6 +289,7 @@ def _manifest(spec: ModelFolderSpec, encoder: EncoderInfo, staging: Path) -> Man
         converted_with=converted_with(),
         created=datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
         format_version=FORMAT_VERSION,
+        extra=dict(spec.extra_manifest),
     )
 
 

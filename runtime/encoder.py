@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from capgen.runtime.errors import ModelError
 from capgen.runtime.manifest import EncoderSpec
-from capgen.runtime.session import OnnxSession
+from capgen.runtime.session import DEFAULT_PROVIDERS, OnnxSession
 
 
 class Encoder:
     """uint8 [N, H, W, 3] -> float32 [N, F]; the Xception scaling lives inside the graph."""
 
     def __init__(
-        self, path: Path, spec: EncoderSpec, threads: int | None = None, sha256: str | None = None
+        self,
+        path: Path,
+        spec: EncoderSpec,
+        threads: int | None = None,
+        sha256: str | None = None,
+        providers: Sequence[str] = DEFAULT_PROVIDERS,
     ) -> None:
         """`sha256`: the verified file's checksum, which keys its cached optimised graph."""
         self.spec = spec
         self._session = OnnxSession(
-            path, inputs=["image"], outputs=["features"], threads=threads, cache_key=sha256
+            path,
+            inputs=["image"],
+            outputs=["features"],
+            threads=threads,
+            cache_key=sha256,
+            providers=providers,
         )
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:

@@ -30,7 +30,12 @@ from typing import Any
 from capgen.runtime.atomic_write import atomic_write_bytes
 from capgen.runtime.errors import GitLfsPointerError, ModelError, ModelIntegrityError
 from capgen.runtime.git_lfs import POINTER_PREFIX, is_pointer
-from capgen.runtime.home import capgen_home
+from capgen.runtime.home import (
+    cache_enabled,
+    capgen_home,
+    trusted_entry,
+    warn_cache_unwritable,
+)
 from capgen.runtime.limits import MAX_CAPTION_LENGTH
 
 FORMAT_NAME = "capgen-model"
@@ -609,8 +614,9 @@ def verify_file(path: Path, record: FileRecord, use_stamps: bool = True) -> None
         raise ModelIntegrityError(
             f"{path}: is {stat.st_size} bytes, manifest says {record.bytes} (truncated or replaced?)"
         )
+    use_stamps = use_stamps and cache_enabled()
     stamp = _stamp_path(path, record, stat.st_size, stat.st_mtime_ns)
-    if use_stamps and stamp.exists():
+    if use_stamps and _stamped(stamp):
         return
     try:
         with path.open("rb") as handle:
@@ -621,11 +627,21 @@ def verify_file(path: Path, record: FileRecord, use_stamps: bool = True) -> None
         raise ModelIntegrityError(
             f"{path}: sha256 {digest[:12]}… does not match the manifest's {record.sha256[:12]}…"
         )
+    if not use_stamps:
+        return
     try:
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.touch()
+    except OSError as exc:  # a read-only or full cache only costs a re-hash next time
+        warn_cache_unwritable(stamp.parent, exc)
+
+
+def _stamped(stamp: Path) -> bool:
+    """A stamp counts only if this user or root wrote it (home.trusted_entry); errors are a miss."""
+    try:
+        return trusted_entry(stamp.stat())
     except OSError:
-        pass  # a read-only cache only costs a re-hash next time
+        return False
 
 
 def verify_files(

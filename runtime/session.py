@@ -17,6 +17,18 @@ killed run are pruned by the next one. Entries are shared by every model folder 
 the least recently used are pruned beyond `CACHE_LIMIT_BYTES`, and the
 folder is safe to delete at any time. The small decoder graphs are not
 cached: loading their optimised form measured slower than optimising them.
+
+The cache may belong to someone else (root filled it in a Docker build) or
+be read-only: an entry that cannot be read, is damaged or half-written, or
+was written by another user (`home.trusted_entry`) is a miss, and a cache
+that cannot be written costs the optimisation and one warning line per
+process (`home.warn_cache_unwritable`); `CAPGEN_NO_CACHE=1` skips it.
+Only CPU-provider sessions are cached: an optimised graph may hold nodes
+specific to the provider it was made for.
+
+Execution providers are onnxruntime's own names (`resolve_providers`), CPU
+by default; a name this onnxruntime build does not have is a one-line
+InputError naming the ones it has.
 """
 
 from __future__ import annotations
@@ -32,9 +44,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from capgen.runtime.atomic_write import atomic_path, prune_stale_temporaries
-from capgen.runtime.errors import ModelError
-from capgen.runtime.home import capgen_home
+from capgen.runtime.atomic_write import atomic_path, default_mode, prune_stale_temporaries
+from capgen.runtime.errors import InputError, ModelError
+from capgen.runtime.home import (
+    cache_enabled,
+    capgen_home,
+    trusted_entry,
+    warn_cache_unwritable,
+)
 from capgen.runtime.onnx_external_data import read_single_file_graph
 
 
@@ -54,7 +71,40 @@ CACHE_LIMIT_BYTES = 1 << 30
 # Bump when what goes into an optimised graph changes in a way the key below
 # does not see (e.g. a new session option that alters the optimised graph).
 CACHE_FORMAT = "2"
-_PROVIDERS = ["CPUExecutionProvider"]
+CPU_PROVIDER = "CPUExecutionProvider"
+DEFAULT_PROVIDERS = (CPU_PROVIDER,)
+
+if hasattr(ort, "disable_telemetry_events"):  # also when onnxruntime was imported before capgen
+    ort.disable_telemetry_events()
+
+
+def available_providers() -> list[str]:
+    """The execution providers this onnxruntime build has (onnxruntime's own names)."""
+    return list(ort.get_available_providers())
+
+
+def resolve_providers(providers: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Execution provider names, checked against this onnxruntime build; CPU when None.
+
+    A name the build does not have is an InputError naming the ones it has:
+    onnxruntime itself only warns and silently falls back to the CPU.
+    """
+    if providers is None:
+        return DEFAULT_PROVIDERS
+    names = (providers,) if isinstance(providers, str) else tuple(providers)
+    available = available_providers()
+    if not names:
+        raise InputError(f"no execution provider given (available: {', '.join(available)})")
+    for name in names:
+        if not isinstance(name, str) or name not in available:
+            raise InputError(
+                f"execution provider {name!r} is not available in this onnxruntime "
+                f"{ort.__version__} (available: {', '.join(available)}; other providers come "
+                "with other onnxruntime builds, see the README)"
+            )
+    if len(set(names)) != len(names):
+        raise InputError(f"execution providers are given more than once: {', '.join(names)}")
+    return names
 
 
 def _optimized_cache_path(content_sha256: str) -> Path:
@@ -92,7 +142,8 @@ def prune_cache(folder: Path, limit_bytes: int = CACHE_LIMIT_BYTES) -> None:
     for _, size, entry in entries:
         total += size
         if total > limit_bytes:
-            entry.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # another user's entry: theirs to prune
+                entry.unlink(missing_ok=True)
 
 
 def _options(threads: int | None) -> ort.SessionOptions:
@@ -107,21 +158,36 @@ def _options(threads: int | None) -> ort.SessionOptions:
     return options
 
 
-def _load_cached(cached: Path, threads: int | None) -> ort.InferenceSession | None:
+def _load_cached(
+    cached: Path, threads: int | None, providers: Sequence[str]
+) -> ort.InferenceSession | None:
+    """The cached optimised graph's session, or None for a miss.
+
+    A miss is any entry that is absent, unreadable (another user's, 0600),
+    not written by this user or root, or damaged; a damaged one of ours is deleted.
+    """
+    try:
+        if not trusted_entry(os.stat(cached)) or not os.access(cached, os.R_OK):
+            return None
+    except OSError:
+        return None
     options = _options(threads)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        session = ort.InferenceSession(str(cached), sess_options=options, providers=_PROVIDERS)
-    except Exception:  # a damaged cache entry: rebuilt by the caller
-        cached.unlink(missing_ok=True)
+        session = ort.InferenceSession(str(cached), sess_options=options, providers=list(providers))
+    except Exception:  # a damaged or partial entry: rebuilt by the caller
+        with contextlib.suppress(OSError):
+            cached.unlink(missing_ok=True)
         return None
     with contextlib.suppress(OSError):
         os.utime(cached)  # recently used: pruned last
     return session
 
 
-def _optimise_into(graph: bytes, threads: int | None, cached: Path) -> ort.InferenceSession | None:
-    """A session whose optimised graph is saved as `cached`; None if that cannot be written.
+def _optimise_into(
+    graph: bytes, threads: int | None, cached: Path, providers: Sequence[str]
+) -> tuple[ort.InferenceSession | None, BaseException | None]:
+    """(a session whose optimised graph is saved as `cached`, None) or (None, why it could not be).
 
     A full disk or a read-only cache makes onnxruntime fail the whole session
     ("Protobuf serialization failed"); the caller then runs without the cache,
@@ -132,31 +198,38 @@ def _optimise_into(graph: bytes, threads: int | None, cached: Path) -> ort.Infer
         with atomic_path(cached) as temporary:
             options = _options(threads)
             options.optimized_model_filepath = str(temporary)
-            session = ort.InferenceSession(graph, sess_options=options, providers=_PROVIDERS)
+            session = ort.InferenceSession(graph, sess_options=options, providers=list(providers))
             if temporary.stat().st_size == 0:
                 raise OSError("onnxruntime wrote no optimised graph")
-    except Exception:
-        return None
+            os.chmod(temporary, default_mode())  # readable by whoever shares the cache
+    except Exception as exc:
+        return None, exc
     prune_cache(cached.parent)
-    return session
+    return session, None
 
 
-def _create(path: Path, threads: int | None, cache_key: str | None) -> ort.InferenceSession:
+def _create(
+    path: Path, threads: int | None, cache_key: str | None, providers: Sequence[str]
+) -> ort.InferenceSession:
     graph = read_single_file_graph(path)
-    if cache_key:
+    cache_failure: BaseException | None = None
+    if cache_key and cache_enabled() and tuple(providers) == DEFAULT_PROVIDERS:
         cached = _optimized_cache_path(cache_key)
         # Left by runs killed while optimising (`tmp*.partial`: capgen before 2026-12).
         prune_stale_temporaries(cached.parent, legacy_glob="tmp*.partial")
-        session = _load_cached(cached, threads) if cached.is_file() else None
+        session = _load_cached(cached, threads, providers)
         if session is None:
-            session = _optimise_into(graph, threads, cached)
+            session, cache_failure = _optimise_into(graph, threads, cached, providers)
         if session is not None:
             return session
-    return ort.InferenceSession(graph, sess_options=_options(threads), providers=_PROVIDERS)
+    session = ort.InferenceSession(graph, sess_options=_options(threads), providers=list(providers))
+    if cache_failure is not None:  # the graph runs, so it was the cache that failed
+        warn_cache_unwritable(capgen_home() / "optimized", cache_failure)
+    return session
 
 
 class OnnxSession:
-    """A CPU session whose inputs and outputs are checked against what capgen expects."""
+    """A session (CPU unless told otherwise) whose inputs and outputs are what capgen expects."""
 
     def __init__(
         self,
@@ -165,17 +238,22 @@ class OnnxSession:
         outputs: Sequence[str],
         threads: int | None = None,
         cache_key: str | None = None,
+        providers: Sequence[str] = DEFAULT_PROVIDERS,
     ) -> None:
-        """`cache_key`: the file's sha256, to cache its optimised graph (see module docstring)."""
+        """`cache_key`: the file's sha256, to cache its optimised graph (see module docstring).
+
+        `providers`: execution provider names, already checked by `resolve_providers`.
+        """
         try:
-            self._session = _create(path, threads, cache_key)
+            self._session = _create(path, threads, cache_key, providers)
         except ModelError:
             raise
         except Exception as exc:  # onnxruntime raises its own unrelated exception types
             first_line = (
                 str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             )
-            raise ModelError(f"{path}: not a runnable ONNX graph ({first_line})") from exc
+            where = "" if tuple(providers) == DEFAULT_PROVIDERS else f" with {', '.join(providers)}"
+            raise ModelError(f"{path}: not a runnable ONNX graph{where} ({first_line})") from exc
         found_inputs = [node.name for node in self._session.get_inputs()]
         found_outputs = [node.name for node in self._session.get_outputs()]
         if sorted(found_inputs) != sorted(inputs) or not set(outputs) <= set(found_outputs):

@@ -7,13 +7,14 @@ tests swap in hand-made step models with known answers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from capgen.runtime.errors import ModelError
 from capgen.runtime.manifest import DecoderSpec
-from capgen.runtime.session import OnnxSession
+from capgen.runtime.session import DEFAULT_PROVIDERS, OnnxSession
 
 _FLOAT32 = np.dtype(np.float32)  # compared as a dtype object: half the cost of np.float32
 
@@ -26,13 +27,20 @@ class StepModel:
         spec: DecoderSpec,
         vocab_size: int,
         threads: int | None = None,
+        providers: Sequence[str] = DEFAULT_PROVIDERS,
     ) -> None:
         self.units = spec.units
         self.projection_size = spec.projection_size
         self.vocab_size = vocab_size
-        self._projection = OnnxSession(projection_path, ["features"], ["photo"], threads=threads)
+        self._projection = OnnxSession(
+            projection_path, ["features"], ["photo"], threads=threads, providers=providers
+        )
         self._step = OnnxSession(
-            step_path, ["word", "h", "c", "photo"], ["log_probs", "h_out", "c_out"], threads
+            step_path,
+            ["word", "h", "c", "photo"],
+            ["log_probs", "h_out", "c_out"],
+            threads,
+            providers=providers,
         )
         self._step_path = step_path
         self._run_step = self._step.run

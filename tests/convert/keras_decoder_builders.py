@@ -343,3 +343,22 @@ def tiny_encoder_onnx(path: Path, feature_size: int) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def save_small_tutorial_decoder(
+    path: Path, tokenizer: Any, feature_size: int, seed: int, units: int = 12
+) -> Path:
+    """A small tf_keras tutorial decoder for `tokenizer`'s words, saved as the tutorial saves it (.h5)."""
+    shape = DecoderShape(
+        feature_size=feature_size,
+        max_length=12,
+        vocab_size=len(tokenizer.word_index) + 1,
+        embedding_size=8,
+        units=units,
+        projection_size=units,
+        hidden_size=10,
+    )
+    model = build_tf_keras_decoder(shape)
+    apply_role_weights(model, peaked_role_weights(shape, seed=seed))
+    model.save(path)
+    return path

@@ -68,8 +68,8 @@ def find_interpreter(name: str) -> str | None:
     return None
 
 
-def build_runtime_venv(flavour: RuntimeFlavour, root: Path) -> Path:
-    """A venv under `root` with `pip install -c <constraints> <repo>` (no extras); skips
+def build_runtime_venv(flavour: RuntimeFlavour, root: Path, extras: str = "") -> Path:
+    """A venv under `root` with `pip install -c <constraints> <repo>[extras]`; skips
     with the reason when the interpreter is missing, fails with pip's output."""
     interpreter = find_interpreter(flavour.python)
     if interpreter is None:
@@ -77,7 +77,7 @@ def build_runtime_venv(flavour: RuntimeFlavour, root: Path) -> Path:
             f"{flavour.python} is not installed (not on PATH, no pyenv build): "
             f"cannot prove the {flavour.label} install"
         )
-    venv = root / f"venv-{flavour.label}"
+    venv = root / f"venv-{flavour.label}{'-' + extras if extras else ''}"
     if (venv / "bin" / "capgen").exists():
         return venv
     subprocess.run([interpreter, "-m", "venv", str(venv)], check=True)
@@ -91,7 +91,7 @@ def build_runtime_venv(flavour: RuntimeFlavour, root: Path) -> Path:
             "--disable-pip-version-check",
             "-c",
             str(flavour.constraints),
-            str(_source_copy(root)),
+            f"{_source_copy(root)}[{extras}]" if extras else str(_source_copy(root)),
         ],
         capture_output=True,
         text=True,

@@ -147,10 +147,18 @@ def test_bad_options_are_clean_errors(
 def test_default_model_says_it_is_a_demonstration(
     tiny_model: TinyModel, photos: list[Path], home: Path
 ) -> None:
-    shutil.copytree(tiny_model.folder, home / "models" / "default")
+    """The manifest's `"demonstration": true` says so (issue 11 item 6), not the folder's location."""
+    default = home / "models" / "default"
+    shutil.copytree(tiny_model.folder, default)
+    users_own = run("caption", photos[0], home=home)  # a user's model placed at models/default
+    assert users_own.returncode == 0 and users_own.stderr == b"", users_own.stderr
+    manifest = json.loads((default / "manifest.json").read_text())
+    (default / "manifest.json").write_text(json.dumps({**manifest, "demonstration": True}))
     done = run("caption", photos[0], home=home)
     assert done.returncode == 0
     assert b"demonstration model" in done.stderr and b"capgen convert model" in done.stderr
+    by_path = run("caption", "-m", default, photos[0], home=home)
+    assert b"demonstration model" in by_path.stderr
     explicit = run("caption", "-m", tiny_model.folder, photos[0], home=home)
     assert explicit.stderr == b""
 

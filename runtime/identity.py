@@ -1,0 +1,19 @@
+"""What a model says about itself beyond the contract's fields: is it capgen's demonstration?
+
+The manifest decides, not the folder's location: `capgen setup` writes
+`"demonstration": true` into the default model's manifest, and a user's own
+model placed at `$CAPGEN_HOME/models/default` is not announced as the
+synthetic-scenes demonstration. The key is kept by the manifest's parser as
+an extra key, so older capgen versions read such folders unchanged.
+"""
+
+from __future__ import annotations
+
+from capgen.runtime.manifest import Manifest
+
+DEMONSTRATION_KEY = "demonstration"
+
+
+def is_demonstration(manifest: Manifest) -> bool:
+    """Whether the manifest says this is capgen's demonstration model (`"demonstration": true`)."""
+    return manifest.extra.get(DEMONSTRATION_KEY) is True
