@@ -143,7 +143,8 @@ class Captioner:
         encoder_file = manifest.encoder.int8_file if int8 else manifest.encoder.file
         if encoder_file is None:
             raise ModelError(
-                f"{folder}: this model has no INT8 encoder (manifest lists no encoder.int8_file)"
+                f"{folder}: this model has no INT8 encoder (manifest lists no encoder.int8_file); "
+                f"add one with `capgen convert quantize {folder}` (needs pip install 'capgen[convert]')"
             )
         decoder = manifest.decoder
         step_file = decoder.int8_step_file if fast_decoder else decoder.step_file
