@@ -120,7 +120,8 @@ class _Coverage:
     how: Evidence
     documents: int | None
 
-    def of(self, tokenizer: TokenizerState, word: str, ids: dict[str, int]) -> float | None:
+    def of(self, tokenizer: TokenizerState, word: str) -> float | None:
+        """The share of captions holding `word`, or None where only ids are known."""
         if self.how == "captions" and self.documents:
             assert tokenizer.word_docs is not None
             return tokenizer.word_docs.get(word, 0) / self.documents
@@ -135,13 +136,13 @@ class _Coverage:
         if self.how == "ids":
             ranks = sorted(ids.values())
             return all(word in ids and ranks.index(ids[word]) < MARKER_MAX_RANK for word in words)
-        shares = [self.of(tokenizer, word, ids) for word in words]
+        shares = [self.of(tokenizer, word) for word in words]
         return all(share is not None and share >= MARKER_COVERAGE for share in shares)
 
     def text(self, tokenizer: TokenizerState, word: str, ids: dict[str, int]) -> str:
         if word not in ids:
             return f"{word!r} not in the vocabulary"
-        share = self.of(tokenizer, word, ids)
+        share = self.of(tokenizer, word)
         if share is None:
             return f"{word!r} id {ids[word]}"
         if self.how == "captions":
