@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from capgen.convert.tokenizer import TokenizerState
 from capgen.runtime.errors import TokenizerError
+from capgen.runtime.vocabulary import describe_caption_words
 
 # (start, end) pairs used by the tutorial and its forks.
 DELIMITER_PAIRS: tuple[tuple[str, str], ...] = (
@@ -76,13 +77,9 @@ class Delimiters:
 
     def describe(self) -> str:
         """`start 'startseq' (id 2, in 30,000 of 30,000 captions), end ...` for the summary."""
-        start = _describe_word(self.start_token, self.start_id, self.start_documents, self)
-        end = (
-            "no end word (captions run to max_length)"
-            if self.end_token is None
-            else _describe_word(self.end_token, self.end_id, self.end_documents, self)
+        return describe_caption_words(
+            self.start_token, self.start_id, self.end_token, self.end_id, self.manifest_evidence()
         )
-        return f"start {start}, end {end}; chosen by {_CHOSEN_BY[self.chosen_by]}"
 
     def manifest_evidence(self) -> dict[str, Any]:
         """What the manifest records about how the words were chosen (`capgen info` shows it)."""
@@ -92,25 +89,6 @@ class Delimiters:
             "start_documents": self.start_documents,
             "end_documents": self.end_documents,
         }
-
-
-_CHOSEN_BY: dict[Evidence, str] = {
-    "captions": "the captions they appear in",
-    "word_counts": "word counts (the tokenizer has no per-caption counts)",
-    "ids": "word ids (the tokenizer has no counts)",
-    "options": "--start-token/--end-token",
-}
-
-
-def _describe_word(word: str, token_id: int | None, docs: int | None, where: Delimiters) -> str:
-    place = (
-        "not in the vocabulary: the first input is all padding"
-        if token_id is None
-        else f"id {token_id}"
-    )
-    if docs is not None and where.documents:
-        place += f", in {docs:,} of {where.documents:,} captions"
-    return f"{word!r} ({place})"
 
 
 @dataclass(frozen=True)

@@ -307,6 +307,7 @@ def info_command(
     from capgen.runtime.errors import ModelIntegrityError
     from capgen.runtime.identity import is_demonstration
     from capgen.runtime.manifest import FORMAT_NAME, load_manifest, verify_file
+    from capgen.runtime.vocabulary import describe_caption_words
 
     folder, _ = resolve_model_dir(model_dir)
     manifest = load_manifest(folder)
@@ -324,7 +325,10 @@ def info_command(
         f"decoder:      {dec.projection_file} + {dec.step_file} ({dec.units} LSTM units, "
         f"{dec.recurrent_activation or '?'} gates, {dec.merge or '?'} merge)",
         f"vocabulary:   {voc.file}: {voc.size} ids",
-        f"start/end:    {_caption_words(voc)}",
+        "start/end:    "
+        + describe_caption_words(
+            voc.start_token, voc.start_id, voc.end_token, voc.end_id, voc.delimiters
+        ),
         f"max_length:   {manifest.max_length}",
     ]
     for key, value in sorted(manifest.sources.items()):
@@ -360,35 +364,6 @@ def info_command(
         raise ModelIntegrityError(
             f"{len(problems)} file(s) do not match the manifest: {problems[0]}"
         )
-
-
-def _caption_words(voc: Any) -> str:
-    """`start 'startseq' (id 2, in 30,000 of 30,000 captions), end …` from the manifest."""
-    evidence = voc.delimiters or {}
-    documents = evidence.get("documents")
-
-    def word(token: str | None, token_id: int | None, docs: object) -> str:
-        if token is None:
-            return "none (captions run to max_length)"
-        where = (
-            "not in the vocabulary: first input is padding"
-            if token_id is None
-            else f"id {token_id}"
-        )
-        if isinstance(docs, int) and isinstance(documents, int) and documents:
-            where += f", in {docs:,} of {documents:,} captions"
-        return f"{token!r} ({where})"
-
-    start = word(voc.start_token, voc.start_id, evidence.get("start_documents"))
-    end = word(voc.end_token, voc.end_id, evidence.get("end_documents"))
-    how = {
-        "captions": "the captions they appear in",
-        "word_counts": "word counts",
-        "ids": "word ids",
-    }
-    chosen_by = evidence.get("chosen_by")
-    chosen = f"; chosen by {how.get(chosen_by, chosen_by)}" if chosen_by else ""
-    return f"start {start}, end {end}{chosen}"
 
 
 def models_command() -> None:

@@ -8,6 +8,7 @@ one list index.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -79,3 +80,47 @@ def load_vocabulary(path: Path, spec: VocabularySpec) -> Vocabulary:
     return Vocabulary(
         words=tuple(data), start_id=spec.start_id, end_id=spec.end_id, start_token=spec.start_token
     )
+
+
+_CHOSEN_BY = {
+    "captions": "the captions they appear in",
+    "word_counts": "word counts (the tokenizer has no per-caption counts)",
+    "ids": "word ids (the tokenizer has no counts)",
+    "options": "--start-token/--end-token",
+}
+
+
+def describe_caption_words(
+    start_token: str,
+    start_id: int | None,
+    end_token: str | None,
+    end_id: int | None,
+    evidence: Mapping[str, object] | None,
+) -> str:
+    """`start 'startseq' (id 2, in 30,000 of 30,000 captions), end …; chosen by …`.
+
+    One wording for the conversion summary and `capgen info`, from the
+    manifest's vocabulary fields and its `delimiters` evidence.
+    """
+    evidence = evidence or {}
+    documents = evidence.get("documents")
+
+    def word(token: str, token_id: int | None, docs: object) -> str:
+        place = (
+            "not in the vocabulary: the first input is all padding"
+            if token_id is None
+            else f"id {token_id}"
+        )
+        if isinstance(docs, int) and isinstance(documents, int) and documents:
+            place += f", in {docs:,} of {documents:,} captions"
+        return f"{token!r} ({place})"
+
+    start = word(start_token, start_id, evidence.get("start_documents"))
+    end = (
+        "no end word (captions run to max_length)"
+        if end_token is None
+        else word(end_token, end_id, evidence.get("end_documents"))
+    )
+    chosen_by = evidence.get("chosen_by")
+    chosen = f"; chosen by {_CHOSEN_BY.get(str(chosen_by), chosen_by)}" if chosen_by else ""
+    return f"start {start}, end {end}{chosen}"
