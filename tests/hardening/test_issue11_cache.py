@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,7 +42,16 @@ def as_nobody() -> list[str]:
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         pytest.skip("util-linux setpriv is not installed, so no unprivileged user can be made")
-    return [setpriv, "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups"]
+    command = [setpriv, "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups"]
+    # A checkout under a root-only folder (mktemp -d makes 0700 ones) cannot be
+    # run by another user at all: say so instead of failing on the environment.
+    probe = subprocess.run([*command, sys.executable, "-c", "pass"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(
+            f"uid {NOBODY} cannot run {sys.executable} (a parent folder of the checkout is not "
+            "traversable by other users, e.g. mktemp -d's 0700): clone into a 0755 folder to run this"
+        )
+    return command
 
 
 def _capgen(

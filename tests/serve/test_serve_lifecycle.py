@@ -182,6 +182,11 @@ def test_workers_are_processes_with_their_own_model_and_each_drains(
         ]
         assert len(workers) == 2
         with server.client() as client:
+            # start_server saw one worker ready; wait until both answer (connections spread).
+            until(
+                lambda: all(client.get("/readyz").status_code == 200 for _ in range(8)),
+                "every worker to answer /readyz 200",
+            )
             answers = [
                 client.post("/v1/captions", content=images["red"], headers=PNG) for _ in range(6)
             ]
