@@ -45,10 +45,13 @@ def as_nobody() -> list[str]:
     command = [setpriv, "--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups"]
     # A checkout under a root-only folder (mktemp -d makes 0700 ones) cannot be
     # run by another user at all: say so instead of failing on the environment.
-    probe = subprocess.run([*command, sys.executable, "-c", "pass"], capture_output=True)
+    script = Path(sys.executable).with_name("capgen")  # the console script the tests run
+    probe = subprocess.run(
+        [*command, sys.executable, "-c", f"open({str(script)!r}).close()"], capture_output=True
+    )
     if probe.returncode != 0:
         pytest.skip(
-            f"uid {NOBODY} cannot run {sys.executable} (a parent folder of the checkout is not "
+            f"uid {NOBODY} cannot read {script} (a parent folder of the checkout is not "
             "traversable by other users, e.g. mktemp -d's 0700): clone into a 0755 folder to run this"
         )
     return command
