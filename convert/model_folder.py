@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -23,13 +22,13 @@ from typing import Any
 
 from capgen.convert.delimiters import Delimiters
 from capgen.convert.portable import file_requirement
+from capgen.convert.staging import create_staging, prune_stale, swap_in
 from capgen.convert.step_graph import (
     DecoderWeights,
     build_projection_graph,
     build_step_graph,
     step_metadata,
 )
-from capgen.runtime.atomic_write import default_mode
 from capgen.runtime.errors import InputError, ModelError
 from capgen.runtime.home import encoders_dir
 from capgen.runtime.manifest import (
@@ -307,9 +306,9 @@ def write_model_folder(
     prepare_target(out_dir, force)
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
+        prune_stale(out_dir)
         # Created exclusively under a fresh name: nothing already there is reused or deleted.
-        staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
-        os.chmod(staging, default_mode(directory=True))
+        staging = create_staging(out_dir)
     except OSError as error:
         raise InputError(
             f"cannot create the model folder {out_dir} ({error.strerror or error})"
@@ -344,6 +343,4 @@ def _fill_and_place(
         json.dumps(spec.vocabulary, ensure_ascii=False) + "\n", encoding="utf-8"
     )
     write_manifest(_manifest(spec, encoder, staging))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)
+    swap_in(staging, out_dir)
