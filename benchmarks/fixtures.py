@@ -119,9 +119,9 @@ def repickle_for_tf_keras(tokenizer_path: Path, target: Path) -> Path:
 
     from tf_keras.preprocessing.text import Tokenizer
 
-    from capgen.convert.tokenizer import _loads_restricted
+    from capgen.convert.tokenizer import loads_restricted
 
-    state = vars(_loads_restricted(tokenizer_path.read_bytes()))
+    state = vars(loads_restricted(tokenizer_path.read_bytes()))
     tokenizer = Tokenizer()
     tokenizer.__dict__.update(state)
     with target.open("wb") as handle:

@@ -20,9 +20,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from capgen.convert.decoder_types import DecoderWeights, RecurrentActivation
 from capgen.convert.portable import make_portable
+from capgen.runtime.manifest import FORMAT_VERSION
 
 OPSET = 17
-FORMAT_VERSION = 1
 
 OutputLayer = Literal["float32", "int8_rescored"]
 MS_DOMAIN = "com.microsoft"

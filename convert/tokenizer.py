@@ -99,7 +99,8 @@ class TokenizerState:
         return {index: word for word, index in self.word_index.items()}
 
 
-def _loads_restricted(data: bytes) -> Any:
+def loads_restricted(data: bytes) -> Any:
+    """Unpickle with the allow-list only: no tokenizer file runs code while it is read."""
     return _RestrictedUnpickler(io.BytesIO(data)).load()
 
 
@@ -227,7 +228,7 @@ def _attributes_from_pickle(data: bytes, path: Path) -> dict[str, Any]:
             "(refused before unpickling)"
         )
     try:
-        obj = _loads_restricted(data)
+        obj = loads_restricted(data)
     except UnsafePickleError:
         raise
     except (pickle.UnpicklingError, EOFError) as error:
