@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from capgen.benchmarks.results_folder import ResultsFolder
 from capgen.benchmarks.stats import ratio_range, speedup
 
 STAGES = ("imports", "model_load", "preprocess", "encode", "decode")
@@ -363,8 +364,12 @@ def _markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+OUTPUT_FILES = ("results.json", "RESULTS.md", "latency_breakdown.png")
+
+
 def write_outputs(results: dict[str, Any], output_dir: Path) -> None:
     results["targets"] = headline_ratios(results)
-    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (output_dir / "RESULTS.md").write_text(_markdown(results))
-    _chart(results, output_dir / "latency_breakdown.png")
+    folder = ResultsFolder(output_dir)
+    folder.write_text("results.json", json.dumps(results, indent=2) + "\n")
+    folder.write_text("RESULTS.md", _markdown(results))
+    folder.write_with("latency_breakdown.png", lambda path: _chart(results, path))

@@ -387,11 +387,12 @@ def run_benchmarks(
     output_dir: Path, quick: bool = False, echo: Echo = print, plan: Plan | None = None
 ) -> dict[str, Any]:
     """Run every section, write results.json, RESULTS.md and the breakdown chart; return the results."""
-    from capgen.benchmarks.report import write_outputs
+    from capgen.benchmarks.report import OUTPUT_FILES, write_outputs
+    from capgen.benchmarks.results_folder import ResultsFolder
 
     plan = plan or (QUICK if quick else FULL)
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    ResultsFolder(output_dir).check(OUTPUT_FILES)  # before the run, not ten minutes into it
     results: dict[str, Any] = {
         "machine": machine_info(),
         "plan": asdict(plan),
