@@ -101,8 +101,7 @@ class ServerProcess:
         if not ready.wait(START_TIMEOUT_S) or not found:
             self.stop()
             raise SystemExit(
-                f"serve_load: {Path(command[1] if command[0].endswith('python') else command[0]).name}"
-                f" did not start: {' | '.join(self.tail[-3:])}"
+                f"serve_load: {' '.join(command[:2])} did not start: {' | '.join(self.tail[-3:])}"
             )
         self.url = found[0]
 

@@ -64,15 +64,15 @@ class Plan:
 
     clients: tuple[int, ...] = (1, 4, 16, 64)
     requests: int = 4000  # most requests started per capgen level
-    seconds: float = 8.0  # most seconds per capgen level
+    seconds: float = 6.0  # most seconds per capgen level
     grace: float = 30.0  # then in-flight requests are cancelled (counted unfinished)
     warmup: int = 64
-    baseline_seconds: float = 15.0  # the baseline needs ~1.7 s a request
+    baseline_seconds: float = 10.0  # the baseline needs ~2 s a request
     baseline_grace: float = 100.0  # 64 clients: one round of 64 requests
     overhead_rounds: int = 5  # x the photos, alternating in-process and HTTP
     soak_requests: int = 10_000
     soak_clients: int = 16
-    soak_seconds: float = 420.0
+    soak_seconds: float = 360.0  # 10,000 requests need >= 28 req/s
     soak_samples: int = 40
     quiet_max_wait: float = 10.0
 
@@ -223,7 +223,7 @@ def soak(model: Path, images: list[Image], plan: Plan, int8: bool) -> dict[str, 
         async def go() -> Level:
             await wait_ready(server.url)
             await warm_up(
-                server.url, images, plan.soak_clients, max(plan.warmup, plan.soak_requests // 20)
+                server.url, images, plan.soak_clients, max(plan.warmup, plan.soak_requests // 50)
             )
             began = time.perf_counter()
             samples.append((0, 0.0, server.rss_bytes()))
