@@ -224,7 +224,7 @@ def soak(model: Path, images: list[Image], plan: Plan, int8: bool) -> dict[str, 
         async def go() -> Level:
             await wait_ready(server.url)
             await warm_up(
-                server.url, images, plan.soak_clients, max(plan.warmup, plan.soak_requests // 50)
+                server.url, images, plan.soak_clients, max(plan.warmup, plan.soak_requests // 20)
             )
             began = time.perf_counter()
             samples.append((0, 0.0, server.rss_bytes()))

@@ -53,7 +53,7 @@ def _overhead_goal(results: dict[str, Any]) -> dict[str, Any]:
     if not overhead:
         return _goal(OVERHEAD, None, "not measured")
     value = (
-        f"+{overhead['added_median_ms']:.2f} ms (median {overhead['http_median_ms']:.2f} "
+        f"{overhead['added_median_ms']:+.2f} ms (median {overhead['http_median_ms']:.2f} "
         f"vs {overhead['in_process_median_ms']:.2f} ms in-process)"
     )
     return _goal(OVERHEAD, overhead["added_median_ms"] <= 5.0, value)
@@ -173,7 +173,7 @@ def markdown(results: dict[str, Any]) -> str:
         (
             f"{overhead.get('server', '')}: median {overhead.get('http_median_ms')} ms over HTTP vs "
             f"{overhead.get('in_process_median_ms')} ms for `Captioner.caption` in-process on the same photos "
-            f"({overhead.get('samples')} each, alternating): +{overhead.get('added_median_ms')} ms."
+            f"({overhead.get('samples')} each, alternating): {overhead.get('added_median_ms', 0):+.2f} ms."
         )
         if overhead
         else "not measured",
