@@ -11,6 +11,8 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import typer
 from typer.main import get_command
@@ -37,13 +39,20 @@ def _interrupted(interrupt: BaseException) -> int:
     return ExitCode.INTERRUPTED
 
 
-def _invoke(app: typer.Typer, args: list[str]) -> int:
-    """Run one command line; the exit code of what happened, having said it on stderr."""
-    try:
+def _through_typer(app: typer.Typer, args: list[str]) -> Callable[[], None]:
+    def parse_and_run() -> None:
         command = get_command(app)
         interrupt_with_keyboard_interrupt()
         with command.make_context("capgen", args) as context:
             command.invoke(context)
+
+    return parse_and_run
+
+
+def _invoke(action: Callable[[], None]) -> int:
+    """Run one command; the exit code of what happened, having said it on stderr."""
+    try:
+        action()
         return ExitCode.OK
     except typer.Exit as done:
         return done.exit_code
@@ -84,4 +93,19 @@ def _flush_stdout(code: int) -> int:
 def run(app: typer.Typer, args: list[str]) -> int:
     """The exit code of `capgen ARGS`, everything said on stderr and stdout flushed."""
     tolerate_any_terminal()
-    return int(_flush_stdout(_invoke(app, args)))
+    return int(_flush_stdout(_invoke(_through_typer(app, args))))
+
+
+def run_command(command: Callable[..., None], arguments: dict[str, Any]) -> int:
+    """The exit code of one command function called with already parsed `arguments`.
+
+    The same presentation as `run`: for command lines parsed without typer
+    (cli_support/fast_caption.py).
+    """
+    tolerate_any_terminal()
+
+    def call() -> None:
+        interrupt_with_keyboard_interrupt()
+        command(**arguments)
+
+    return int(_flush_stdout(_invoke(call)))
