@@ -37,6 +37,7 @@ import contextlib
 import hashlib
 import os
 import platform
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -282,6 +283,8 @@ class OnnxSession:
             first_line = (
                 str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             )
+            # onnxruntime names the file it read: the open file's /proc path, not the user's.
+            first_line = re.sub(r"/proc/self/fd/\d+", lambda _: str(path), first_line)
             where = "" if tuple(providers) == DEFAULT_PROVIDERS else f" with {', '.join(providers)}"
             raise ModelError(f"{path}: not a runnable ONNX graph{where} ({first_line})") from exc
         found_inputs = [node.name for node in self._session.get_inputs()]

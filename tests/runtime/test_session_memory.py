@@ -91,3 +91,15 @@ def test_encoder_plans_no_memory_pattern(tiny_model) -> None:  # type: ignore[no
     manifest = load_manifest(tiny_model.folder)
     encoder = Encoder(manifest.path(manifest.encoder.file), manifest.encoder)
     assert encoder._session._session.get_session_options().enable_mem_pattern is False
+
+
+def test_load_errors_name_the_users_file_not_the_open_one(tmp_path: Path) -> None:
+    """onnxruntime names the file it read (/proc/self/fd/N); the one-line error names the model's file."""
+    graph = build_projection_graph(random_weights())
+    graph.graph.node[0].op_type = "NoSuchOp"
+    path = tmp_path / "photo_projection.onnx"
+    onnx.save(graph, path)
+    with pytest.raises(ModelError) as raised:
+        OnnxSession(path, ["features"], ["photo"])
+    message = str(raised.value)
+    assert "/proc/self" not in message and message.count(str(path)) == 2, message
