@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,7 +139,9 @@ def single_file_graph(path: Path) -> Iterator[str | bytes]:
     the checked bytes themselves are handed over, as before.
     """
     try:
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        # O_NONBLOCK: a FIFO put in a graph's place fails the check instead of hanging the open.
+        flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+        descriptor = os.open(path, flags)
     except OSError as exc:
         raise ModelError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
@@ -150,7 +153,10 @@ def single_file_graph(path: Path) -> Iterator[str | bytes]:
 def _checked(path: Path, descriptor: int) -> str | bytes:
     """The /proc path of the open file (or its bytes without /proc) once it passed the check."""
     try:
-        if not _FD_FOLDER.is_dir() or os.fstat(descriptor).st_size == 0:  # empty: cannot be mapped
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise ModelError(f"{path}: is not a regular file")
+        if not _FD_FOLDER.is_dir() or status.st_size == 0:  # empty: cannot be mapped
             with os.fdopen(os.dup(descriptor), "rb") as handle:
                 data: bytes | mmap.mmap = handle.read()
             _refuse_external_data(path, data)

@@ -103,3 +103,10 @@ def test_load_errors_name_the_users_file_not_the_open_one(tmp_path: Path) -> Non
         OnnxSession(path, ["features"], ["photo"])
     message = str(raised.value)
     assert "/proc/self" not in message and message.count(str(path)) == 2, message
+
+
+def test_a_fifo_in_a_graphs_place_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    fifo = tmp_path / "encoder.onnx"
+    os.mkfifo(fifo)
+    with pytest.raises(ModelError), single_file_graph(fifo):
+        pass
