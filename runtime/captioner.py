@@ -157,6 +157,8 @@ class Captioner:
             manifest, [encoder_file, decoder.projection_file, step_file, manifest.vocabulary.file]
         )
         self.manifest: Manifest = manifest
+        # The graph files this captioner runs (-v names them: FP32 or INT8, exact or fast step).
+        self.model_files: tuple[str, ...] = (encoder_file, decoder.projection_file, step_file)
         self.vocabulary: Vocabulary = load_vocabulary(
             manifest.path(manifest.vocabulary.file), manifest.vocabulary
         )

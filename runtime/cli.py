@@ -27,13 +27,21 @@ Heavy imports (numpy, onnxruntime, Pillow) happen inside the commands so
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from capgen.cli_support.console import escape_controls, say, write_stdout
+from capgen.cli_support.console import (
+    detail,
+    escape_controls,
+    is_quiet,
+    note,
+    set_verbosity,
+    write_stdout,
+)
 from capgen.cli_support.usage_errors import OneLineUsageCommand
 from capgen.runtime.errors import CapgenError, InputError
 
@@ -124,6 +132,23 @@ def caption_command(
     annotate: Annotated[
         Path | None, typer.Option(help="Save each image with its caption beneath here.")
     ] = None,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="No notes or progress bar on stderr; results and errors still appear.",
+        ),
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Also say on stderr which model files run and where the time goes "
+            "(model load, per-image preprocess/encode/decode, total).",
+        ),
+    ] = False,
 ) -> None:
     """Caption images: the caption for one image file, path<TAB>caption lines for several.
 
@@ -141,6 +166,8 @@ def caption_command(
     from capgen.runtime.decoding import DecodingOptions
     from capgen.runtime.inputs import expand_inputs
 
+    set_verbosity(quiet, verbose)
+    started = time.perf_counter()
     arguments = [*(image or []), *(images or [])]
     if not arguments:
         raise InputError("no images given; usage: capgen caption IMAGE... (or -i IMAGE)")
@@ -160,8 +187,9 @@ def caption_command(
     captioner = Captioner(
         model, threads=threads, int8=int8, fast_decoder=fast_decoder, providers=provider
     )
+    detail(_model_details(captioner, time.perf_counter() - started))
     if captioner.is_demonstration:  # the manifest says so (capgen setup writes it)
-        say(DEMO_NOTE)
+        note(DEMO_NOTE)
     # Just the caption for `capgen caption photo.jpg`; with several arguments,
     # a folder or a glob, each line says which image it is about.
     single_image = len(arguments) == 1 and paths == arguments
@@ -171,9 +199,29 @@ def caption_command(
         reason,
     ) in empty_folders.items():  # also a JSON line, for --json and --output readers
         sinks.handle(folder, InputError(reason))
-    _caption_all(captioner, sinks, [p for p in paths if p not in done], options, batch_size)
+    todo = [p for p in paths if p not in done]
+    captioning = time.perf_counter()
+    _caption_all(captioner, sinks, todo, options, batch_size)
+    if todo:
+        seconds = time.perf_counter() - captioning
+        detail(
+            f"capgen: {len(todo)} image(s) captioned in {seconds:.2f} s "
+            f"({seconds * 1000.0 / len(todo):.1f} ms per image); "
+            f"{time.perf_counter() - started:.2f} s since the command started"
+        )
     if sinks.failure_codes:
         raise typer.Exit(sinks.exit_code(single_image))
+
+
+def _model_details(captioner: Captioner, seconds: float) -> str:
+    """-v's line about what runs: the model, the graph files chosen, the providers, the load time."""
+    manifest = captioner.manifest
+    files = ", ".join(captioner.model_files)
+    return (
+        f"capgen: model {manifest.name} ({manifest.vocabulary.size} words) from "
+        f"{manifest.folder}: {files}; {', '.join(captioner.providers)}; "
+        f"loaded in {seconds:.2f} s"
+    )
 
 
 STANDARD_INPUT = "-"
@@ -269,7 +317,7 @@ def _caption_all(
     batch_size: int,
 ) -> None:
     """The loop: caption `todo` in order, each outcome to the sinks as soon as it is known."""
-    if sys.stderr.isatty() and len(todo) > 1:
+    if sys.stderr.isatty() and len(todo) > 1 and not is_quiet():
         from tqdm import tqdm
 
         sinks.progress = tqdm(total=len(todo), unit="img", file=sys.stderr, dynamic_ncols=True)

@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from capgen.cli_support.console import escape_controls, printable, say, write_stdout
+from capgen.cli_support.console import detail, escape_controls, printable, say, write_stdout
 from capgen.runtime import results
 from capgen.runtime.decoding import DecodingResult
 from capgen.runtime.errors import CapgenError, ExitCode
@@ -26,6 +26,12 @@ def cut_off_mark(result: DecodingResult, raw: bool) -> str:
     if raw or result.finished or result.stop_reason != "max_length":
         return ""
     return CUT_OFF_MARK
+
+
+def _timing_line(path: str, timings_ms: dict[str, float]) -> str:
+    """-v's line per image: where its time went, in milliseconds."""
+    stages = ", ".join(f"{name} {ms:.1f} ms" for name, ms in timings_ms.items())
+    return f"capgen: {printable(path)}: {stages}"
 
 
 @dataclass
@@ -70,6 +76,7 @@ class CaptionSinks:
                 self._stdout(f"{printable(path)}\t{caption}" if self.show_path else caption)
             if self.annotate is not None:
                 self._annotate(path, record["caption"], picture)
+            detail(_timing_line(path, record["timings"]))
         if self.writer is not None:
             self.writer.write(record)
         if self.progress is not None:

@@ -77,3 +77,37 @@ def tolerate_any_terminal() -> None:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(errors="replace")
+
+
+# How much beyond results and errors a command says on stderr: -1 quiet (no
+# notes, no progress bar), 0 normal, 1 verbose (also timings and details).
+# Errors and the results themselves are never silenced.
+_verbosity = 0
+
+
+def set_verbosity(quiet: bool, verbose: bool) -> None:
+    """Apply -q/--quiet or -v/--verbose; both at once is a usage error, not a silent pick."""
+    global _verbosity
+    if quiet and verbose:
+        raise InputError("--quiet and --verbose contradict each other; give one of them")
+    _verbosity = -1 if quiet else 1 if verbose else 0
+
+
+def is_quiet() -> bool:
+    return _verbosity < 0
+
+
+def is_verbose() -> bool:
+    return _verbosity > 0
+
+
+def note(message: str) -> None:
+    """A note or progress line: shown unless -q/--quiet."""
+    if _verbosity >= 0:
+        say(message)
+
+
+def detail(message: str) -> None:
+    """A timing or detail line: shown only with -v/--verbose."""
+    if _verbosity > 0:
+        say(message)

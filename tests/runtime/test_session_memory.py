@@ -1,0 +1,112 @@
+"""How sessions are loaded (issue 14, memory): the checked open file, not bytes; the cache hit reads no source.
+
+onnxruntime's Python session keeps the bytes it is given for its whole life,
+so loading from bytes held every graph twice (the 40 MB decoder step: +40 MB
+of peak RSS). These tests pin the properties that replaced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import pytest
+from tiny_model import random_weights
+
+from capgen.convert.step_graph import build_projection_graph
+from capgen.runtime.encoder import Encoder
+from capgen.runtime.errors import ModelError
+from capgen.runtime.manifest import load_manifest
+from capgen.runtime.onnx_external_data import single_file_graph
+from capgen.runtime.session import OnnxSession, _optimized_cache_path
+
+
+def _projection(path: Path, seed: int = 0) -> Path:
+    onnx.save(build_projection_graph(random_weights(seed=seed)), path)
+    return path
+
+
+def test_onnxruntime_loads_the_checked_file_even_if_the_path_is_swapped(tmp_path: Path) -> None:
+    """What passed the external-data check is what runs: the open file, not whatever `path` names later."""
+    checked = _projection(tmp_path / "photo_projection.onnx")
+    (tmp_path / "other.onnx").write_bytes(b"not a graph")
+    with single_file_graph(checked) as graph:
+        os.replace(tmp_path / "other.onnx", checked)  # swapped in after the check
+        session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    assert [node.name for node in session.get_inputs()] == ["features"]
+
+
+def test_sessions_are_not_made_from_bytes(tmp_path: Path) -> None:
+    """Bytes handed to onnxruntime stay referenced by its session object for as long as it lives."""
+    path = _projection(tmp_path / "photo_projection.onnx")
+    with single_file_graph(path) as graph:
+        assert isinstance(graph, str) and Path(graph).samefile(path)
+    session = OnnxSession(path, ["features"], ["photo"])
+    assert not isinstance(getattr(session._session, "_model_bytes", None), bytes)
+
+
+def test_unreadable_graph_is_one_line_model_error(tmp_path: Path) -> None:
+    with (
+        pytest.raises(ModelError, match="cannot read"),
+        single_file_graph(tmp_path / "absent.onnx"),
+    ):
+        pass
+
+
+def test_cache_hit_does_not_read_the_source_graph(tmp_path: Path) -> None:
+    """The key holds the source's verified sha256, so a hit needs (and opens) only the cached entry."""
+    path = _projection(tmp_path / "photo_projection.onnx")
+    key = hashlib.sha256(path.read_bytes()).hexdigest()
+    OnnxSession(path, ["features"], ["photo"], cache_key=key)
+    assert _optimized_cache_path(key).is_file()
+    path.unlink()  # a read of the source would now fail
+    session = OnnxSession(path, ["features"], ["photo"], cache_key=key)
+    assert [node.name for node in session._session.get_outputs()] == ["photo"]
+
+
+def test_cached_entry_with_external_data_is_a_miss(tmp_path: Path) -> None:
+    """An entry is trusted for who wrote it, not for its bytes: one naming a side file is rebuilt."""
+    path = _projection(tmp_path / "photo_projection.onnx")
+    key = hashlib.sha256(path.read_bytes()).hexdigest()
+    cached = _optimized_cache_path(key)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(
+        build_projection_graph(random_weights(seed=1)),
+        cached,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="side.bin",
+        size_threshold=0,
+    )
+    OnnxSession(path, ["features"], ["photo"], cache_key=key)
+    rebuilt = onnx.load(cached, load_external_data=False)
+    assert not any(t.external_data for t in rebuilt.graph.initializer)
+
+
+def test_encoder_plans_no_memory_pattern(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    """The encoder's one-block activation plan cost ~40 MB of peak RSS at the same speed."""
+    manifest = load_manifest(tiny_model.folder)
+    encoder = Encoder(manifest.path(manifest.encoder.file), manifest.encoder)
+    assert encoder._session._session.get_session_options().enable_mem_pattern is False
+
+
+def test_load_errors_name_the_users_file_not_the_open_one(tmp_path: Path) -> None:
+    """onnxruntime names the file it read (/proc/self/fd/N); the one-line error names the model's file."""
+    graph = build_projection_graph(random_weights())
+    graph.graph.node[0].op_type = "NoSuchOp"
+    path = tmp_path / "photo_projection.onnx"
+    onnx.save(graph, path)
+    with pytest.raises(ModelError) as raised:
+        OnnxSession(path, ["features"], ["photo"])
+    message = str(raised.value)
+    assert "/proc/self" not in message and message.count(str(path)) == 2, message
+
+
+def test_a_fifo_in_a_graphs_place_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    fifo = tmp_path / "encoder.onnx"
+    os.mkfifo(fifo)
+    with pytest.raises(ModelError), single_file_graph(fifo):
+        pass
