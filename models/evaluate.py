@@ -172,6 +172,35 @@ def runtime_captions(
     return [r.text for r in results]  # type: ignore[union-attr]
 
 
+def runtime_captions_from_cache(
+    model_dir: Path, images_dir: Path, names: Sequence[str], beam_size: int = 1
+) -> list[str] | None:
+    """Captions by the runtime's decoder from features the folder's FP32 encoder already computed.
+
+    The cache (`capgen.models.features`) is keyed by the encoder file's sha256,
+    so it only applies to exactly this folder's encoder; None when it lacks an image.
+    """
+    from capgen.models.features import cache_path
+    from capgen.runtime.captioner import Captioner
+    from capgen.runtime.decoding import DecodingOptions
+
+    captioner = Captioner(model_dir)
+    path = cache_path(images_dir, captioner.manifest.path(captioner.manifest.encoder.file))
+    if not path.is_file():
+        return None
+    with np.load(path) as stored:
+        known = dict(zip(stored["names"].tolist(), stored["features"], strict=True))
+    if not all(n in known for n in names):
+        return None
+    features = np.stack([known[n] for n in names])
+    options = DecodingOptions(beam_size=beam_size)
+    captions = []
+    for start in range(0, len(names), 64):
+        results = captioner.decode_features(features[start : start + 64], options)
+        captions += [r.text for r in results]
+    return captions
+
+
 def _table(rows: dict[str, dict], keys: Sequence[str]) -> list[str]:
     lines = ["| subset | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name, row in rows.items():
@@ -255,11 +284,23 @@ def main(argv: list[str] | None = None) -> None:
         "--int8", action="store_true", help="also score the folder's INT8 encoder (greedy)"
     )
     parser.add_argument("--beam-size", type=int, help="also score beam search with this beam")
+    parser.add_argument(
+        "--cached-features",
+        action="store_true",
+        help="decode the FP32 features capgen.models.features cached for this folder's encoder "
+        "(the decoder still runs in the runtime) instead of encoding the test images again",
+    )
     args = parser.parse_args(argv)
     dataset = Flickr8kDataset(args.dataset)
     names = sorted(dataset.descriptions("test"))
     paths = [dataset.images_dir / n for n in names]
-    captions = dict(zip(names, runtime_captions(args.model_dir, paths), strict=True))
+    cached = None
+    if args.cached_features:
+        cached = runtime_captions_from_cache(args.model_dir, dataset.images_dir, names)
+        if cached is None:
+            raise SystemExit("no cached features of every test image for this folder's encoder")
+    texts = cached if cached is not None else runtime_captions(args.model_dir, paths)
+    captions = dict(zip(names, texts, strict=True))
     metrics = evaluate_captions(args.dataset, captions)
     variants: dict[str, dict] = {}
     if args.int8:
