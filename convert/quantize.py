@@ -136,9 +136,15 @@ def nodes_kept_float(model: Any) -> list[str]:
 
 
 def quantize_encoder(
-    fp32_path: Path, output_path: Path, calibration_images: Sequence[np.ndarray]
+    fp32_path: Path,
+    output_path: Path,
+    calibration_images: Sequence[np.ndarray],
+    keep_float: Sequence[str] = (),
 ) -> QuantizationReport:
-    """Write the static-QDQ INT8 version of `fp32_path` to `output_path` (atomically)."""
+    """Write the static-QDQ INT8 version of `fp32_path` to `output_path` (atomically).
+
+    `keep_float` names Xception nodes to leave in float too (sensitivity experiments).
+    """
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -171,7 +177,7 @@ def quantize_encoder(
                 # the quantizer needs there.
                 quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         model = onnx.load(str(prepared))
-        excluded = nodes_kept_float(model)
+        excluded = sorted({*nodes_kept_float(model), *keep_float})
         partial = scratch / "int8.onnx"
         with _quiet():
             quantize_static(

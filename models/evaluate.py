@@ -269,6 +269,13 @@ def _training_section(record_path: Path) -> list[str]:
     ]
     if record.get("features_note"):
         lines.append(f"- features: {record['features_note']}")
+    first = record.get("init_from")
+    if first:
+        lines.append(
+            f"- continued (learning rate {record.get('learning_rate')}) from a first stage: "
+            f"{first.get('train_images')} train images, best dev loss at epoch "
+            f"{first.get('best_epoch')}: {min(first.get('val_loss', [float('nan')])):.4f}"
+        )
     return [*lines, ""]
 
 
