@@ -220,6 +220,7 @@ def write_report(
         "",
         f"{metrics['images']} test scenes, greedy decoding (beam 1) through the capgen runtime.",
         "METEOR and SPICE are not reported: both need Java.",
+        *([f"Test features: {metrics['features']}."] if metrics.get("features") else []),
         "",
         "## Caption metrics (pycocoevalcap)",
         "",
@@ -309,12 +310,21 @@ def main(argv: list[str] | None = None) -> None:
     texts = cached if cached is not None else runtime_captions(args.model_dir, paths)
     captions = dict(zip(names, texts, strict=True))
     metrics = evaluate_captions(args.dataset, captions)
+    if cached is not None:
+        metrics["features"] = (
+            "computed once by the folder's FP32 encoder and cached by its sha256 "
+            "(capgen.models.features); the runtime decodes them"
+        )
     variants: dict[str, dict] = {}
     if args.int8:
         int8 = dict(zip(names, runtime_captions(args.model_dir, paths, int8=True), strict=True))
         variants["INT8 encoder, greedy"] = evaluate_captions(args.dataset, int8)
     if args.beam_size:
-        beam = runtime_captions(args.model_dir, paths, beam_size=args.beam_size)
+        beam = (
+            runtime_captions_from_cache(args.model_dir, dataset.images_dir, names, args.beam_size)
+            if cached is not None
+            else None
+        ) or runtime_captions(args.model_dir, paths, beam_size=args.beam_size)
         variants[f"FP32 encoder, beam {args.beam_size}"] = evaluate_captions(
             args.dataset, dict(zip(names, beam, strict=True))
         )
