@@ -28,7 +28,7 @@ def quantize_command(
         ),
     ] = None,
 ) -> None:
-    """Add a faster INT8 encoder (about 2x; nearly always the same captions) and a fast decoder step to a model folder.
+    """Add a faster INT8 encoder (about 2x; most captions stay the same) and a fast decoder step to a model folder.
 
     Both are opt-in at caption time (capgen caption --int8 --fast-decoder); the exact files stay the default. Needs pip install 'capgen\\[convert]'.
     """
