@@ -55,7 +55,7 @@ train: install
 		--init-from $(TRAIN_DIR)/stage1 $(STAGE2_TRAIN)
 	$(CAPGEN) convert model $(TRAIN_DIR)/model/model.keras $(TRAIN_DIR)/model/tokenizer.p \
 		--encoder xception+colour -o $(TRAIN_DIR)/converted --force
-	$(BIN)/python -m capgen.models.evaluate $(TRAIN_DIR)/scenes $(TRAIN_DIR)/converted --out $(TRAIN_DIR)/model
+	$(BIN)/python -m capgen.models.evaluate $(TRAIN_DIR)/scenes $(TRAIN_DIR)/converted --beam-size 3 --out $(TRAIN_DIR)/model
 
 lint: install
 	$(BIN)/ruff check .
