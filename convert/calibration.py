@@ -74,3 +74,36 @@ def photo_pixels(
     from capgen.runtime.preprocess import prepare
 
     return [prepare(path, width, height) for path in paths]
+
+
+MAX_FOLDER_IMAGES = 64  # activation ranges settle well before this; more only costs time and memory
+
+
+def folder_pixels(
+    folder: Path,
+    height: int = XCEPTION_INPUT_SIZE,
+    width: int = XCEPTION_INPUT_SIZE,
+    resize_filter: str = "bicubic",
+) -> tuple[list[np.ndarray], int]:
+    """The user's own calibration images (`--calibration DIR`): the first MAX_FOLDER_IMAGES
+    images directly inside `folder`, by name, prepared exactly as the runtime prepares them;
+    also how many images the folder holds. Every problem is one line naming the path."""
+    from capgen.runtime.errors import CapgenError, ImageError, InputError
+    from capgen.runtime.inputs import expand_inputs
+    from capgen.runtime.preprocess import prepare, resample_filter
+
+    if not folder.exists():
+        raise InputError(f"--calibration {folder}: no such folder")
+    if not folder.is_dir():
+        raise InputError(f"--calibration {folder}: not a folder (give a folder of images)")
+    images, empty = expand_inputs([str(folder)])
+    if empty or not images:
+        reason = empty.get(str(folder), "no images in this folder")
+        raise InputError(f"--calibration {folder}: {reason}")
+    pixels = []
+    for path in images[:MAX_FOLDER_IMAGES]:
+        try:
+            pixels.append(prepare(path, width, height, resample_filter(resize_filter)))
+        except CapgenError as error:
+            raise ImageError(f"--calibration {path}: {error}") from None
+    return pixels, len(images)

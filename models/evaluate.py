@@ -172,6 +172,35 @@ def runtime_captions(
     return [r.text for r in results]  # type: ignore[union-attr]
 
 
+def runtime_captions_from_cache(
+    model_dir: Path, images_dir: Path, names: Sequence[str], beam_size: int = 1
+) -> list[str] | None:
+    """Captions by the runtime's decoder from features the folder's FP32 encoder already computed.
+
+    The cache (`capgen.models.features`) is keyed by the encoder file's sha256,
+    so it only applies to exactly this folder's encoder; None when it lacks an image.
+    """
+    from capgen.models.features import cache_path
+    from capgen.runtime.captioner import Captioner
+    from capgen.runtime.decoding import DecodingOptions
+
+    captioner = Captioner(model_dir)
+    path = cache_path(images_dir, captioner.manifest.path(captioner.manifest.encoder.file))
+    if not path.is_file():
+        return None
+    with np.load(path) as stored:
+        known = dict(zip(stored["names"].tolist(), stored["features"], strict=True))
+    if not all(n in known for n in names):
+        return None
+    features = np.stack([known[n] for n in names])
+    options = DecodingOptions(beam_size=beam_size)
+    captions = []
+    for start in range(0, len(names), 64):
+        results = captioner.decode_features(features[start : start + 64], options)
+        captions += [r.text for r in results]
+    return captions
+
+
 def _table(rows: dict[str, dict], keys: Sequence[str]) -> list[str]:
     lines = ["| subset | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name, row in rows.items():
@@ -191,6 +220,7 @@ def write_report(
         "",
         f"{metrics['images']} test scenes, greedy decoding (beam 1) through the capgen runtime.",
         "METEOR and SPICE are not reported: both need Java.",
+        *([f"Test features: {metrics['features']}."] if metrics.get("features") else []),
         "",
         "## Caption metrics (pycocoevalcap)",
         "",
@@ -240,6 +270,13 @@ def _training_section(record_path: Path) -> list[str]:
     ]
     if record.get("features_note"):
         lines.append(f"- features: {record['features_note']}")
+    first = record.get("init_from")
+    if first:
+        lines.append(
+            f"- continued (learning rate {record.get('learning_rate')}) from a first stage: "
+            f"{first.get('train_images')} train images, best dev loss at epoch "
+            f"{first.get('best_epoch')}: {min(first.get('val_loss', [float('nan')])):.4f}"
+        )
     return [*lines, ""]
 
 
@@ -255,18 +292,39 @@ def main(argv: list[str] | None = None) -> None:
         "--int8", action="store_true", help="also score the folder's INT8 encoder (greedy)"
     )
     parser.add_argument("--beam-size", type=int, help="also score beam search with this beam")
+    parser.add_argument(
+        "--cached-features",
+        action="store_true",
+        help="decode the FP32 features capgen.models.features cached for this folder's encoder "
+        "(the decoder still runs in the runtime) instead of encoding the test images again",
+    )
     args = parser.parse_args(argv)
     dataset = Flickr8kDataset(args.dataset)
     names = sorted(dataset.descriptions("test"))
     paths = [dataset.images_dir / n for n in names]
-    captions = dict(zip(names, runtime_captions(args.model_dir, paths), strict=True))
+    cached = None
+    if args.cached_features:
+        cached = runtime_captions_from_cache(args.model_dir, dataset.images_dir, names)
+        if cached is None:
+            raise SystemExit("no cached features of every test image for this folder's encoder")
+    texts = cached if cached is not None else runtime_captions(args.model_dir, paths)
+    captions = dict(zip(names, texts, strict=True))
     metrics = evaluate_captions(args.dataset, captions)
+    if cached is not None:
+        metrics["features"] = (
+            "computed once by the folder's FP32 encoder and cached by its sha256 "
+            "(capgen.models.features); the runtime decodes them"
+        )
     variants: dict[str, dict] = {}
     if args.int8:
         int8 = dict(zip(names, runtime_captions(args.model_dir, paths, int8=True), strict=True))
         variants["INT8 encoder, greedy"] = evaluate_captions(args.dataset, int8)
     if args.beam_size:
-        beam = runtime_captions(args.model_dir, paths, beam_size=args.beam_size)
+        beam = (
+            runtime_captions_from_cache(args.model_dir, dataset.images_dir, names, args.beam_size)
+            if cached is not None
+            else None
+        ) or runtime_captions(args.model_dir, paths, beam_size=args.beam_size)
         variants[f"FP32 encoder, beam {args.beam_size}"] = evaluate_captions(
             args.dataset, dict(zip(names, beam, strict=True))
         )

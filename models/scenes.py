@@ -277,16 +277,53 @@ def captions(scene: Scene, seed: int, index: int) -> list[str]:
     return result
 
 
-def generate(output: Path, seed: int, counts: dict[str, int]) -> dict[str, Scene]:
+def split_indices(
+    seed: int,
+    counts: dict[str, int],
+    extra_train: int = 0,
+    extra_min_groups: int = 1,
+    train_used: int | None = None,
+) -> dict[str, list[int]]:
+    """Scene indices per split: consecutive in `counts` order, then `extra_train` more
+    training scenes of at least `extra_min_groups` groups, numbered after every split,
+    so adding training data never changes which scenes the dev and test splits hold.
+    `train_used` keeps only the first that many of the `counts["train"]` scenes
+    (the rest keep their indices, unused)."""
+    indices: dict[str, list[int]] = {}
+    start = 0
+    for split, count in counts.items():
+        indices[split] = list(range(start, start + count))
+        start += count
+    extra = indices.setdefault("train", [])
+    if train_used is not None:
+        del extra[train_used:]
+    goal = len(extra) + extra_train
+    index = start
+    while len(extra) < goal:
+        if len(sample_scene(seed, index).groups) >= extra_min_groups:
+            extra.append(index)
+        index += 1
+    return indices
+
+
+def generate(
+    output: Path,
+    seed: int,
+    counts: dict[str, int],
+    extra_train: int = 0,
+    extra_min_groups: int = 1,
+    train_used: int | None = None,
+) -> dict[str, Scene]:
     """Write a Flickr8k-layout dataset to `output`; return the scenes by image name."""
     images_dir = output / IMAGES_DIRNAME
     images_dir.mkdir(parents=True, exist_ok=True)
     scenes: dict[str, Scene] = {}
     token_lines: list[str] = []
-    index = 0
-    for split, count in counts.items():
+    for split, numbers in split_indices(
+        seed, counts, extra_train, extra_min_groups, train_used
+    ).items():
         names = []
-        for _ in range(count):
+        for index in numbers:
             scene = sample_scene(seed, index)
             (images_dir / scene.name).write_bytes(render(scene, seed, index))
             token_lines += [
@@ -294,7 +331,6 @@ def generate(output: Path, seed: int, counts: dict[str, int]) -> dict[str, Scene
             ]
             scenes[scene.name] = scene
             names.append(scene.name)
-            index += 1
         (output / SPLIT_FILENAMES[split]).write_text("\n".join(names) + "\n")
     (output / TOKEN_FILENAME).write_text("\n".join(token_lines) + "\n")
     truth = {name: scene.ground_truth() for name, scene in scenes.items()}
@@ -316,9 +352,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train", type=int, default=3000)
     parser.add_argument("--dev", type=int, default=300)
     parser.add_argument("--test", type=int, default=500)
+    parser.add_argument(
+        "--extra-train",
+        type=int,
+        default=0,
+        help="more training scenes, numbered after the test split (dev and test stay the same)",
+    )
+    parser.add_argument(
+        "--extra-min-groups",
+        type=int,
+        default=1,
+        help="only scenes with at least this many groups among the extra training scenes",
+    )
+    parser.add_argument(
+        "--train-used",
+        type=int,
+        help="use only the first N of the --train scenes (dev and test keep their scenes)",
+    )
     args = parser.parse_args(argv)
+    counts = {"train": args.train, "dev": args.dev, "test": args.test}
     scenes = generate(
-        args.output, args.seed, {"train": args.train, "dev": args.dev, "test": args.test}
+        args.output, args.seed, counts, args.extra_train, args.extra_min_groups, args.train_used
     )
     print(f"wrote {len(scenes)} scenes to {args.output}")
 

@@ -74,7 +74,13 @@ def make_samples(
     return Samples(np.array(rows, np.int32), np.stack(prefixes), np.array(targets, np.int32))
 
 
-def build_decoder(feature_size: int, vocab_size: int, max_length: int, compile: bool = True) -> Any:
+def build_decoder(
+    feature_size: int,
+    vocab_size: int,
+    max_length: int,
+    compile: bool = True,
+    learning_rate: float = 1e-3,
+) -> Any:
     """The tutorial's merge decoder, layer for layer."""
     import keras
     from keras import layers
@@ -91,7 +97,8 @@ def build_decoder(feature_size: int, vocab_size: int, max_length: int, compile: 
     outputs = layers.Dense(vocab_size, activation="softmax")(decoder2)
     model = keras.Model(inputs=[inputs1, inputs2], outputs=outputs)
     if compile:
-        model.compile(loss="sparse_categorical_crossentropy", optimizer="adam")
+        optimizer = keras.optimizers.Adam(learning_rate=learning_rate)  # Keras' default: 1e-3
+        model.compile(loss="sparse_categorical_crossentropy", optimizer=optimizer)
     return model
 
 
@@ -128,11 +135,15 @@ def train(
     seed: int = 0,
     show_progress: bool = True,
     features: dict[str, np.ndarray] | None = None,
+    init_from: Path | None = None,
+    learning_rate: float = 1e-3,
 ) -> dict[str, Any]:
     """Train on the train split, stop on the dev split's loss, save model + tokenizer.
 
     `features` (image name -> vector) replaces the encoder run, for experiments
     with precomputed features; the saved record then names no encoder file.
+    `init_from` (a folder this function wrote) continues training that model:
+    its weights, tokenizer and max_length are kept, so word ids still match.
     """
     import keras
 
@@ -140,9 +151,13 @@ def train(
     dataset = Flickr8kDataset(dataset_root)
     train_desc = dataset.descriptions("train")
     dev_desc = dataset.descriptions("dev")
-    tokenizer = fit_tokenizer(train_desc)
+    initial = None if init_from is None else _load_initial(init_from, train_desc)
+    if initial is None:
+        tokenizer = fit_tokenizer(train_desc)
+        max_length = max_length_of(train_desc)
+    else:
+        tokenizer, max_length = initial.tokenizer, initial.max_length
     vocab_size = len(tokenizer.word_index) + 1
-    max_length = max_length_of(train_desc)
 
     train_names, dev_names = sorted(train_desc), sorted(dev_desc)
     encoder_sha = None
@@ -157,7 +172,11 @@ def train(
     train_samples = make_samples(train_desc, train_names, tokenizer, max_length)
     dev_samples = make_samples(dev_desc, dev_names, tokenizer, max_length)
 
-    model = build_decoder(train_photos.shape[1], vocab_size, max_length)
+    model = build_decoder(
+        train_photos.shape[1], vocab_size, max_length, learning_rate=learning_rate
+    )
+    if initial is not None:
+        model.set_weights(initial.weights)
     stop = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=patience, restore_best_weights=True
     )
@@ -200,9 +219,38 @@ def train(
         "val_loss": val_losses,
         "train_seconds": round(seconds, 1),
         "seed": seed,
+        "learning_rate": learning_rate,
     }
+    if initial is not None:
+        record["init_from"] = initial.record
     (output_dir / RECORD_FILENAME).write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+@dataclass(frozen=True)
+class _Initial:
+    """A previously trained model to continue from."""
+
+    tokenizer: Any
+    max_length: int
+    weights: list[np.ndarray]
+    record: dict[str, Any]
+
+
+def _load_initial(folder: Path, train_desc: dict[str, list[str]]) -> _Initial:
+    """Weights, tokenizer and training record of `folder`; every training word must be known."""
+    import keras
+
+    with open(folder / TOKENIZER_FILENAME, "rb") as handle:
+        tokenizer = pickle.load(handle)  # our own file, written by train() above
+    unknown = fit_tokenizer(train_desc).word_index.keys() - tokenizer.word_index.keys()
+    if unknown:
+        raise SystemExit(f"{folder}: its tokenizer lacks training words {sorted(unknown)[:5]}")
+    model = keras.models.load_model(folder / MODEL_FILENAME, compile=False)
+    record_path = folder / RECORD_FILENAME
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record["model_sha256"] = sha256_file(folder / MODEL_FILENAME)
+    return _Initial(tokenizer, int(model.inputs[1].shape[1]), model.get_weights(), record)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -220,6 +268,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--patience", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        help="continue training the model.keras/tokenizer.p in this folder",
+    )
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's step size")
     args = parser.parse_args(argv)
     record = train(
         args.dataset,
@@ -229,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
         args.batch_size,
         args.patience,
         args.seed,
+        init_from=args.init_from,
+        learning_rate=args.learning_rate,
     )
     print(json.dumps({k: record[k] for k in ("best_epoch", "val_loss", "train_seconds")}))
 

@@ -45,7 +45,13 @@ def test_recipe_trains_converts_and_runs(
     import keras
 
     from capgen.convert.convert_model import convert_model
-    from capgen.models.evaluate import evaluate_captions, keras_greedy, runtime_captions
+    from capgen.convert.hashing import sha256_file
+    from capgen.models.evaluate import (
+        evaluate_captions,
+        keras_greedy,
+        runtime_captions,
+        runtime_captions_from_cache,
+    )
     from capgen.models.features import cache_path, cached_features
     from capgen.models.flickr8k import Flickr8kDataset
     from capgen.models.train import train
@@ -87,6 +93,26 @@ def test_recipe_trains_converts_and_runs(
         model, tokenizer, np.stack([features[n] for n in names]), record["max_length"]
     )
     assert from_runtime == from_keras
+
+    # The features cached above are this folder's encoder's: decoding them gives the same captions.
+    assert runtime_captions_from_cache(folder, dataset.images_dir, names) == from_runtime
+
+    # Stage 2 of the recipe continues the trained model: same tokenizer, lower loss at once.
+    again = train(
+        root,
+        tmp_path / "stage2",
+        encoder=str(encoder),
+        epochs=1,
+        batch_size=64,
+        show_progress=False,
+        init_from=tmp_path / "trained",
+        learning_rate=1e-4,
+    )
+    assert again["init_from"]["model_sha256"] == sha256_file(tmp_path / "trained" / "model.keras")
+    assert again["max_length"] == record["max_length"] and again["learning_rate"] == 1e-4
+    with open(tmp_path / "stage2" / "tokenizer.p", "rb") as handle:
+        assert pickle.load(handle).word_index == tokenizer.word_index
+    assert again["loss"][0] < record["loss"][0], "stage 2 starts from the trained weights"
 
     metrics = evaluate_captions(root, dict(zip(names, from_runtime, strict=True)))
     assert metrics["images"] == 5

@@ -67,3 +67,17 @@ def test_groups_are_listed_left_to_right() -> None:
     for index in range(20):
         xs = [g.mean_x for g in scenes.sample_scene(2, index).groups]
         assert xs == sorted(xs)
+
+
+def test_extra_training_scenes_leave_dev_and_test_alone() -> None:
+    counts = {"train": 10, "dev": 4, "test": 6}
+    plain = scenes.split_indices(3, counts)
+    more = scenes.split_indices(3, counts, extra_train=5, extra_min_groups=2, train_used=7)
+    assert more["dev"] == plain["dev"] == list(range(10, 14))
+    assert more["test"] == plain["test"] == list(range(14, 20))
+    assert more["train"][:7] == list(range(7))
+    extra = more["train"][7:]
+    assert len(extra) == 5 and min(extra) >= 20
+    assert all(len(scenes.sample_scene(3, i).groups) >= 2 for i in extra)
+    skipped = set(range(20, max(extra))) - set(extra)
+    assert all(len(scenes.sample_scene(3, i).groups) < 2 for i in skipped)
