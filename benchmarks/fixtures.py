@@ -158,7 +158,7 @@ def _stamp_ok(stamp: Path, wanted: dict[str, str]) -> bool:
 def _fingerprint(kind: str, *paths: Path) -> dict[str, str]:
     """What a converted bench model depends on: this module's recipe, its inputs' content and
     the encoder's export recipe (never source files' bytes)."""
-    from capgen.convert.encoder import export_recipe
+    from capgen.convert.encoder import PORTABLE_CHECK, export_recipe
     from capgen.convert.encoder_registry import get_encoder_kind
     from capgen.convert.hashing import sha256_file
     from capgen.convert.model_folder import CONVERTER_RECIPE
@@ -168,6 +168,8 @@ def _fingerprint(kind: str, *paths: Path) -> dict[str, str]:
         fingerprint[path.name] = sha256_file(path)
     for key, value in export_recipe(get_encoder_kind(kind)).items():
         fingerprint[f"encoder.{key}"] = value
+    # Folders converted before the encoder was made portable hold one OpenVINO refuses.
+    fingerprint["encoder.portable"] = str(PORTABLE_CHECK)
     return fingerprint
 
 

@@ -52,9 +52,12 @@ class Worker:
         weights: Path | None = None,
         int8: bool = False,
         fast_decoder: bool = False,
+        provider: str | None = None,
+        python: Path | None = None,
     ) -> None:
+        """`python`: the interpreter to run it with (another venv's); this one by default."""
         command = [
-            sys.executable,
+            str(python or sys.executable),
             "-m",
             "capgen.benchmarks.worker",
             arm,
@@ -66,7 +69,10 @@ class Worker:
             command.append("--int8")
         if fast_decoder:
             command.append("--fast-decoder")
-        self.name = f"{arm}{'-int8' if int8 else ''}{'-fast' if fast_decoder else ''}:{model.name}"
+        if provider is not None:
+            command += ["--provider", provider]
+        suffix = f"{'-int8' if int8 else ''}{'-fast' if fast_decoder else ''}"
+        self.name = f"{arm}{suffix}{'-' + provider if provider else ''}:{model.name}"
         self._log = log.open("a")
         environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
         self._process = subprocess.Popen(

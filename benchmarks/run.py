@@ -13,6 +13,9 @@ baseline median ÷ capgen median from the same run. Sections:
 7. scaling with caption length (both arms) and beam size (capgen);
 8. encoder GFLOP/s against an onnxruntime matmul's on this machine;
 plus the INT8 encoder's caption accuracy on the default model's test split.
+The encoder section also times capgen with onnxruntime-openvino's
+OpenVINOExecutionProvider (FP32 and INT8 encoders), in workers that run in a
+venv built once by the README's recipe (benchmarks/provider_venv.py).
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ class Plan:
     fast_decoder: bool = True
     int8_eval_scenes: int = 200
     include_default_model: bool = True
+    # Encoder arms with onnxruntime-openvino's OpenVINOExecutionProvider (own venv).
+    openvino: bool = True
 
 
 FULL = Plan()
@@ -95,6 +100,13 @@ class _Session:
         from capgen.convert.weights import fetch_imagenet_weights
 
         self.weights = fetch_imagenet_weights()
+        self.openvino_python: Path | None = None
+        if plan.openvino:
+            from capgen.benchmarks.provider_venv import openvino_bench_python
+
+            self.openvino_python = openvino_bench_python(
+                fixtures.bench_home() / "openvino-venv", echo
+            )
 
     def log(self, name: str) -> Path:
         return self.logs / f"{name}.log"
@@ -220,10 +232,36 @@ def _seconds(answers: dict[str, list[dict[str, Any]]], key: str = "seconds") -> 
     return {name: summarize([a[key] for a in rows]) for name, rows in answers.items()}
 
 
+def _openvino_workers(session: _Session, model: BenchModel) -> dict[str, Worker]:
+    """capgen with OpenVINOExecutionProvider (FP32, and INT8 when planned) in the OpenVINO venv;
+    an arm whose worker cannot start is reported and left out, the run goes on."""
+    from capgen.benchmarks.provider_venv import OPENVINO_PROVIDER
+
+    if session.openvino_python is None:
+        return {}
+    workers: dict[str, Worker] = {}
+    for name, int8 in (("capgen_openvino", False), ("capgen_openvino_int8", True)):
+        if int8 and not session.plan.int8:
+            continue
+        try:
+            workers[name] = Worker(
+                "capgen",
+                model,
+                session.log(f"worker-{name}-{model.name}"),
+                int8=int8,
+                provider=OPENVINO_PROVIDER,
+                python=session.openvino_python,
+            )
+        except RuntimeError as error:
+            session.echo(f"  {name} left out: {error}")
+    return workers
+
+
 def _warm(session: _Session, model: BenchModel, primary: bool) -> dict[str, Any]:
     plan = session.plan
     echo = session.echo
     workers: dict[str, Worker] = {}
+    openvino: dict[str, Worker] = {}
     try:
         workers["baseline"] = Worker(
             "baseline", model, session.log(f"worker-baseline-{model.name}"), weights=session.weights
@@ -242,10 +280,13 @@ def _warm(session: _Session, model: BenchModel, primary: bool) -> dict[str, Any]
                 int8=True,
                 fast_decoder=True,
             )
-        result: dict[str, Any] = {"setup": {name: w.ready["setup"] for name, w in workers.items()}}
+        openvino = _openvino_workers(session, model)
+        result: dict[str, Any] = {
+            "setup": {name: w.ready["setup"] for name, w in {**workers, **openvino}.items()}
+        }
         photos = [str(p) for p in _photos_for(model, max(plan.repetitions, 1))]
         warmup = {"op": "latency", "photo": photos[0], "beam": 1}
-        for worker in workers.values():
+        for worker in [*workers.values(), *openvino.values()]:
             worker.request(**warmup)
 
         result["latency"] = {}
@@ -292,7 +333,7 @@ def _warm(session: _Session, model: BenchModel, primary: bool) -> dict[str, Any]
             result["encoder"] = {}
             for batch in plan.encoder_batches:
                 answers = _alternate(
-                    workers,
+                    {**workers, **openvino},
                     plan.repetitions,
                     lambda rep, n=batch: (
                         "encode",
@@ -334,6 +375,7 @@ def _warm(session: _Session, model: BenchModel, primary: bool) -> dict[str, Any]
         else:
             result["encoder"] = {}
             capgen_arms = {name: w for name, w in workers.items() if name != "baseline"}
+            capgen_arms.update(openvino)
             for batch in plan.encoder_batches:
                 answers = _alternate(
                     capgen_arms,
@@ -370,7 +412,7 @@ def _warm(session: _Session, model: BenchModel, primary: bool) -> dict[str, Any]
         result["worker_rss_mb"] = {name: w.request("rss") for name, w in workers.items()}
         return result
     finally:
-        for worker in workers.values():
+        for worker in [*workers.values(), *openvino.values()]:
             worker.close()
 
 
@@ -482,4 +524,5 @@ def smoke_plan() -> Plan:
         int8_eval_scenes=0,
         quiet_max_wait=0.0,
         noisy_retries=0,
+        openvino=False,
     )

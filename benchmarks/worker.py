@@ -7,6 +7,7 @@ onnxruntime never share a process (each would distort the other's memory and
 threads). Timing happens inside the worker, around the measured call only.
 
 Run: python -m capgen.benchmarks.worker {baseline|capgen} MODEL_JSON [--int8] [--weights W]
+     [--provider NAME] (the OpenVINO arm runs this in its own venv: benchmarks/provider_venv.py)
 """
 
 from __future__ import annotations
@@ -137,14 +138,22 @@ class BaselineArm:
 class CapgenArm:
     """capgen's public API, warm: one Captioner."""
 
-    def __init__(self, model: BenchModel, int8: bool, fast_decoder: bool = False) -> None:
+    def __init__(
+        self,
+        model: BenchModel,
+        int8: bool,
+        fast_decoder: bool = False,
+        provider: str | None = None,
+    ) -> None:
         started = time.perf_counter()
         from capgen import Captioner
         from capgen.runtime.decoding import DecodingOptions
 
         self.options = DecodingOptions
         imported = time.perf_counter()
-        options = {"fast_decoder": True} if fast_decoder else {}
+        options: dict[str, Any] = {"fast_decoder": True} if fast_decoder else {}
+        if provider is not None:
+            options["providers"] = [provider]
         self.captioner = Captioner(model.model_dir, int8=int8, **options)
         self.setup = {"imports": imported - started, "model_load": time.perf_counter() - imported}
         self._features: dict[str, np.ndarray] = {}
@@ -204,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--int8", action="store_true")
     parser.add_argument("--fast-decoder", action="store_true")
     parser.add_argument("--weights", type=Path, help="Xception weights (baseline)")
+    parser.add_argument("--provider", help="onnxruntime execution provider (capgen; default CPU)")
     args = parser.parse_args(argv)
     model = BenchModel.from_json(json.loads(args.model_json))
     if args.arm == "baseline":
@@ -211,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("the baseline needs --weights")
         arm: BaselineArm | CapgenArm = BaselineArm(model, args.weights)
     else:
-        arm = CapgenArm(model, args.int8, args.fast_decoder)
+        arm = CapgenArm(model, args.int8, args.fast_decoder, args.provider)
     _serve(arm)
 
 

@@ -25,7 +25,7 @@ from capgen.convert.encoder_registry import (
     register_encoder_kind,
 )
 from capgen.convert.hashing import sha256_file
-from capgen.convert.portable import make_portable
+from capgen.convert.portable import make_portable, portability_problems
 from capgen.convert.stack import CONVERT_EXTRA, EXPORT_STACK, missing_modules, require
 from capgen.convert.weights import (
     XCEPTION_INPUT_SIZE,
@@ -42,6 +42,9 @@ OPSET = 17
 # weights (port names, metadata, checks); each kind has its own recipe_version
 # for changes to what it builds. Together with the inputs' content they key the cache.
 EXPORT_RECIPE_VERSION = 1
+# Records of exports whose graph passed capgen.convert.portable's check carry this;
+# entries without it (exported before) are made portable in place (`_portable_entry`).
+PORTABLE_CHECK = 1
 XCEPTION_RECIPE_VERSION = 1
 # The cache key capgen 0.1.0 (up to commit 6cc2d59) wrote for the `xception`
 # export: a hash of this module's source, for the recipe now called version 1.
@@ -192,7 +195,9 @@ def export_encoder(kind: str, weights_path: Path, output_path: Path, isolated: b
         },
     )
     model_proto.producer_name = "capgen (tf2onnx)"
-    make_portable(model_proto)  # tf2onnx writes IR 8 at opset 17 today; keep it so
+    # tf2onnx writes IR 8 at opset 17 today (keep it so) and, for einsums, Unsqueeze
+    # nodes that OpenVINO refuses (rewritten as Identity).
+    make_portable(model_proto, f"the exported {kind} encoder")
     onnx.checker.check_model(model_proto)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(output_path) as partial:  # created exclusively, renamed into place
@@ -240,12 +245,12 @@ def ensure_encoder(
         if intact and _is_current(record, wanted, spec):
             if record["recipe"] != wanted["recipe"]:
                 _write_record(record_path, {**record, "recipe": wanted["recipe"]})
-            return target
+            return _portable_entry(target, record_path)
         if intact and not can_export and _is_current(record, wanted, spec, libraries=False):
             # Exported by another TensorFlow/tf2onnx: the same recipe and weights, and
             # without them here it could not be redone; TensorFlow's version alone
             # does not make the graph wrong.
-            return target
+            return _portable_entry(target, record_path)
     require(
         EXPORT_STACK,
         f"exporting the {kind} encoder to ONNX needs TensorFlow",
@@ -257,8 +262,39 @@ def ensure_encoder(
         "weights_file": weights.name,
         "onnx_sha256": sha256_file(target),
         "feature_size": spec.feature_size,
+        "portable": PORTABLE_CHECK,
     }
     _write_record(record_path, record)
+    return target
+
+
+def _portable_entry(target: Path, record_path: Path) -> Path:
+    """`target`, made portable if an older capgen exported it (exact, no TensorFlow).
+
+    Exports before PORTABLE_CHECK kept tf2onnx's Unsqueeze nodes that OpenVINO
+    refuses; `make_portable` rewrites them as the Identity they are, the entry
+    is replaced atomically (model folders hard-linked to the old file keep it)
+    and its record names the new sha256. A cache this user cannot write keeps
+    its entry: it still captions on the CPU provider.
+    """
+    record = _read_record(record_path)
+    if record.get("portable") == PORTABLE_CHECK:
+        return target
+    import onnx
+
+    try:
+        model = onnx.load(str(target))
+    except Exception:  # not an ONNX graph at all: the model folder's checks report it
+        return target
+    try:
+        if portability_problems(model):
+            make_portable(model, str(target))
+            with atomic_path(target) as partial:
+                onnx.save(model, str(partial))
+            record["onnx_sha256"] = sha256_file(target)
+        _write_record(record_path, {**record, "portable": PORTABLE_CHECK})
+    except OSError:
+        pass
     return target
 
 

@@ -74,7 +74,7 @@ def model_command(
 ) -> None:
     """Convert a tutorial model (model_9.h5 + tokenizer.p) into a capgen model folder.
 
-    Needs h5py and onnx (pip install 'capgen[convert-decoder]'); TensorFlow
+    Needs h5py and onnx (pip install 'capgen\\[convert-decoder]'); TensorFlow
     only to export an encoder that is not in the cache yet.
     """
     from capgen.convert.stack import DECODER_STACK, quiet_tensorflow, require

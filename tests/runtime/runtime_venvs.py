@@ -102,3 +102,28 @@ def build_runtime_venv(flavour: RuntimeFlavour, root: Path, extras: str = "") ->
             f"runtime-only install ({flavour.label}) failed:\n{result.stdout}\n{result.stderr}"
         )
     return venv
+
+
+def build_openvino_venv(root: Path) -> Path:
+    """A python whose onnxruntime is `onnxruntime-openvino`, installed by the README's recipe
+    (capgen.benchmarks.provider_venv) with CI's pins; skips with pip's reason only when the
+    package index cannot be reached, fails with pip's output otherwise."""
+    from capgen.benchmarks.provider_venv import (
+        OPENVINO_BUILD,
+        ProviderVenvError,
+        build_provider_venv,
+        index_problem,
+    )
+
+    interpreter = find_interpreter("python3.11")
+    if interpreter is None:
+        pytest.skip("python3.11 is not installed: cannot build the onnxruntime-openvino venv")
+    venv = root / "venv-openvino"
+    if not (venv / "bin" / "capgen").exists():
+        problem = index_problem(OPENVINO_BUILD)
+        if problem is not None:
+            pytest.skip(f"the package index cannot serve {OPENVINO_BUILD}: {problem}")
+    try:
+        return build_provider_venv(venv, OPENVINO_BUILD, str(_source_copy(root)), interpreter)
+    except ProviderVenvError as error:
+        pytest.fail(f"onnxruntime-openvino venv: {error}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -148,3 +149,27 @@ def test_help_texts_quote_the_extra_hide_internals_and_explain_the_beam_default(
     caption = " ".join(capgen("caption", "--help", cwd=tmp_path).stdout.split())
     assert "default 3" in caption and "greedy" in caption and "-b 1" in caption
     assert "[max length reached]" in caption
+
+
+HELP_PAGES = (
+    (),
+    ("caption",),
+    ("info",),
+    ("models",),
+    ("setup",),
+    ("convert",),
+    ("convert", "model"),
+    ("convert", "quantize"),
+)
+
+
+@pytest.mark.parametrize("page", HELP_PAGES, ids=lambda page: " ".join(page) or "capgen")
+def test_every_pip_install_in_help_names_its_extra_quoted(
+    page: tuple[str, ...], tmp_path: Path
+) -> None:
+    """Rich reads `[convert-decoder]` as markup and drops it: 'capgen' alone is the wrong advice."""
+    text = " ".join(capgen(*page, "--help", cwd=tmp_path).stdout.split())
+    assert "pip install 'capgen'" not in text
+    for advice in re.findall(r"pip install (\S+)", text):
+        if "capgen" in advice:
+            assert re.fullmatch(r"'capgen\[[a-z-]+\]'[);.,]*", advice), advice

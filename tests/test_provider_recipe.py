@@ -1,0 +1,47 @@
+"""The README's recipe for provider builds of onnxruntime is capgen's real runtime requirements.
+
+`onnxruntime-openvino` / `onnxruntime-gpu` replace `onnxruntime` (same module),
+so the README installs them with capgen's other runtime dependencies, then
+capgen with `--no-deps`. A requirement added to pyproject.toml and not to the
+README would leave such installs without it; capgen bench and the CI test of
+the OpenVINO provider build their venvs from the same list
+(capgen.benchmarks.provider_venv), so they prove the recipe works.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+from capgen.benchmarks.provider_venv import (
+    OPENVINO_BUILD,
+    install_commands,
+    runtime_dependencies_besides_onnxruntime,
+)
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _recipe_lines() -> list[list[str]]:
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("### Execution providers") :]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block is not None, "no bash block in the README's Execution providers section"
+    return [shlex.split(line) for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_readme_recipe_installs_the_provider_build_with_every_other_runtime_requirement() -> None:
+    first, second, *_ = _recipe_lines()
+    assert first[:3] == ["pip", "install", OPENVINO_BUILD]
+    expected = runtime_dependencies_besides_onnxruntime()
+    assert sorted(first[3:]) == sorted(expected)
+    assert not any(item.lower().startswith("onnxruntime") for item in expected)
+    assert second == ["pip", "install", "--no-deps", "capgen"]
+
+
+def test_the_venv_builder_runs_the_same_recipe() -> None:
+    build, capgen = install_commands(OPENVINO_BUILD, "capgen", constraints=None)
+    first, second, *_ = _recipe_lines()
+    assert [a for a in build if a != "--quiet"] == first[1:]
+    assert [a for a in capgen if a != "--quiet"] == second[1:]
