@@ -45,17 +45,29 @@ def weights_command(
 
 
 def encoder_command(
-    kind: Annotated[str, typer.Option("--kind", help="xception, or xception+colour.")] = "xception",
+    kind: Annotated[
+        str,
+        typer.Option(
+            "--kind",
+            help="xception, vgg16 (fc2, 4096-d), resnet50, inceptionv3, densenet201, "
+            "or xception+colour.",
+        ),
+    ] = "xception",
     weights: Annotated[
         Path | None,
-        typer.Option(help="A Keras Xception no-top weights .h5 (default: ImageNet, fetched once)."),
+        typer.Option(
+            help="The kind's Keras weights .h5 as Keras caches it in ~/.keras/models/ "
+            "(vgg16_weights_tf_dim_ordering_tf_kernels.h5, "
+            "<family>_weights_tf_dim_ordering_tf_kernels_notop.h5); only xception has a "
+            "default (ImageNet, fetched once)."
+        ),
     ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Also copy the ONNX here.")
     ] = None,
     force: Annotated[bool, typer.Option(help="Re-export even if the cache is current.")] = False,
 ) -> None:
-    """Export the Xception feature extractor to ONNX (dynamic batch, uint8 input) and time it."""
+    """Export an encoder kind's feature extractor to ONNX (dynamic batch, uint8 input) and time it."""
     require_convert_stack()
     quiet_tensorflow()
     from capgen.convert.encoder import ensure_encoder

@@ -22,6 +22,8 @@ from capgen.convert.model_folder import (
     check_encoder_fits,
     describe_encoder,
     prepare_target,
+    resize_filter_name,
+    with_resize_filter,
     write_model_folder,
 )
 from capgen.convert.tokenizer import build_vocabulary, read_tokenizer
@@ -70,7 +72,11 @@ def resolve_max_length(arch: DecoderArchitecture, override: int | None) -> int:
 def _encoder_from_choice(choice: str, feature_size: int, weights: Path | None) -> EncoderInfo:
     """A registered kind (`xception`, ...) comes from the cache (exported once); anything else is a path."""
     from capgen.convert import encoder as encoders
-    from capgen.convert.encoder_registry import encoder_kind_names, find_encoder_kind
+    from capgen.convert.encoder_registry import (
+        encoder_kind_names,
+        find_encoder_kind,
+        kinds_with_size,
+    )
 
     spec = find_encoder_kind(choice)
     if spec is not None:
@@ -79,7 +85,8 @@ def _encoder_from_choice(choice: str, feature_size: int, weights: Path | None) -
             raise ModelError(
                 f"encoder {choice!r} outputs {expected} features but the decoder's photo input "
                 f"takes {feature_size}; pass --encoder with the encoder the model was trained with "
-                "(xception, xception+colour, or PATH to an encoder ONNX)"
+                f"({', '.join(kinds_with_size(feature_size)) or 'no built-in kind has that size'}"
+                ", or PATH to an encoder ONNX)"
             )
         path = encoders.ensure_encoder(choice, weights)
         info = describe_encoder(path, choice)
@@ -134,6 +141,7 @@ def convert_model(
     architecture_json: Path | None = None,
     encoder: str | EncoderInfo = "xception",
     encoder_weights: Path | None = None,
+    resize_filter: str | None = None,
     start_token: str | None = None,
     end_token: str | None = None,
     start_outside_vocabulary: bool = False,
@@ -152,9 +160,12 @@ def convert_model(
     caption loops that start from a word the tokenizer does not know, or never stop early.
     `name` defaults to the output folder's name (what `capgen caption -m NAME`
     finds in $CAPGEN_HOME/models); `progress` gets one line as each step starts;
-    `demonstration` marks capgen's demonstration model in the manifest.
+    `demonstration` marks capgen's demonstration model in the manifest;
+    `resize_filter` (nearest, bilinear, bicubic, ...) replaces the encoder's
+    recorded filter, for a model trained on photos resized another way.
     """
     out_dir = Path(out_dir)
+    chosen_filter = None if resize_filter is None else resize_filter_name(resize_filter)
     name = name or out_dir.name or out_dir.resolve().name or "model"
     step = _stepper(progress)
     prepare_target(out_dir, force)
@@ -186,6 +197,8 @@ def convert_model(
     else:
         step(_encoder_step(encoder))
         encoder_info = _encoder_from_choice(encoder, arch.feature_size, encoder_weights)
+    if chosen_filter is not None:
+        encoder_info = with_resize_filter(encoder_info, chosen_filter)
     sources = {"model": _source(Path(model_path)), "tokenizer": _source(Path(tokenizer_path))}
     if architecture_json is not None:
         sources["architecture"] = _source(Path(architecture_json))
