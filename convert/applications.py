@@ -79,11 +79,12 @@ class Family:
     mode: str  # preprocess_input's mode
     resize_filter: str  # the tutorial's (Pillow name)
     cut: str | None  # a layer of the full model whose output is the feature; None: notop + avg
+    weights_stem: str  # how Keras names its weights files: <stem>_weights_tf_dim_ordering_...
 
     def cache_name(self, top: bool) -> str:
         """The name Keras caches the full (`top`) or no-top weights under (~/.keras/models/)."""
         suffix = "" if top else "_notop"
-        return f"{self.module}_weights_tf_dim_ordering_tf_kernels{suffix}.h5"
+        return f"{self.weights_stem}_weights_tf_dim_ordering_tf_kernels{suffix}.h5"
 
     @property
     def weights_file(self) -> str:
@@ -102,10 +103,30 @@ class Family:
 FAMILIES = {
     family.kind: family
     for family in (
-        Family("vgg16", "VGG16", "vgg16", 4096, 224, "caffe", "NEAREST", "fc2"),
-        Family("resnet50", "ResNet50", "resnet50", 2048, 224, "caffe", "NEAREST", None),
-        Family("inceptionv3", "InceptionV3", "inception_v3", 2048, 299, "tf", "NEAREST", None),
-        Family("densenet201", "DenseNet201", "densenet", 1920, 224, "torch", "NEAREST", None),
+        Family("vgg16", "VGG16", "vgg16", 4096, 224, "caffe", "NEAREST", "fc2", "vgg16"),
+        Family("resnet50", "ResNet50", "resnet50", 2048, 224, "caffe", "NEAREST", None, "resnet50"),
+        Family(
+            "inceptionv3",
+            "InceptionV3",
+            "inception_v3",
+            2048,
+            299,
+            "tf",
+            "NEAREST",
+            None,
+            "inception_v3",
+        ),
+        Family(
+            "densenet201",
+            "DenseNet201",
+            "densenet",
+            1920,
+            224,
+            "torch",
+            "NEAREST",
+            None,
+            "densenet201",
+        ),
     )
 }
 

@@ -123,6 +123,8 @@ def xception_branch_nodes(model: Any) -> set[str]:
 
 def nodes_kept_float(model: Any) -> list[str]:
     """Every node outside the Xception branch, except the Squeeze that only reshapes its output."""
+    if not any(node.op_type == "GlobalAveragePool" for node in model.graph.node):
+        return []  # one branch, no pooling (VGG16's fc2): the whole graph is the image branch
     branch = xception_branch_nodes(model)
     branch_outputs = {
         output for node in model.graph.node if node.name in branch for output in node.output

@@ -226,7 +226,9 @@ def test_the_wrong_family_is_named_in_one_line(
     done = _capgen(
         "convert", "encoder", "--kind", "densenet201", "--weights", str(resnet), home=tmp_path
     )
-    _one_line(done, 2, "holds ResNet50 weights", "densenet_weights_tf_dim_ordering_tf_kernels")
+    _one_line(
+        done, 2, "holds ResNet50 weights", "densenet201_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    )
 
 
 @pytest.mark.slow
