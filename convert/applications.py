@@ -176,13 +176,13 @@ def _load(model: Any, weights_path: Path) -> None:
         ) from None
 
 
-def encoder_function(model: Any, mode: str, input_size: int) -> Any:
-    """A TensorFlow function uint8 [N, size, size, 3] -> float32 features, preprocessing inside."""
+def encoder_function(model: Any, mode: str, size: tuple[int, int]) -> Any:
+    """A TensorFlow function uint8 [N, height, width, 3] -> float32 features, preprocessing inside."""
     import tensorflow as tf
 
-    @tf.function(
-        input_signature=[tf.TensorSpec([None, input_size, input_size, 3], tf.uint8, name="image")]
-    )
+    height, width = size
+
+    @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8, name="image")])
     def encode(image: tf.Tensor) -> tf.Tensor:
         features = model(preprocess_in_graph(image, mode), training=False)
         return tf.identity(features, name="features")
@@ -190,43 +190,60 @@ def encoder_function(model: Any, mode: str, input_size: int) -> Any:
     return encode
 
 
-def split_at_flatten(model: Any) -> tuple[Any, list[tuple[Any, Any]]]:
-    """(the model up to its Flatten's input, the Dense layers after it as (kernel, bias)).
+def split_at_flatten(model: Any) -> tuple[Any, list[tuple[Any, Any]]] | None:
+    """(the model up to its Flatten's input, the ReLU Dense layers after it as (kernel, bias)).
 
-    For a cut inside the classifier top (VGG16 `fc2`): the convolutional part is
+    For a cut inside a classifier top (VGG16 `fc2`): the convolutional part is
     exported by tf2onnx and the Dense layers are appended in ONNX (dense_head).
+    None when the model does not end in Flatten -> Dense(relu)... (Dropout
+    allowed): it is exported whole. Class names, not classes, so a tf_keras
+    model (a user's Keras 2 encoder.h5) is recognised too.
     """
-    import keras
+    layers = list(model.layers)
+    flattens = [i for i, layer in enumerate(layers) if type(layer).__name__ == "Flatten"]
+    if len(flattens) != 1:
+        return None
+    after = layers[flattens[0] + 1 :]
+    dense = [layer for layer in after if type(layer).__name__ == "Dense"]
+    if not dense or dense[-1] is not layers[-1]:
+        return None
+    for layer in after:
+        config = layer.get_config()
+        is_relu_dense = layer in dense and config.get("activation") == "relu" and config["use_bias"]
+        if not (is_relu_dense or type(layer).__name__ == "Dropout"):
+            return None
+    if type(model).__module__.startswith("tf_keras"):
+        import tf_keras as keras_module
+    else:
+        import keras as keras_module
+    base = keras_module.Model(model.inputs, layers[flattens[0]].input)
+    return base, [tuple(layer.get_weights()) for layer in dense]
 
-    names = [layer.name for layer in model.layers]
-    flatten = next(layer for layer in model.layers if isinstance(layer, keras.layers.Flatten))
-    base = keras.Model(model.input, flatten.input, name=f"{model.name}_convolutions")
-    dense = [
-        tuple(layer.get_weights())
-        for layer in model.layers[names.index(flatten.name) + 1 :]
-        if isinstance(layer, keras.layers.Dense)
-    ]
-    return base, dense
+
+def model_encoder_function(model: Any, mode: str, size: tuple[int, int]) -> Any:
+    """`model` as an encoder function; a Flatten -> Dense head is kept for ONNX (`dense_head`)."""
+    split = split_at_flatten(model)
+    base, dense = split if split is not None else (model, None)
+    encode = encoder_function(base, mode, size)
+    encode.dense_head = dense  # appended by finish_dense_head after tf2onnx
+    return encode
+
+
+def finish_dense_head(model_proto: Any, encode: Any) -> None:
+    """Append the Dense layers `model_encoder_function` kept out of tf2onnx (if any)."""
+    from capgen.convert.dense_head import append_dense_head
+
+    if encode.dense_head:
+        append_dense_head(model_proto, encode.dense_head)
 
 
 def _builder(family: Family) -> Any:
     def build(weights_path: Path) -> Any:
-        model = build_application(family, weights_path)
-        if not family.cut:
-            return encoder_function(model, family.mode, family.input_size)
-        base, dense = split_at_flatten(model)
-        encode = encoder_function(base, family.mode, family.input_size)
-        encode.dense_head = dense  # appended by _finish_graph after tf2onnx
-        return encode
+        size = (family.input_size, family.input_size)
+        return model_encoder_function(build_application(family, weights_path), family.mode, size)
 
     build.__doc__ = f"{family.application} ({family.weights_file}) as an encoder function."
     return build
-
-
-def _finish_graph(model_proto: Any, encode: Any) -> None:
-    from capgen.convert.dense_head import append_dense_head
-
-    append_dense_head(model_proto, encode.dense_head)
 
 
 SPECS = {
@@ -239,7 +256,7 @@ SPECS = {
             input_size=family.input_size,
             preprocessing=family.preprocessing(),
             weights_file=family.weights_file,
-            finish_graph=_finish_graph if family.cut else None,
+            finish_graph=finish_dense_head,
         )
     )
     for kind, family in FAMILIES.items()

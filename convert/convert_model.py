@@ -69,16 +69,25 @@ def resolve_max_length(arch: DecoderArchitecture, override: int | None) -> int:
     return arch.max_length
 
 
-def _encoder_from_choice(choice: str, feature_size: int, weights: Path | None) -> EncoderInfo:
-    """A registered kind (`xception`, ...) comes from the cache (exported once); anything else is a path."""
+def _encoder_from_choice(
+    choice: str, feature_size: int, weights: Path | None, preprocessing: str | None
+) -> EncoderInfo:
+    """A registered kind (`xception`, ...) comes from the cache (exported once); anything else
+    is a path: a saved Keras encoder (.h5/.keras, exported once with `preprocessing`) or an ONNX."""
     from capgen.convert import encoder as encoders
     from capgen.convert.encoder_registry import (
         encoder_kind_names,
         find_encoder_kind,
         kinds_with_size,
     )
+    from capgen.convert.keras_encoder import ensure_keras_encoder, is_keras_encoder_path
 
     spec = find_encoder_kind(choice)
+    if preprocessing is not None and (spec is not None or not is_keras_encoder_path(choice)):
+        raise InputError(
+            "--preprocessing is for a saved Keras encoder (--encoder encoder.h5 or .keras); "
+            "a kind's preprocessing is its own and an ONNX encoder's is inside it"
+        )
     if spec is not None:
         expected = spec.feature_size
         if expected != feature_size:
@@ -101,7 +110,15 @@ def _encoder_from_choice(choice: str, feature_size: int, weights: Path | None) -
     path = Path(choice)
     if not path.is_file():
         kinds = ", ".join(encoder_kind_names())
-        raise InputError(f"--encoder {choice!r} is neither one of {kinds} nor an ONNX file")
+        raise InputError(
+            f"--encoder {choice!r} is neither one of {kinds} nor an ONNX or Keras encoder file"
+        )
+    if is_keras_encoder_path(choice):
+        exported = ensure_keras_encoder(path, preprocessing)
+        info = describe_encoder(exported)
+        return EncoderInfo(
+            info.path, info.kind, info.feature_size, info.preprocessing, _source(path)
+        )
     return describe_encoder(path)
 
 
@@ -142,6 +159,7 @@ def convert_model(
     encoder: str | EncoderInfo = "xception",
     encoder_weights: Path | None = None,
     resize_filter: str | None = None,
+    encoder_preprocessing: str | None = None,
     start_token: str | None = None,
     end_token: str | None = None,
     start_outside_vocabulary: bool = False,
@@ -162,7 +180,9 @@ def convert_model(
     finds in $CAPGEN_HOME/models); `progress` gets one line as each step starts;
     `demonstration` marks capgen's demonstration model in the manifest;
     `resize_filter` (nearest, bilinear, bicubic, ...) replaces the encoder's
-    recorded filter, for a model trained on photos resized another way.
+    recorded filter, for a model trained on photos resized another way;
+    `encoder_preprocessing` (caffe, torch, tf, none) is for `encoder` naming a
+    saved Keras encoder file, whose preprocessing nothing else records.
     """
     out_dir = Path(out_dir)
     chosen_filter = None if resize_filter is None else resize_filter_name(resize_filter)
@@ -196,7 +216,9 @@ def convert_model(
         encoder_info = encoder
     else:
         step(_encoder_step(encoder))
-        encoder_info = _encoder_from_choice(encoder, arch.feature_size, encoder_weights)
+        encoder_info = _encoder_from_choice(
+            encoder, arch.feature_size, encoder_weights, encoder_preprocessing
+        )
     if chosen_filter is not None:
         encoder_info = with_resize_filter(encoder_info, chosen_filter)
     sources = {"model": _source(Path(model_path)), "tokenizer": _source(Path(tokenizer_path))}

@@ -146,16 +146,23 @@ def _installed_version(*distributions: str) -> str:
     return "absent"
 
 
-def export_recipe(spec: EncoderKindSpec) -> dict[str, str]:
-    """Everything the exported graph depends on besides the weights: versions and inputs' content."""
+def export_recipe_versions() -> dict[str, str]:
+    """What every exported graph depends on besides its inputs: this recipe and the libraries."""
     return {
         "export_recipe": str(EXPORT_RECIPE_VERSION),
-        "kind_recipe": str(spec.recipe_version),
         "opset": str(OPSET),
         "tensorflow": _installed_version("tensorflow-cpu", "tensorflow"),
         "keras": _installed_version("keras"),
         "tf2onnx": _installed_version("tf2onnx"),
         "onnx": _installed_version("onnx"),
+    }
+
+
+def export_recipe(spec: EncoderKindSpec) -> dict[str, str]:
+    """Everything the exported graph depends on besides the weights: versions and inputs' content."""
+    return {
+        **export_recipe_versions(),
+        "kind_recipe": str(spec.recipe_version),
         **spec.recipe_inputs(),
     }
 
@@ -181,30 +188,44 @@ def export_encoder(kind: str, weights_path: Path, output_path: Path, isolated: b
         return run_isolated(
             export_encoder, kind, weights_path, output_path, False, what=f"exporting {kind}"
         )
+    spec = get_encoder_kind(kind)
+    encode = spec.build(weights_path)
+    size = spec.input_size
+    props = {
+        "capgen.encoder.kind": kind,
+        "capgen.encoder.feature_size": str(spec.feature_size),
+        "capgen.encoder.preprocessing": json.dumps(preprocessing(size, spec.preprocessing)),
+    }
+    finish = None if spec.finish_graph is None else lambda proto: spec.finish_graph(proto, encode)
+    return save_function_as_onnx(encode, (size, size), props, output_path, finish)
+
+
+def save_function_as_onnx(
+    encode: Any,
+    size: tuple[int, int],
+    props: dict[str, str],
+    output_path: Path,
+    finish: Callable[[Any], None] | None = None,
+) -> Path:
+    """tf2onnx the uint8 -> features function, name its ports, record `props`, save atomically.
+
+    `size` is (height, width); `finish(model_proto)` may complete the graph in ONNX first.
+    """
     import onnx
     import tensorflow as tf
     import tf2onnx
 
-    spec = get_encoder_kind(kind)
-    encode = spec.build(weights_path)
-    size = spec.input_size
-    signature = (tf.TensorSpec([None, size, size, 3], tf.uint8, name="image"),)
+    height, width = size
+    signature = (tf.TensorSpec([None, height, width, 3], tf.uint8, name="image"),)
     model_proto, _ = tf2onnx.convert.from_function(encode, input_signature=signature, opset=OPSET)
     graph = model_proto.graph
     _rename_value(graph, graph.input[0].name, "image")
     _rename_value(graph, graph.output[0].name, "features")
     graph.output[0].type.tensor_type.shape.dim[0].dim_param = "N"
     graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
-    if spec.finish_graph is not None:
-        spec.finish_graph(model_proto, encode)
-    onnx.helper.set_model_props(
-        model_proto,
-        {
-            "capgen.encoder.kind": kind,
-            "capgen.encoder.feature_size": str(spec.feature_size),
-            "capgen.encoder.preprocessing": json.dumps(preprocessing(size, spec.preprocessing)),
-        },
-    )
+    if finish is not None:
+        finish(model_proto)
+    onnx.helper.set_model_props(model_proto, props)
     model_proto.producer_name = "capgen (tf2onnx)"
     make_portable(model_proto)  # tf2onnx writes IR 8 at opset 17 today; keep it so
     onnx.checker.check_model(model_proto)

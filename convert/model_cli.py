@@ -37,7 +37,8 @@ def model_command(
         str,
         typer.Option(
             help="An encoder kind (xception, vgg16, resnet50, inceptionv3, densenet201, "
-            "xception+colour) or PATH to an encoder ONNX."
+            "xception+colour), PATH to an encoder ONNX, or PATH to your saved Keras encoder "
+            "(.h5/.keras, with --preprocessing)."
         ),
     ] = "xception",
     encoder_kind: Annotated[
@@ -49,6 +50,13 @@ def model_command(
         typer.Option(
             help="The encoder kind's Keras weights .h5 from ~/.keras/models/ (xception's "
             "default: ImageNet, fetched once; every other kind needs it)."
+        ),
+    ] = None,
+    preprocessing: Annotated[
+        str | None,
+        typer.Option(
+            help="For --encoder encoder.h5/.keras: caffe (vgg16, resnet50), torch (densenet), "
+            "tf (inception_v3, xception) or none, as keras.applications.*.preprocess_input."
         ),
     ] = None,
     resize_filter: Annotated[
@@ -123,6 +131,7 @@ def model_command(
         encoder=encoder,
         encoder_weights=weights,
         resize_filter=resize_filter,
+        encoder_preprocessing=preprocessing,
         start_token=start_token,
         end_token=end_token,
         start_outside_vocabulary=start_outside_vocabulary,
