@@ -7,9 +7,10 @@ cached does (in capgen.convert.encoder).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from capgen.convert.architecture import DecoderArchitecture, read_architecture
 from capgen.convert.decoder_weights import assemble_decoder_weights
@@ -43,6 +44,7 @@ class ConversionReport:
     delimiters: Delimiters
     encoder_kind: str
     encoder_path: Path
+    encoder_input: Mapping[str, Any] = field(default_factory=dict)  # size, resize filter, scaling
 
 
 def resolve_max_length(arch: DecoderArchitecture, override: int | None) -> int:
@@ -245,4 +247,5 @@ def convert_model(
         delimiters=delimiters,
         encoder_kind=encoder_info.kind,
         encoder_path=encoder_info.path,
+        encoder_input=dict(encoder_info.preprocessing),
     )

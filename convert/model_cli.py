@@ -159,6 +159,12 @@ def model_command(
         f"({arch.hidden_activation}) -> softmax {arch.vocab_size:,}"
     )
     typer.echo(f"encoder:        {report.encoder_kind} ({report.encoder_path})")
+    pixels = report.encoder_input
+    if pixels:
+        typer.echo(
+            f"photos:         {pixels.get('width')}x{pixels.get('height')}, "
+            f"{str(pixels.get('resize_filter', '?')).lower()} resize, {pixels.get('scaling', '?')}"
+        )
     typer.echo(f"wrote {report.out_dir} ({time.perf_counter() - started:.1f} s)")
 
 
