@@ -277,3 +277,24 @@ def test_resize_filter_must_be_a_pillow_filter(
         "--resize-filter", "cubic", home=tmp_path / "home",
     )  # fmt: skip
     _one_line(done, 2, "--resize-filter 'cubic'", "nearest", "bicubic")
+
+
+def test_an_encoder_without_pooling_is_quantized_whole() -> None:
+    """VGG16's fc2 graph has no GlobalAveragePool: INT8 keeps no node float (not an error)."""
+    from onnx import TensorProto, helper
+
+    from capgen.convert.quantize import nodes_kept_float
+
+    nodes = [
+        helper.make_node("Cast", ["image"], ["x"], name="scale", to=TensorProto.FLOAT),
+        helper.make_node("Conv", ["x", "w"], ["conv"], name="conv"),
+        helper.make_node("Reshape", ["conv", "shape"], ["flat"], name="flatten"),
+        helper.make_node("MatMul", ["flat", "k"], ["features"], name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "toy",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, 3, 2, 2])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, 2])],
+    )
+    assert nodes_kept_float(helper.make_model(graph)) == []
