@@ -103,32 +103,26 @@ class Family:
 FAMILIES = {
     family.kind: family
     for family in (
-        Family("vgg16", "VGG16", "vgg16", 4096, 224, "caffe", "NEAREST", "fc2", "vgg16"),
-        Family("resnet50", "ResNet50", "resnet50", 2048, 224, "caffe", "NEAREST", None, "resnet50"),
         Family(
-            "inceptionv3",
-            "InceptionV3",
-            "inception_v3",
-            2048,
-            299,
-            "tf",
-            "NEAREST",
-            None,
-            "inception_v3",
+            kind="vgg16", application="VGG16", module="vgg16", weights_stem="vgg16",
+            feature_size=4096, input_size=224, mode="caffe", resize_filter="NEAREST", cut="fc2",
         ),
         Family(
-            "densenet201",
-            "DenseNet201",
-            "densenet",
-            1920,
-            224,
-            "torch",
-            "NEAREST",
-            None,
-            "densenet201",
+            kind="resnet50", application="ResNet50", module="resnet50", weights_stem="resnet50",
+            feature_size=2048, input_size=224, mode="caffe", resize_filter="NEAREST", cut=None,
+        ),
+        Family(
+            kind="inceptionv3", application="InceptionV3", module="inception_v3",
+            weights_stem="inception_v3",
+            feature_size=2048, input_size=299, mode="tf", resize_filter="NEAREST", cut=None,
+        ),
+        Family(
+            kind="densenet201", application="DenseNet201", module="densenet",
+            weights_stem="densenet201",
+            feature_size=1920, input_size=224, mode="torch", resize_filter="NEAREST", cut=None,
         ),
     )
-}
+}  # fmt: skip
 
 
 def build_application(family: Family, weights_path: Path | None) -> Any:

@@ -298,3 +298,23 @@ def test_an_encoder_without_pooling_is_quantized_whole() -> None:
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, 2])],
     )
     assert nodes_kept_float(helper.make_model(graph)) == []
+
+
+@pytest.mark.slow
+def test_an_average_pooled_kind_also_takes_the_full_weights_file(
+    tmp_path: Path, tensorflow_stack: None
+) -> None:
+    """ResNet50's full file holds the no-top weights too: they are the ones loaded."""
+    import keras
+
+    from capgen.convert.applications import FAMILIES, build_application
+    from capgen.convert.random_weights import random_weights_file
+
+    full_file = random_weights_file("resnet50", tmp_path, seed=9, top=True)
+    assert full_file.name == "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
+    model = build_application(FAMILIES["resnet50"], full_file)
+    reference = keras.applications.ResNet50(weights=str(full_file), include_top=True)
+    ours, theirs = model.get_weights(), reference.get_weights()
+    assert len(theirs) == len(ours) + 2  # the classifier's kernel and bias
+    assert all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=False))
+    _forget_keras_models()
