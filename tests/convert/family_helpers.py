@@ -42,12 +42,21 @@ class FamilyExports:
         self.home = folder / "capgen_home"
         self._done: dict[str, ExportedFamily] = {}
 
+    def weights(self, kind: str) -> Path:
+        """The kind's random weights file (made once), without exporting it."""
+        from capgen.convert.applications import FAMILIES
+        from capgen.convert.random_weights import random_weights_file
+
+        path = self.folder / kind / FAMILIES[kind].weights_file
+        if not path.is_file():
+            random_weights_file(kind, self.folder / kind, seed=KINDS.index(kind) + 1)
+        return path
+
     def get(self, kind: str) -> ExportedFamily:
         if kind not in self._done:
             from capgen.convert.encoder import ensure_encoder
-            from capgen.convert.random_weights import random_weights_file
 
-            weights = random_weights_file(kind, self.folder / kind, seed=KINDS.index(kind) + 1)
+            weights = self.weights(kind)
             with capgen_home(self.home):
                 encoder = ensure_encoder(kind, weights)
             self._done[kind] = ExportedFamily(kind, weights, encoder)

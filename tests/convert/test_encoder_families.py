@@ -222,7 +222,7 @@ def test_the_wrong_family_is_named_in_one_line(
     family_exports: FamilyExports, tmp_path: Path
 ) -> None:
     """ResNet50's file given as DenseNet201's, through the console script (the export's child)."""
-    resnet = family_exports.get("resnet50").weights
+    resnet = family_exports.weights("resnet50")
     done = _capgen(
         "convert", "encoder", "--kind", "densenet201", "--weights", str(resnet), home=tmp_path
     )
@@ -238,7 +238,7 @@ def test_damaged_weight_files_get_one_line(
     from capgen.convert.applications import FAMILIES, build_application
     from capgen.runtime.errors import InputError
 
-    resnet = family_exports.get("resnet50").weights
+    resnet = family_exports.weights("resnet50")
     truncated = tmp_path / resnet.name
     truncated.write_bytes(resnet.read_bytes()[: resnet.stat().st_size // 2])
     with pytest.raises(InputError, match="corrupted or truncated"):
