@@ -318,3 +318,11 @@ def test_an_average_pooled_kind_also_takes_the_full_weights_file(
     assert len(theirs) == len(ours) + 2  # the classifier's kernel and bias
     assert all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=False))
     _forget_keras_models()
+
+
+def test_int8_calibration_photos_have_the_encoders_input_size(tensorflow_stack: None) -> None:
+    """`capgen convert quantize` on a VGG16 folder calibrates with 224x224 photos, not 299."""
+    from capgen.convert.quantize import calibration_pixels
+
+    photos = calibration_pixels("vgg16", 0, (224, 224))
+    assert photos and {photo.shape for photo in photos} == {(224, 224, 3)}
