@@ -150,15 +150,24 @@ def test_family_decoder_captions_like_the_tutorial_loop(
     model_file = save_small_tutorial_decoder(
         tmp_path / "model.h5", tokenizer, family.feature_size, seed=3
     )
-    with capgen_home(family_exports.home):
-        convert_model(
-            model_file,
-            tokenizer_path,
-            tmp_path / "out",
-            encoder=kind,
-            encoder_weights=exported.weights,
-            resize_filter=resize_filter,
-        )
+    if resize_filter is None:  # the VGG16 user's one command, through the console script
+        done = _capgen(
+            "convert", "model", str(model_file), str(tokenizer_path), "-o", str(tmp_path / "out"),
+            "--encoder-kind", kind, "--weights", str(exported.weights),
+            home=family_exports.home,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert f"photos:         {family.input_size}x{family.input_size}, nearest" in done.stdout
+    else:
+        with capgen_home(family_exports.home):
+            convert_model(
+                model_file,
+                tokenizer_path,
+                tmp_path / "out",
+                encoder=kind,
+                encoder_weights=exported.weights,
+                resize_filter=resize_filter,
+            )
     interpolation = resize_filter or "nearest"
     arrays, features = _tutorial_features(kind, exported.weights, flickr_photos, interpolation)
     decoder = tf_keras.models.load_model(model_file, compile=False)
