@@ -346,6 +346,10 @@ def _markdown(results: dict[str, Any]) -> str:
                 f"- {key}: {entry['ms_per_image']:.1f} ms/image = {entry['gflops']:.0f} GFLOP/s "
                 f"= {entry['share_of_matmul'] * 100:.0f}% of the matmul"
             )
+    if results.get("encoder_kinds"):
+        from capgen.benchmarks.encoder_kinds import markdown
+
+        lines += markdown(results["encoder_kinds"])
     accuracy = results.get("int8_accuracy")
     if accuracy:
         lines += [

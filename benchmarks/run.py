@@ -12,6 +12,8 @@ baseline median ÷ capgen median from the same run. Sections:
 6. peak memory (cold processes; warm workers too);
 7. scaling with caption length (both arms) and beam size (capgen);
 8. encoder GFLOP/s against an onnxruntime matmul's on this machine;
+9. encoder kinds: each tutorial encoder (VGG16, ResNet50, InceptionV3, DenseNet201,
+   Xception) alone, batch 1, FP32 and INT8;
 plus the INT8 encoder's caption accuracy on the default model's test split.
 The encoder section also times capgen with onnxruntime-openvino's
 OpenVINOExecutionProvider (FP32 and INT8 encoders), in workers that run in a
@@ -67,6 +69,8 @@ class Plan:
     include_default_model: bool = True
     # Encoder arms with onnxruntime-openvino's OpenVINOExecutionProvider (own venv).
     openvino: bool = True
+    # Section "encoder kinds" (issue 17): batch-1 runs per kind and arm (FP32, INT8).
+    encoder_kind_repetitions: int = 20
 
 
 FULL = Plan()
@@ -82,6 +86,7 @@ QUICK = Plan(
     matmul_sizes=(1024, 2048),
     int8_eval_scenes=20,
     quiet_max_wait=60.0,
+    encoder_kind_repetitions=3,
 )
 
 
@@ -431,6 +436,25 @@ def _encoder_efficiency(model_result: dict[str, Any], ceiling: dict[str, float])
     return efficiency
 
 
+def _encoder_kinds(
+    session: _Session, quietly: Callable[[str, Callable[[], Any]], Any]
+) -> dict[str, Any]:
+    """Each tutorial encoder's FP32 and INT8 latency (exports and quantizes once, then measures)."""
+    from capgen.benchmarks import encoder_kinds
+
+    session.echo("encoder kinds: vgg16, resnet50, inceptionv3, densenet201, xception")
+    photos = fixtures.flickr_photos()
+    prepared = encoder_kinds.prepare_kinds(
+        fixtures.bench_home() / "encoder_kinds", photos, session.plan.int8, session.echo
+    )
+    return quietly(
+        "encoder kinds",
+        lambda: encoder_kinds.measure_kinds(
+            prepared, photos[0], session.plan.encoder_kind_repetitions, session.echo
+        ),
+    )
+
+
 def run_benchmarks(
     output_dir: Path, quick: bool = False, echo: Echo = print, plan: Plan | None = None
 ) -> dict[str, Any]:
@@ -493,6 +517,8 @@ def run_benchmarks(
         results["encoder_efficiency"] = _encoder_efficiency(
             results["models"][models[0].name], results["matmul"]
         )
+        if plan.encoder_kind_repetitions > 0:
+            results["encoder_kinds"] = _encoder_kinds(session, quietly)
         default_ok = default is not None and "error" not in results["models"][default.name]
         if plan.int8 and default_ok and plan.int8_eval_scenes > 0:
             from capgen.benchmarks.int8_eval import evaluate_int8
@@ -522,6 +548,7 @@ def smoke_plan() -> Plan:
         matmul_sizes=(256,),
         include_default_model=False,
         int8_eval_scenes=0,
+        encoder_kind_repetitions=0,
         quiet_max_wait=0.0,
         noisy_retries=0,
         openvino=False,

@@ -45,17 +45,40 @@ def weights_command(
 
 
 def encoder_command(
-    kind: Annotated[str, typer.Option("--kind", help="xception, or xception+colour.")] = "xception",
+    kind: Annotated[
+        str,
+        typer.Option(
+            "--kind",
+            help="xception, vgg16 (fc2, 4096-d), resnet50, inceptionv3, densenet201, "
+            "or xception+colour.",
+        ),
+    ] = "xception",
     weights: Annotated[
         Path | None,
-        typer.Option(help="A Keras Xception no-top weights .h5 (default: ImageNet, fetched once)."),
+        typer.Option(
+            help="The kind's Keras weights .h5 as Keras caches it in ~/.keras/models/ "
+            "(vgg16_weights_tf_dim_ordering_tf_kernels.h5, "
+            "<family>_weights_tf_dim_ordering_tf_kernels_notop.h5); only xception has a "
+            "default (ImageNet, fetched once)."
+        ),
     ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Also copy the ONNX here.")
     ] = None,
+    keras_model: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your own saved Keras encoder (.h5/.keras, output = the feature vector) "
+            "instead of --kind; needs --preprocessing."
+        ),
+    ] = None,
+    preprocessing: Annotated[
+        str | None,
+        typer.Option(help="With --keras-model: caffe, torch, tf or none (as preprocess_input)."),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Re-export even if the cache is current.")] = False,
 ) -> None:
-    """Export the Xception feature extractor to ONNX (dynamic batch, uint8 input) and time it."""
+    """Export an encoder kind's feature extractor to ONNX (dynamic batch, uint8 input) and time it."""
     require_convert_stack()
     quiet_tensorflow()
     from capgen.convert.encoder import ensure_encoder
@@ -67,12 +90,26 @@ def encoder_command(
             "write: remove it or choose another path"
         )
     started = time.perf_counter()
-    path = ensure_encoder(kind, weights=weights, force=force)
+    if keras_model is not None:
+        if kind != "xception" or weights is not None:
+            raise InputError("--keras-model replaces --kind and --weights: give one or the other")
+        from capgen.convert.keras_encoder import ensure_keras_encoder
+        from capgen.convert.model_folder import describe_encoder
+
+        path = ensure_keras_encoder(keras_model, preprocessing, force=force)
+        recorded = describe_encoder(path).preprocessing
+        size = (int(recorded["height"]), int(recorded["width"]))
+        kind = f"keras ({keras_model.name}, {preprocessing})"
+    else:
+        if preprocessing is not None:
+            raise InputError("--preprocessing is only for --keras-model; a kind has its own")
+        path = ensure_encoder(kind, weights=weights, force=force)
+        size = (get_encoder_kind(kind).input_size,) * 2
     typer.echo(f"encoder {kind}: {path} ({time.perf_counter() - started:.1f} s)")
     if output is not None:
         _copy_out(path, output)
         typer.echo(f"copied to {output}")
-    _report_features(path, get_encoder_kind(kind).input_size)
+    _report_features(path, size)
 
 
 def _copy_out(source: Path, output: Path) -> None:
@@ -89,13 +126,13 @@ def _copy_out(source: Path, output: Path) -> None:
         raise InputError(f"cannot write --output {output} ({error.strerror or error})") from None
 
 
-def _report_features(encoder_path: Path, input_size: int) -> None:
+def _report_features(encoder_path: Path, size: tuple[int, int]) -> None:
     """Run the encoder once on a blank image: proves it loads and shows its speed."""
     import numpy as np
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(encoder_path), providers=["CPUExecutionProvider"])
-    image = np.full((1, input_size, input_size, 3), 128, dtype=np.uint8)
+    image = np.full((1, *size, 3), 128, dtype=np.uint8)
     session.run(None, {"image": image})
     started = time.perf_counter()
     features = session.run(None, {"image": image})[0]

@@ -7,9 +7,10 @@ cached does (in capgen.convert.encoder).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from capgen.convert.architecture import DecoderArchitecture, read_architecture
 from capgen.convert.decoder_weights import assemble_decoder_weights
@@ -22,6 +23,8 @@ from capgen.convert.model_folder import (
     check_encoder_fits,
     describe_encoder,
     prepare_target,
+    resize_filter_name,
+    with_resize_filter,
     write_model_folder,
 )
 from capgen.convert.tokenizer import build_vocabulary, read_tokenizer
@@ -41,6 +44,7 @@ class ConversionReport:
     delimiters: Delimiters
     encoder_kind: str
     encoder_path: Path
+    encoder_input: Mapping[str, Any] = field(default_factory=dict)  # size, resize filter, scaling
 
 
 def resolve_max_length(arch: DecoderArchitecture, override: int | None) -> int:
@@ -67,19 +71,33 @@ def resolve_max_length(arch: DecoderArchitecture, override: int | None) -> int:
     return arch.max_length
 
 
-def _encoder_from_choice(choice: str, feature_size: int, weights: Path | None) -> EncoderInfo:
-    """A registered kind (`xception`, ...) comes from the cache (exported once); anything else is a path."""
+def _encoder_from_choice(
+    choice: str, feature_size: int, weights: Path | None, preprocessing: str | None
+) -> EncoderInfo:
+    """A registered kind (`xception`, ...) comes from the cache (exported once); anything else
+    is a path: a saved Keras encoder (.h5/.keras, exported once with `preprocessing`) or an ONNX."""
     from capgen.convert import encoder as encoders
-    from capgen.convert.encoder_registry import encoder_kind_names, find_encoder_kind
+    from capgen.convert.encoder_registry import (
+        encoder_kind_names,
+        find_encoder_kind,
+        kinds_with_size,
+    )
+    from capgen.convert.keras_encoder import ensure_keras_encoder, is_keras_encoder_path
 
     spec = find_encoder_kind(choice)
+    if preprocessing is not None and (spec is not None or not is_keras_encoder_path(choice)):
+        raise InputError(
+            "--preprocessing is for a saved Keras encoder (--encoder encoder.h5 or .keras); "
+            "a kind's preprocessing is its own and an ONNX encoder's is inside it"
+        )
     if spec is not None:
         expected = spec.feature_size
         if expected != feature_size:
             raise ModelError(
                 f"encoder {choice!r} outputs {expected} features but the decoder's photo input "
                 f"takes {feature_size}; pass --encoder with the encoder the model was trained with "
-                "(xception, xception+colour, or PATH to an encoder ONNX)"
+                f"({', '.join(kinds_with_size(feature_size)) or 'no built-in kind has that size'}"
+                ", or PATH to an encoder ONNX)"
             )
         path = encoders.ensure_encoder(choice, weights)
         info = describe_encoder(path, choice)
@@ -94,7 +112,15 @@ def _encoder_from_choice(choice: str, feature_size: int, weights: Path | None) -
     path = Path(choice)
     if not path.is_file():
         kinds = ", ".join(encoder_kind_names())
-        raise InputError(f"--encoder {choice!r} is neither one of {kinds} nor an ONNX file")
+        raise InputError(
+            f"--encoder {choice!r} is neither one of {kinds} nor an ONNX or Keras encoder file"
+        )
+    if is_keras_encoder_path(choice):
+        exported = ensure_keras_encoder(path, preprocessing)
+        info = describe_encoder(exported)
+        return EncoderInfo(
+            info.path, info.kind, info.feature_size, info.preprocessing, _source(path)
+        )
     return describe_encoder(path)
 
 
@@ -134,6 +160,8 @@ def convert_model(
     architecture_json: Path | None = None,
     encoder: str | EncoderInfo = "xception",
     encoder_weights: Path | None = None,
+    resize_filter: str | None = None,
+    encoder_preprocessing: str | None = None,
     start_token: str | None = None,
     end_token: str | None = None,
     start_outside_vocabulary: bool = False,
@@ -152,9 +180,14 @@ def convert_model(
     caption loops that start from a word the tokenizer does not know, or never stop early.
     `name` defaults to the output folder's name (what `capgen caption -m NAME`
     finds in $CAPGEN_HOME/models); `progress` gets one line as each step starts;
-    `demonstration` marks capgen's demonstration model in the manifest.
+    `demonstration` marks capgen's demonstration model in the manifest;
+    `resize_filter` (nearest, bilinear, bicubic, ...) replaces the encoder's
+    recorded filter, for a model trained on photos resized another way;
+    `encoder_preprocessing` (caffe, torch, tf, none) is for `encoder` naming a
+    saved Keras encoder file, whose preprocessing nothing else records.
     """
     out_dir = Path(out_dir)
+    chosen_filter = None if resize_filter is None else resize_filter_name(resize_filter)
     name = name or out_dir.name or out_dir.resolve().name or "model"
     step = _stepper(progress)
     prepare_target(out_dir, force)
@@ -185,7 +218,11 @@ def convert_model(
         encoder_info = encoder
     else:
         step(_encoder_step(encoder))
-        encoder_info = _encoder_from_choice(encoder, arch.feature_size, encoder_weights)
+        encoder_info = _encoder_from_choice(
+            encoder, arch.feature_size, encoder_weights, encoder_preprocessing
+        )
+    if chosen_filter is not None:
+        encoder_info = with_resize_filter(encoder_info, chosen_filter)
     sources = {"model": _source(Path(model_path)), "tokenizer": _source(Path(tokenizer_path))}
     if architecture_json is not None:
         sources["architecture"] = _source(Path(architecture_json))
@@ -210,4 +247,5 @@ def convert_model(
         delimiters=delimiters,
         encoder_kind=encoder_info.kind,
         encoder_path=encoder_info.path,
+        encoder_input=dict(encoder_info.preprocessing),
     )

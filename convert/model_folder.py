@@ -10,6 +10,7 @@ that converted it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -170,12 +171,29 @@ def _check_image_input(
     return preprocessing
 
 
+# Pillow's filters (PIL.Image.Resampling), as --resize-filter and the manifest name them.
+RESIZE_FILTERS = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
+
+
+def resize_filter_name(name: str) -> str:
+    """The manifest's spelling (NEAREST, ...) of a --resize-filter choice, or a one-line InputError."""
+    if name.lower() not in RESIZE_FILTERS:
+        raise InputError(f"--resize-filter {name!r} is not one of {', '.join(RESIZE_FILTERS)}")
+    return name.upper()
+
+
+def with_resize_filter(encoder: EncoderInfo, resize_filter: str) -> EncoderInfo:
+    """`encoder` whose manifest entry tells the runtime to resize with `resize_filter`."""
+    preprocessing = {**encoder.preprocessing, "resize_filter": resize_filter_name(resize_filter)}
+    return dataclasses.replace(encoder, preprocessing=preprocessing)
+
+
 def check_encoder_fits(encoder: EncoderInfo, feature_size: int) -> None:
     if encoder.feature_size != feature_size:
         raise ModelError(
             f"encoder {encoder.kind!r} ({encoder.path.name}) outputs {encoder.feature_size} features "
             f"but the decoder's photo input takes {feature_size}; choose the encoder the model was "
-            "trained with (--encoder xception | xception+colour | PATH to an encoder ONNX)"
+            "trained with (--encoder KIND, see capgen convert encoder --help, or PATH to an encoder ONNX)"
         )
 
 

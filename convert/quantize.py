@@ -132,6 +132,8 @@ def xception_branch_nodes(model: Any) -> set[str]:
 
 def nodes_kept_float(model: Any) -> list[str]:
     """Every node outside the Xception branch, except the Squeeze that only reshapes its output."""
+    if not any(node.op_type == "GlobalAveragePool" for node in model.graph.node):
+        return []  # one branch, no pooling (VGG16's fc2): the whole graph is the image branch
     branch = xception_branch_nodes(model)
     branch_outputs = {
         output for node in model.graph.node if node.name in branch for output in node.output
@@ -261,11 +263,18 @@ def _copy_metadata(source: Path, target: Path) -> None:
     onnx.save(target_model, str(target))
 
 
-def calibration_pixels(kind: str, scene_count: int = DEFAULT_SCENE_COUNT) -> list[np.ndarray]:
-    """Kitchenware photos for every encoder, plus the images its kind adds (train-split scenes for the colour encoder)."""
+def calibration_pixels(
+    kind: str, scene_count: int = DEFAULT_SCENE_COUNT, size: tuple[int, int] | None = None
+) -> list[np.ndarray]:
+    """Kitchenware photos for every encoder, plus the images its kind adds (train-split scenes for the colour encoder).
+
+    `size` (height, width): the encoder's input (VGG16's 224x224); default Xception's 299x299.
+    """
     from capgen.convert.calibration import fetch_kitchenware_photos, kind_pixels, photo_pixels
 
-    return photo_pixels(fetch_kitchenware_photos()) + kind_pixels(kind, scene_count)
+    photos = fetch_kitchenware_photos()
+    resized = photo_pixels(photos) if size is None else photo_pixels(photos, *size)
+    return resized + kind_pixels(kind, scene_count)
 
 
 def add_int8_to_manifest(model_dir: Path, int8_name: str = INT8_FILENAME) -> Manifest:
@@ -294,7 +303,8 @@ def quantize_model_folder(
     read_single_file_graph(fp32_path)  # external data: refused, as the runtime would
     kind = manifest.encoder.kind
     if images is None:
-        images = calibration_pixels(kind, scene_count)
+        size = (manifest.encoder.height, manifest.encoder.width)
+        images = calibration_pixels(kind, scene_count, size)
     echo(f"calibrating on {len(images)} images ({kind} encoder)")
     report = quantize_encoder(fp32_path, model_dir / INT8_FILENAME, images)
     add_int8_to_manifest(model_dir)

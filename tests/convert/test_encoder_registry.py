@@ -58,7 +58,28 @@ def test_the_demo_kind_loads_through_its_entry_point_without_tensorflow() -> Non
 
 
 def test_known_kinds_list_the_builtin_first() -> None:
-    assert encoder_kind_names()[:2] == ("xception", "xception+colour")
+    builtin = ("xception", "vgg16", "resnet50", "inceptionv3", "densenet201")
+    assert encoder_kind_names()[:6] == (*builtin, "xception+colour")
+
+
+def test_the_application_families_are_known_without_tensorflow() -> None:
+    """Listing kinds (and sizing a mismatch's message) must not import the conversion stack."""
+    code = (
+        "import sys\n"
+        "from capgen.convert.encoder_registry import get_encoder_kind\n"
+        "for kind in ('vgg16', 'resnet50', 'inceptionv3', 'densenet201'):\n"
+        "    spec = get_encoder_kind(kind)\n"
+        "    print(spec.feature_size, spec.input_size, spec.preprocessing['resize_filter'])\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == [
+        *("4096", "224", "NEAREST", "2048", "224", "NEAREST"),
+        *("2048", "299", "NEAREST", "1920", "224", "NEAREST"),
+        "False",
+    ]
 
 
 def test_an_unknown_kind_is_a_one_line_input_error() -> None:

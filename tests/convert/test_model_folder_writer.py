@@ -300,6 +300,7 @@ def test_cli_prints_what_it_found(sources: dict[str, Any], tmp_path: Path) -> No
         "64 -> Dense 24",
         "recurrent activation sigmoid",
         "merge:          add (photo, words)",
+        "photos:         299x299, bicubic resize, x / 127.5 - 1, inside the graph",
         f"wrote {out}",
     ):
         assert expected in result.output

@@ -1,0 +1,100 @@
+"""Stand-ins for the tutorials' encoders: random weights in Keras's cache layout, exported once.
+
+Each family is exported once per test session (through `ensure_encoder`, the
+path a user's `--weights` file takes) into a private CAPGEN_HOME, so the
+parity and caption tests share one export per kind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+KINDS = ("vgg16", "resnet50", "inceptionv3", "densenet201")
+
+
+@dataclass(frozen=True)
+class ExportedFamily:
+    kind: str
+    weights: Path
+    encoder: Path
+
+
+@contextlib.contextmanager
+def capgen_home(home: Path) -> Iterator[None]:
+    """CAPGEN_HOME set to `home` for the block only (the rest of the session keeps its own)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CAPGEN_HOME", str(home))
+        yield
+
+
+class FamilyExports:
+    """Export each kind once per session (its weights file made with a fixed seed) into `home`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.home = folder / "capgen_home"
+        self._done: dict[str, ExportedFamily] = {}
+
+    def weights(self, kind: str) -> Path:
+        """The kind's random weights file (made once), without exporting it."""
+        from capgen.convert.applications import FAMILIES
+        from capgen.convert.random_weights import random_weights_file
+
+        path = self.folder / kind / FAMILIES[kind].weights_file
+        if not path.is_file():
+            random_weights_file(kind, self.folder / kind, seed=KINDS.index(kind) + 1)
+        return path
+
+    def get(self, kind: str) -> ExportedFamily:
+        if kind not in self._done:
+            from capgen.convert.encoder import ensure_encoder
+
+            weights = self.weights(kind)
+            with capgen_home(self.home):
+                encoder = ensure_encoder(kind, weights)
+            self._done[kind] = ExportedFamily(kind, weights, encoder)
+        return self._done[kind]
+
+
+def keras_reference_model(kind: str, weights: Path) -> Any:
+    """The tutorial's own feature extractor: keras.applications.X(weights=FILE), cut as they cut it."""
+    import keras
+
+    from capgen.convert.applications import FAMILIES
+
+    family = FAMILIES[kind]
+    application = getattr(keras.applications, family.application)
+    if family.cut:
+        full = application(weights=str(weights), include_top=True)
+        return keras.Model(full.input, full.get_layer(family.cut).output)
+    size = (family.input_size, family.input_size, 3)
+    return application(weights=str(weights), include_top=False, pooling="avg", input_shape=size)
+
+
+def keras_preprocess(kind: str, pixels: np.ndarray) -> np.ndarray:
+    """keras.applications.<family>.preprocess_input on float32 copies of the pixels."""
+    import importlib
+
+    from capgen.convert.applications import FAMILIES
+
+    module = importlib.import_module(f"keras.applications.{FAMILIES[kind].module}")
+    return module.preprocess_input(pixels.astype(np.float32))
+
+
+def onnx_features(encoder: Path, pixels: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(encoder), providers=["CPUExecutionProvider"])
+    return np.concatenate(
+        [
+            session.run(["features"], {"image": pixels[i : i + 4]})[0]
+            for i in range(0, len(pixels), 4)
+        ]
+    )
