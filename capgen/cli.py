@@ -24,6 +24,7 @@ _SUBCOMMANDS = {
     "setup",
     "bench",
     "serve",
+    "ray",
     "models",
     "--help",
     "-h",
@@ -59,6 +60,9 @@ def build_app() -> typer.Typer:
     from capgen.serve.cli import register_serve_command
 
     register_serve_command(app)
+    from capgen.ray.cli import register_ray_command
+
+    register_ray_command(app)
     return app
 
 
