@@ -17,6 +17,7 @@ after Ray's own retries, 3 a model problem, 130 Ctrl-C.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -74,7 +75,7 @@ def ray_caption_command(
     ] = False,
 ) -> None:
     """Caption images on a Ray cluster; results go to --output as they arrive."""
-    from capgen.ray.connect import connect, require_ray_extra
+    from capgen.ray.connect import connect, ray_logs_silenced, require_ray_extra
     from capgen.ray.output import open_ray_output
     from capgen.runtime.captioner import check_batch_size, resolve_model_dir
     from capgen.runtime.decoding import DecodingOptions
@@ -100,9 +101,10 @@ def ray_caption_command(
             failed += sink.error(folder_name, reason)
         todo = [path for path in paths if path not in sink.done]
         if todo:
-            connect(address)
-            failed += _run(todo, sink, folder, shared_model, concurrency, num_cpus, beam_size,
-                           max_length, batch_size, int8, fast_decoder)  # fmt: skip
+            with ray_logs_silenced():
+                connect(address)
+                failed += _run(todo, sink, folder, shared_model, concurrency, num_cpus, beam_size,
+                               max_length, batch_size, int8, fast_decoder)  # fmt: skip
     finally:
         sink.close()
     if failed:
@@ -130,6 +132,9 @@ def _run(
     from capgen.ray.model_store import ship_model
 
     ray.data.DataContext.get_current().enable_progress_bars = False
+    # Ray Data's INFO and deprecation lines would drown the one line per failure.
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     model = folder if shared_model else ship_model(folder)
     dataset = ray.data.from_items([{"path": path} for path in todo])
     captions = caption_dataset(

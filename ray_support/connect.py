@@ -7,9 +7,12 @@ connection to HOST:PORT (5 s) and says in one line what is wrong.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import socket
+import sys
+from collections.abc import Iterator
 
 from capgen.runtime.errors import InputError
 
@@ -78,3 +81,28 @@ def connect(address: str | None) -> None:
         raise RayUnreachable(
             f"cannot join the Ray cluster at {address or 'local'}: {message}"
         ) from None
+
+
+@contextlib.contextmanager
+def ray_logs_silenced() -> Iterator[None]:
+    """File descriptor 2 to /dev/null while Ray runs; `sys.stderr` still reaches the terminal.
+
+    Ray's C++ core writes notes straight to fd 2 (e.g. about actors restartable from
+    object-store arguments) and its Python loggers hold the old stream: the command's
+    stderr stays one `capgen: …` line per failure. Ray's own logs are in its session folder.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    previous = sys.stderr
+    try:
+        os.dup2(null, 2)
+        sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, errors="backslashreplace")
+        yield
+    finally:
+        sys.stderr.flush()
+        sys.stderr.close()
+        sys.stderr = previous
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)

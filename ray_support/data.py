@@ -9,9 +9,12 @@ threads. The default is fractional (0.5) so that on a small machine the
 read tasks still find a CPU while the actors hold theirs: an actor pool that
 takes every CPU starves the reads and hangs.
 
-Fault tolerance is Ray's: actors are restarted (`max_restarts`) and their
-batches retried (`max_task_retries`) when an actor or its node dies, so a
-job that loses a node still captions every image once.
+Fault tolerance is Ray Data's: the actors of a `map_batches` pool are
+created with `max_restarts=-1` and `max_task_retries=-1` (its defaults in
+Ray 2.60, which caption_dataset keeps), so an actor that dies, alone or with
+its node, is restarted and its batches are retried, and blocks lost with a
+node are recomputed from their lineage: a job that loses a node still
+captions every image once (tests/ray/test_ray_data.py kills one).
 """
 
 from __future__ import annotations
@@ -28,8 +31,6 @@ from capgen.runtime.errors import InputError
 
 IMAGE_COLUMNS = ("bytes", "image", "path")  # read_binary_files, read_images, a list of paths
 DEFAULT_NUM_CPUS = 0.5
-# Restarts and retries without limit: a lost node or a killed actor costs time, never images.
-DEFAULT_RETRIES = -1
 
 
 def _image_column(names: list[str], column: str | None) -> str:
@@ -100,9 +101,6 @@ def caption_dataset(
     length_penalty: float | None = None,
     int8: bool = False,
     fast_decoder: bool = False,
-    max_restarts: int = DEFAULT_RETRIES,
-    max_task_retries: int = DEFAULT_RETRIES,
-    ray_remote_args: dict[str, Any] | None = None,
 ) -> Any:
     """A lazy `ray.data.Dataset` of caption rows (rows.COLUMNS), one per input row.
 
@@ -125,8 +123,13 @@ def caption_dataset(
     if not isinstance(num_cpus, (int, float)) or isinstance(num_cpus, bool) or num_cpus <= 0:
         raise InputError(f"num_cpus must be a number above 0, got {num_cpus!r}")
     image_column = _image_column(list(dataset.columns() or []), column)
-    remote_args = {"max_restarts": max_restarts, "max_task_retries": max_task_retries}
-    remote_args.update(ray_remote_args or {})
+    from ray.data import ActorPoolStrategy
+
+    pool = (
+        ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
+        if isinstance(concurrency, tuple)
+        else ActorPoolStrategy(size=concurrency)
+    )
     return dataset.map_batches(
         CaptionBatches,
         fn_constructor_kwargs={
@@ -139,7 +142,6 @@ def caption_dataset(
         },
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=concurrency,
+        compute=pool,
         num_cpus=num_cpus,
-        **remote_args,
     )

@@ -13,8 +13,8 @@ runs on the replica's model thread, never on its event loop.
     serve.run(CaptionDeployment.bind(ship_model("mymodel/"), int8=True))
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Ray Serve's ingress rebuilds the endpoints and
+# FastAPI must see `request: Request` as the class, not a string.
 import asyncio
 import math
 from concurrent.futures import ThreadPoolExecutor

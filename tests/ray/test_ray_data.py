@@ -34,7 +34,6 @@ paths, model, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 images = ray.data.read_binary_files(paths, include_paths=True)
 captions = caption_dataset(
     images, ship_model(model), concurrency=2, beam_size=__BEAM__, int8=True,
-    ray_remote_args={"scheduling_strategy": "SPREAD"},
 )
 with open(out, "w") as handle:
     json.dump(captions.take_all(), handle)
@@ -109,7 +108,6 @@ victim_port, raylets, kill_after = int(sys.argv[4]), json.loads(sys.argv[5]), in
 captions = caption_dataset(
     ray.data.read_binary_files(paths, include_paths=True), ship_model(model),
     concurrency=3, batch_size=4, beam_size=__BEAM__, int8=True,
-    ray_remote_args={"scheduling_strategy": "SPREAD"},
 )
 rows, report = [], {}
 for row in captions.iter_rows():
@@ -137,9 +135,10 @@ def test_a_node_killed_mid_job_loses_no_image_and_repeats_none(
     tmp_path: Path,
 ) -> None:
     """How: a third node joins, the job spreads 3 actors over the nodes, and after 40 rows the
-    driver SIGKILLs that node's raylet (its actors and object store die with it). caption_dataset's
-    defaults (max_restarts=-1, max_task_retries=-1) restart the actor elsewhere and retry its
-    batches; Ray Data re-runs the reads whose blocks were lost. The job must still return every
+    driver SIGKILLs that node's raylet (its actors and object store die with it). Ray Data's actor
+    pool defaults, which caption_dataset keeps (max_restarts=-1, max_task_retries=-1; actors
+    placed with its default SPREAD strategy), restart the actor elsewhere and retry its batches;
+    the reads whose blocks were lost are re-run from lineage. The job must still return every
     image exactly once, with the serial captions."""
     port = cluster.add_worker(2)
     raylets = cluster.raylet_pids(port)
