@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import os
 import socket
 import sys
@@ -71,7 +72,7 @@ def connect(address: str | None) -> None:
     try:
         ray.init(
             address=address,
-            logging_level="ERROR",
+            logging_level=logging.ERROR,
             log_to_driver=False,
             configure_logging=True,
             include_dashboard=False if address is None else None,

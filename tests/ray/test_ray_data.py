@@ -22,6 +22,7 @@ from capgen.runtime.manifest import MANIFEST_FILE
 pytestmark = pytest.mark.slow
 
 BEAM = 2
+FAULT_IMAGES = 100
 
 CAPTION_ALL = """
 import json, sys
@@ -143,7 +144,7 @@ def test_a_node_killed_mid_job_loses_no_image_and_repeats_none(
     port = cluster.add_worker(2)
     raylets = cluster.raylet_pids(port)
     assert raylets, "the victim node's raylet was not found"
-    paths = [*scenes[0], *scenes[1]]
+    paths = [*scenes[0][:FAULT_IMAGES], *scenes[1]]  # half of them: the test is about the kill
     out = tmp_path / "rows.json"
     done = cluster.python(
         KILL_A_NODE, json.dumps([str(p) for p in paths]), str(model_folder), str(out),
@@ -153,4 +154,4 @@ def test_a_node_killed_mid_job_loses_no_image_and_repeats_none(
     report = json.loads(out.read_text())
     assert report["killed_after"] == 40 and report["actors_on_victim"] >= 1, report
     assert report["victim_alive"] == [False], report
-    assert_rows_match(report["rows"], serial)
+    assert_rows_match(report["rows"], {str(p): serial[str(p)] for p in paths})
