@@ -29,7 +29,8 @@ from capgen.runtime.errors import ExitCode, InputError
 
 ray_app = typer.Typer(
     name="ray",
-    help="Caption on a Ray cluster (pip install 'capgen[ray]').",
+    # \[ : typer's rich markup would take [ray] for a style and drop it.
+    help="Caption on a Ray cluster (pip install 'capgen\\[ray]').",
     no_args_is_help=True,
 )
 
