@@ -5,8 +5,9 @@ cluster (even with --node-ip-address=127.0.0.1), so a test cluster on the
 host would listen on the real network. Here every node and every driver runs
 in a new namespace (`ip netns add`, root only) whose loopback device carries
 the node address 10.x.y.1: nothing of the cluster is reachable from, or
-reaches, outside it. `stop()` always ends the nodes (`ray stop --force`
-inside the namespace) and deletes the namespace.
+reaches, outside it. `stop()` always ends the nodes' processes, found by the
+cluster's own temp dir in their command lines (`ray stop` would end every
+Ray process on the machine, other clusters' too), and deletes the namespace.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -131,9 +133,30 @@ class NetnsCluster:
         )
         return [int(pid) for pid in found.stdout.split()]
 
+    def own_processes(self) -> list[int]:
+        """Every process of this cluster: each holds its temp dir (session, sockets) in its command line."""
+        marker = str(self.temp_dir).encode()
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            with contextlib.suppress(OSError):
+                if marker in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+        return pids
+
     def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self.run([_bin("ray"), "stop", "--force"], timeout=120)
+        """End this cluster's processes, and only those, then delete the namespace.
+
+        Not `ray stop`: it ends every Ray process on the machine, other clusters' too.
+        """
+        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            for pid in self.own_processes():
+                with contextlib.suppress(OSError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + wait
+            while self.own_processes() and time.monotonic() < deadline:
+                time.sleep(0.2)
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 

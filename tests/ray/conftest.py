@@ -3,7 +3,7 @@
 Skips (with the reason) only when this machine cannot host it: not root,
 no `ip netns`, or no ray extra; in CI all three hold, so these tests run.
 The cluster's traffic stays on the namespace's loopback device; teardown
-(`ray stop --force` inside it, `ip netns del`) runs whatever happened.
+(its own processes ended by PID, `ip netns del`) runs whatever happened.
 Actors get their own CAPGEN_HOME, so a shipped model is written there and
 not into the shared cache.
 """
