@@ -25,6 +25,7 @@ _SUBCOMMANDS = {
     "setup",
     "bench",
     "serve",
+    "ray",
     "models",
     "--help",
     "-h",
@@ -71,6 +72,9 @@ def build_app(argv: list[str] | None = None) -> typer.Typer:
     from capgen.serve.cli import register_serve_command
 
     register_serve_command(app)
+    from capgen.ray.cli import register_ray_command
+
+    register_ray_command(app)
     return app
 
 

@@ -23,7 +23,7 @@ from PIL import Image
 from runtime_venvs import FLAVOURS, RuntimeFlavour
 from tiny_model import TinyModel
 
-HEAVY = ("tensorflow", "keras", "tf_keras", "h5py", "onnx", "tf2onnx")
+HEAVY = ("tensorflow", "keras", "tf_keras", "h5py", "onnx", "tf2onnx", "ray", "pyarrow")
 FLAVOUR_IDS = [flavour.label for flavour in FLAVOURS]
 
 

@@ -1,0 +1,109 @@
+"""Reaching Ray: the extra's presence and the cluster's address, each a one-line error (exit 2).
+
+`ray.init(address=...)` on an address nobody listens at retries for about a
+minute and then raises with a multi-line story; capgen first tries one TCP
+connection to HOST:PORT (5 s) and says in one line what is wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import socket
+import sys
+from collections.abc import Iterator
+
+from capgen.runtime.errors import InputError
+
+RAY_EXTRA = ("ray", "pyarrow")
+CONNECT_TIMEOUT_S = 5.0
+
+
+class RayExtraMissing(InputError):
+    """The `ray` extra is not installed."""
+
+
+class RayUnreachable(InputError):
+    """No Ray cluster answers at the address given."""
+
+
+def require_ray_extra() -> None:
+    missing = [name for name in RAY_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        raise RayExtraMissing(
+            f"capgen on Ray needs the ray extra ({', '.join(missing)} missing): "
+            "pip install 'capgen[ray]'"
+        )
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of HOST:PORT or ray://HOST:PORT; None for `auto` and other Ray spellings."""
+    bare = address.removeprefix("ray://")
+    host, sep, port = bare.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return None
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str) -> None:
+    target = _host_port(address)
+    if target is None:
+        return
+    try:
+        with socket.create_connection(target, timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise RayUnreachable(
+            f"cannot reach a Ray cluster at {address} ({exc.strerror or exc}); start one with "
+            "`ray start --head` or give its address (HOST:PORT of the head node)"
+        ) from None
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster at `address` (None: a new local Ray on this machine), quietly."""
+    require_ray_extra()
+    if address is not None:
+        check_reachable(address)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    try:
+        ray.init(
+            address=address,
+            logging_level=logging.ERROR,
+            log_to_driver=False,
+            configure_logging=True,
+            include_dashboard=False if address is None else None,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        message = " ".join(str(exc).split())[:300]
+        raise RayUnreachable(
+            f"cannot join the Ray cluster at {address or 'local'}: {message}"
+        ) from None
+
+
+@contextlib.contextmanager
+def ray_logs_silenced() -> Iterator[None]:
+    """File descriptor 2 to /dev/null while Ray runs; `sys.stderr` still reaches the terminal.
+
+    Ray's C++ core writes notes straight to fd 2 (e.g. about actors restartable from
+    object-store arguments) and its Python loggers hold the old stream: the command's
+    stderr stays one `capgen: …` line per failure. Ray's own logs are in its session folder.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    previous = sys.stderr
+    try:
+        os.dup2(null, 2)
+        sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, errors="backslashreplace")
+        yield
+    finally:
+        sys.stderr.flush()
+        sys.stderr.close()
+        sys.stderr = previous
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)

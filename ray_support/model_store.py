@@ -1,0 +1,116 @@
+"""How actors get the model folder: shared storage, or shipped through Ray's object store.
+
+Two ways, both verified by the runtime's own manifest checks:
+
+- a path (or installed model NAME) every node can read, e.g. an NFS or
+  mounted bucket folder: each actor's `Captioner` verifies the files' sizes
+  and sha256s against the manifest as it loads, like anywhere else;
+- `ship_model(folder)`: the driver verifies the folder, reads every file the
+  manifest lists and puts them into the object store once; on each node the
+  first actor writes them into `$CAPGEN_HOME/ray-models/<manifest sha256>/`
+  (a fresh temporary folder, verified against the manifest's sha256s, then
+  renamed into place), and every later actor on that node reuses it after
+  the same verification. Bytes that do not match the manifest never load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from capgen.runtime.captioner import resolve_model_dir
+from capgen.runtime.errors import ModelError, ModelIntegrityError
+from capgen.runtime.home import capgen_home
+from capgen.runtime.manifest import MANIFEST_FILE, load_manifest, verify_files
+
+STORE_FOLDER = "ray-models"
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """A model folder in Ray's object store: its manifest's sha256 and a reference to its files."""
+
+    name: str
+    manifest_sha256: str
+    files: Any  # ray.ObjectRef to {file name: bytes}, manifest.json included
+
+
+def ship_model(model: str | Path | None = None) -> ShippedModel:
+    """Verify `model` (folder, installed NAME or None for the default) and put it into the object store once."""
+    import ray
+
+    folder, _ = resolve_model_dir(model)
+    manifest = load_manifest(folder)
+    verify_files(manifest, use_stamps=False)  # what is shipped is what the manifest says
+    names = [MANIFEST_FILE, *manifest.files]
+    try:
+        contents = {name: (folder / name).read_bytes() for name in names}
+    except OSError as exc:
+        raise ModelError(f"{folder}: cannot read the model ({exc.strerror or exc})") from None
+    digest = hashlib.sha256(contents[MANIFEST_FILE]).hexdigest()
+    return ShippedModel(manifest.name, digest, ray.put(contents))
+
+
+def model_folder(model: str | Path | ShippedModel | None) -> str | Path | None:
+    """What `Captioner` should load on this node: the given path, or the shipped model's local copy."""
+    if isinstance(model, ShippedModel):
+        return materialise(model)
+    return model
+
+
+def _verified(folder: Path, manifest_sha256: str) -> bool:
+    """True if `folder` holds exactly the shipped manifest and every file it lists."""
+    try:
+        if hashlib.sha256((folder / MANIFEST_FILE).read_bytes()).hexdigest() != manifest_sha256:
+            return False
+        verify_files(load_manifest(folder))
+    except (OSError, ModelError):
+        return False
+    return True
+
+
+def materialise(model: ShippedModel, store: Path | None = None) -> Path:
+    """This node's verified copy of a shipped model, written once per node."""
+    root = (store or capgen_home() / STORE_FOLDER).resolve()
+    target = root / model.manifest_sha256
+    if target.is_dir():
+        if _verified(target, model.manifest_sha256):
+            return target
+        raise ModelIntegrityError(
+            f"{target}: this node's copy of model {model.name!r} does not match its manifest; "
+            "delete the folder and run again"
+        )
+    import ray
+
+    contents: dict[str, bytes] = ray.get(model.files)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(
+        tempfile.mkdtemp(dir=root, prefix=f".{model.manifest_sha256[:12]}.", suffix=".partial")
+    )
+    try:
+        for name, data in contents.items():
+            path = staging / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+        if not _verified(staging, model.manifest_sha256):
+            raise ModelIntegrityError(
+                f"model {model.name!r}: the shipped files do not match the manifest's sha256s"
+            )
+        try:
+            staging.rename(target)
+        except OSError:  # another actor on this node finished first: use its copy
+            if not _verified(target, model.manifest_sha256):
+                raise
+    finally:
+        if staging.exists():
+            with contextlib.suppress(OSError):
+                shutil.rmtree(staging)
+    return target

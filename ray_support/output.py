@@ -1,0 +1,169 @@
+"""Where `capgen ray caption` writes: a JSON Lines file (the local batch's) or a Parquet folder.
+
+JSON Lines goes through runtime/outputs.py unchanged: the same checks (a
+file only capgen wrote, never an input, never through a link), the same
+`--resume` reading, the same one-write-per-line appends. Parquet cannot be
+appended to, so a `.parquet` output is a folder of part files: every 1,000
+rows (and at the end) one part is written to a temporary file created
+exclusively in the folder and linked to a new name, so a killed run leaves
+whole parts behind. `--resume` reads the parts' `path` and `error` columns;
+a folder holding anything but capgen's parts is refused untouched, and one
+that exists is only added to with `--resume`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import stat
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from capgen.cli_support.console import say
+from capgen.ray.rows import arrow_schema, record_from_row
+from capgen.runtime import results
+from capgen.runtime.errors import InputError
+from capgen.runtime.outputs import InputFiles, JsonlWriter, open_output
+
+PARQUET_SUFFIX = ".parquet"
+PART_NAME = re.compile(r"part-\d{8}T\d{6}-[0-9a-f]{8}-\d{5}\.parquet")
+PARTIAL_NAME = re.compile(r"\.part-.*\.partial")  # a run killed while writing a part
+ROWS_PER_PART = 1000
+
+
+class RaySink(Protocol):
+    done: set[str]
+
+    def write(self, row: dict[str, Any]) -> None: ...
+    def error(self, path: str, reason: str) -> int: ...
+    def close(self) -> None: ...
+
+
+class JsonlSink:
+    """Rows as `capgen caption --json` records, appended through the local batch's writer."""
+
+    def __init__(self, writer: JsonlWriter, done: set[str]) -> None:
+        self._writer = writer
+        self.done = done
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._writer.write(record_from_row(row))
+
+    def error(self, path: str, reason: str) -> int:
+        say(f"capgen: {path}: {reason}")
+        self._writer.write(results.error_record(path, reason))
+        return 1
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def _parquet_done(folder: Path) -> set[str]:
+    """Paths the folder's parts hold captions for; InputError if it is not capgen's."""
+    import pyarrow.parquet as pq
+
+    done: set[str] = set()
+    schema = arrow_schema()
+    for name in sorted(os.listdir(folder)):
+        if PARTIAL_NAME.fullmatch(name):
+            continue
+        path = folder / name
+        if not PART_NAME.fullmatch(name) or not stat.S_ISREG(os.lstat(path).st_mode):
+            raise InputError(
+                f"{folder}: holds {name!r}, which capgen did not write; choose another --output"
+            )
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several kinds for a broken file
+            raise InputError(f"{path}: not a readable Parquet part ({exc})") from None
+        if not table.schema.equals(schema):
+            raise InputError(f"{path}: not a capgen caption part; choose another --output")
+        for row_path, error in zip(
+            table.column("path").to_pylist(), table.column("error").to_pylist(), strict=True
+        ):
+            if error is None:
+                done.add(row_path)
+    return done
+
+
+class ParquetSink:
+    """Rows into new part files of a folder, ROWS_PER_PART at a time."""
+
+    def __init__(self, folder: Path, done: set[str]) -> None:
+        self.folder = folder
+        self.done = done
+        self._rows: list[dict[str, Any]] = []
+        self._stem = f"part-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.urandom(4).hex()}"
+        self._parts = 0
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._rows.append(row)
+        if len(self._rows) >= ROWS_PER_PART:
+            self._flush()
+
+    def error(self, path: str, reason: str) -> int:
+        from capgen.ray.rows import COLUMNS
+
+        say(f"capgen: {path}: {reason}")
+        self.write({**dict.fromkeys(COLUMNS), "path": path, "error": reason})
+        return 1
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self._rows:
+            return
+        table = pa.Table.from_pylist(self._rows, schema=arrow_schema())
+        target = self.folder / f"{self._stem}-{self._parts:05d}{PARQUET_SUFFIX}"
+        fd, temporary = tempfile.mkstemp(dir=self.folder, prefix=".part-", suffix=".partial")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                pq.write_table(table, handle)
+            os.link(temporary, target, follow_symlinks=False)  # never over an existing name
+        except OSError as exc:
+            raise InputError(
+                f"{target}: cannot write ({exc.strerror or exc}); the parts written so far are "
+                "kept: run again with --resume"
+            ) from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+        self._parts += 1
+        self._rows = []
+
+    def close(self) -> None:
+        self._flush()
+
+
+def _open_parquet(folder: Path, resume: bool) -> ParquetSink:
+    try:
+        info = os.lstat(folder)
+    except FileNotFoundError:
+        try:
+            folder.mkdir(parents=True)
+        except OSError as exc:
+            raise InputError(f"{folder}: cannot create folder ({exc.strerror or exc})") from None
+        return ParquetSink(folder, set())
+    if not stat.S_ISDIR(info.st_mode):
+        raise InputError(f"{folder}: exists and is not a folder (a .parquet output is a folder)")
+    done = _parquet_done(folder)
+    if not resume and os.listdir(folder):
+        raise InputError(
+            f"{folder}: already holds captions; add --resume to add to them, or choose another --output"
+        )
+    return ParquetSink(folder, done)
+
+
+def open_ray_output(output: Path, resume: bool, paths: list[str]) -> RaySink:
+    """The sink for --output, after the checks of its kind; nothing written before they pass."""
+    inputs = InputFiles(paths)
+    if output.name.endswith(PARQUET_SUFFIX):
+        if inputs.holds(output):
+            raise InputError(f"{output}: is one of the input images; choose another --output")
+        return _open_parquet(output, resume)
+    writer, done = open_output(output, resume, inputs)
+    return JsonlSink(writer, done)
