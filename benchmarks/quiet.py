@@ -16,8 +16,9 @@ kernel threads and short-lived processes count too.
 from __future__ import annotations
 
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
 
@@ -50,20 +51,73 @@ def _own_seconds() -> float:
     return float(total)
 
 
-class OtherLoad:
-    """Cores used by other processes between `start()` and `cores()`."""
+class _Adopted:
+    """CPU time of processes the run started that are not its children.
 
-    def __init__(self) -> None:
+    A Ray cluster's daemons, actors and workers are reparented when `ray
+    start` exits, and actors end with their job, taking their CPU time with
+    them. A thread reads their times every `POLL_SECONDS`, so a process that
+    ends mid-section still counts as ours (up to its last poll).
+    """
+
+    POLL_SECONDS = 0.25
+
+    def __init__(self, pids: Callable[[], Iterable[int]]) -> None:
+        self._pids = pids
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._poll()
+        self._first = dict(self._last)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        descendants = {me.pid, *(child.pid for child in me.children(recursive=True))}
+        for pid in self._pids():
+            if pid in descendants:
+                continue  # counted by _own_seconds already
+            try:
+                self._last[pid] = sum(psutil.Process(pid).cpu_times()[:4])
+            except psutil.Error:
+                continue
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.POLL_SECONDS):
+            self._poll()
+
+    def seconds(self) -> float:
+        """CPU-seconds they used since this object was made (all of it for ones started since)."""
+        self._stop.set()
+        self._thread.join()
+        self._poll()
+        return sum(cpu - self._first.get(pid, 0.0) for pid, cpu in self._last.items())
+
+
+class OtherLoad:
+    """Cores used by other processes between `start()` and `cores()`.
+
+    `also_ours` names processes of the run that are not its children (see
+    `_Adopted`), so their work is not taken for another process's.
+    """
+
+    def __init__(self, also_ours: Callable[[], Iterable[int]] | None = None) -> None:
+        self._also_ours = also_ours
         self.start()
 
     def start(self) -> None:
         self._wall = time.monotonic()
         self._busy = _busy_seconds()
         self._own = _own_seconds()
+        self._adopted = _Adopted(self._also_ours) if self._also_ours is not None else None
 
     def cores(self) -> float:
         wall = max(time.monotonic() - self._wall, 1e-6)
-        others = (_busy_seconds() - self._busy) - (_own_seconds() - self._own)
+        adopted = self._adopted.seconds() if self._adopted is not None else 0.0
+        others = (_busy_seconds() - self._busy) - (_own_seconds() - self._own) - adopted
         return max(others, 0.0) / wall
 
 
@@ -84,12 +138,15 @@ class Quietness:
 
 
 def wait_until_quiet(
-    max_wait: float, threshold: float = QUIET_CORES, probe: float = PROBE_SECONDS
+    max_wait: float,
+    threshold: float = QUIET_CORES,
+    probe: float = PROBE_SECONDS,
+    also_ours: Callable[[], Iterable[int]] | None = None,
 ) -> tuple[bool, float]:
     """Probe until the other processes use less than `threshold` cores; (quiet, seconds waited)."""
     started = time.monotonic()
     while True:
-        load = OtherLoad()
+        load = OtherLoad(also_ours)
         time.sleep(probe)
         if load.cores() < threshold:
             return True, time.monotonic() - started
@@ -104,6 +161,7 @@ def measured_quietly(
     max_wait: float,
     retries: int = 1,
     threshold: float = QUIET_CORES,
+    also_ours: Callable[[], Iterable[int]] | None = None,
 ) -> tuple[T, Quietness]:
     """Run `section` on a quiet machine if possible; re-run it up to `retries` times if it was not.
 
@@ -112,10 +170,10 @@ def measured_quietly(
     best: tuple[T, Quietness] | None = None
     waited_total = 0.0
     for attempt in range(1, retries + 2):
-        _, waited = wait_until_quiet(max_wait, threshold)
+        _, waited = wait_until_quiet(max_wait, threshold, also_ours=also_ours)
         waited_total += waited
         before = os.getloadavg()[0]
-        load = OtherLoad()
+        load = OtherLoad(also_ours)
         result = section()
         others = load.cores()
         quietness = Quietness(

@@ -26,11 +26,17 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from capgen.benchmarks.quiet import measured_quietly
+from capgen.benchmarks.results_folder import ResultsFolder
+from capgen.runtime.errors import CapgenError
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ray_scaling"
 WARMUP_IMAGES = 16
+T = TypeVar("T")
 
 
 def write_images(folder: Path, count: int) -> list[Path]:
@@ -137,7 +143,23 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace) -> str:
         f"timed (its first row after {summary['ray_1_actor_first_row_s']:.1f} s: actors "
         "starting and loading the model).",
         "",
+        *_quietness_lines(summary),
     ])  # fmt: skip
+
+
+def _quietness_lines(summary: dict[str, Any]) -> list[str]:
+    """How quiet the machine was per arm (the cluster's own processes count as ours)."""
+    lines = ["| arm | other processes (cores) | load before | quiet |", "|---|---|---|---|"]
+    for name, how in summary.get("quietness", {}).items():
+        lines.append(f"| {name} | {how['other_cores']:.2f} | {how['load_average_before']:.2f} | "
+                     f"{'yes' if how['quiet'] else 'NO'} |")  # fmt: skip
+    if summary.get("noisy_sections"):
+        lines = [
+            "**NOISY RUN**: other processes ran during " + ", ".join(summary["noisy_sections"]),
+            "",
+            *lines,
+        ]
+    return [*lines, ""]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -156,26 +178,42 @@ def main(argv: list[str] | None = None) -> None:
     if reason is not None:
         raise SystemExit(f"ray_scaling: {reason}")
     model, _ = resolve_model_dir(args.model)
+    results_folder = ResultsFolder(args.out.parent)
+    try:  # before the run, not five minutes into it
+        results_folder.check([f"{args.out.name}.json", f"{args.out.name}.md"])
+    except CapgenError as error:
+        raise SystemExit(f"ray_scaling: {error}") from None
+    quietness: dict[str, dict[str, Any]] = {}
+
+    def quietly(
+        name: str, section: Callable[[], T], ours: Callable[[], list[int]] | None = None
+    ) -> T:
+        value, how = measured_quietly(section, lambda line: print(line, file=sys.stderr), name,
+                                      max_wait=300.0, retries=0, also_ours=ours)  # fmt: skip
+        quietness[name] = how.as_dict()
+        return value
+
     with tempfile.TemporaryDirectory(prefix="capgen-ray-bench-") as temp:
         folder = Path(temp) / "images"
         paths = write_images(folder, args.images)
         print(f"{len(paths)} images written", file=sys.stderr)
-        local = in_process(model, paths, args)
+        local = quietly("in-process", lambda: in_process(model, paths, args))
         print(f"in-process: {local['seconds']:.1f} s", file=sys.stderr)
         # 4 logical CPUs: the 2 actors take 1 each and the read tasks still find one (an actor
         # pool that takes every CPU starves its reads and hangs).
         with netns_cluster(head_cpus=4, worker_cpus=(), label="cgb",
                            env={"CAPGEN_HOME": str(Path(temp) / "home")}) as cluster:  # fmt: skip
-            one = on_ray(cluster, folder, model, 1, args)
+            ours = cluster.own_processes
+            one = quietly("ray 1 actor", lambda: on_ray(cluster, folder, model, 1, args), ours)
             print(f"ray, 1 actor: {one['seconds']:.1f} s", file=sys.stderr)
-            two = on_ray(cluster, folder, model, 2, args)
+            two = quietly("ray 2 actors", lambda: on_ray(cluster, folder, model, 2, args), ours)
             print(f"ray, 2 actors: {two['seconds']:.1f} s", file=sys.stderr)
     if one["rows"] != args.images or two["rows"] != args.images:
         raise SystemExit(f"ray_scaling: rows {one['rows']}/{two['rows']} for {args.images} images")
-    summary = summarise(args.images, local, one, two)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({**summary, "arms": {"in_process": local, "ray_1": one, "ray_2": two}}, indent=2) + "\n")  # fmt: skip
-    args.out.with_suffix(".md").write_text(markdown(summary, args))
+    summary = {**summarise(args.images, local, one, two), "quietness": quietness,
+               "noisy_sections": [name for name, how in quietness.items() if not how["quiet"]]}  # fmt: skip
+    results_folder.write_text(f"{args.out.name}.json", json.dumps({**summary, "arms": {"in_process": local, "ray_1": one, "ray_2": two}}, indent=2) + "\n")  # fmt: skip
+    results_folder.write_text(f"{args.out.name}.md", markdown(summary, args))
     print(markdown(summary, args))
 
 

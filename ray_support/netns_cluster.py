@@ -134,16 +134,25 @@ class NetnsCluster:
         return [int(pid) for pid in found.stdout.split()]
 
     def own_processes(self) -> list[int]:
-        """Every process of this cluster: each holds its temp dir (session, sockets) in its command line."""
+        """Every process of this cluster: each runs inside its namespace or names its temp dir.
+
+        The namespace is the sure sign (`ip netns pids`): Ray's workers and agents
+        rewrite their command lines (`ray::DashboardAgent`), so the temp dir in the
+        command line alone misses some of them, and they outlived the cluster.
+        """
+        found = subprocess.run(
+            ["ip", "netns", "pids", self.name], capture_output=True, text=True, check=False
+        )
+        pids = {int(pid) for pid in found.stdout.split() if pid.isdigit()}
         marker = str(self.temp_dir).encode()
-        pids = []
         for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            if not entry.name.isdigit() or int(entry.name) in pids:
                 continue
             with contextlib.suppress(OSError):
                 if marker in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-        return pids
+                    pids.add(int(entry.name))
+        pids.discard(os.getpid())
+        return sorted(pids)
 
     def stop(self) -> None:
         """End this cluster's processes, and only those, then delete the namespace.
