@@ -104,10 +104,15 @@ def builtin_kind_names() -> tuple[str, ...]:
 
 
 def encoder_kind_names() -> tuple[str, ...]:
-    """Every known kind, built-in first, then plugins in registration order."""
+    """Every known kind, built-in first, then plugins in registration order.
+
+    Built-in first whatever was imported first: a plugin module imported
+    directly (models.colour_encoder registers itself) can precede the families.
+    """
     _builtin_kinds()
     _load_plugins()
-    return tuple(_KINDS)
+    builtin = tuple(name for name in builtin_kind_names() if name in _KINDS)
+    return (*builtin, *(name for name in _KINDS if name not in builtin))
 
 
 def find_encoder_kind(name: str) -> EncoderKindSpec | None:

@@ -27,9 +27,13 @@ from tiny_model import TinyModel, write_tiny_model  # noqa: E402
 CONSOLE_SCRIPT = TESTS.parent / ".venv" / "bin" / "capgen"
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def private_capgen_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """In-process Captioners keep their stamps and graph cache out of the developer's real cache."""
+    """In-process Captioners keep their stamps and graph cache out of the developer's real cache.
+
+    Per module, not per session: a session-wide CAPGEN_HOME outlived tests/hardening
+    and hid the real default model from every folder after it (tests/models, tests/ray).
+    """
     home = tmp_path_factory.mktemp("hardening_home")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CAPGEN_HOME", str(home))

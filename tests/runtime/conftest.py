@@ -13,9 +13,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CAPGEN_SCRIPT = REPO_ROOT / ".venv" / "bin" / "capgen"
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def private_capgen_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Keep verification stamps and the 'default model' out of the developer's real cache."""
+    """Keep verification stamps and the 'default model' out of the developer's real cache.
+
+    Per module: a session-wide CAPGEN_HOME would outlive tests/runtime and hide the
+    real cache from the folders collected after it.
+    """
     home = tmp_path_factory.mktemp("capgen_home")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CAPGEN_HOME", str(home))
