@@ -1,10 +1,6 @@
-"""The machine a run happened on, and how fast it can multiply matrices at best.
+"""The machine a run happened on: CPU, flags, memory, load, versions.
 
-The matmul ceiling is an onnxruntime MatMul (same library, same threads as
-the encoder), so "encoder GFLOP/s ÷ matmul GFLOP/s" says how close the
-encoder gets to what this CPU does on the friendliest possible workload.
-numpy is not used for it: OPENBLAS_CORETYPE may be pinned to an older core
-type on these machines, which would understate the ceiling.
+How fast it can compute at best is `ceiling.py`'s job.
 """
 
 from __future__ import annotations
@@ -12,12 +8,9 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
-import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 # Xception at 299x299 is 8.36 G multiply-adds (93% of them in its 1x1 pointwise
 # convolutions) = 16.7 GFLOP per image.
@@ -78,66 +71,3 @@ def machine_info() -> dict[str, Any]:
             if key in os.environ
         },
     }
-
-
-def _matmul_session(size: int, threads: int | None) -> Any:
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "b"], ["c"])],
-        "matmul",
-        [
-            helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size]),
-            helper.make_tensor_value_info("b", TensorProto.FLOAT, [size, size]),
-        ],
-        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-
-
-def _time_matmul(size: int, threads: int | None, repeats: int) -> list[float]:
-    session = _matmul_session(size, threads)
-    rng = np.random.default_rng(0)
-    feeds = {name: rng.standard_normal((size, size), dtype=np.float32) for name in ("a", "b")}
-    session.run(None, feeds)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - started)
-    return times
-
-
-def matmul_ceiling(sizes: tuple[int, ...] = (1024, 2048, 3072), repeats: int = 7) -> dict[str, Any]:
-    """The best float32 [n x n] @ [n x n] GFLOP/s onnxruntime reaches here, over shapes and threads.
-
-    One shape at one thread setting is a speed, not a ceiling: small squares
-    do not fill the cores, large ones fall out of cache, and onnxruntime's
-    default pool may not use one thread per core. The best of each
-    (shape, threads) pair is the ceiling; every pair is reported.
-    """
-    cores = os.cpu_count() or 1
-    trials: list[dict[str, Any]] = []
-    for size in sizes:
-        for threads in dict.fromkeys((None, cores)):
-            times = _time_matmul(size, threads, repeats)
-            flop = 2.0 * size**3
-            trials.append(
-                {
-                    "size": size,
-                    "threads": threads or "default",
-                    "best_seconds": min(times),
-                    "median_seconds": float(np.median(times)),
-                    "gflops_best": flop / min(times) / 1e9,
-                    "gflops_median": flop / float(np.median(times)) / 1e9,
-                }
-            )
-    best = max(trials, key=lambda trial: trial["gflops_best"])
-    return {**best, "trials": trials}

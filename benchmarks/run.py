@@ -11,7 +11,8 @@ baseline median ÷ capgen median from the same run. Sections:
 5. throughput over a folder of photos;
 6. peak memory (cold processes; warm workers too);
 7. scaling with caption length (both arms) and beam size (capgen);
-8. encoder GFLOP/s against an onnxruntime matmul's on this machine;
+8. encoder GFLOP/s against the best onnxruntime reaches on this machine (its ceiling,
+   FP32 and INT8: 1x1 Conv chains and MatMuls, 1 and all threads);
 9. encoder kinds: each tutorial encoder (VGG16, ResNet50, InceptionV3, DenseNet201,
    Xception) alone, batch 1, FP32 and INT8;
 plus the INT8 encoder's caption accuracy on the default model's test split.
@@ -31,8 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from capgen.benchmarks import fixtures
+from capgen.benchmarks.ceiling import (
+    FULL_KERNELS,
+    QUICK_KERNELS,
+    SMOKE_KERNELS,
+    Kernel,
+    measure_ceilings,
+)
+from capgen.benchmarks.efficiency import encoder_efficiency
 from capgen.benchmarks.fixtures import BenchModel
-from capgen.benchmarks.machine import XCEPTION_GFLOP, machine_info, matmul_ceiling
+from capgen.benchmarks.machine import machine_info
 from capgen.benchmarks.processes import Worker, run_cold
 from capgen.benchmarks.quiet import measured_quietly
 from capgen.benchmarks.stats import summarize
@@ -56,9 +65,10 @@ class Plan:
     scaling_lengths: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     beam_sizes: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
     encoder_batches: tuple[int, ...] = (1, 8)
-    # The ceiling is the best of these MatMul shapes (and of 1 thread per core vs
-    # onnxruntime's default), so it is a ceiling rather than one shape's speed.
-    matmul_sizes: tuple[int, ...] = (1024, 2048, 3072)
+    # The ceiling is the best of these kernels, each with 1 thread and one per core,
+    # so it is a ceiling rather than one shape's speed (benchmarks/ceiling.py).
+    ceiling_kernels: tuple[Kernel, ...] = FULL_KERNELS
+    ceiling_repeats: int = 5
     # Before each section: wait up to this long for the other processes to fall
     # below quiet.QUIET_CORES; a section they disturbed is re-run this many times.
     quiet_max_wait: float = 300.0
@@ -83,7 +93,7 @@ QUICK = Plan(
     decoder_steps=8,
     scaling_lengths=(1, 4, 8),
     beam_sizes=(1, 3),
-    matmul_sizes=(1024, 2048),
+    ceiling_kernels=QUICK_KERNELS,
     int8_eval_scenes=20,
     quiet_max_wait=60.0,
     encoder_kind_repetitions=3,
@@ -421,21 +431,6 @@ def _warm(session: _Session, model: BenchModel, primary: bool) -> dict[str, Any]
             worker.close()
 
 
-def _encoder_efficiency(model_result: dict[str, Any], ceiling: dict[str, float]) -> dict[str, Any]:
-    efficiency: dict[str, Any] = {}
-    for batch_key, entry in model_result.get("encoder", {}).items():
-        batch = int(batch_key.removeprefix("batch"))
-        for arm, stats in entry["seconds"].items():
-            per_image = float(stats["median"]) / batch
-            gflops = XCEPTION_GFLOP / per_image
-            efficiency[f"{arm}_{batch_key}"] = {
-                "ms_per_image": per_image * 1000,
-                "gflops": gflops,
-                "share_of_matmul": gflops / ceiling["gflops_best"],
-            }
-    return efficiency
-
-
 def _encoder_kinds(
     session: _Session, quietly: Callable[[str, Callable[[], Any]], Any]
 ) -> dict[str, Any]:
@@ -512,10 +507,15 @@ def run_benchmarks(
                 echo(f"  {model.name} failed: {error}")
                 entry = {"note": model.note, "primary": False, "error": str(error)}
             results["models"][model.name] = entry
-        echo("matmul ceiling (onnxruntime)")
-        results["matmul"] = quietly("matmul ceiling", lambda: matmul_ceiling(plan.matmul_sizes))
-        results["encoder_efficiency"] = _encoder_efficiency(
-            results["models"][models[0].name], results["matmul"]
+        echo("ceiling (onnxruntime CPU provider: best FP32 and INT8 GFLOP/s over kernels, threads)")
+        results["ceiling"] = quietly(
+            "ceiling",
+            lambda: measure_ceilings(
+                plan.ceiling_kernels, plan.ceiling_repeats, results["machine"]["cpu_flags"]
+            ),
+        )
+        results["encoder_efficiency"] = encoder_efficiency(
+            results["models"][models[0].name], results["ceiling"]
         )
         if plan.encoder_kind_repetitions > 0:
             results["encoder_kinds"] = _encoder_kinds(session, quietly)
@@ -545,7 +545,8 @@ def smoke_plan() -> Plan:
         scaling_lengths=(1, 2),
         beam_sizes=(1, 2),
         encoder_batches=(1, 2),
-        matmul_sizes=(256,),
+        ceiling_kernels=SMOKE_KERNELS,
+        ceiling_repeats=1,
         include_default_model=False,
         int8_eval_scenes=0,
         encoder_kind_repetitions=0,

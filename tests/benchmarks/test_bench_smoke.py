@@ -63,7 +63,8 @@ def test_smoke_run_writes_every_section(
     assert model["decoder"]["words"] == {"baseline": 2, "capgen": 2}
     for beam in ("1", "2"):
         _positive_stats(model["scaling_beam"][beam])
-    assert written["matmul"]["gflops_best"] > 0
+    assert written["ceiling"]["fp32"]["gflops_best"] > 0
+    assert written["ceiling"]["int8"]["gflops_best"] > 0
     assert written["encoder_efficiency"]["capgen_batch1"]["gflops"] > 0
     targets = written["targets"]
     metrics = {entry["metric"] for entry in targets.values()}
@@ -72,7 +73,7 @@ def test_smoke_run_writes_every_section(
         "cold_start",
         "decoder",
         "peak_memory",
-        "encoder_vs_matmul",
+        "encoder_vs_ceiling",
     } <= metrics
     assert all(isinstance(entry["met"], bool) for entry in targets.values())
     assert written["machine"]["logical_cores"] >= 1
@@ -80,7 +81,7 @@ def test_smoke_run_writes_every_section(
     assert set(written["quietness"]) == {
         "tutorial7577 cold start",
         "tutorial7577 warm",
-        "matmul ceiling",
+        "ceiling",
     }
     for how in written["quietness"].values():
         assert how["other_cores"] >= 0 and how["attempts"] == 1
@@ -89,7 +90,9 @@ def test_smoke_run_writes_every_section(
         name for name, how in written["quietness"].items() if not how["quiet"]
     ]
     assert "other processes' CPU while each section ran" in markdown
-    assert len(written["matmul"]["trials"]) >= 1
-    assert written["matmul"]["gflops_best"] == max(
-        trial["gflops_best"] for trial in written["matmul"]["trials"]
-    )
+    for precision in ("fp32", "int8"):
+        ceiling = written["ceiling"][precision]
+        assert len(ceiling["trials"]) >= 1
+        assert ceiling["gflops_best"] == max(trial["gflops_best"] for trial in ceiling["trials"])
+    assert "## Distance from the machine's limit" in markdown
+    assert "FP32 ceiling:" in markdown and "theoretical FP32 peak" in markdown
