@@ -23,7 +23,6 @@ from typing import Any
 
 from capgen.convert.delimiters import Delimiters
 from capgen.convert.portable import file_requirement
-from capgen.convert.staging import create_staging, prune_stale, swap_in
 from capgen.convert.step_graph import (
     DecoderWeights,
     build_projection_graph,
@@ -48,6 +47,7 @@ from capgen.runtime.manifest import (
     write_manifest,
 )
 from capgen.runtime.onnx_external_data import read_single_file_graph
+from capgen.runtime.staging import create_staging, prune_stale, swap_in
 
 # Bump when what the converter writes changes for the same sources (2: graphs at the
 # lowest IR version, onnxruntime recorded per file). Recorded as converted_with.recipe,

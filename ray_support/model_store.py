@@ -8,9 +8,11 @@ Two ways, both verified by the runtime's own manifest checks:
 - `ship_model(folder)`: the driver verifies the folder, reads every file the
   manifest lists and puts them into the object store once; on each node the
   first actor writes them into `$CAPGEN_HOME/ray-models/<manifest sha256>/`
-  (a fresh temporary folder, verified against the manifest's sha256s, then
-  renamed into place), and every later actor on that node reuses it after
-  the same verification. Bytes that do not match the manifest never load.
+  (a marked staging folder, `runtime/staging.py`, verified against the
+  manifest's sha256s, then renamed into place), and every later actor on
+  that node reuses it after the same verification. Bytes that do not match
+  the manifest never load. An actor killed mid-copy leaves a marked staging
+  folder; the next copy on that node removes it once its process is gone.
 """
 
 from __future__ import annotations
@@ -19,15 +21,16 @@ import contextlib
 import hashlib
 import os
 import shutil
-import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from capgen.runtime.captioner import resolve_model_dir
 from capgen.runtime.errors import ModelError, ModelIntegrityError
 from capgen.runtime.home import capgen_home
 from capgen.runtime.manifest import MANIFEST_FILE, load_manifest, verify_files
+from capgen.runtime.staging import create_staging, place, prune_stale_in
 
 STORE_FOLDER = "ray-models"
 
@@ -41,10 +44,8 @@ class ShippedModel:
     files: Any  # ray.ObjectRef to {file name: bytes}, manifest.json included
 
 
-def ship_model(model: str | Path | None = None) -> ShippedModel:
-    """Verify `model` (folder, installed NAME or None for the default) and put it into the object store once."""
-    import ray
-
+def read_model(model: str | Path | None = None) -> tuple[str, str, dict[str, bytes]]:
+    """`model`'s name, manifest sha256 and {file name: bytes} (manifest.json included), verified."""
     folder, _ = resolve_model_dir(model)
     manifest = load_manifest(folder)
     verify_files(manifest, use_stamps=False)  # what is shipped is what the manifest says
@@ -53,8 +54,15 @@ def ship_model(model: str | Path | None = None) -> ShippedModel:
         contents = {name: (folder / name).read_bytes() for name in names}
     except OSError as exc:
         raise ModelError(f"{folder}: cannot read the model ({exc.strerror or exc})") from None
-    digest = hashlib.sha256(contents[MANIFEST_FILE]).hexdigest()
-    return ShippedModel(manifest.name, digest, ray.put(contents))
+    return manifest.name, hashlib.sha256(contents[MANIFEST_FILE]).hexdigest(), contents
+
+
+def ship_model(model: str | Path | None = None) -> ShippedModel:
+    """Verify `model` (folder, installed NAME or None for the default) and put it into the object store once."""
+    import ray
+
+    name, digest, contents = read_model(model)
+    return ShippedModel(name, digest, ray.put(contents))
 
 
 def model_folder(model: str | Path | ShippedModel | None) -> str | Path | None:
@@ -75,40 +83,62 @@ def _verified(folder: Path, manifest_sha256: str) -> bool:
     return True
 
 
+def _copy_mismatch(target: Path, name: str) -> ModelIntegrityError:
+    return ModelIntegrityError(
+        f"{target}: this node's copy of model {name!r} does not match its manifest; "
+        "delete the folder and run again"
+    )
+
+
 def materialise(model: ShippedModel, store: Path | None = None) -> Path:
     """This node's verified copy of a shipped model, written once per node."""
     root = (store or capgen_home() / STORE_FOLDER).resolve()
     target = root / model.manifest_sha256
     if target.is_dir():
+        prune_stale_in(root)  # a killed actor's leftovers go even when the copy is here already
         if _verified(target, model.manifest_sha256):
             return target
-        raise ModelIntegrityError(
-            f"{target}: this node's copy of model {model.name!r} does not match its manifest; "
-            "delete the folder and run again"
-        )
+        raise _copy_mismatch(target, model.name)
     import ray
 
-    contents: dict[str, bytes] = ray.get(model.files)
+    return write_copy(model.name, model.manifest_sha256, ray.get(model.files), root)
+
+
+def _relative_name(name: str) -> PurePosixPath:
+    """A manifest file name as a path inside the copy, or an integrity error (no way out of it)."""
+    path = PurePosixPath(name)
+    if path.is_absolute() or not path.parts or ".." in path.parts or "\0" in name:
+        raise ModelIntegrityError(f"shipped model: file name {name!r} leaves the model folder")
+    return path
+
+
+def write_copy(name: str, manifest_sha256: str, contents: Mapping[str, bytes], root: Path) -> Path:
+    """Write `contents` to `root/<manifest_sha256>` through a marked staging folder; return it.
+
+    The dead writers' staging leftovers in `root` go first. The files are
+    created exclusively, never through a link, and verified against the
+    manifest before the folder is renamed into place; if another actor on
+    this node placed its copy first, that copy is verified and used.
+    """
+    target = root / manifest_sha256
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(
-        tempfile.mkdtemp(dir=root, prefix=f".{model.manifest_sha256[:12]}.", suffix=".partial")
-    )
+    prune_stale_in(root)
+    staging = create_staging(target)
     try:
-        for name, data in contents.items():
-            path = staging / name
+        for file_name, data in contents.items():
+            path = staging / _relative_name(file_name)
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
-        if not _verified(staging, model.manifest_sha256):
+        if not _verified(staging, manifest_sha256):
             raise ModelIntegrityError(
-                f"model {model.name!r}: the shipped files do not match the manifest's sha256s"
+                f"model {name!r}: the shipped files do not match the manifest's sha256s"
             )
-        try:
-            staging.rename(target)
-        except OSError:  # another actor on this node finished first: use its copy
-            if not _verified(target, model.manifest_sha256):
-                raise
+        if not place(staging, target) and (
+            target.is_symlink() or not _verified(target, manifest_sha256)
+        ):
+            raise _copy_mismatch(target, name)
     finally:
         if staging.exists():
             with contextlib.suppress(OSError):

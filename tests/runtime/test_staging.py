@@ -4,37 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
-from capgen.convert.staging import MARKER, create_staging, prune_stale, swap_in
+from staging_helpers import killed_staging
 
-
-def _killed_staging(out_dir: Path) -> Path:
-    """Create a staging folder in a child process that is then killed with SIGKILL."""
-    script = (
-        "import os, signal, sys\n"
-        "from pathlib import Path\n"
-        "from capgen.convert.staging import create_staging\n"
-        "staging = create_staging(Path(sys.argv[1]))\n"
-        "(staging / 'encoder.onnx').write_bytes(b'x' * 1024)\n"
-        "print(staging, flush=True)\n"
-        "os.kill(os.getpid(), signal.SIGKILL)\n"
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", script, str(out_dir)], capture_output=True, text=True, check=False
-    )
-    assert run.returncode == -signal.SIGKILL, run.stderr
-    staging = Path(run.stdout.strip())
-    assert staging.is_dir() and staging.name.startswith(f".{out_dir.name}.partial-")
-    return staging
+from capgen.runtime.staging import MARKER, create_staging, prune_stale, swap_in
 
 
 def test_a_killed_conversions_staging_folder_is_pruned(tmp_path: Path) -> None:
     out_dir = tmp_path / "model"
-    stale = _killed_staging(out_dir)
+    stale = killed_staging(out_dir)
     assert prune_stale(out_dir) == [stale]
     assert not stale.exists()
 
@@ -50,7 +29,7 @@ def test_live_unmarked_linked_and_foreign_leftovers_stay(tmp_path: Path) -> None
     (target / MARKER).write_text(json.dumps({"pid": 2**22 + 1, "host": os.uname().nodename}))
     linked = tmp_path / ".model.partial-link"
     linked.symlink_to(target, target_is_directory=True)
-    other = _killed_staging(tmp_path / "other-model")
+    other = killed_staging(tmp_path / "other-model")
     bad_marker = tmp_path / ".model.partial-bad"
     bad_marker.mkdir()
     (bad_marker / MARKER).write_text("not json")

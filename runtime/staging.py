@@ -1,29 +1,36 @@
-"""Hidden staging folders for model folders, and the leftovers of killed conversions.
+"""Hidden staging folders swapped in whole, and the leftovers of killed writers.
 
-A model folder is assembled in `.NAME.partial-XXXX` beside its target and
-renamed into place, so a reader never sees half a folder. A conversion killed
+A folder capgen writes whole (a converted model folder, a Ray node's copy of a
+shipped model) is assembled in `.NAME.partial-XXXX` beside its target and
+renamed into place, so a reader never sees half a folder. A writer killed
 hard (SIGKILL, out of memory, power) cannot clean up after itself, and each
 leftover holds a copy of the 83 MB encoder. Every staging folder therefore
-carries a marker naming the process that made it; the next conversion into the
+carries a marker naming the process that made it; the next writer into the
 same parent removes only folders whose marker says they are capgen's and whose
 process is gone, so nothing capgen did not write, and nothing another running
-conversion is using, is ever deleted.
+writer is using, is ever deleted. Standard library and runtime only, so the
+runtime-only install (and Ray's actors) can use it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from capgen.runtime.atomic_write import default_mode
 
 MARKER = ".capgen-staging.json"
 _KINDS = ("partial", "replaced")
+# `.<target name>.partial-<random>` / `.<target name>.replaced-<random>`
+_STAGING_NAME = re.compile(r"^\..+\.(?:partial|replaced)-[^/]+$")
 
 
 def _boot_id() -> str:
@@ -73,6 +80,25 @@ def swap_in(staging: Path, out_dir: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+def place(staging: Path, target: Path) -> bool:
+    """Rename `staging` to `target` unless `target` is already there; False leaves `staging` as it was.
+
+    For folders whose content is fixed by their name (a model copy named after
+    its manifest's sha256): when another writer got there first, its copy is
+    as good as ours and is kept. The marker is removed after the rename, so a
+    kill at any moment leaves a marked leftover or the finished folder.
+    """
+    try:
+        os.rename(staging, target)  # fails on an existing non-empty folder or a file
+    except OSError:
+        if not target.exists() and not target.is_symlink():
+            raise
+        return False
+    with contextlib.suppress(OSError):
+        (target / MARKER).unlink()
+    return True
+
+
 def _alive(owner: dict[str, object]) -> bool:
     """Whether the marker's process may still be running (unknown counts as alive)."""
     pid = owner.get("pid")
@@ -90,15 +116,25 @@ def _alive(owner: dict[str, object]) -> bool:
 
 
 def prune_stale(out_dir: Path) -> list[Path]:
-    """Remove staging leftovers of `out_dir` from conversions that died; return what went."""
+    """Remove staging leftovers of `out_dir` from writers that died; return what went."""
+    prefixes = tuple(f".{out_dir.name}.{kind}-" for kind in _KINDS)
+    return _prune(out_dir.parent, lambda name: name.startswith(prefixes))
+
+
+def prune_stale_in(parent: Path) -> list[Path]:
+    """Remove the dead writers' staging leftovers of any target in `parent` (a folder capgen owns,
+    such as the Ray model store, where every target is capgen's); return what went."""
+    return _prune(parent, lambda name: _STAGING_NAME.match(name) is not None)
+
+
+def _prune(parent: Path, is_staging_name: Callable[[str], bool]) -> list[Path]:
     removed: list[Path] = []
     try:
-        entries = list(out_dir.parent.iterdir())
+        entries = list(parent.iterdir())
     except OSError:
         return removed
-    prefixes = tuple(f".{out_dir.name}.{kind}-" for kind in _KINDS)
     for entry in entries:
-        if not entry.name.startswith(prefixes):
+        if not is_staging_name(entry.name):
             continue
         try:
             info = entry.lstat()
