@@ -279,6 +279,7 @@ def measure_ceilings(
     kernels: Sequence[Kernel], repeats: int, flags: Sequence[str]
 ) -> dict[str, Any]:
     """Time every (kernel, threads) setting; the best per precision is its ceiling."""
+    started = time.monotonic()
     trials = [
         time_setting(kernel, threads, repeats)
         for kernel in kernels
@@ -287,4 +288,5 @@ def measure_ceilings(
     return {
         **ceilings_from(trials),
         "theoretical_peak": theoretical_peak(flags, physical_cores(), max_clock_mhz()),
+        "seconds": round(time.monotonic() - started, 1),
     }

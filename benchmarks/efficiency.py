@@ -98,6 +98,8 @@ def markdown(results: dict[str, Any]) -> list[str]:
             f"{best['gflops_median']:.0f}), {best['kernel']}, {best['threads']} threads: the best of "
             f"{len(best['trials'])} (kernel, threads) settings in onnxruntime's CPU provider"
         )
+    if "seconds" in ceilings:
+        lines.append(f"- measuring every setting took {ceilings['seconds']:.0f} s")
     lines += _peak_lines(ceilings.get("theoretical_peak", {}), ceilings.get("fp32"))
     lines.append(
         f"- Xception = {XCEPTION_GFLOP:.1f} GFLOP per 299×299 image (8.36 G multiply-adds)"
