@@ -62,6 +62,10 @@ def share_text(entry: dict[str, Any]) -> str:
     return f"= {share * 100:.0f}% of the {precision} ceiling"
 
 
+def _threads(count: int) -> str:
+    return f"{count} thread" + ("" if count == 1 else "s")
+
+
 def _peak_lines(peak: dict[str, Any], fp32: dict[str, Any] | None) -> list[str]:
     if peak.get("gflops_range"):
         low, high = peak["gflops_range"]
@@ -95,7 +99,7 @@ def markdown(results: dict[str, Any]) -> list[str]:
             continue
         lines.append(
             f"- {precision.upper()} ceiling: {best['gflops_best']:.0f} GFLOP/s (median "
-            f"{best['gflops_median']:.0f}), {best['kernel']}, {best['threads']} threads: the best of "
+            f"{best['gflops_median']:.0f}), {best['kernel']}, {_threads(best['threads'])}: the best of "
             f"{len(best['trials'])} (kernel, threads) settings in onnxruntime's CPU provider"
         )
     if "seconds" in ceilings:
