@@ -181,6 +181,10 @@ class Captioner:
             # decoder runs on one thread and `threads` is for the encoder.
             threads=1,
             providers=self.providers,
+            sha256=(
+                manifest.files[decoder.projection_file].sha256,
+                manifest.files[step_file].sha256,
+            ),
         )
         self._step_model.check_vocabulary()
         if self.vocabulary.start_id is None:

@@ -69,37 +69,79 @@ def _skip(data: bytes | mmap.mmap, wire_type: int, position: int, end: int) -> i
     raise _Malformed  # groups (3, 4) are not used by ONNX
 
 
+def external_data_locations(data: bytes | mmap.mmap) -> frozenset[str] | None:
+    """The `location` of every tensor in the serialized ModelProto `data` that names external data.
+
+    Empty for a self-contained graph; None when the bytes are not a
+    well-formed protobuf or a tensor says EXTERNAL without naming a location
+    (onnxruntime would refuse those anyway, and a parser disagreement must
+    not open a gap).
+    """
+    locations: set[str] = set()
+    pending = [(_MODEL, 0, len(data))]
+    try:
+        while pending:
+            kind, position, end = pending.pop()
+            children = _CHILDREN[kind]
+            external = False
+            named = False
+            while position < end:
+                tag, position = _varint(data, position, end)
+                field, wire_type = tag >> 3, tag & 7
+                if kind == _TENSOR and field == _TENSOR_DATA_LOCATION and wire_type == 0:
+                    location, position = _varint(data, position, end)
+                    external = external or location != 0
+                    continue
+                start = position
+                position = _skip(data, wire_type, position, end)
+                if position > end:
+                    raise _Malformed
+                if kind == _TENSOR and field == _TENSOR_EXTERNAL_DATA:
+                    if wire_type != 2:
+                        raise _Malformed
+                    key, value = _entry(data, start, end)
+                    if key == "location":
+                        locations.add(value)
+                        named = True
+                    external = True
+                elif wire_type == 2 and field in children:
+                    length, body = _varint(data, start, end)
+                    pending.append((children[field], body, body + length))
+            if external and not named:
+                raise _Malformed
+    except (_Malformed, UnicodeDecodeError):
+        return None
+    return frozenset(locations)
+
+
+def _entry(data: bytes | mmap.mmap, start: int, end: int) -> tuple[str, str]:
+    """(key, value) of the StringStringEntryProto whose length prefix starts at `start`."""
+    length, position = _varint(data, start, end)
+    stop = position + length
+    if stop > end:
+        raise _Malformed
+    fields = {1: "", 2: ""}
+    while position < stop:
+        tag, position = _varint(data, position, stop)
+        field, wire_type = tag >> 3, tag & 7
+        if wire_type != 2:
+            raise _Malformed
+        size, body = _varint(data, position, stop)
+        position = body + size
+        if position > stop:
+            raise _Malformed
+        if field in fields:
+            fields[field] = bytes(data[body:position]).decode("utf-8")
+    return fields[1], fields[2]
+
+
 def uses_external_data(data: bytes | mmap.mmap) -> bool:
     """True when any tensor in the serialized ModelProto `data` names external data.
 
     Bytes that are not a well-formed protobuf count as True: onnxruntime
     would refuse them anyway, and a parser disagreement must not open a gap.
     """
-    pending = [(_MODEL, 0, len(data))]
-    try:
-        while pending:
-            kind, position, end = pending.pop()
-            children = _CHILDREN[kind]
-            while position < end:
-                tag, position = _varint(data, position, end)
-                field, wire_type = tag >> 3, tag & 7
-                if kind == _TENSOR and field == _TENSOR_EXTERNAL_DATA:
-                    return True
-                if kind == _TENSOR and field == _TENSOR_DATA_LOCATION and wire_type == 0:
-                    location, position = _varint(data, position, end)
-                    if location != 0:
-                        return True
-                    continue
-                start = position
-                position = _skip(data, wire_type, position, end)
-                if position > end:
-                    raise _Malformed
-                if wire_type == 2 and field in children:
-                    length, body = _varint(data, start, end)
-                    pending.append((children[field], body, body + length))
-    except _Malformed:
-        return True
-    return False
+    return external_data_locations(data) != frozenset()
 
 
 def _refuse_external_data(path: Path, data: bytes | mmap.mmap) -> None:

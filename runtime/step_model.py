@@ -28,18 +28,28 @@ class StepModel:
         vocab_size: int,
         threads: int | None = None,
         providers: Sequence[str] = DEFAULT_PROVIDERS,
+        sha256: tuple[str, str] | None = None,
     ) -> None:
+        """`sha256`: the verified (projection, step) files' checksums, which key their cached
+        optimised graphs (runtime/session.py: the step's word-gate table is then memory-mapped)."""
+        projection_key, step_key = sha256 or (None, None)
         self.units = spec.units
         self.projection_size = spec.projection_size
         self.vocab_size = vocab_size
         self._projection = OnnxSession(
-            projection_path, ["features"], ["photo"], threads=threads, providers=providers
+            projection_path,
+            ["features"],
+            ["photo"],
+            threads=threads,
+            cache_key=projection_key,
+            providers=providers,
         )
         self._step = OnnxSession(
             step_path,
             ["word", "h", "c", "photo"],
             ["log_probs", "h_out", "c_out"],
             threads,
+            cache_key=step_key,
             providers=providers,
         )
         self._step_path = step_path

@@ -130,13 +130,19 @@ def test_unreadable_and_damaged_entries_are_misses(
     _assert_quiet(unreadable, 1)
     assert unreadable.stdout == expected.stdout
 
-    (entry,) = (home / "optimized").glob("*.onnx")
-    for damage in (b"not a graph at all", entry.read_bytes()[: entry.stat().st_size // 2]):
-        entry.write_bytes(damage)  # garbage, then a half-written graph
+    entries = sorted((home / "optimized").glob("*.onnx"))
+    assert len(entries) == 3  # encoder, photo projection, decoder step
+    for half in (False, True):  # garbage, then half-written graphs
+        damaged = {}
+        for entry in entries:
+            damage = entry.read_bytes()[: entry.stat().st_size // 2] if half else b"not a graph"
+            entry.write_bytes(damage)
+            damaged[entry] = len(damage)
         done = _capgen(capgen_script, args, env)
         _assert_quiet(done, 0)
         assert done.stdout == expected.stdout
-        assert entry.stat().st_size > len(damage)  # rebuilt in place of the damaged one
+        for entry, size in damaged.items():  # rebuilt in place of the damaged ones
+            assert entry.stat().st_size > size, entry
 
 
 def test_read_only_cache_costs_one_warning_line(

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from packaging.requirements import Requirement
 from PIL import Image
 from runtime_venvs import FLAVOURS, RuntimeFlavour
 from tiny_model import TinyModel
@@ -152,9 +153,10 @@ def _assert_installed_at_lower_bounds(venv: Path, constraints: Path, home: Path)
 
     project = tomllib.loads((constraints.parent / "pyproject.toml").read_text(encoding="utf-8"))
     bounds = {}
-    for requirement in project["project"]["dependencies"]:
-        name, _, version = requirement.partition(">=")
-        bounds[name.strip().lower()] = version.strip()
+    for line in project["project"]["dependencies"]:  # e.g. "typer>=0.16,<0.29"
+        requirement = Requirement(line)
+        (lower,) = (spec.version for spec in requirement.specifier if spec.operator == ">=")
+        bounds[requirement.name.lower()] = lower
     for name, version in bounds.items():
         pinned = _pins(constraints)[name]
         assert pinned == version or pinned.startswith(version + "."), (name, pinned, version)

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from tiny_model import random_weights
 
 from capgen.convert.step_graph import build_projection_graph
+from capgen.runtime.atomic_write import STALE_AFTER_SECONDS
 from capgen.runtime.encoder import Encoder
 from capgen.runtime.errors import ModelError
 from capgen.runtime.manifest import load_manifest
-from capgen.runtime.onnx_external_data import single_file_graph
+from capgen.runtime.onnx_external_data import external_data_locations, single_file_graph
 from capgen.runtime.session import OnnxSession, _optimized_cache_path
 
 
@@ -82,8 +86,112 @@ def test_cached_entry_with_external_data_is_a_miss(tmp_path: Path) -> None:
         size_threshold=0,
     )
     OnnxSession(path, ["features"], ["photo"], cache_key=key)
-    rebuilt = onnx.load(cached, load_external_data=False)
-    assert not any(t.external_data for t in rebuilt.graph.initializer)
+    # Rebuilt: it names at most a companion capgen wrote for it, never side.bin.
+    assert external_data_locations(cached.read_bytes()) <= _companions_of(cached)
+
+
+def _companions_of(cached: Path) -> set[str]:
+    return {p.name for p in cached.parent.glob(f"{cached.stem}.*.data")}
+
+
+def _gather_table(path: Path, rows: int = 1024, seed: int = 0) -> tuple[Path, np.ndarray]:
+    """A graph shaped like the decoder step's word-gate lookup: Gather rows of a large table."""
+    table = np.random.default_rng(seed).standard_normal((rows, 256)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "word"], ["gates"], axis=0)],
+        "gate_table",
+        [helper.make_tensor_value_info("word", TensorProto.INT64, ["N"])],
+        [helper.make_tensor_value_info("gates", TensorProto.FLOAT, ["N", 256])],
+        [numpy_helper.from_array(table, "table")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path, table
+
+
+def _mapped_files() -> set[str]:
+    with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+        return {line.split(maxsplit=5)[-1].strip() for line in maps if line.count(" ") >= 5}
+
+
+def test_a_cached_table_is_memory_mapped_from_its_companion_file(tmp_path: Path) -> None:
+    """The decoder step's 31 MB gate table: mapped from the entry's companion, not copied in.
+
+    Only the rows of the words a caption uses then become resident (a cold
+    caption with the 7,577-word decoder: 28 MB less peak RSS, measured).
+    """
+    path, table = _gather_table(tmp_path / "step.onnx")
+    key = hashlib.sha256(path.read_bytes()).hexdigest()
+    OnnxSession(path, ["word"], ["gates"], cache_key=key)  # writes the entry
+    cached = _optimized_cache_path(key)
+    (companion,) = _companions_of(cached)
+    assert external_data_locations(cached.read_bytes()) == {companion}
+
+    session = OnnxSession(path, ["word"], ["gates"], cache_key=key)  # a hit
+    assert str(cached.parent / companion) in _mapped_files()
+    words = np.array([3, 1000, 3], dtype=np.int64)
+    (gates,) = session.run({"word": words})
+    np.testing.assert_array_equal(gates, table[words])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_companion_another_user_wrote_is_a_miss(tmp_path: Path) -> None:
+    """Like every entry, the companion is trusted for who wrote it: another user's is never mapped."""
+    path, table = _gather_table(
+        tmp_path / "step.onnx", seed=1
+    )  # its own entry in this module's cache
+    key = hashlib.sha256(path.read_bytes()).hexdigest()
+    OnnxSession(path, ["word"], ["gates"], cache_key=key)
+    cached = _optimized_cache_path(key)
+    (companion,) = _companions_of(cached)
+    planted = cached.parent / companion
+    planted.write_bytes(np.zeros_like(table).tobytes())  # their weights, same size
+    os.chown(planted, 65534, 65534)
+
+    session = OnnxSession(path, ["word"], ["gates"], cache_key=key)
+    words = np.array([5], dtype=np.int64)
+    np.testing.assert_array_equal(session.run({"word": words})[0], table[words])
+    assert str(planted) not in _mapped_files()
+    (named,) = external_data_locations(cached.read_bytes())  # rebuilt with a companion of its own
+    assert named != companion
+
+
+def test_a_companion_replaced_by_a_link_is_never_followed(tmp_path: Path) -> None:
+    """A link in the companion's place (to weights that pass every owner check) is a miss."""
+    path, table = _gather_table(tmp_path / "step.onnx", seed=3)
+    key = hashlib.sha256(path.read_bytes()).hexdigest()
+    OnnxSession(path, ["word"], ["gates"], cache_key=key)
+    cached = _optimized_cache_path(key)
+    (companion,) = _companions_of(cached)
+    planted = tmp_path / "their-weights.data"
+    planted.write_bytes(np.zeros_like(table).tobytes())  # this user's own file: owner checks pass
+    (cached.parent / companion).unlink()
+    (cached.parent / companion).symlink_to(planted)
+
+    session = OnnxSession(path, ["word"], ["gates"], cache_key=key)
+    words = np.array([7], dtype=np.int64)
+    np.testing.assert_array_equal(session.run({"word": words})[0], table[words])
+    assert str(planted) not in _mapped_files()
+
+
+def test_stale_companions_without_their_graph_are_pruned(tmp_path: Path) -> None:
+    """Left by a killed writer or a pruned entry; a fresh one may still be getting its graph."""
+    path, _ = _gather_table(tmp_path / "step.onnx", seed=2)
+    key = hashlib.sha256(path.read_bytes()).hexdigest()
+    folder = _optimized_cache_path(key).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    stale = folder / f"{'0' * 32}.{'1' * 16}.data"
+    fresh = folder / f"{'0' * 32}.{'2' * 16}.data"
+    for orphan in (stale, fresh):
+        orphan.write_bytes(b"x" * 100)
+    old = time.time() - 2 * STALE_AFTER_SECONDS
+    os.utime(stale, (old, old))
+
+    OnnxSession(path, ["word"], ["gates"], cache_key=key)  # writing an entry prunes
+
+    assert not stale.exists() and fresh.exists()
+    assert _companions_of(_optimized_cache_path(key))  # the new entry's own is kept
 
 
 def test_encoder_plans_no_memory_pattern(tiny_model) -> None:  # type: ignore[no-untyped-def]
