@@ -131,19 +131,38 @@ def xception_branch_nodes(model: Any) -> set[str]:
 
 
 def nodes_kept_float(model: Any) -> list[str]:
-    """Every node outside the Xception branch, except the Squeeze that only reshapes its output."""
+    """Every node outside the Xception branch (except the Squeeze that only reshapes its
+    output), and the Xception nodes that read a tensor those float nodes read too.
+
+    onnxruntime's QDQ quantizer puts one Quantize/Dequantize pair on a tensor
+    that any quantized node reads and points *every* reader at the dequantized
+    copy, excluded readers included. The colour features and Xception's
+    preprocessing both read the image cast to float; with that Mul quantized,
+    the colour branch saw the pixels scaled by the calibrated step (0.9995, not
+    1), so the INT8 encoder's colour features differed from FP32's. Keeping the
+    shared readers float leaves no QDQ pair on a tensor the float branch reads.
+    """
     if not any(node.op_type == "GlobalAveragePool" for node in model.graph.node):
         return []  # one branch, no pooling (VGG16's fc2): the whole graph is the image branch
     branch = xception_branch_nodes(model)
     branch_outputs = {
         output for node in model.graph.node if node.name in branch for output in node.output
     }
-    return sorted(
+    outside = {
         node.name
         for node in model.graph.node
         if node.name not in branch
         and not (node.op_type == "Squeeze" and node.input and node.input[0] in branch_outputs)
-    )
+    }
+    read_by_float = {
+        name for node in model.graph.node if node.name in outside for name in node.input
+    }
+    shared_readers = {
+        node.name
+        for node in model.graph.node
+        if node.name in branch and any(name in read_by_float for name in node.input)
+    }
+    return sorted(outside | shared_readers)
 
 
 def quantize_encoder(

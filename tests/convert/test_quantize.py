@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -97,21 +98,20 @@ def test_int8_encoder_keeps_features_and_updates_manifest(
     assert any("wrote" in message for message in messages)
 
 
-@pytest.mark.convert
-def test_colour_branch_is_left_in_float(tensorflow_stack: None) -> None:
-    """Nodes not upstream of Xception's pooling (colour features, the Concat) are excluded."""
-    import onnx
+def _toy_colour_encoder() -> Any:
+    """The xception+colour layout in miniature: one cast image read by both branches."""
     from onnx import TensorProto, helper
 
-    from capgen.convert.quantize import nodes_kept_float, xception_branch_nodes
-
     nodes = [
-        helper.make_node("Cast", ["image"], ["x"], name="scale", to=TensorProto.FLOAT),
-        helper.make_node("Conv", ["x", "w"], ["conv"], name="xception_conv"),
+        helper.make_node("Cast", ["image"], ["x"], name="cast", to=TensorProto.FLOAT),
+        # Xception's preprocessing and the colour branch both read the cast image.
+        helper.make_node("Mul", ["x", "half"], ["scaled"], name="preprocess"),
+        helper.make_node("Conv", ["scaled", "w"], ["conv"], name="xception_conv"),
         helper.make_node("GlobalAveragePool", ["conv"], ["pool"], name="pool"),
         helper.make_node("Squeeze", ["pool", "axes"], ["pooled"], name="squeeze"),
         # The colour branch pools globally too; it must not be mistaken for Xception's end.
-        helper.make_node("GlobalAveragePool", ["x"], ["colour_pool"], name="colour_pool"),
+        helper.make_node("Mul", ["x", "inverse"], ["rgb"], name="colour_scale"),
+        helper.make_node("GlobalAveragePool", ["rgb"], ["colour_pool"], name="colour_pool"),
         helper.make_node("Squeeze", ["colour_pool", "axes"], ["colour"], name="colour_squeeze"),
         helper.make_node("Concat", ["pooled", "colour"], ["features"], name="concat", axis=1),
     ]
@@ -119,14 +119,69 @@ def test_colour_branch_is_left_in_float(tensorflow_stack: None) -> None:
         nodes,
         "toy",
         [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, None])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, 7])],
         initializer=[
-            helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 1, 1], np.ones(12, np.float32)),
+            helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 1, 1], np.linspace(-1, 1, 12)),
+            helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
+            helper.make_tensor("inverse", TensorProto.FLOAT, [], [1 / 255]),
             helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3]),
         ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.convert
+def test_colour_branch_is_left_in_float(tensorflow_stack: None) -> None:
+    """Nodes not upstream of Xception's pooling (colour features, the Concat) are excluded,
+    and so are the Xception nodes that read a tensor the colour branch reads."""
+    import onnx
+
+    from capgen.convert.quantize import nodes_kept_float, xception_branch_nodes
+
+    model = _toy_colour_encoder()
     onnx.checker.check_model(model)
 
-    assert xception_branch_nodes(model) == {"scale", "xception_conv", "pool"}
-    assert nodes_kept_float(model) == ["colour_pool", "colour_squeeze", "concat"]
+    assert xception_branch_nodes(model) == {"cast", "preprocess", "xception_conv", "pool"}
+    assert nodes_kept_float(model) == [
+        "colour_pool",
+        "colour_scale",
+        "colour_squeeze",
+        "concat",
+        "preprocess",
+    ]
+
+
+@pytest.mark.convert
+def test_int8_colour_features_equal_fp32(tmp_path: Path, tensorflow_stack: None) -> None:
+    """No Quantize/Dequantize pair sits on a tensor the colour branch reads, so the INT8
+    encoder's colour features are FP32's bit for bit (they read the calibrated 8-bit
+    copy of the pixels before, scaled by 0.9995 instead of 1)."""
+    import onnx
+    import onnxruntime as ort
+
+    from capgen.convert.quantize import nodes_kept_float, quantize_encoder
+
+    fp32_path, int8_path = tmp_path / "encoder.onnx", tmp_path / "encoder.int8.onnx"
+    onnx.save(_toy_colour_encoder(), str(fp32_path))
+    rng = np.random.default_rng(0)
+    calibration = [rng.integers(0, 256, (3, 8, 8), dtype=np.uint8) for _ in range(8)]
+    quantize_encoder(fp32_path, int8_path, calibration)
+
+    model = onnx.load(str(int8_path))
+    assert any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+    producers = {output: node for node in model.graph.node for output in node.output}
+    float_nodes = set(nodes_kept_float(_toy_colour_encoder())) - {"concat"}
+    for node in model.graph.node:
+        if node.name in float_nodes:
+            read = [producers[name].op_type for name in node.input if name in producers]
+            assert "DequantizeLinear" not in read, (node.name, read)
+
+    image = rng.integers(0, 256, (1, 3, 8, 8), dtype=np.uint8)
+    image[0, :, 0, 0] = 255  # the top of the range, which an 8-bit step below 1 moved
+    outputs = [
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+            None, {"image": image}
+        )[0]
+        for path in (fp32_path, int8_path)
+    ]
+    np.testing.assert_array_equal(outputs[1][:, 4:], outputs[0][:, 4:])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -157,3 +158,91 @@ def test_shape_head_and_count_one_hot_name_what_was_drawn(
             block = per_colour[row, colours.index(group["colour"])]
             assert shape_head.SHAPES[int(np.argmax(block[shapes_at]))] == group["shape"]
             assert int(np.argmax(block[counts_at])) + 1 == len(group["objects"])
+
+
+@pytest.fixture(scope="module")
+def masks(tensorflow_stack: None, drawn: tuple[np.ndarray, list[dict]]) -> np.ndarray:
+    """The soft masks the descriptors are computed from, [N,H,W,C] float32."""
+    import tensorflow as tf
+
+    from capgen.models.colour_features import POOL, _masks
+
+    rgb = tf.nn.avg_pool2d(tf.cast(drawn[0], tf.float32) / 255.0, POOL, POOL, "VALID")
+    return _masks(rgb).numpy()
+
+
+def _correlate_same(planes: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """TensorFlow's 'SAME' 3x3 depthwise correlation of [N,H,W,C] planes with zero padding, float64."""
+    padded = np.pad(planes.astype(np.float64), [(0, 0), (1, 1), (1, 1), (0, 0)])
+    size = planes.shape[1]
+    return sum(
+        kernel[i, j] * padded[:, i : i + size, j : j + size, :] for i in range(3) for j in range(3)
+    )
+
+
+def test_euler_number_equals_gray_bit_quad_counts(masks: np.ndarray) -> None:
+    """The arithmetic form equals counting each 2x2 code (Gray's n1 - n3 - 2 nD) / 4, exactly."""
+    import tensorflow as tf
+
+    from capgen.models.colour_features import _euler_number
+
+    binary = (masks > 0.5).astype(np.float32)
+    padded = np.pad(binary, [(0, 0), (1, 1), (1, 1), (0, 0)]).astype(np.int64)
+    codes = (
+        padded[:, :-1, :-1]
+        + 2 * padded[:, :-1, 1:]
+        + 4 * padded[:, 1:, :-1]
+        + 8 * padded[:, 1:, 1:]
+    )
+
+    def count(values: tuple[int, ...]) -> np.ndarray:
+        return np.isin(codes, values).sum(axis=(1, 2))
+
+    reference = (count((1, 2, 4, 8)) - count((7, 11, 13, 14)) - 2 * count((6, 9))) / 4
+    computed = _euler_number(tf.constant(binary)).numpy()
+    assert (reference != 0).any()  # the scenes do have objects
+    np.testing.assert_array_equal(computed, reference.astype(np.float32))
+
+
+def _step_by_step_spectrum(gx: Any, gy: Any, magnitude: Any) -> np.ndarray:
+    """The spectrum as recipe 1 computed it: u^k first, then weighted by |g| and summed (float32)."""
+    import tensorflow as tf
+
+    from capgen.models.colour_encoder import HARMONICS
+    from capgen.models.colour_features import _EPS
+
+    ux, uy = gx / magnitude, gy / magnitude
+    total = tf.reduce_sum(magnitude, axis=[1, 2]) + _EPS
+    real, imag, parts = ux, uy, []
+    for k in range(2, max(HARMONICS) + 1):
+        real, imag = real * ux - imag * uy, real * uy + imag * ux
+        if k in HARMONICS:
+            parts.append(tf.reduce_sum(magnitude * real, axis=[1, 2]) / total)
+            parts.append(tf.reduce_sum(magnitude * imag, axis=[1, 2]) / total)
+    return tf.stack(parts, axis=-1).numpy()
+
+
+def test_orientation_spectrum_matches_a_float64_reference(masks: np.ndarray) -> None:
+    """sum(|g| u^k) / sum(|g|) with u^k built step by step: the graph's form agrees with float64
+    up to float32 summation of ~20k terms, and with recipe 1's float32 form to rounding."""
+    import tensorflow as tf
+
+    from capgen.models.colour_encoder import HARMONICS
+    from capgen.models.colour_features import _EPS, _orientation_spectrum
+
+    sobel = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 4.0
+    gx, gy = _correlate_same(masks, sobel), _correlate_same(masks, sobel.T)
+    magnitude = np.sqrt(gx * gx + gy * gy + _EPS * _EPS)
+    u = (gx + 1j * gy) / magnitude
+    total = magnitude.sum(axis=(1, 2)) + _EPS
+    columns = []
+    for k in HARMONICS:
+        weighted = (magnitude * u**k).sum(axis=(1, 2)) / total
+        columns += [weighted.real, weighted.imag]
+    reference = np.stack(columns, axis=-1)
+
+    inputs = [tf.constant(value.astype(np.float32)) for value in (gx, gy, magnitude)]
+    computed = _orientation_spectrum(*inputs).numpy()
+    assert np.abs(reference).max() > 0.1
+    np.testing.assert_allclose(computed, reference, rtol=0, atol=2e-4)
+    np.testing.assert_allclose(computed, _step_by_step_spectrum(*inputs), rtol=0, atol=1e-6)
