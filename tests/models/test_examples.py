@@ -70,11 +70,6 @@ def _default_model_from_this_checkout() -> Path:
     return folder
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14, open: the default model still swaps the green and orange groups' shapes "
-    "on scene-2 (three groups); strict, so the day it is right this test says so",
-)
 def test_the_readme_command_captions_every_example_right() -> None:
     if not CONSOLE_SCRIPT.exists():
         pytest.skip(f"console script {CONSOLE_SCRIPT} not installed (make install creates it)")
