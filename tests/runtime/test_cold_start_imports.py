@@ -5,7 +5,9 @@ on the way is paid for by every such process (the cold-start benchmark times
 exactly this). typer 0.29 started building a pydantic TypeAdapter for every
 parameter while parsing the command line, which imported pydantic and cost
 0.15-0.2 s of CPU and 11 MB of peak memory per process (measured); the
-pinned typer (constraints.txt, and `<0.29` in pyproject.toml) does not.
+typer that constraints.txt pins (0.28, what `make` and CI install) does not.
+pyproject.toml keeps typer uncapped (capgen lives next to other packages), so
+this checks the pinned set: with typer 0.29 it fails, and says why.
 
 Driven through the real console script with PYTHONPROFILEIMPORTTIME, which
 makes Python itself list every module the process imports on stderr.
@@ -66,4 +68,8 @@ def test_capgen_caption_imports_no_pydantic_or_rich(tiny_model: TinyModel, tmp_p
     assert done.stdout.strip(), "no caption printed"
     imported = _imported_modules(done.stderr)
     assert {"typer", "numpy", "onnxruntime"} <= imported  # the listing itself worked
-    assert sorted(imported & set(NOT_FOR_CAPTIONING)) == []
+    from importlib.metadata import version
+
+    assert sorted(imported & set(NOT_FOR_CAPTIONING)) == [], (
+        f"typer {version('typer')} (constraints.txt pins 0.28; 0.29 imports pydantic)"
+    )

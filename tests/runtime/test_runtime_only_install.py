@@ -153,7 +153,7 @@ def _assert_installed_at_lower_bounds(venv: Path, constraints: Path, home: Path)
 
     project = tomllib.loads((constraints.parent / "pyproject.toml").read_text(encoding="utf-8"))
     bounds = {}
-    for line in project["project"]["dependencies"]:  # e.g. "typer>=0.16,<0.29"
+    for line in project["project"]["dependencies"]:  # e.g. "typer>=0.16" or "pkg>=1.0,<2"
         requirement = Requirement(line)
         (lower,) = (spec.version for spec in requirement.specifier if spec.operator == ">=")
         bounds[requirement.name.lower()] = lower
