@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from capgen.benchmarks.stats import summarize
+
 FLOAT_OPS = ("Conv", "MatMul")
 INT8_OPS = ("QLinearConv", "MatMulInteger")
 CPUFREQ_MAX = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
@@ -180,7 +182,8 @@ def time_setting(kernel: Kernel, threads: int, repeats: int) -> dict[str, Any]:
         started = time.perf_counter()
         session.run(None, feeds)
         times.append(time.perf_counter() - started)
-    best, median = min(times), float(np.median(times))
+    summary = summarize(times)
+    best, median = summary["min"], summary["median"]
     return {
         "kernel": kernel.name,
         "op": kernel.op,
