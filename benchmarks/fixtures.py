@@ -8,9 +8,9 @@
   near-ties that flip between two correct implementations), and `end` and ids
   with no word are pushed down so every caption is exactly 32 words, the
   tutorial's worst case and the one its per-word cost is quoted for.
-- `default`: the project's default model (`models/default/model.keras`,
-  trained on synthetic scenes with the `xception+colour` encoder) when it
-  exists, converted the same way.
+- `default`: the project's default model, the Flickr8k photo captioner
+  (`models/photo/model_N.h5`, a Keras 2 `.h5` as the tutorial saves it, with
+  the plain ImageNet Xception encoder), converted the same way.
 - photos: the 12 real Flickr8k photos plus generated scenes (test-split
   indices, never used for calibration) to reach the throughput folder size.
 
@@ -36,7 +36,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 FLICKR_PHOTOS = SHARED_DATA / "flickr8k" / "Flicker8k_Dataset"
 DECODER_JSON = SHARED_DATA / "model_configs" / "decoder_keras2.8.json"
 DECODER_TOKENIZER = SHARED_DATA / "model_configs" / "decoder_keras2.8.tokenizer.p"
-DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "default"
+DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "photo"
 DEFAULT_MODEL_ENV = "CAPGEN_BENCH_DEFAULT_MODEL"
 TUTORIAL_SCRIPT = REPO_ROOT / "benchmarks" / "tutorial" / "main.py"
 PEAK_SCALE = 8.0  # logits spread: the winning word leads by several nats
@@ -200,35 +200,37 @@ def prepare_tutorial7577(echo: Callable[[str], None] = print) -> BenchModel:
 
 
 def default_model_source() -> Path:
-    """models/default, or the folder named by CAPGEN_BENCH_DEFAULT_MODEL (a candidate model)."""
+    """models/photo, or the folder named by CAPGEN_BENCH_DEFAULT_MODEL (a candidate model)."""
     override = os.environ.get(DEFAULT_MODEL_ENV)
     return Path(override) if override else DEFAULT_MODEL_DIR
 
 
 def prepare_default(echo: Callable[[str], None] = print) -> BenchModel | None:
     """The default model, converted from the committed Keras file; None if it is not there yet."""
-    source = default_model_source()
-    keras_file = source / "model.keras"
-    tokenizer = source / "tokenizer.p"
-    if not (keras_file.is_file() and tokenizer.is_file()):
+    from capgen.models.setup_default import PHOTO_MODEL, model_sources
+    from capgen.runtime.errors import InputError
+
+    try:
+        keras_file, tokenizer = model_sources(PHOTO_MODEL, default_model_source())
+    except InputError:
         return None
     folder = bench_home() / "default"
     model_dir = folder / "capgen_model"
     stamp = folder / "stamp.json"
-    wanted = _fingerprint("xception+colour", keras_file, tokenizer)
+    wanted = _fingerprint(PHOTO_MODEL.encoder, keras_file, tokenizer)
     if not (_stamp_ok(stamp, wanted) and (model_dir / MANIFEST_FILE).is_file()):
-        echo("converting the default model with capgen (xception+colour encoder)")
+        echo(f"converting the default model with capgen ({PHOTO_MODEL.encoder} encoder)")
         folder.mkdir(parents=True, exist_ok=True)
-        _convert(keras_file, tokenizer, model_dir, "xception+colour", "default")
+        _convert(keras_file, tokenizer, model_dir, PHOTO_MODEL.encoder, "default")
         stamp.write_text(json.dumps(wanted))
     return BenchModel(
         name="default",
         keras_file=keras_file,
         tokenizer=tokenizer,
         model_dir=model_dir,
-        colour=True,
-        note=f"the default model ({keras_file}, Keras 3) with the xception+colour "
-        "encoder; the baseline computes the colour features with the same TensorFlow function",
+        colour=False,
+        note=f"the default photo model ({keras_file.name}, a Keras 2 .h5 loaded with tf_keras) "
+        "with the plain ImageNet Xception encoder",
     )
 
 

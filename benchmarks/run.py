@@ -475,7 +475,7 @@ def run_benchmarks(
             models.append(default)
         else:
             echo(
-                "default model not found (models/default/model.keras): benchmarking the 7,577-word decoder only"
+                "default model not found (models/photo/model_N.h5): benchmarking the 7,577-word decoder only"
             )
         if plan.int8:
             for model in models:

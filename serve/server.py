@@ -92,7 +92,7 @@ def serve(settings: ServeSettings) -> None:
     from capgen.runtime.cli import DEMO_NOTE
 
     captioner = Captioner(settings.model, threads=settings.threads_per_worker, int8=settings.int8)
-    if captioner.is_default_model:
+    if captioner.is_demonstration:  # the manifest says so, not the folder's name
         say(DEMO_NOTE)
     sock = listen(settings.host, settings.port)
     configure_logging()

@@ -61,7 +61,9 @@ def wheel_names(wheel: Path) -> list[str]:
 @pytest.mark.slow
 def test_wheel_has_no_keras_files_and_is_typed_and_licensed(wheel_names: list[str]) -> None:
     assert [name for name in wheel_names if name.endswith(KERAS_SUFFIXES)] == []
-    assert not any(name.startswith("capgen/models/default/") for name in wheel_names)
+    assert not any(
+        name.startswith(("capgen/models/photo/", "capgen/models/shapes/")) for name in wheel_names
+    )
     assert {"capgen/py.typed", "capgen/runtime/py.typed"} <= set(wheel_names)
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in wheel_names)
     assert "capgen/runtime/captioner.py" in wheel_names
@@ -94,5 +96,5 @@ def test_setup_without_the_default_sources_says_what_it_needs(tmp_path: Path) ->
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert "capgen setup needs the default model's sources (model.keras, tokenizer.p)" in lines[0]
+    assert "capgen setup needs the default model's sources (model_*.h5, tokenizer.p)" in lines[0]
     assert "--sources" in lines[0]

@@ -29,7 +29,7 @@ from capgen.runtime.errors import ConversionError
 _REAL_HOME = Path(os.environ.get("CAPGEN_HOME") or Path.home() / ".cache" / "capgen")
 REAL_ENCODER = _REAL_HOME / "encoders" / "xception.onnx"
 REAL_WEIGHTS = _REAL_HOME / "weights" / "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "shapes"
 
 
 def _graph_with_unsqueeze(axes: list[int] | None) -> onnx.ModelProto:
@@ -152,12 +152,13 @@ def test_an_encoder_an_older_capgen_cached_is_made_portable_in_place_with_the_sa
     assert entry.stat().st_mtime_ns == before
 
 
-def test_every_graph_of_the_default_model_is_portable() -> None:
-    """The folder `capgen setup` built (it makes an older cache's encoder portable first)."""
-    folder = _REAL_HOME / "models" / "default"
+@pytest.mark.parametrize("name", ["default", "shapes"])
+def test_every_graph_of_the_built_in_models_is_portable(name: str) -> None:
+    """The folders `capgen setup` built (it makes an older cache's encoder portable first)."""
+    folder = _REAL_HOME / "models" / name
     graphs = sorted(folder.glob("*.onnx"))
     if not graphs:
-        pytest.skip(f"no default model in {folder} (capgen setup builds it)")
+        pytest.skip(f"no {name} model in {folder} (capgen setup --model all builds it)")
     problems = {
         graph.name: portability_problems(onnx.load(str(graph), load_external_data=False))
         for graph in graphs

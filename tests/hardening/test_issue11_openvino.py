@@ -8,13 +8,13 @@ tests/runtime/runtime_venvs.py). There, on the 12 Flickr8k photos,
 provider's captions, and the Xception features under OpenVINO are within
 1e-4 of the CPU provider's of that same onnxruntime, for two encoders: the
 plain ImageNet Xception (a small decoder converted onto capgen's cached
-export) and the default model's `xception+colour`, which OpenVINO refused
+export) and the shapes model's `xception+colour`, which OpenVINO refused
 until capgen wrote tf2onnx's no-op Unsqueeze nodes as Identity
 (convert/portable.py). The colour features appended to Xception's differ
 more (up to about 5e-3 on values up to about 10, measured): they divide by
 gradient magnitudes near zero and sum soft masks, which magnifies the last-bit
 differences of OpenVINO's convolutions; they are held to COLOUR_TOLERANCE,
-and the default model's own scenes (examples/) must caption identically too.
+and the shapes model's own scenes (examples/shapes/) must caption identically too.
 Skips only when the package index cannot be reached, or when `capgen setup`
 has not built what it reads.
 """
@@ -32,8 +32,8 @@ from runtime_venvs import build_openvino_venv
 
 _REAL_HOME = Path(os.environ.get("CAPGEN_HOME") or Path.home() / ".cache" / "capgen")
 XCEPTION_ONNX = _REAL_HOME / "encoders" / "xception.onnx"
-DEFAULT_MODEL = _REAL_HOME / "models" / "default"
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+SHAPES_MODEL = _REAL_HOME / "models" / "shapes"  # the built-in model with the colour encoder
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "shapes"
 OPENVINO = "OpenVINOExecutionProvider"
 COLOUR_TOLERANCE = 2e-2
 
@@ -133,18 +133,18 @@ def test_openvino_captions_like_the_cpu_provider_on_the_plain_xception_encoder(
 
 
 @pytest.mark.slow
-def test_openvino_captions_like_the_cpu_provider_on_the_default_models_colour_encoder(
+def test_openvino_captions_like_the_cpu_provider_on_the_shapes_models_colour_encoder(
     openvino_python: Path, flickr_photos: list[Path], tmp_path: Path
 ) -> None:
-    if not (DEFAULT_MODEL / "manifest.json").is_file():
-        pytest.skip(f"no default model in {DEFAULT_MODEL} (capgen setup builds it)")
+    if not (SHAPES_MODEL / "manifest.json").is_file():
+        pytest.skip(f"no shapes model in {SHAPES_MODEL} (capgen setup --model all builds it)")
     _assert_openvino_matches_cpu(
-        openvino_python, DEFAULT_MODEL, flickr_photos, tmp_path, extra_tolerance=COLOUR_TOLERANCE
+        openvino_python, SHAPES_MODEL, flickr_photos, tmp_path, extra_tolerance=COLOUR_TOLERANCE
     )
     scenes = sorted(EXAMPLES.glob("*.jpg"))
     assert scenes, f"no example scenes in {EXAMPLES}"
     _assert_openvino_matches_cpu(
-        openvino_python, DEFAULT_MODEL, scenes, tmp_path, extra_tolerance=COLOUR_TOLERANCE
+        openvino_python, SHAPES_MODEL, scenes, tmp_path, extra_tolerance=COLOUR_TOLERANCE
     )
 
 

@@ -29,7 +29,7 @@ from serve_helpers import WAIT_S, Server, start_server, until
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "scene-1.jpg"
+EXAMPLE = REPO / "examples" / "shapes" / "scene-1.jpg"
 ARTIFACT = REPO / "build" / "test-artifacts" / "serve-page.png"
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C WebDriver element key
 # Flags known to work here (root, closed network): no sandbox, no background connections.
@@ -125,6 +125,13 @@ def test_pick_an_example_image_and_see_its_caption(
     )
     assert _text(client, session, error) == ""
     assert _text(client, session, caption) == expected
+    with server.client() as api:
+        model = api.get("/v1/model").json()
+    assert _text(client, session, _element(client, session, "#model")).startswith(
+        f"Model: {model['name']}"
+    )
+    # The tiny test model is no demonstration: the shapes note stays hidden.
+    assert _text(client, session, _element(client, session, "#demo")) == ""
     shot = client.get(f"{session}/screenshot").json()["value"]
     ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
     ARTIFACT.write_bytes(base64.b64decode(shot))
