@@ -19,6 +19,9 @@ likely caption), or after `max_length` words. A model without an end word
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
@@ -35,14 +38,35 @@ __all__ = [
     "MAX_BEAM_SIZE",
     "DecodingOptions",
     "DecodingResult",
+    "DecodingStopped",
     "Hypothesis",
     "StopReason",
     "beam_search",
     "decode",
     "greedy_search",
     "is_count",
+    "stop_when",
     "to_result",
 ]
+
+# A long-running caller (capgen serve) may abandon a batch whose requests nobody waits for any
+# more; the loop asks this hook before each step. A context variable, so no signature between
+# the caller and `_search` changes, and a thread that never sets it decodes exactly as before.
+_SHOULD_STOP: ContextVar[Callable[[], bool] | None] = ContextVar("capgen_should_stop", default=None)
+
+
+class DecodingStopped(Exception):
+    """Decoding was abandoned between two steps because the `stop_when` hook said so."""
+
+
+@contextmanager
+def stop_when(should_stop: Callable[[], bool]) -> Iterator[None]:
+    """Within this block (this thread), decoding raises DecodingStopped once `should_stop()` is true."""
+    token = _SHOULD_STOP.set(should_stop)
+    try:
+        yield
+    finally:
+        _SHOULD_STOP.reset(token)
 
 
 class StepModelLike(Protocol):
@@ -190,7 +214,10 @@ def _search(
     words = np.full(count, vocabulary.first_input_id, dtype=np.int64)
     h, c = model.initial_state(count)
     row_photo = photo
+    should_stop = _SHOULD_STOP.get()
     for _ in range(max_length):
+        if should_stop is not None and should_stop():
+            raise DecodingStopped("decoding stopped: nobody waits for these captions")
         log_probs, h, c = model.step(words, h, c, row_photo)
         words, parents = strategy.advance(log_probs)
         if parents is None:

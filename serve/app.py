@@ -5,6 +5,12 @@ The factory is called once, on the model thread, after the server starts:
 warmed (and not while draining). Every error answer is
 `{"code": ..., "message": ...}` (errors.py); captions are the records of
 `capgen caption --json` (runtime/results.py), one per image, in order.
+
+Work is bounded before it is accepted: options by the model and
+`--max-beam`, bodies read at once by `--max-uploads`, queued work by its
+cost, and a request the measured queue wait says cannot finish within its
+deadline is refused at once (503 with that wait as Retry-After) instead of
+being captioned and thrown away after its 504.
 """
 
 from __future__ import annotations
@@ -27,19 +33,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from capgen import __version__
 from capgen.runtime import results
 from capgen.runtime.captioner import Captioner
-from capgen.runtime.decoding import DecodingOptions, DecodingResult
+from capgen.runtime.decoding import DecodingOptions, DecodingResult, stop_when
 from capgen.runtime.errors import CapgenError, ImageError
-from capgen.serve.batcher import MicroBatcher, Outcome
+from capgen.serve.batcher import DeadlinePassed, MicroBatcher, Outcome
 from capgen.serve.errors import ApiError, from_capgen_error, one_line, service_unavailable
-from capgen.serve.intake import parse_options, read_images
+from capgen.serve.intake import bound_options, client_left, parse_options, read_images
 from capgen.serve.metrics import Metrics
-from capgen.serve.middleware import ServiceMiddleware, ServiceState, access_log
+from capgen.serve.middleware import ServiceMiddleware, ServiceState, access_log, authorized
 from capgen.serve.page import CONTENT_SECURITY_POLICY, PAGE
 from capgen.serve.schema import CAPTIONS_OPENAPI, ERROR_RESPONSES, CaptionsAnswer, ErrorAnswer
 from capgen.serve.settings import ServeSettings
 
 CaptionerFactory = Callable[[], Captioner]
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+DEFAULT_BEAM = DecodingOptions().beam_size  # a queue cost of 1 = one image at the defaults
 
 
 class Service:
@@ -55,6 +62,7 @@ class Service:
         self.captioner: Captioner | None = None
         self.ready = False
         self.load_error: str | None = None
+        self.uploading = 0  # request bodies being read now, at most settings.max_uploads
         self.batcher = MicroBatcher(
             self.run_batch,
             max_batch=settings.max_batch,
@@ -82,15 +90,23 @@ class Service:
         self.state.draining = True
         self.batcher.flush()
 
-    def run_batch(self, images: list[Any], options: DecodingOptions) -> list[Outcome]:
-        """ONE Captioner batch (model thread); per-stage times go to /metrics."""
+    def run_batch(
+        self, images: list[Any], options: DecodingOptions, should_stop: Callable[[], bool]
+    ) -> list[Outcome]:
+        """ONE Captioner batch (model thread); per-stage times go to /metrics.
+
+        Decoding stops between two steps (DecodingStopped) once `should_stop()`
+        is true: every request of the batch has left, so its work is wasted.
+        """
         assert self.captioner is not None
-        outcomes = [
-            outcome
-            for _, outcome in self.captioner.iter_captions(
-                images, options=options, batch_size=len(images)
-            )
-        ]
+        captioner = self.captioner
+        with stop_when(should_stop):
+            outcomes = [
+                outcome
+                for _, outcome in captioner.iter_captions(
+                    images, options=options, batch_size=len(images)
+                )
+            ]
         good = [o for o in outcomes if isinstance(o, DecodingResult)]
         stages = self.metrics.stage_seconds
         for result in good:
@@ -99,6 +115,36 @@ class Service:
             stages.labels(stage="encode").observe(good[0].timings["encode"] * len(good))
             stages.labels(stage="decode").observe(good[0].timings["decode"] * len(good))
         return outcomes
+
+    def cost_each(self, options: DecodingOptions) -> float:
+        """One image's share of the queue: beam x length, relative to the default beam and length."""
+        assert self.captioner is not None
+        model_length = self.captioner.manifest.max_length
+        length = options.max_length or model_length
+        return (options.beam_size * length) / (DEFAULT_BEAM * model_length)
+
+    def admit(self, images: int, options: DecodingOptions, deadline: float) -> float:
+        """The cost of each image, if the request may be queued; else its refusal."""
+        cost = self.cost_each(options)
+        total = cost * images
+        if total > self.settings.max_queue + 1e-9:
+            raise ApiError(
+                422,
+                "bad_option",
+                f"{images} image(s) at beam_size {options.beam_size} and max_length "
+                f"{options.max_length or 'the model default'} are {total:.3g} image-equivalents of "
+                f"work, more than this server queues (--max-queue {self.settings.max_queue}); "
+                "send fewer images or ask for a smaller beam_size or max_length",
+            )
+        wait = self.batcher.expected_wait_s(total)
+        if wait is not None and time.perf_counter() + wait > deadline:
+            raise service_unavailable(
+                "queue_full",
+                f"the queued work takes about {wait:.3g} s, more than this request's "
+                f"--timeout-s {self.settings.timeout_s:g} s allows; retry later",
+                self.batcher.retry_after_s(),
+            )
+        return cost
 
     def require_ready(self) -> None:
         if self.load_error is not None:
@@ -139,6 +185,7 @@ class Service:
                 "max_batch": self.settings.max_batch,
                 "max_wait_ms": self.settings.max_wait_ms,
                 "max_queue": self.settings.max_queue,
+                "max_beam": self.settings.max_beam,
             },
         }
 
@@ -149,11 +196,23 @@ async def _client_left(request: Request) -> None:
         pass
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a gathered future's exception as seen: a cancelled gather must not log
+    "exception was never retrieved" once its request has already been answered."""
+    if not future.cancelled():
+        future.exception()
+
+
 async def _outcomes(
     request: Request, futures: list[asyncio.Future[Outcome]], remaining: float, timeout_s: float
 ) -> list[Outcome]:
-    """Wait for every image of the request; cancel them all if the client leaves or time runs out."""
+    """Wait for every image of the request; cancel them all if the client leaves or time runs out.
+
+    Cancelling the futures takes queued images out of the queue, and stops a
+    batch already running once all of its images are cancelled (batcher.py).
+    """
     gathered = asyncio.gather(*futures)
+    gathered.add_done_callback(_retrieve)
     watcher = asyncio.ensure_future(_client_left(request))
     both: list[asyncio.Future[Any]] = [gathered, watcher]
     try:
@@ -162,15 +221,22 @@ async def _outcomes(
         )
     finally:
         watcher.cancel()
+    timeout = ApiError(
+        504, "timeout", f"the request was not done within --timeout-s {timeout_s:g} s"
+    )
     if gathered in done:
         try:
             return list(gathered.result())
+        except DeadlinePassed:
+            raise timeout from None
         except Exception as error:
             raise ApiError(500, "internal_error", f"captioning failed: {error}") from error
-    gathered.cancel()  # cancels the images still queued: they leave the queue unrun
+    for future in futures:  # cancels the images still queued: they leave the queue unrun
+        future.cancel()
+    gathered.cancel()
     if watcher in done:
-        raise ApiError(499, "client_closed_request", "the client disconnected before the answer")
-    raise ApiError(504, "timeout", f"the request was not done within --timeout-s {timeout_s:g} s")
+        raise client_left()
+    raise timeout
 
 
 def _record(name: str, outcome: Outcome) -> dict[str, Any]:
@@ -227,12 +293,13 @@ def create_app(captioner_factory: CaptionerFactory, settings: ServeSettings) -> 
                 error.status_code,
                 HTTP_CODES.get(error.status_code, f"http_{error.status_code}"),
                 str(error.detail),
+                dict(error.headers or {}),  # 405's Allow, for one
             ),
         )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        return await api_error(request, ApiError(422, "bad_request", str(error.errors()[:1])))
+        return await api_error(request, ApiError(422, "bad_option", str(error.errors()[:1])))
 
     @app.post(
         "/v1/captions",
@@ -249,9 +316,19 @@ def create_app(captioner_factory: CaptionerFactory, settings: ServeSettings) -> 
         record is `{"path", "error"}`); one image alone that fails is a 422.
         """
         service.require_ready()
+        assert service.captioner is not None
+        model_length = service.captioner.manifest.max_length
         deadline = request.state.started + settings.timeout_s
         query = list(request.query_params.multi_items())
-        parse_options(query)  # a bad query fails before the body is read
+        # a bad query fails before the body is read
+        bound_options(parse_options(query), model_length, settings.max_beam)
+        if service.uploading >= settings.max_uploads:  # each body read holds its bytes in memory
+            raise service_unavailable(
+                "busy",
+                f"{settings.max_uploads} requests are already uploading (--max-uploads); retry shortly",
+            )
+        service.uploading += 1
+        metrics.uploading.inc()
         try:
             async with asyncio.timeout(max(0.0, deadline - time.perf_counter())):
                 images, fields = await read_images(request, settings.max_queue)
@@ -261,9 +338,15 @@ def create_app(captioner_factory: CaptionerFactory, settings: ServeSettings) -> 
                 "timeout",
                 f"the body did not arrive within --timeout-s {settings.timeout_s:g} s",
             ) from None
-        options = parse_options(query + fields)
+        finally:
+            service.uploading -= 1
+            metrics.uploading.dec()
+        options = bound_options(parse_options(query + fields), model_length, settings.max_beam)
         request.state.images = len(images)
-        futures = service.batcher.submit([data for _, data in images], options)
+        cost_each = service.admit(len(images), options, deadline)
+        futures = service.batcher.submit(
+            [data for _, data in images], options, cost_each=cost_each, deadline=deadline
+        )
         outcomes = await _outcomes(
             request, futures, deadline - time.perf_counter(), settings.timeout_s
         )
@@ -291,9 +374,19 @@ def create_app(captioner_factory: CaptionerFactory, settings: ServeSettings) -> 
         summary="The model is loaded and warmed, and the server is not draining",
         responses={503: {"model": ErrorAnswer}},
     )
-    async def readyz() -> dict[str, bool]:
+    async def readyz(request: Request) -> dict[str, bool]:
         if state.draining:
             raise service_unavailable("draining", "the server is shutting down")
+        key = settings.api_key
+        if (
+            service.load_error is not None
+            and key is not None
+            and not authorized(request.scope, key)
+        ):
+            # /readyz is open to probes; the load error names server paths, for key holders only
+            raise service_unavailable(
+                "model_failed", "the model failed to load (the reason is in the server's log)"
+            )
         service.require_ready()
         return {"ready": True}
 

@@ -73,6 +73,17 @@ def serve_command(
         list[str] | None,
         typer.Option(help="Allow this browser origin (repeatable); CORS is off without it."),
     ] = None,
+    max_beam: Annotated[int, typer.Option(help="Largest beam_size a request may ask for.")] = 10,
+    max_uploads: Annotated[
+        int, typer.Option(help="Request bodies read at once; more: 503 busy.")
+    ] = 16,
+    insecure_public: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-public",
+            help="Allow a non-loopback --host without --api-key (anyone who can reach it may use it).",
+        ),
+    ] = False,
 ) -> None:
     """Serve captions over HTTP: POST /v1/captions, GET /v1/model, /healthz, /readyz, /metrics, /."""
     settings = ServeSettings(
@@ -89,6 +100,9 @@ def serve_command(
         timeout_s=timeout_s,
         api_key=api_key,
         cors_origins=tuple(cors_origin or ()),
+        max_beam=max_beam,
+        max_uploads=max_uploads,
+        insecure_public=insecure_public,
     )
     require_serve_extra()
     from capgen.serve.server import serve

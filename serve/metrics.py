@@ -60,6 +60,11 @@ class Metrics:
         self.in_flight = Gauge(
             "capgen_in_flight_requests", "Caption requests being answered.", registry=self.registry
         )
+        self.uploading = Gauge(
+            "capgen_uploads_in_progress",
+            "Caption requests whose body is being read (at most --max-uploads).",
+            registry=self.registry,
+        )
         self.skipped = Counter(
             "capgen_skipped_images",
             "Queued images dropped before any work because their client left or timed out.",

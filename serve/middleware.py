@@ -4,10 +4,16 @@ A plain ASGI middleware (not Starlette's BaseHTTPMiddleware) so the body
 limit acts on the stream itself: a declared Content-Length over the limit is
 refused before a byte is read, and a chunked body is refused (413) the moment
 it passes the limit, not after it has all arrived.
+
+It is also the last word on errors: whatever escapes the app before an
+answer started is answered here with the JSON body (500 `internal_error`,
+507 `insufficient_storage` for a full disk, 499 for a client that left),
+never Starlette's or uvicorn's text/plain, and logged in one line.
 """
 
 from __future__ import annotations
 
+import errno
 import hmac
 import json
 import logging
@@ -17,9 +23,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from capgen.serve.errors import ApiError, service_unavailable
+from capgen.serve.errors import ApiError, one_line, service_unavailable
 from capgen.serve.metrics import Metrics
 
 CAPTIONS_PATH = "/v1/captions"
@@ -69,7 +76,8 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def _authorized(scope: Scope, api_key: str) -> bool:
+def authorized(scope: Scope, api_key: str) -> bool:
+    """The request carries `Authorization: Bearer <api_key>`."""
     given = _header(scope, b"authorization") or ""
     scheme, _, token = given.partition(" ")
     # compare_digest on bytes: constant time in the token's content.
@@ -94,11 +102,12 @@ class ServiceMiddleware:
         )
         request_state: dict[str, Any] = scope.setdefault("state", {})
         request_state.update(request_id=request_id, images=0, started=started)
-        answer = {"status": 500}
+        answer: dict[str, Any] = {"status": 500}
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 answer["status"] = message["status"]
+                answer["started"] = True
                 message["headers"] = [
                     *message.get("headers", []),
                     (REQUEST_ID_HEADER.encode(), request_id.encode()),
@@ -117,18 +126,44 @@ class ServiceMiddleware:
                 self.state.metrics.errors.labels(status=refusal.status, code=refusal.code).inc()
                 await send_error(send, refusal, request_id)
                 return
-            await self.app(scope, self._limited(receive), send_with_id)
+            try:
+                await self.app(scope, self._limited(receive), send_with_id)
+            except Exception as error:
+                if answer.get("started"):
+                    raise  # half an answer is out: uvicorn closes the connection
+                failure = self._failure(error, request_id)
+                answer["status"] = failure.status
+                self.state.metrics.errors.labels(status=failure.status, code=failure.code).inc()
+                await send_error(send, failure, request_id)
         finally:
             if counted:
                 self.state.in_flight -= 1
                 self.state.metrics.in_flight.dec()
             self._account(scope, request_state, answer["status"], started)
 
+    @staticmethod
+    def _failure(error: Exception, request_id: str) -> ApiError:
+        """The JSON answer for an exception no handler took (one log line for a real fault)."""
+        if isinstance(error, ClientDisconnect):
+            return ApiError(499, "client_closed_request", "the client disconnected")
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return ApiError(507, "insufficient_storage", "no disk space left for this request")
+        access_log.error(
+            json.dumps(
+                {
+                    "event": "internal_error",
+                    "id": request_id,
+                    "error": one_line(f"{type(error).__name__}: {error}"),
+                }
+            )
+        )
+        return ApiError(500, "internal_error", "the server failed to answer this request")
+
     def _refusal(self, scope: Scope) -> ApiError | None:
         """The answer for a request refused before the app sees it, if it is."""
         path = scope["path"]
         key = self.state.api_key
-        if key is not None and path not in PUBLIC_PATHS and not _authorized(scope, key):
+        if key is not None and path not in PUBLIC_PATHS and not authorized(scope, key):
             return ApiError(
                 401,
                 "unauthorized",

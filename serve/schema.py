@@ -79,11 +79,15 @@ CAPTIONS_OPENAPI: dict[str, Any] = {
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorAnswer, "description": description}
     for status, description in {
+        400: "an HTTP request the server cannot parse (bad_http_request)",
         401: "missing or wrong API key (unauthorized)",
         413: "body over --max-body-mb (body_too_large)",
         415: "not multipart/form-data nor image/* (unsupported_media_type)",
         422: "bad_image, bad_option, unknown_option, no_image, too_many_images, bad_form",
-        503: "queue_full, draining, not_ready (with Retry-After)",
+        499: "the client left before the answer (client_closed_request)",
+        500: "a fault in the server (internal_error)",
+        503: "queue_full, busy, draining, not_ready, model_failed (with Retry-After)",
         504: "not done within --timeout-s (timeout)",
+        507: "no disk space left to receive the upload (insufficient_storage)",
     }.items()
 }

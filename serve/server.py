@@ -33,9 +33,17 @@ from capgen.serve.settings import ServeSettings
 class DrainingServer(uvicorn.Server):
     """uvicorn's server, but the first SIGTERM/SIGINT drains instead of closing the door."""
 
-    def __init__(self, config: uvicorn.Config, service_of: Callable[[], Service | None]) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        service_of: Callable[[], Service | None],
+        exit_if_model_fails: bool = False,
+    ) -> None:
         super().__init__(config)
         self.service_of = service_of  # the app's Service, once the app is loaded
+        # A worker (--workers N) whose model fails to load leaves instead of answering 503
+        # model_failed to its share of the clients; one process alone stays up to report it.
+        self.exit_if_model_fails = exit_if_model_fails
         self.drain_requested = False
         self.drain_started = False
 
@@ -49,6 +57,14 @@ class DrainingServer(uvicorn.Server):
 
     async def on_tick(self, counter: int) -> bool:
         service = self.service_of()
+        if (
+            self.exit_if_model_fails
+            and service is not None
+            and service.load_error is not None
+            and not self.should_exit
+        ):
+            say("capgen: this worker's model failed to load; the worker leaves the rotation")
+            self.should_exit = True
         if self.drain_requested:
             if service is None:
                 self.should_exit = True
@@ -111,8 +127,14 @@ def serve(settings: ServeSettings) -> None:
 
 
 def uvicorn_config(app: object, settings: ServeSettings, **extra: object) -> uvicorn.Config:
+    """uvicorn's settings: h11 with bounded heads, head and keep-alive timeouts (protocol.py)."""
+    from capgen.serve.protocol import KEEP_ALIVE_S, MAX_HEAD_BYTES, CapgenH11Protocol
+
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
+        http=CapgenH11Protocol,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        timeout_keep_alive=KEEP_ALIVE_S,
         log_config=None,
         access_log=False,  # capgen.serve.access writes one structured line per request
         server_header=False,

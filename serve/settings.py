@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
@@ -10,12 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from capgen.runtime.errors import InputError
+from capgen.runtime.limits import MAX_BEAM_SIZE
 
 API_KEY_ENV = "CAPGEN_API_KEY"
 MAX_BATCH_LIMIT = 64  # = the Captioner's MAX_BATCH_SIZE; kept here so this module stays light
 MAX_QUEUE_LIMIT = 100_000
 MAX_BODY_MB_LIMIT = 1024
 MAX_WAIT_MS_LIMIT = 60_000
+MAX_UPLOADS_LIMIT = 1024
 # scheme://host[:port], no path: what a browser sends as Origin ("*" is not accepted).
 _ORIGIN = re.compile(
     r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
@@ -38,6 +41,16 @@ def _check_number(name: str, value: object, low: float, high: float, open_low: b
     if not ok:
         bound = f"more than {low:g}" if open_low else f"from {low:g}"
         raise InputError(f"{name} must be a number {bound} to {high:g}, got {value!r}")
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything, so it counts as public
+        return False
 
 
 def cores() -> int:
@@ -65,6 +78,9 @@ class ServeSettings:
     timeout_s: float = 30.0
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()  # CORS is off unless origins are given
+    max_beam: int = 10  # the largest beam_size a request may ask for
+    max_uploads: int = 16  # request bodies read at once; more: 503 busy
+    insecure_public: bool = False  # a non-loopback --host without --api-key, on purpose
 
     def __post_init__(self) -> None:
         if not self.host or any(ch.isspace() for ch in self.host):
@@ -78,6 +94,8 @@ class ServeSettings:
         _check_int("--max-queue", self.max_queue, 1, MAX_QUEUE_LIMIT)
         _check_number("--max-body-mb", self.max_body_mb, 0, MAX_BODY_MB_LIMIT, open_low=True)
         _check_number("--timeout-s", self.timeout_s, 0, 86_400, open_low=True)
+        _check_int("--max-beam", self.max_beam, 1, MAX_BEAM_SIZE)
+        _check_int("--max-uploads", self.max_uploads, 1, MAX_UPLOADS_LIMIT)
         if self.api_key is not None and (
             not self.api_key
             or not self.api_key.isascii()
@@ -88,6 +106,13 @@ class ServeSettings:
                 "--api-key must be printable ASCII without spaces (it is sent as a Bearer token)"
             )
 
+        # A service reachable from other machines with no key is an open captioning (and
+        # /metrics, /v1/model) endpoint for anyone: only when asked for in so many words.
+        if not is_loopback(self.host) and self.api_key is None and not self.insecure_public:
+            raise InputError(
+                f"--host {self.host} is reachable from other machines: set --api-key (or "
+                f"{API_KEY_ENV}), or pass --insecure-public to serve it without a key"
+            )
         for origin in self.cors_origins:
             if not _ORIGIN.fullmatch(origin):
                 raise InputError(

@@ -49,7 +49,9 @@ class DrainingProcess(multiprocess.Process):
     @property
     def server(self) -> DrainingServer:
         if self._server is None:
-            self._server = DrainingServer(config=self.config, service_of=current_service)
+            self._server = DrainingServer(
+                config=self.config, service_of=current_service, exit_if_model_fails=True
+            )
         return self._server  # type: ignore[return-value]
 
 

@@ -1,0 +1,89 @@
+"""The HTTP/1.1 connection handling under the app: uvicorn's h11 protocol, with limits.
+
+uvicorn's default parser (httptools when installed) takes a request head of
+any size, and no uvicorn parser times out a head that never finishes, so one
+slow client can hold a connection (and a file descriptor) forever, and a
+150 MB header stalls the event loop. Here:
+
+- the protocol is h11, whose incomplete-event limit (`MAX_HEAD_BYTES`, set
+  through uvicorn's `h11_max_incomplete_event_size`) refuses a huge head;
+- every request head must be complete within `HEAD_TIMEOUT_S` of the
+  connection opening or of the previous answer, or the connection is closed
+  (slowloris); idle keep-alive connections close after `KEEP_ALIVE_S`;
+- what h11 refuses is answered with the service's JSON error body, not
+  uvicorn's text/plain.
+
+The class is handed to uvicorn through `Config(http=...)`, its documented
+way to choose the protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+HEAD_TIMEOUT_S = 10.0
+KEEP_ALIVE_S = 5
+MAX_HEAD_BYTES = 16 * 1024
+BAD_REQUEST = json.dumps(
+    {
+        "code": "bad_http_request",
+        "message": f"malformed HTTP request, or a request head over {MAX_HEAD_BYTES} bytes",
+    }
+).encode()
+
+
+class CapgenH11Protocol(H11Protocol):
+    """h11 with a deadline for each request head and JSON for what h11 refuses."""
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        # Armed before uvicorn starts the next (pipelined) cycle, so a request
+        # already under way is never mistaken for a late head.
+        self._arm_head_timer()
+        super().on_response_complete()
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_late, self.cycle)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_late(self, cycle_when_armed: object) -> None:
+        """No new request began since the timer was armed: close the connection."""
+        self._head_timer = None
+        if self.cycle is cycle_when_armed and not self.transport.is_closing():
+            self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """h11 refused the request (malformed, or a head over the limit): JSON, then close."""
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(BAD_REQUEST)).encode()),
+            (b"connection", b"close"),
+        ]
+        try:
+            for event in (
+                h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                h11.Data(data=BAD_REQUEST),
+                h11.EndOfMessage(),
+            ):
+                self.transport.write(self.conn.send(event) or b"")
+        except h11.LocalProtocolError:  # h11 cannot answer in this state: just close
+            pass
+        self.transport.close()
