@@ -27,6 +27,7 @@ _SUBCOMMANDS = {
     "serve",
     "ray",
     "models",
+    "version",
     "--help",
     "-h",
     "--version",
@@ -38,14 +39,14 @@ _SUBCOMMANDS = {
 # model's, the benchmarks' and the server's modules just to register commands
 # they will not run (capgen.models.setup_default alone pulled in the converter's
 # hashing and the colour encoder: ~0.06 s of a cold caption's CPU).
-_RUNTIME_COMMANDS = frozenset({"caption", "info", "models"})
+_RUNTIME_COMMANDS = frozenset({"caption", "info", "models", "version"})
 
 
 def build_app(argv: list[str] | None = None) -> typer.Typer:
     """The typer app; for a runtime command line (`argv` starts with one) only the runtime's commands."""
     import typer
 
-    from capgen.cli_support.usage_errors import OneLineUsageGroup
+    from capgen.cli_support.usage_errors import OneLineUsageCommand, OneLineUsageGroup
     from capgen.runtime.cli import register_runtime_commands
 
     app = typer.Typer(
@@ -58,6 +59,11 @@ def build_app(argv: list[str] | None = None) -> typer.Typer:
     )
     app.callback()(_root_options())
     register_runtime_commands(app)
+    # `capgen version` is `capgen --version`: without the command it would be taken
+    # for the tutorial's `capgen IMAGE` and answered "version: no such file".
+    app.command("version", cls=OneLineUsageCommand, help="Show the version and exit.")(
+        _version_command
+    )
     if argv and argv[0] in _RUNTIME_COMMANDS:
         return app
     from capgen.convert.cli import register_convert_commands
@@ -82,10 +88,17 @@ def _print_version(value: bool) -> None:
     if value:
         import typer
 
-        from capgen import __version__
-
-        typer.echo(f"capgen {__version__}")
+        _version_command()
         raise typer.Exit()
+
+
+def _version_command() -> None:
+    """Show the version and exit."""
+    import typer
+
+    from capgen import __version__
+
+    typer.echo(f"capgen {__version__}")
 
 
 def _root_options() -> Callable[..., None]:

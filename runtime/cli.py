@@ -9,7 +9,10 @@ Output of `capgen caption`:
   is a line `{"path": ..., "error": ...}`;
 - `--output FILE`: the same JSON Lines appended to FILE and flushed as each
   image finishes; `--resume` skips images FILE already has a caption for
-  (failed ones are retried);
+  (failed ones are retried); `--format csv|tsv|coco` (or FILE's extension)
+  writes that format instead, whole when the run ends; `--format txt` /
+  `--output-dir DIR` one caption file per image (output_formats.py);
+- `--recursive`: folders are searched in their subfolders too;
 - every failure is also reported on stderr as `capgen: <path>: <reason>` and
   the other images are still captioned; exit status 0 when all succeeded, 1
   when some of several images failed, the failure's own code when the one
@@ -48,6 +51,7 @@ from capgen.runtime.errors import CapgenError, InputError
 if TYPE_CHECKING:
     from capgen.runtime.captioner import Captioner
     from capgen.runtime.decoding import DecodingOptions
+    from capgen.runtime.output_formats import OutputFormat
     from capgen.runtime.sinks import CaptionSinks
 
 DEMO_NOTE = (
@@ -86,7 +90,7 @@ def caption_command(
         typer.Option(help="Rank beams by logp / ((5+len)/6)^alpha (default: total logp)."),
     ] = None,
     n_best: Annotated[
-        int, typer.Option(help="Alternatives to include (JSON only: needs --json or --output).")
+        int, typer.Option(help="Alternatives to include (JSON only: --json or a jsonl --output).")
     ] = 1,
     model: Annotated[
         Path | None,
@@ -120,11 +124,44 @@ def caption_command(
     json_lines: Annotated[bool, typer.Option("--json", help="JSON Lines on stdout.")] = False,
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Write JSON Lines here as each image is done."),
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write the captions here: JSON Lines as each image is done, or the --format "
+            "its extension names (.csv, .tsv, .txt; .json/.jsonl: JSON Lines).",
+        ),
+    ] = None,
+    output_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            metavar="txt|tsv|csv|jsonl|coco",
+            help="Format of --output (default: from its extension, else jsonl). coco: "
+            '[{"image_id", "caption"}] for COCO evaluation; txt: one <stem>.txt per image, beside '
+            "it or in --output-dir.",
+            show_default=False,
+        ),
+    ] = None,
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--output-dir",
+            help="Write one <stem>.txt caption file per image into this folder (--format txt).",
+        ),
     ] = None,
     resume: Annotated[
         bool,
-        typer.Option("--resume", help="Keep --output and skip images it already has captions for."),
+        typer.Option(
+            "--resume",
+            help="Keep --output (jsonl) and skip images it already has captions for; with "
+            "--format txt, skip images that have a caption file.",
+        ),
+    ] = False,
+    recursive: Annotated[
+        bool,
+        typer.Option(
+            "--recursive", "-r", help="Also take the images in every subfolder of a folder."
+        ),
     ] = False,
     raw: Annotated[
         bool, typer.Option("--raw", help="The tutorial's exact 'start … end' string.")
@@ -164,22 +201,31 @@ def caption_command(
     warnings.filterwarnings("ignore", module="PIL")
     from capgen.runtime.captioner import Captioner, check_batch_size
     from capgen.runtime.decoding import DecodingOptions
-    from capgen.runtime.inputs import expand_inputs
+    from capgen.runtime.inputs import check_local, expand_inputs
+    from capgen.runtime.output_formats import (
+        OutputFormat,
+        check_resume,
+        choose_format,
+        parse_format,
+    )
 
     set_verbosity(quiet, verbose)
     started = time.perf_counter()
     arguments = [*(image or []), *(images or [])]
     if not arguments:
         raise InputError("no images given; usage: capgen caption IMAGE... (or -i IMAGE)")
-    if resume and output is None:
-        raise InputError("--resume needs --output FILE")
+    check_local(arguments)
+    fmt = choose_format(parse_format(output_format), output, output_dir)
+    check_resume(fmt, output, resume)
     _check_standard_input(arguments, annotate)
-    paths, empty_folders = expand_inputs(arguments)
+    paths, empty_folders = expand_inputs(arguments, recursive=recursive)
     options = DecodingOptions(
         beam_size=beam_size, max_length=max_length, length_penalty=length_penalty, n_best=n_best
     )
-    if n_best > 1 and not json_lines and output is None:
-        raise InputError("--n-best alternatives appear only in JSON: add --json (or --output FILE)")
+    if n_best > 1 and not json_lines and fmt is not OutputFormat.JSONL:
+        raise InputError(
+            "--n-best alternatives appear only in JSON: add --json (or --output FILE in jsonl)"
+        )
     check_batch_size(batch_size)  # every option is checked before --output is touched
     # The model too: a bad model changes nothing.
     if int8:
@@ -193,7 +239,9 @@ def caption_command(
     # Just the caption for `capgen caption photo.jpg`; with several arguments,
     # a folder or a glob, each line says which image it is about.
     single_image = len(arguments) == 1 and paths == arguments
-    sinks, done = _open_sinks(paths, output, resume, annotate, json_lines, raw, not single_image)
+    sinks, done = _open_sinks(
+        paths, (fmt, output, output_dir), resume, annotate, json_lines, raw, not single_image
+    )
     for (
         folder,
         reason,
@@ -266,7 +314,7 @@ def _require_int8_encoder(model: Path | None) -> None:
 
 def _open_sinks(
     paths: list[str],
-    output: Path | None,
+    destination: tuple[OutputFormat | None, Path | None, Path | None],
     resume: bool,
     annotate: Path | None,
     json_lines: bool,
@@ -278,14 +326,21 @@ def _open_sinks(
     Nothing is written until all checks have passed: a refused --annotate
     folder leaves --output as it was.
     """
-    from capgen.runtime.outputs import AnnotateFolder, InputFiles, open_output
+    from capgen.runtime.output_formats import WholeFileWriter, open_writer
+    from capgen.runtime.outputs import AnnotateFolder, InputFiles
     from capgen.runtime.sinks import CaptionSinks
 
+    fmt, output, output_dir = destination
     inputs = InputFiles(paths)
     folder = AnnotateFolder(annotate, inputs) if annotate is not None else None
-    writer, done = open_output(output, resume, inputs) if output is not None else (None, set())
+    writer, done = open_writer(fmt, output, output_dir, resume, inputs)
     if folder is not None:
-        folder.create()
+        try:
+            folder.create()
+        except CapgenError:
+            if isinstance(writer, WholeFileWriter):
+                writer.discard()  # its file was not replaced: leave no temporary behind
+            raise
     sinks = CaptionSinks(
         json_lines=json_lines, raw=raw, show_path=show_path, writer=writer, annotate=folder
     )
@@ -352,9 +407,10 @@ def info_command(
 ) -> None:
     """Show what a model folder's manifest says and verify every file's size and sha256."""
     from capgen.runtime.captioner import resolve_model_dir
-    from capgen.runtime.errors import ModelIntegrityError
+    from capgen.runtime.errors import ModelError, ModelIntegrityError
     from capgen.runtime.identity import is_demonstration
     from capgen.runtime.manifest import FORMAT_NAME, load_manifest, verify_file
+    from capgen.runtime.onnx_external_data import single_file_graph
     from capgen.runtime.vocabulary import describe_caption_words
 
     folder, _ = resolve_model_dir(model_dir)
@@ -392,12 +448,23 @@ def info_command(
     # A manifest's text may hold control characters: each line is escaped on its
     # own, so a newline inside a field cannot fake a line of the report.
     report = ["\n".join(map(escape_controls, lines)) + "\nfiles:\n"]
-    problems = []
+    # The graphs the runtime loads: "ok" must mean the loader takes them too, and
+    # it refuses a graph that keeps tensors in external data (matching sha256 or not).
+    graphs = {enc.file, enc.int8_file, dec.projection_file, dec.step_file, dec.int8_step_file}
+    problems: list[ModelError] = []
     for name, record in manifest.files.items():
         try:
             verify_file(manifest.path(name), record, use_stamps=False)
+            if name in graphs:
+                with single_file_graph(manifest.path(name)):
+                    pass
             status = "ok"
         except ModelIntegrityError as err:
+            status = f"FAILED: {err}"
+            problems.append(err)
+        except ModelError as err:
+            if type(err) is not ModelError:  # e.g. a Git LFS pointer: its own one-line error
+                raise
             status = f"FAILED: {err}"
             problems.append(err)
         needs = f"  onnxruntime {record.onnxruntime}" if record.onnxruntime else ""
@@ -408,10 +475,12 @@ def info_command(
             + "\n"
         )
     write_stdout("".join(report))  # all at once; a closed pipe is the presenter's
-    if problems:
+    if problems and all(isinstance(problem, ModelIntegrityError) for problem in problems):
         raise ModelIntegrityError(
             f"{len(problems)} file(s) do not match the manifest: {problems[0]}"
         )
+    if problems:
+        raise ModelError(f"{len(problems)} file(s) cannot be loaded: {problems[0]}")
 
 
 def models_command() -> None:

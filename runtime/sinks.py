@@ -1,4 +1,4 @@
-"""Where each outcome of `capgen caption` goes: stdout, stderr, --output, --annotate, the progress bar.
+"""Where each outcome of `capgen caption` goes: stdout, stderr, --output/--output-dir, --annotate, the progress bar.
 
 One object owns these sinks so the command itself reads as setup + one loop,
 and every outcome, good or bad, is written the moment it is known.
@@ -14,7 +14,8 @@ from capgen.cli_support.console import detail, escape_controls, printable, say, 
 from capgen.runtime import results
 from capgen.runtime.decoding import DecodingResult
 from capgen.runtime.errors import CapgenError, ExitCode
-from capgen.runtime.outputs import AnnotateFolder, JsonlWriter
+from capgen.runtime.output_formats import CaptionFileRefused, OutputWriter
+from capgen.runtime.outputs import AnnotateFolder
 
 # Plain output's mark on a caption that ran into max_length before its end word: it
 # would otherwise look finished (--json says it as "finished": false).
@@ -39,7 +40,7 @@ class CaptionSinks:
     json_lines: bool
     raw: bool
     show_path: bool
-    writer: JsonlWriter | None = None
+    writer: OutputWriter | None = None  # --output (any --format) or --output-dir
     annotate: AnnotateFolder | None = None
     progress: Any = None  # a tqdm bar when stderr is a terminal
     failure_codes: list[int] = field(default_factory=list)
@@ -78,7 +79,10 @@ class CaptionSinks:
                 self._annotate(path, record["caption"], picture)
             detail(_timing_line(path, record["timings"]))
         if self.writer is not None:
-            self.writer.write(record)
+            try:
+                self.writer.write(record)
+            except CaptionFileRefused as err:
+                self.failed(path, err)  # one image's .txt: the caption stands, the batch goes on
         if self.progress is not None:
             self.progress.update(1)
 
