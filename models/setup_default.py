@@ -177,13 +177,13 @@ def built_from_sources(model: BuiltInModel) -> Path | None:
     Tests that caption with a built-in model use it only then: a folder left by
     another checkout would test other weights.
     """
-    import json
+    from capgen.runtime.manifest import load_manifest
 
     folder = models_dir() / model.name
     try:
-        recorded = json.loads((folder / "manifest.json").read_text()).get("sources", {})
+        recorded = load_manifest(folder).sources
         keras_file, tokenizer = model_sources(model)
-    except (OSError, ValueError, CapgenError):
+    except (OSError, CapgenError):
         return None
     same = recorded.get("model", {}).get("sha256") == sha256_file(keras_file) and recorded.get(
         "tokenizer", {}

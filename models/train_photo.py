@@ -92,6 +92,25 @@ def caption_rows(
     return CaptionRows(np.array(rows, np.int32), np.stack(inputs), np.stack(targets))
 
 
+def masked_word_loss(y_true: Any, y_pred: Any) -> Any:
+    """Cross-entropy per real word: padding (target 0) carries no loss and does not count.
+
+    Keras 3 does not carry the Embedding's mask through RepeatVector + add to
+    the output, so its built-in loss would average over the padding too and
+    teach the model to predict the padding id after a caption's last word,
+    where the tutorial's samples teach `end`. An explicit mask keeps the
+    objective the tutorial's: the mean over (prefix, next word) samples.
+    """
+    from keras import losses, ops
+
+    mask = ops.cast(ops.not_equal(y_true, 0), y_pred.dtype)
+    per_position = losses.sparse_categorical_crossentropy(y_true, y_pred)
+    return ops.sum(per_position * mask) / ops.maximum(ops.sum(mask), 1.0)
+
+
+CUSTOM_OBJECTS = {"masked_word_loss": masked_word_loss}
+
+
 def build_teacher_forced(
     feature_size: int, vocab_size: int, max_length: int, learning_rate: float = 1e-3
 ) -> Any:
@@ -112,8 +131,7 @@ def build_teacher_forced(
     outputs = layers.Dense(vocab_size, activation="softmax", name="word_probabilities")(decoder2)
     model = keras.Model(inputs=[photo, words], outputs=outputs)
     model.compile(
-        loss="sparse_categorical_crossentropy",
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss=masked_word_loss, optimizer=keras.optimizers.Adam(learning_rate=learning_rate)
     )
     return model
 
@@ -145,8 +163,7 @@ def copy_weights(source: Any, target: Any) -> None:
 def _dataset(rows: CaptionRows, photos: np.ndarray, batch_size: int, shuffle: bool) -> Any:
     import tensorflow as tf
 
-    # No sample weights: the Embedding's mask reaches the output, and Keras 3 averages
-    # the loss over the unmasked positions only, so a reported loss is per word.
+    # The loss masks the padding itself (masked_word_loss): a reported loss is per word.
     table = tf.constant(photos)
     data = tf.data.Dataset.from_tensor_slices((rows.photo_rows, rows.inputs, rows.targets))
     if shuffle:
@@ -257,7 +274,9 @@ def train_photo(
     history = _read_history(folder) if resume else []
     checkpoints = _EpochCheckpoints(folder, patience, history)
     if history:
-        model = keras.models.load_model(checkpoints.path(len(history)))
+        model = keras.models.load_model(
+            checkpoints.path(len(history)), custom_objects=CUSTOM_OBJECTS
+        )
     else:
         model = build_teacher_forced(train_photos.shape[1], vocab_size, max_length, learning_rate)
     fit_started = time.monotonic()
@@ -273,7 +292,9 @@ def train_photo(
     fit_seconds = time.monotonic() - fit_started
 
     best = min(history, key=lambda h: h["val_loss"])
-    best_model = keras.models.load_model(checkpoints.path(int(best["epoch"])))
+    best_model = keras.models.load_model(
+        checkpoints.path(int(best["epoch"])), custom_objects=CUSTOM_OBJECTS
+    )
     tutorial = build_tutorial_model(train_photos.shape[1], vocab_size, max_length)
     copy_weights(best_model, tutorial)
     model_path = output / f"model_{int(best['epoch']) - 1}.h5"

@@ -16,8 +16,12 @@ leftovers of a killed process (`prune_stale_temporaries`).
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import re
+import secrets
+import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -30,6 +34,8 @@ _TEMPORARY_NAME = re.compile(r"\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.partial(\.[^.]*)?$
 # A temporary file this old is a leftover of a killed or crashed writer:
 # the largest write capgen makes (optimising the 83 MB encoder) takes seconds.
 STALE_AFTER_SECONDS = 600
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 def default_mode(directory: bool = False) -> int:
@@ -85,6 +91,40 @@ def atomic_writer(target: Path) -> Iterator[BinaryIO]:
         raise
 
 
+def temporary_name(target_name: str) -> str:
+    """A fresh temporary name for `target_name` that `prune_stale_temporaries` recognises."""
+    return f".{target_name}.{os.getpid()}.{secrets.token_hex(6)}{SUFFIX}"
+
+
+def write_bytes_at(folder: int, name: str, data: bytes, mode: int) -> None:
+    """Replace `name` in the folder open as `folder` with `data`, atomically, with exactly `mode`.
+
+    For folders used through a descriptor (a cache others might rename
+    around): the temporary file is created there exclusively and without
+    following links, written through the descriptor that created it, and
+    renamed over `name` relative to the same folder descriptor.
+    """
+    temporary = temporary_name(name)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
+    descriptor = os.open(temporary, flags, 0o600, dir_fd=folder)
+    try:
+        try:
+            os.fchmod(descriptor, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(descriptor, view) :]
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary, dir_fd=folder)
+        raise
+    with contextlib.suppress(OSError):  # a folder that cannot be fsynced only loses durability
+        os.fsync(folder)
+
+
 def atomic_write_bytes(target: Path, data: bytes) -> None:
     """Replace `target` with `data`, atomically."""
     with atomic_writer(target) as handle:
@@ -110,8 +150,12 @@ def atomic_path(target: Path, keep_suffix: bool = False) -> Iterator[Path]:
     os.close(descriptor)
     try:
         yield temporary
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
+        # Not through a link: what the library wrote is ours to flush, nothing else is.
+        descriptor = os.open(temporary, os.O_RDWR | _NOFOLLOW | _CLOEXEC)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
         _commit(temporary, target)
     except BaseException:
         temporary.unlink(missing_ok=True)
@@ -131,31 +175,58 @@ def _writer_alive(pid: int) -> bool:
 
 
 def prune_stale_temporaries(
-    folder: Path, older_than: float = STALE_AFTER_SECONDS, legacy_glob: str | None = None
+    folder: Path | int, older_than: float = STALE_AFTER_SECONDS, legacy_glob: str | None = None
 ) -> None:
     """Delete temporary files left in `folder` by writers that were killed (Ctrl-C, SIGKILL, power).
 
     Only names this module makes (`.<target>.<pid>.<random>.partial`) are
-    considered, so a user's own files in a model folder are never touched.
+    considered, so a user's own files in a model folder are never touched,
+    and only ones this user wrote (another user's are theirs to delete).
     One goes when its writer's pid is gone, or when it is older than
     `older_than` seconds (a pid can be reused, or belong to another
-    container sharing the folder). `legacy_glob` adds names an older capgen
-    used in a folder that is capgen's own (age alone condemns those).
+    container sharing the folder). A temporary folder (a writer's private
+    work folder) goes whole. `folder` may be an open folder descriptor; a
+    path is opened once, and everything after is relative to it, never
+    following a link. `legacy_glob` adds names an older capgen used in a
+    folder that is capgen's own (age alone condemns those).
     Never raises: this is housekeeping.
     """
-    now = time.time()
     try:
-        ours = list(Path(folder).glob(f".*{SUFFIX}*"))
-        legacy = list(Path(folder).glob(legacy_glob)) if legacy_glob else []
+        if isinstance(folder, int):
+            descriptor = folder
+        else:
+            descriptor = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
     except OSError:
         return
-    for entry in ours + legacy:
-        match = _TEMPORARY_NAME.search(entry.name)
-        if entry in ours and match is None:
+    try:
+        _prune_at(descriptor, older_than, legacy_glob)
+    finally:
+        if descriptor is not folder:
+            os.close(descriptor)
+
+
+def _prune_at(folder: int, older_than: float, legacy_glob: str | None) -> None:
+    now = time.time()
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        match = _TEMPORARY_NAME.search(name)
+        ours = name.startswith(".") and fnmatch.fnmatchcase(name, f".*{SUFFIX}*") and match
+        legacy = legacy_glob is not None and fnmatch.fnmatchcase(name, legacy_glob)
+        if not (ours or legacy):
             continue
         try:
-            old = now - entry.lstat().st_mtime > older_than
-            if old or (match is not None and not _writer_alive(int(match["pid"]))):
-                entry.unlink()
+            status = os.stat(name, dir_fd=folder, follow_symlinks=False)
+            if status.st_uid != os.geteuid():
+                continue
+            old = now - status.st_mtime > older_than
+            if not (old or (match is not None and not _writer_alive(int(match["pid"])))):
+                continue
+            if stat.S_ISDIR(status.st_mode):
+                shutil.rmtree(name, dir_fd=folder)  # fd-based: never follows a link inside
+            else:
+                os.unlink(name, dir_fd=folder)
         except OSError:
             continue

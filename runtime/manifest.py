@@ -33,8 +33,8 @@ from capgen.runtime.git_lfs import POINTER_PREFIX, is_pointer
 from capgen.runtime.home import (
     cache_enabled,
     capgen_home,
-    trusted_entry,
-    warn_cache_unwritable,
+    record_stamp,
+    stamp_present,
 )
 from capgen.runtime.limits import MAX_CAPTION_LENGTH
 
@@ -526,9 +526,18 @@ def manifest_json(manifest: Manifest) -> dict[str, Any]:
 
 
 def dump_manifest(manifest: Manifest) -> bytes:
-    """manifest.json's bytes: indent 2, UTF-8 without escapes, a trailing newline."""
-    text = json.dumps(manifest_json(manifest), indent=2, ensure_ascii=False) + "\n"
-    return text.encode("utf-8")
+    """manifest.json's bytes: indent 2, UTF-8 without escapes, a trailing newline.
+
+    Strict JSON: a NaN or infinity (say, from an encoder's recorded preprocessing)
+    is refused rather than written as `NaN`, which other JSON readers reject.
+    """
+    try:
+        text = json.dumps(manifest_json(manifest), indent=2, ensure_ascii=False, allow_nan=False)
+    except ValueError as exc:
+        raise ModelError(
+            f"{manifest.folder}: the manifest would hold a NaN or infinite number ({exc})"
+        ) from None
+    return (text + "\n").encode("utf-8")
 
 
 def write_manifest(manifest: Manifest) -> Path:
@@ -576,8 +585,13 @@ def own_file_names(folder: Path) -> set[str]:
     return set(STANDARD_FILES) | listed
 
 
+# Part of every stamp's key: bumped when verify_file checks more than before (2: the
+# graphs' weights are finite), so a stamp from an older check does not skip the new one.
+_VERIFY_RECIPE = "2"
+
+
 def _stamp_path(path: Path, record: FileRecord, size: int, mtime_ns: int) -> Path:
-    key = f"{path.resolve()}\0{size}\0{mtime_ns}\0{record.sha256}".encode(
+    key = f"{path.resolve()}\0{size}\0{mtime_ns}\0{record.sha256}\0{_VERIFY_RECIPE}".encode(
         "utf-8", "surrogateescape"
     )
     return capgen_home() / "verified" / hashlib.sha256(key).hexdigest()
@@ -592,7 +606,8 @@ def _read_head(path: Path) -> bytes:
 
 
 def verify_file(path: Path, record: FileRecord, use_stamps: bool = True) -> None:
-    """Size always; sha256 unless a stamp says this exact (path, size, mtime) already matched.
+    """Size always; sha256 (and finite weights in a graph) unless a stamp says this exact
+    (path, size, mtime) already matched.
 
     Hashing the 83 MB encoder takes ~0.1 s, too much for every start of the
     CLI; the stamp makes the second start free while a missing, truncated or
@@ -627,21 +642,20 @@ def verify_file(path: Path, record: FileRecord, use_stamps: bool = True) -> None
         raise ModelIntegrityError(
             f"{path}: sha256 {digest[:12]}… does not match the manifest's {record.sha256[:12]}…"
         )
+    if path.suffix == ".onnx":
+        # A checksum only says the file is the one the manifest lists; a graph whose
+        # weights are inf or NaN captions nothing. Checked once, like the sha256.
+        from capgen.runtime.finite_weights import check_file_is_finite
+
+        check_file_is_finite(path)
     if not use_stamps:
         return
-    try:
-        stamp.parent.mkdir(parents=True, exist_ok=True)
-        stamp.touch()
-    except OSError as exc:  # a read-only or full cache only costs a re-hash next time
-        warn_cache_unwritable(stamp.parent, exc)
+    record_stamp(stamp.parent.name, stamp.name)  # never through a link; failures only warn
 
 
 def _stamped(stamp: Path) -> bool:
-    """A stamp counts only if this user or root wrote it (home.trusted_entry); errors are a miss."""
-    try:
-        return trusted_entry(stamp.stat())
-    except OSError:
-        return False
+    """A stamp counts only if this user or root wrote it, in a folder only they can change."""
+    return stamp_present(stamp.parent.name, stamp.name)
 
 
 def verify_files(

@@ -80,7 +80,12 @@ def test_teacher_forced_positions_equal_the_tutorials_prefix_predictions(
     import tf_keras
     from tf_keras.preprocessing.sequence import pad_sequences
 
-    from capgen.models.train_photo import build_teacher_forced, caption_rows, copy_weights
+    from capgen.models.train_photo import (
+        build_teacher_forced,
+        caption_rows,
+        copy_weights,
+        masked_word_loss,
+    )
 
     model_file, tokenizer_file = photo_sources
     tutorial = tf_keras.models.load_model(model_file, compile=False)
@@ -111,6 +116,12 @@ def test_teacher_forced_positions_equal_the_tutorials_prefix_predictions(
     batched = tutorial.predict([photos[photo_rows], padded], verbose=0)
     wanted = np.stack([per_position[c, i] for c, i in positions])
     assert np.abs(batched - wanted).max() <= EQUIVALENCE_TOLERANCE
+    # The training objective is the tutorial's too: the mean cross-entropy over its
+    # (prefix, next word) samples, padding excluded.
+    next_words = np.array([rows.targets[c, i] for c, i in positions])
+    tutorial_loss = float(np.mean(-np.log(batched[np.arange(len(next_words)), next_words])))
+    forced_loss = float(masked_word_loss(rows.targets, per_position))
+    assert abs(forced_loss - tutorial_loss) <= 1e-4 * tutorial_loss
     # And one prefix at a time, as the tutorial's loop calls predict.
     for k in range(0, len(prefixes), len(prefixes) // 25):
         single = tutorial.predict(
