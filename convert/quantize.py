@@ -19,6 +19,7 @@ about 15 ms and dynamic quantization 62 ms:
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -170,10 +171,13 @@ def quantize_encoder(
     output_path: Path,
     calibration_images: Sequence[np.ndarray],
     keep_float: Sequence[str] = (),
+    progress: Callable[[str], None] | None = None,
 ) -> QuantizationReport:
     """Write the static-QDQ INT8 version of `fp32_path` to `output_path` (atomically).
 
     `keep_float` names Xception nodes to leave in float too (sensitivity experiments).
+    `progress` gets a line before each long stage (the quantizer's own output is
+    silenced, so without it a terminal shows nothing for a minute or more).
     """
     import onnx
     from onnxruntime.quantization import (
@@ -197,10 +201,19 @@ def quantize_encoder(
         # onnxruntime's symbolic shape inference dumps `sym_shape_infer_temp.onnx`
         # and an 83 MB `<uuid>.data` into the working directory when it gives up;
         # running it inside the scratch folder keeps the user's folder clean.
+        # It needs sympy, which an install without the full `convert` extra may lack;
+        # ONNX's own shape inference then types the graph, and for Xception the
+        # quantizer writes the same INT8 nodes and weights either way (measured), so
+        # without sympy it is skipped rather than tried, failed and retried.
+        symbolic = importlib.util.find_spec("sympy") is not None
+        if progress is not None:
+            progress("preparing the FP32 graph for the quantizer (shape inference, fusions)")
         with contextlib.chdir(scratch), _quiet():
             try:
-                quant_pre_process(str(fp32_path), str(prepared))
+                quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=not symbolic)
             except Exception:
+                if not symbolic:
+                    raise
                 # The colour features' graph defeats onnxruntime's symbolic shape
                 # inference ("Incomplete symbolic shape inference"); ONNX's own
                 # shape inference still types every Xception tensor, which is all
@@ -209,6 +222,8 @@ def quantize_encoder(
         model = onnx.load(str(prepared))
         excluded = sorted({*nodes_kept_float(model), *keep_float})
         partial = scratch / "int8.onnx"
+        if progress is not None:
+            progress("calibrating and writing the INT8 graph (the longest step)")
         with _quiet():
             quantize_static(
                 str(prepared),
@@ -309,8 +324,12 @@ def quantize_model_folder(
     images: Sequence[np.ndarray] | None = None,
     scene_count: int = DEFAULT_SCENE_COUNT,
     echo: Callable[[str], None] = print,
+    progress: Callable[[str], None] | None = None,
 ) -> QuantizationReport:
-    """Add `encoder.int8.onnx` to a converted model folder and record it in its manifest."""
+    """Add `encoder.int8.onnx` to a converted model folder and record it in its manifest.
+
+    `echo` gets the results; `progress` a line before each long stage (see quantize_encoder).
+    """
     model_dir = Path(model_dir).resolve()
     prune_stale_temporaries(model_dir)  # left by a run that was killed while writing
     manifest = load_manifest(model_dir)
@@ -323,9 +342,11 @@ def quantize_model_folder(
     kind = manifest.encoder.kind
     if images is None:
         size = (manifest.encoder.height, manifest.encoder.width)
+        if progress is not None:
+            progress("reading the calibration photos")
         images = calibration_pixels(kind, scene_count, size)
     echo(f"calibrating on {len(images)} images ({kind} encoder)")
-    report = quantize_encoder(fp32_path, model_dir / INT8_FILENAME, images)
+    report = quantize_encoder(fp32_path, model_dir / INT8_FILENAME, images, progress=progress)
     add_int8_to_manifest(model_dir)
     if report.excluded_nodes:
         echo(f"kept in float (outside Xception): {len(report.excluded_nodes)} nodes")
