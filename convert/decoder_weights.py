@@ -99,6 +99,21 @@ def require_weights(weights: LayerWeights, layer: str, names: tuple[str, ...]) -
     return [arrays[name] for name in names]
 
 
+def _refuse_non_finite(array: np.ndarray, what: str) -> None:
+    """One line for a weight holding inf or NaN (also a float64 too large for float32).
+
+    Such a decoder gives NaN scores for every word: captions come out empty
+    with exit 0, so it is refused here, naming the layer, not exported.
+    """
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = int(array.size - np.count_nonzero(finite))
+        raise ModelError(
+            f"{what} holds {bad:,} infinite or NaN values of {array.size:,}; capgen does not "
+            "export non-finite weights (they make every caption empty)"
+        )
+
+
 def _role(
     weights: LayerWeights, shapes: WeightShapes, layer: str, bias_size: int | None = None
 ) -> list[np.ndarray]:
@@ -108,7 +123,9 @@ def _role(
     for name, array in zip(names, require_weights(weights, layer, names), strict=True):
         if tuple(array.shape) != shapes[layer][name]:
             raise shape_mismatch(tuple(array.shape), shapes[layer][name], f"layer {layer!r} {name}")
-        arrays.append(np.asarray(array, dtype=np.float32))
+        converted = np.asarray(array, dtype=np.float32)
+        _refuse_non_finite(converted, f"layer {layer!r} {name}")
+        arrays.append(converted)
     if bias_size is not None and "bias" not in shapes[layer]:
         arrays.append(np.zeros(bias_size, dtype=np.float32))
     return arrays

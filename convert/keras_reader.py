@@ -148,17 +148,62 @@ def _child(group: Any, name: str, where: str) -> Any | None:
         if link is None:
             return None
         if not isinstance(link, h5py.HardLink):
-            target = (
-                f"an external link to {link.filename!r}:{link.path!r}"
-                if isinstance(link, h5py.ExternalLink)
-                else f"a {type(link).__name__} to {getattr(link, 'path', '?')!r}"
-            )
-            raise ModelError(
-                f"{where}: HDF5 object {node.name.rstrip('/')}/{part} is {target}; "
-                "capgen reads only what the file itself holds"
-            )
+            raise _link_error(node, part, link, where)
         node = node[part]
     return node
+
+
+def _link_error(group: Any, part: str, link: Any, where: str) -> ModelError:
+    target = (
+        f"an external link to {link.filename!r}:{link.path!r}"
+        if isinstance(link, _h5py().ExternalLink)
+        else f"a {type(link).__name__} to {getattr(link, 'path', '?')!r}"
+    )
+    return ModelError(
+        f"{where}: HDF5 object {group.name.rstrip('/')}/{part} is {target}; "
+        "capgen reads only what the file itself holds"
+    )
+
+
+# No Keras file comes near this many HDF5 objects (an application's weights: ~2,000);
+# the walk below stops there, which also ends a loop of hard links.
+MAX_HDF5_OBJECTS = 200_000
+
+
+def check_self_contained(root: Any, where: str) -> None:
+    """Refuse a file (group `root` and all below it) that would bring bytes from outside itself.
+
+    For files that something else reads after capgen (Keras's own loaders read
+    a --weights file or a user's encoder whole): every link must be a hard
+    link and no dataset may be virtual or keep its values in an external file.
+    Link types are read with getlink=True and nothing is dereferenced until
+    its link is known to be hard, so an external link to a FIFO is refused,
+    not opened (it hung the export forever).
+    """
+    h5py = _h5py()
+    pending = [root]
+    count = 0
+    while pending:
+        group = pending.pop()
+        for part in list(group.keys()):  # the link names only: nothing is resolved
+            count += 1
+            if count > MAX_HDF5_OBJECTS:
+                raise ModelError(
+                    f"{where}: holds more than {MAX_HDF5_OBJECTS:,} HDF5 objects (or a loop of "
+                    "links); no Keras file does"
+                )
+            link = group.get(part, getlink=True)
+            if not isinstance(link, h5py.HardLink):
+                raise _link_error(group, part, link, where)
+            child = group[part]
+            if isinstance(child, h5py.Group):
+                pending.append(child)
+            elif isinstance(child, h5py.Dataset) and (child.is_virtual or child.external):
+                raise ModelError(
+                    f"{where}: dataset {child.name} keeps its values outside the file "
+                    "(a virtual dataset or external storage); capgen reads only what the "
+                    "file itself holds"
+                )
 
 
 def _group(parent: Any, name: str, where: str) -> Any | None:

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shutil
+import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from capgen.convert.delimiters import Delimiters
+from capgen.convert.hashing import sha256_file
 from capgen.convert.portable import file_requirement
 from capgen.convert.step_graph import (
     DecoderWeights,
@@ -30,24 +32,26 @@ from capgen.convert.step_graph import (
     step_metadata,
 )
 from capgen.runtime.errors import InputError, ModelError
+from capgen.runtime.finite_weights import refuse_non_finite
 from capgen.runtime.home import encoders_dir
 from capgen.runtime.manifest import (
     ENCODER_FILE,
     FORMAT_VERSION,
     MANIFEST_FILE,
     PROJECTION_FILE,
+    STANDARD_FILES,
     STEP_FILE,
     VOCABULARY_FILE,
     DecoderSpec,
     Manifest,
     VocabularySpec,
     file_record,
-    own_file_names,
+    load_manifest,
     parse_encoder_spec,
     write_manifest,
 )
 from capgen.runtime.onnx_external_data import read_single_file_graph
-from capgen.runtime.staging import create_staging, prune_stale, swap_in
+from capgen.runtime.staging import create_staging, discard_staging, prune_stale, swap_in
 
 # Bump when what the converter writes changes for the same sources (2: graphs at the
 # lowest IR version, onnxruntime recorded per file). Recorded as converted_with.recipe,
@@ -104,7 +108,9 @@ def describe_encoder(path: Path, kind: str | None = None) -> EncoderInfo:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # onnx raises DecodeError and friends for non-ONNX bytes
         raise ModelError(f"{path} is not a readable ONNX encoder: {error}") from error
-    read_single_file_graph(path)  # external data: refused here, not first at caption time
+    data = read_single_file_graph(path)  # external data: refused here, not first at caption time
+    refuse_non_finite(path, data)  # inf/NaN weights (e.g. from a --weights file): refused too
+    del data
     props = {prop.key: prop.value for prop in model.metadata_props}
     outputs = {output.name: output for output in model.graph.output}
     if "features" not in outputs:
@@ -210,29 +216,75 @@ def converted_with() -> dict[str, str]:
     return versions
 
 
-def prepare_target(out_dir: Path, force: bool) -> None:
-    """Refuse to overwrite a folder unless --force, and never one that is not a model folder."""
+def prepare_target(out_dir: Path, force: bool) -> set[str]:
+    """Refuse to overwrite a folder unless --force, and never one holding anything capgen did not write.
+
+    Returns the names --force may delete (empty when there is nothing to
+    replace). A name counts as capgen's only when it is one capgen writes
+    (STANDARD_FILES), is a regular file (not a link, not a folder), and its
+    bytes match the sha256 the folder's manifest records (the manifest itself
+    must load as capgen's). A manifest is a claim, not proof: one listing
+    `NOTES.md` and `photos/` made --force delete them.
+    """
+    if out_dir.is_symlink():
+        raise InputError(
+            f"output {out_dir} is a link; capgen writes a model folder only in its place"
+        )
     if not out_dir.exists():
-        return
+        return set()
     if not out_dir.is_dir():
         raise InputError(f"output {out_dir} exists and is not a folder")
-    if not any(out_dir.iterdir()):
-        return
+    entries = sorted(out_dir.iterdir())
+    if not entries:
+        return set()
     if not force:
         raise InputError(f"output folder {out_dir} already exists; pass --force to replace it")
-    if not (out_dir / MANIFEST_FILE).is_file():
+    try:
+        if not stat.S_ISREG((out_dir / MANIFEST_FILE).lstat().st_mode):
+            raise ModelError("not a regular file")
+        manifest = load_manifest(out_dir)
+    except (OSError, ModelError):
         raise InputError(
             f"refusing to replace {out_dir}: it is not empty and not a capgen model folder"
-        )
-    strangers = sorted(
-        entry.name for entry in out_dir.iterdir() if entry.name not in own_file_names(out_dir)
-    )
+        ) from None
+    strangers = [
+        (entry.name, why)
+        for entry in entries
+        if (why := _why_not_capgens(entry, manifest)) is not None
+    ]
     if strangers:
         # e.g. the user kept model_9.h5 in the folder it was converted to: --force would delete it.
+        names = [name for name, _ in strangers]
         raise InputError(
-            f"refusing to replace {out_dir}: it also holds {', '.join(strangers[:3])}"
-            f"{' …' if len(strangers) > 3 else ''}, which capgen did not write; move them out first"
+            f"refusing to replace {out_dir}: it also holds {', '.join(names[:3])}"
+            f"{' …' if len(names) > 3 else ''}, which capgen did not write "
+            f"({names[0]}: {strangers[0][1]}); move them out first"
         )
+    return {entry.name for entry in entries}
+
+
+def _why_not_capgens(entry: Path, manifest: Manifest) -> str | None:
+    """None if `entry` is a file capgen wrote into this model folder, else why not (a few words)."""
+    try:
+        info = entry.lstat()
+    except OSError as error:
+        return f"unreadable: {error.strerror or error}"
+    if stat.S_ISLNK(info.st_mode):
+        return "a link"
+    if stat.S_ISDIR(info.st_mode):
+        return "a folder"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if entry.name not in STANDARD_FILES:
+        return "not a file capgen writes"
+    if entry.name == MANIFEST_FILE:
+        return None  # loaded above as a capgen manifest
+    record = manifest.files.get(entry.name)
+    if record is None:
+        return "not in the manifest"
+    if info.st_size != record.bytes or sha256_file(entry) != record.sha256:
+        return "changed since capgen wrote it"
+    return None
 
 
 def _place_encoder(source: Path, target: Path) -> None:
@@ -321,7 +373,7 @@ def write_model_folder(
             f"vocabulary has {len(spec.vocabulary)} ids but the decoder predicts "
             f"{spec.weights.vocab_size}"
         )
-    prepare_target(out_dir, force)
+    replaceable = prepare_target(out_dir, force)
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         prune_stale(out_dir)
@@ -332,7 +384,7 @@ def write_model_folder(
             f"cannot create the model folder {out_dir} ({error.strerror or error})"
         ) from None
     try:
-        _fill_and_place(staging, out_dir, spec, encoder)
+        _fill_and_place(staging, out_dir, spec, encoder, replaceable)
     except (
         OSError
     ) as error:  # a full disk or a folder that vanished mid-way: nothing half-written stays
@@ -341,14 +393,18 @@ def write_model_folder(
         ) from None
     finally:
         if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+            discard_staging(staging)
     return out_dir
 
 
 def _fill_and_place(
-    staging: Path, out_dir: Path, spec: ModelFolderSpec, encoder: EncoderInfo
+    staging: Path,
+    out_dir: Path,
+    spec: ModelFolderSpec,
+    encoder: EncoderInfo,
+    replaceable: set[str],
 ) -> None:
-    """Write every file into `staging`, then swap it in for `out_dir`."""
+    """Write every file into `staging`, then swap it in for `out_dir` (deleting only `replaceable`)."""
     import onnx
 
     _place_encoder(encoder.path, staging / ENCODER_FILE)
@@ -361,4 +417,4 @@ def _fill_and_place(
         json.dumps(spec.vocabulary, ensure_ascii=False) + "\n", encoding="utf-8"
     )
     write_manifest(_manifest(spec, encoder, staging))
-    swap_in(staging, out_dir)
+    swap_in(staging, out_dir, replaceable=replaceable)

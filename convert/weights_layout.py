@@ -11,10 +11,12 @@ Git LFS pointer or a damaged file each get their own one-line InputError.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
-from capgen.runtime.errors import InputError
+from capgen.runtime.errors import InputError, ModelError
 from capgen.runtime.git_lfs import is_pointer
 
 Layout = list[tuple[str, list[tuple[int, ...]]]]
@@ -42,10 +44,21 @@ def _decode(value: Any) -> str:
 
 
 def read_layout(path: Path) -> Layout:
-    """(layer name, weight shapes) of every weighted layer in a legacy Keras `.h5` weights file."""
+    """(layer name, weight shapes) of every weighted layer in a legacy Keras `.h5` weights file.
+
+    Keras reads the whole file after this check, so the whole file is checked
+    first (keras_reader.check_self_contained): an HDF5 external link to a FIFO
+    blocked the export forever, one to another file loaded weights nobody
+    named. No link is followed and nothing but a regular file is opened.
+    """
     import h5py
 
+    from capgen.convert.keras_reader import check_self_contained
+
     try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):  # a FIFO would block the open below
+            raise InputError(f"weights file {path} is not a regular file")
         with path.open("rb") as handle:
             head = handle.read(200)
     except OSError as error:
@@ -54,7 +67,8 @@ def read_layout(path: Path) -> Layout:
         raise InputError(f"{path} is a Git LFS pointer, not a weights file; run `git lfs pull`")
     try:
         with h5py.File(path, "r") as handle:
-            group = handle.get("model_weights", handle)
+            check_self_contained(handle, f"weights file {path}")
+            group = handle.get("model_weights", handle)  # checked above: no link is followed
             if "layer_names" not in group.attrs:
                 raise InputError(
                     f"{path} is not a Keras weights file in the layout Keras caches application "
@@ -69,6 +83,8 @@ def read_layout(path: Path) -> Layout:
             return layout
     except InputError:
         raise
+    except ModelError as error:  # a link or storage outside the file: the user's --weights
+        raise InputError(str(error)) from None
     except Exception as error:  # h5py: OSError for non-HDF5/truncated, KeyError for missing groups
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise InputError(

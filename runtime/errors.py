@@ -40,13 +40,18 @@ class ExitCode(IntEnum):
     MODEL = (
         3,
         "model problem: missing/corrupt folder, checksum mismatch, a Git LFS pointer "
-        "(model or tokenizer), unsupported layer, unknown manifest version or field value",
+        "(model or tokenizer), unsupported layer (a Lambda or custom layer in a Keras file "
+        "included), infinite or NaN weights, unknown manifest version or field value",
     )
     TOKENIZER = (
         4,
         "tokenizer problem: unsafe or unreadable pickle, vocabulary that does not fit the model",
     )
-    IMAGE = 5, "an image could not be decoded: the API, and one image file given alone"
+    IMAGE = (
+        5,
+        "an image could not be decoded or is too large (pixels, a side, or bytes): the API, "
+        "and one image file given alone",
+    )
     CONVERSION = 6, "the conversion stack is missing or a conversion step failed"
     INTERRUPTED = 130, "interrupted (Ctrl-C); every caption finished so far is already written"
     BROKEN_PIPE = 141, "stdout closed early (e.g. piped into `head`)"

@@ -15,6 +15,17 @@ MAX_CAPTION_LENGTH = 1000
 # Each step holds beam_size rows of V log-probabilities per image (V = 7,577 for
 # the tutorial); beams beyond ~10 stop helping.
 MAX_BEAM_SIZE = 100
+# Most bytes one encoded image may take, from a file, bytes or a stream (stdin):
+# a stream is read in chunks and refused as soon as it passes this, instead of
+# being buffered whole first (`capgen caption - < /dev/zero`). An 89 Mpx photo
+# (the pixel limit) is a few tens of MB as JPEG or PNG; only an uncompressed
+# 16-bit TIFF of that size needs more.
+MAX_IMAGE_BYTES = 256 << 20
+# Longest side an image may have, whatever its pixel count (JPEG's own limit).
+# Resizing n pixels down to a few hundred needs filter coefficients in
+# proportion to n: a 1 x 30,000,000 PNG (29 kB, under the pixel limit) took
+# 1.1 GB to resize. With every side bounded, that memory is bounded too.
+MAX_IMAGE_SIDE = 65_535
 
 
 def is_count(value: object) -> bool:

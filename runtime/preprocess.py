@@ -32,6 +32,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
+from capgen.runtime import limits
 from capgen.runtime.errors import (
     CapgenError,
     ImageError,
@@ -161,6 +162,7 @@ def _open_path(source: str | os.PathLike[str], max_pixels: int) -> Image.Image:
         raise InputError(f"is {special}, not an image file")
     try:
         with open(path, "rb") as handle:
+            _check_byte_count(os.fstat(handle.fileno()).st_size)
             return _decode(handle, max_pixels)
     except FileNotFoundError:
         raise InputError("no such file") from None
@@ -173,11 +175,29 @@ def _open_path(source: str | os.PathLike[str], max_pixels: int) -> Image.Image:
 
 
 def _check_pixel_count(width: int, height: int, max_pixels: int) -> None:
-    """The decompression-bomb guard, for every source: files, PIL images and arrays alike."""
+    """The decompression-bomb guard, for every source: files, PIL images and arrays alike.
+
+    The side is bounded too, not only the area: resizing memory grows with the
+    longest side, so a 1 x 30,000,000 strip under the pixel limit still cost a gigabyte.
+    """
     if width * height > max_pixels:
         raise ImageTooLargeError(
             f"image is {width}x{height} = {width * height} pixels, more than the "
             f"{max_pixels} capgen decodes (decompression bomb guard)"
+        )
+    if max(width, height) > limits.MAX_IMAGE_SIDE:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} pixels; capgen decodes no side longer than "
+            f"{limits.MAX_IMAGE_SIDE} pixels (a strip that thin would take gigabytes to resize)"
+        )
+
+
+def _check_byte_count(size: int) -> None:
+    """Refuse an encoded image larger than limits.MAX_IMAGE_BYTES, before it is read."""
+    if size > limits.MAX_IMAGE_BYTES:
+        raise ImageTooLargeError(
+            f"image file is more than {limits.MAX_IMAGE_BYTES:,} bytes, the most capgen reads "
+            "for one image"
         )
 
 
@@ -215,19 +235,37 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
 
 
+_READ_CHUNK = 1 << 20
+
+
 def _read_file_object(source: Any) -> bytes:
-    """All bytes of a user's file object; whatever its read() raises is this image's error."""
-    try:
-        data = source.read()
-    except PermissionError:
-        raise InputError("permission denied") from None
-    except OSError as exc:
-        raise InputError(f"cannot read ({exc.strerror or exc})") from None
-    except Exception as exc:  # a closed file (ValueError), a failing wrapper (anything)
-        raise ImageError(f"cannot read from the file object ({_reason(exc)})") from exc
-    if not isinstance(data, (bytes, bytearray)):
-        raise InputError("file object must be opened in binary mode")
-    return bytes(data)
+    """All bytes of a user's file object, read in chunks up to limits.MAX_IMAGE_BYTES.
+
+    Reading in chunks means an endless stream (`capgen caption - < /dev/zero`)
+    is refused once it passes the limit, not after gigabytes are buffered.
+    Whatever the object's read() raises is this image's error.
+    """
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        try:
+            chunk = source.read(_READ_CHUNK)
+        except PermissionError:
+            raise InputError("permission denied") from None
+        except OSError as exc:
+            raise InputError(f"cannot read ({exc.strerror or exc})") from None
+        except Exception as exc:  # a closed file (ValueError), a failing wrapper (anything)
+            raise ImageError(f"cannot read from the file object ({_reason(exc)})") from exc
+        if chunk is None:  # a non-blocking stream with nothing ready: what came so far is all
+            break
+        if not isinstance(chunk, (bytes, bytearray, memoryview)):
+            raise InputError("file object must be opened in binary mode")
+        if not chunk:
+            break
+        total += len(chunk)
+        _check_byte_count(total)
+        chunks.append(bytes(chunk))
+    return b"".join(chunks)
 
 
 def _load_image(source: Any, max_pixels: int) -> Image.Image:
@@ -243,6 +281,7 @@ def _load_image(source: Any, max_pixels: int) -> Image.Image:
     if isinstance(source, np.ndarray):
         return _from_array(source, max_pixels)
     if isinstance(source, (bytes, bytearray, memoryview)):
+        _check_byte_count(memoryview(source).nbytes)
         return _decode(io.BytesIO(bytes(source)), max_pixels)
     if isinstance(source, (str, os.PathLike)):
         return _open_path(source, max_pixels)

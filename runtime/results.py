@@ -9,6 +9,7 @@ touch a file only when every line of it has one of these shapes.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from capgen.runtime.decoding import DecodingResult
@@ -43,14 +44,35 @@ def error_record(path: str, message: str) -> dict[str, Any]:
     return {"path": path, "error": message}
 
 
+def _json_safe(value: Any) -> Any:
+    """`value` with every float that is inf or NaN replaced by None (JSON null).
+
+    Python's json writes those as `NaN`/`Infinity`, which no JSON parser accepts;
+    a score that is not a number is written as null instead.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
 def to_line(record: dict[str, Any]) -> str:
     # ensure_ascii keeps undecodable file names (lone surrogates) as \udcXX escapes,
-    # which json.loads turns back into the very same str for --resume.
-    return json.dumps(record, ensure_ascii=True) + "\n"
+    # which json.loads turns back into the very same str for --resume. allow_nan=False:
+    # _json_safe has replaced every non-finite float, so strict JSON comes out or nothing.
+    return json.dumps(_json_safe(record), ensure_ascii=True, allow_nan=False) + "\n"
 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_score(value: object) -> bool:
+    """A log-probability as to_line writes it: a number, or null where it was not one."""
+    return value is None or _is_number(value)
 
 
 def _is_alternative(value: object) -> bool:
@@ -58,7 +80,7 @@ def _is_alternative(value: object) -> bool:
         isinstance(value, dict)
         and set(value) == {"caption", "log_probability"}
         and isinstance(value["caption"], str)
-        and _is_number(value["log_probability"])
+        and _is_score(value["log_probability"])
     )
 
 
@@ -74,7 +96,7 @@ def is_success_record(record: object) -> bool:
     return (
         isinstance(record["path"], str)
         and isinstance(record["caption"], str)
-        and _is_number(record["log_probability"])
+        and _is_score(record["log_probability"])
         and isinstance(record["finished"], bool)
         and isinstance(tokens, list)
         and all(isinstance(t, int) and not isinstance(t, bool) for t in tokens)
@@ -96,7 +118,10 @@ def is_error_record(record: object) -> bool:
 
 
 def parse_line(line: bytes) -> dict[str, Any] | None:
-    """The record on one line if it is one capgen writes, else None (never raises)."""
+    """The record on one line if it is one capgen writes, else None (never raises).
+
+    A `NaN` score (which capgen before issue 24 wrote) still reads as capgen's line.
+    """
     try:
         record = json.loads(line)
     except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON

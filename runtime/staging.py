@@ -5,16 +5,22 @@ shipped model) is assembled in `.NAME.partial-XXXX` beside its target and
 renamed into place, so a reader never sees half a folder. A writer killed
 hard (SIGKILL, out of memory, power) cannot clean up after itself, and each
 leftover holds a copy of the 83 MB encoder. Every staging folder therefore
-carries a marker naming the process that made it; the next writer into the
-same parent removes only folders whose marker says they are capgen's and whose
-process is gone, so nothing capgen did not write, and nothing another running
-writer is using, is ever deleted. Standard library and runtime only, so the
-runtime-only install (and Ray's actors) can use it.
+carries a marker file that its writer keeps locked (flock) for as long as it
+lives; the next writer into the same parent removes only folders whose marker
+says they are capgen's and whose marker it can lock itself. A lock, not a pid:
+a pid means nothing in another pid namespace (a container sharing the folder
+with the same host name and boot id saw a live writer's pid as dead), while
+the kernel releases a lock exactly when its holder dies, wherever it ran. So
+nothing capgen did not write, and nothing another running writer is using, is
+ever deleted. Standard library and runtime only, so the runtime-only install
+(and Ray's actors) can use it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import re
@@ -22,7 +28,7 @@ import shutil
 import socket
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from capgen.runtime.atomic_write import default_mode
@@ -34,7 +40,7 @@ _STAGING_NAME = re.compile(r"^\..+\.(?:partial|replaced)-[^/]+$")
 
 
 def _boot_id() -> str:
-    """Tell reboots apart: a pid from before a reboot says nothing about a process now."""
+    """Recorded in the marker for people reading it; liveness comes from the marker's lock."""
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
     except OSError:
@@ -45,13 +51,39 @@ def _owner() -> dict[str, object]:
     return {"pid": os.getpid(), "host": socket.gethostname(), "boot": _boot_id()}
 
 
+# staging folder -> the descriptor of its marker, kept open (and so locked) while we write it.
+_HELD: dict[str, int] = {}
+
+
 def _mark(folder: Path) -> None:
-    """Write the marker exclusively, so an existing file of that name is never rewritten."""
+    """Write the marker, locked before it appears under its name, and keep it locked.
+
+    It is written under a temporary name (created exclusively), locked, then
+    renamed to MARKER: a pruner never sees the marker unlocked while we live.
+    """
+    temporary = folder / f"{MARKER}.{os.getpid()}.tmp"
     descriptor = os.open(
-        folder / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644
+        temporary,
+        os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+        0o644,
     )
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        json.dump(_owner(), handle)
+    try:
+        with contextlib.suppress(OSError):  # no locks on this filesystem: pruners then keep it
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(descriptor, json.dumps(_owner()).encode("utf-8"))
+        os.rename(temporary, folder / MARKER)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    _HELD[str(folder)] = descriptor
+
+
+def _release(folder: Path) -> None:
+    """Close (and so unlock) the marker of a staging folder we made; nothing if we hold none."""
+    descriptor = _HELD.pop(str(folder), None)
+    if descriptor is not None:
+        with contextlib.suppress(OSError):
+            os.close(descriptor)
 
 
 def create_staging(out_dir: Path) -> Path:
@@ -62,22 +94,44 @@ def create_staging(out_dir: Path) -> Path:
     return staging
 
 
-def swap_in(staging: Path, out_dir: Path) -> None:
+def discard_staging(staging: Path) -> None:
+    """Remove a staging folder we made and did not place (a failed write), and unlock it."""
+    shutil.rmtree(staging, ignore_errors=True)
+    _release(staging)
+
+
+def swap_in(staging: Path, out_dir: Path, replaceable: Collection[str] | None = None) -> None:
     """Move `staging` to `out_dir`; an existing `out_dir` is set aside first, then removed.
 
     Setting it aside with one rename (instead of deleting it before the move)
     means a kill at any moment leaves either the old folder or the new one in
-    place, never neither for longer than two renames.
+    place, never neither for longer than two renames. `replaceable`: the names
+    in the old folder the caller verified as its own; only those regular files
+    are deleted, and a folder that then still holds anything (something that
+    appeared after the check) is left where it was set aside, unmarked, so no
+    pruner deletes it either. None: the old folder is removed whole.
     """
     (staging / MARKER).unlink()
     if not out_dir.exists():
         os.replace(staging, out_dir)
+        _release(staging)
         return
     aside = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.replaced-"))
     os.rename(out_dir, aside)  # onto the empty folder just made: atomic on POSIX
     os.replace(staging, out_dir)
-    _mark(aside)
-    shutil.rmtree(aside, ignore_errors=True)
+    _release(staging)
+    if replaceable is None:
+        _mark(aside)
+        shutil.rmtree(aside, ignore_errors=True)
+        _release(aside)
+        return
+    for name in replaceable:
+        entry = aside / name
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(entry.lstat().st_mode):
+                entry.unlink()
+    with contextlib.suppress(OSError):
+        os.rmdir(aside)  # fails, keeping it, if anything but the verified files is inside
 
 
 def place(staging: Path, target: Path) -> bool:
@@ -96,23 +150,30 @@ def place(staging: Path, target: Path) -> bool:
         return False
     with contextlib.suppress(OSError):
         (target / MARKER).unlink()
+    _release(staging)
     return True
 
 
-def _alive(owner: dict[str, object]) -> bool:
-    """Whether the marker's process may still be running (unknown counts as alive)."""
-    pid = owner.get("pid")
-    if not isinstance(pid, int) or owner.get("host") != socket.gethostname():
-        return True
-    if owner.get("boot") != _boot_id():
-        return False
+def _lock_if_abandoned(marker: Path) -> int | None:
+    """An open, locked descriptor of `marker` if no live writer holds its lock, else None.
+
+    The caller deletes the folder while holding the lock and then closes it.
+    A filesystem without locks, or any error, counts as held: not ours to delete.
+    """
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
+        descriptor = os.open(
+            marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+        )
     except OSError:
-        return True
-    return True
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        return None
+    return descriptor
 
 
 def prune_stale(out_dir: Path) -> list[Path]:
@@ -140,13 +201,22 @@ def _prune(parent: Path, is_staging_name: Callable[[str], bool]) -> list[Path]:
             info = entry.lstat()
             if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
                 continue  # a link, a file, or someone else's: not ours to judge
+            if str(entry) in _HELD:
+                continue  # our own, in use
             marker = entry / MARKER
             if marker.is_symlink():
                 continue
             owner = json.loads(marker.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue  # no readable marker: not provably capgen's
-        if isinstance(owner, dict) and not _alive(owner):
+        if not isinstance(owner, dict) or "pid" not in owner:
+            continue
+        descriptor = _lock_if_abandoned(marker)
+        if descriptor is None:
+            continue  # a live writer holds it, wherever (whichever pid namespace) it runs
+        try:
             shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
+        finally:
+            os.close(descriptor)
+        removed.append(entry)
     return removed
