@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "capgen needs $(PYTHON) (Python 3.11) on PATH"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
-	$(PIP_INSTALL) -e ".[convert,train,bench,serve,ray,dev]"
+	$(PIP_INSTALL) -e ".[convert,train,bench,serve,ray,openvino,dev]"
 	# tf-keras gives Keras 2 behaviour for real Keras-2 .h5 files; with its
 	# dependencies it would pull the full GPU tensorflow on top of tensorflow-cpu.
 	$(PIP_INSTALL) --no-deps tf-keras

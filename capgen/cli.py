@@ -27,6 +27,7 @@ _SUBCOMMANDS = {
     "serve",
     "ray",
     "models",
+    "tune",
     "version",
     "--help",
     "-h",
@@ -39,7 +40,7 @@ _SUBCOMMANDS = {
 # model's, the benchmarks' and the server's modules just to register commands
 # they will not run (capgen.models.setup_default alone pulled in the converter's
 # hashing and the colour encoder: ~0.06 s of a cold caption's CPU).
-_RUNTIME_COMMANDS = frozenset({"caption", "info", "models", "version"})
+_RUNTIME_COMMANDS = frozenset({"caption", "info", "models", "tune", "version"})
 
 
 def build_app(argv: list[str] | None = None) -> typer.Typer:

@@ -33,6 +33,7 @@ def quantize_command(
     Both are opt-in at caption time (capgen caption --int8 --fast-decoder); the exact files stay the default. Needs pip install 'capgen\\[convert]'.
     """
     # \\[ in the docstring: typer's rich help markup would take [...] for a style and drop it.
+    from capgen.cli_support.console import terminal_progress
     from capgen.convert.cli import require_convert_stack
 
     require_convert_stack()
@@ -48,14 +49,21 @@ def quantize_command(
         spec = manifest.encoder
         images, found = folder_pixels(calibration, spec.height, spec.width, spec.resize_filter)
         typer.echo(f"calibration: {len(images)} of the {found} images in {calibration}")
+    # Quantizing is a minute or more with the quantizer's own output silenced: on a
+    # terminal, say which stage runs (stderr; a redirected run keeps only the results).
+    progress = terminal_progress("convert quantize")
     started = time.perf_counter()
-    quantize_model_folder(model_dir, images=images, scene_count=scenes, echo=typer.echo)
+    quantize_model_folder(
+        model_dir, images=images, scene_count=scenes, echo=typer.echo, progress=progress
+    )
+    progress("fast decoder step")
     typer.echo(
         f"wrote {add_fast_decoder(model_dir)} (fast decoder step: INT8 output layer, best words exact)"
     )
     typer.echo(f"quantized in {time.perf_counter() - started:.1f} s")
     # A quick sanity check a user can read: how far INT8 moved the features of
     # the calibration photos (not an accuracy claim; see benchmarks/ for that).
+    progress("comparing INT8 and FP32 features")
     manifest = load_manifest(model_dir)
     sample = images[:4] if images else photo_pixels(fetch_kitchenware_photos()[:4])
     cosines = feature_cosines(

@@ -16,6 +16,7 @@ second run only re-checks fingerprints.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -122,13 +123,25 @@ def model_sources(model: BuiltInModel, folder: Path | None = None) -> tuple[Path
     return matches[0], tokenizer
 
 
+def _silent(message: str) -> None:
+    """The default `progress`: a library call says nothing unless its caller asks."""
+
+
 def setup_model(
     model: BuiltInModel,
     force: bool = False,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] = _silent,
     sources: Path | None = None,
+    progress: Callable[[str], None] = _silent,
 ) -> Path:
-    """Build (or confirm) one built-in model folder and return its path."""
+    """Build (or confirm) one built-in model folder and return its path.
+
+    `echo` gets the results (which files, the summary line); `progress` gets a
+    line before each step that can take long (a first run takes minutes), so a
+    terminal shows what is happening instead of nothing. Both default to silence:
+    the library never prints; `capgen setup` sends `echo` to stdout and
+    `progress` to stderr, the latter only on a terminal.
+    """
     from capgen.convert.convert_model import convert_model
     from capgen.convert.encoder import ensure_encoder
     from capgen.convert.fast_decoder import add_fast_decoder
@@ -136,19 +149,24 @@ def setup_model(
     from capgen.convert.weights import fetch_imagenet_weights
     from capgen.runtime.manifest import load_manifest, verify_files
 
+    started = time.perf_counter()
     keras_file, tokenizer = model_sources(model, sources)
+    progress(f"{model.name}: ImageNet Xception weights (fetched and checked once, then cached)")
     weights = fetch_imagenet_weights(force=force)
     echo(f"ImageNet Xception weights: {weights}")
+    progress(f"{model.name}: {model.encoder} encoder ONNX (exported once, then cached)")
     encoder = ensure_encoder(model.encoder, force=force)
     echo(f"encoder ({model.encoder}): {encoder}")
     target = models_dir() / model.name
+    progress(f"{model.name}: checking {target} against its sources")
     if not force and _is_current(target, keras_file, tokenizer, encoder):
         manifest = load_manifest(target)
         verify_files(manifest)
         if model.demonstration:
             _mark_demonstration(manifest)
-        echo(f"{model.name} model up to date: {target}")
+        echo(f"{model.name} model up to date: {target} ({_elapsed(started)})")
         return target
+    progress(f"{model.name}: converting {keras_file.name} and {tokenizer.name}")
     report = convert_model(
         keras_file,
         tokenizer,
@@ -163,12 +181,22 @@ def setup_model(
         f"{model.name} model: vocabulary {report.architecture.vocab_size}, "
         f"max length {report.max_length}, features {report.architecture.feature_size}"
     )
-    quantize_model_folder(target, echo=echo)
+    progress(f"{model.name}: INT8 encoder (its calibration is the longest step)")
+    quantize_model_folder(
+        target, echo=echo, progress=lambda message: progress(f"{model.name}: {message}")
+    )
+    progress(f"{model.name}: fast decoder step")
     add_fast_decoder(target)
+    progress(f"{model.name}: verifying the folder and warming the runtime's caches")
     verify_files(load_manifest(target), use_stamps=False)
     _warm_runtime_caches(target)
-    echo(f"{model.name} model ready: {target}")
+    echo(f"{model.name} model ready: {target} ({_elapsed(started)})")
     return target
+
+
+def _elapsed(started: float) -> str:
+    """Wall time since `started` for the summary line: whole seconds are precise enough."""
+    return f"{time.perf_counter() - started:.0f} s"
 
 
 def built_from_sources(model: BuiltInModel) -> Path | None:
@@ -192,10 +220,13 @@ def built_from_sources(model: BuiltInModel) -> Path | None:
 
 
 def setup_default_model(
-    force: bool = False, echo: Callable[[str], None] = print, sources: Path | None = None
+    force: bool = False,
+    echo: Callable[[str], None] = _silent,
+    sources: Path | None = None,
+    progress: Callable[[str], None] = _silent,
 ) -> Path:
     """The default (photo) model: what `capgen caption` uses when no model is named."""
-    return setup_model(PHOTO_MODEL, force, echo, sources)
+    return setup_model(PHOTO_MODEL, force, echo, sources, progress)
 
 
 def _mark_demonstration(manifest: Manifest) -> None:
@@ -221,6 +252,20 @@ def _warm_runtime_caches(folder: Path) -> None:
     from capgen.runtime.captioner import Captioner
 
     Captioner(folder)
+
+
+def _terminal_progress(message: str) -> None:
+    """`capgen setup`'s progress: one `capgen setup: …` line on stderr, only on a terminal.
+
+    A log or CI run (stderr redirected) keeps only the results on stdout. Local,
+    not capgen.cli_support's: models/ may import only the runtime and the converter
+    (README "Layout"). Control characters (a path may hold any) are shown escaped.
+    """
+    import sys
+
+    if sys.stderr.isatty():
+        shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in message)
+        typer.echo(f"capgen setup: {shown}", err=True)
 
 
 class SetupChoice(StrEnum):
@@ -263,4 +308,6 @@ def setup_command(
         model_sources(each, sources)
     quiet_tensorflow()
     for each in chosen:
-        setup_model(each, force=force, echo=typer.echo, sources=sources)
+        setup_model(
+            each, force=force, echo=typer.echo, sources=sources, progress=_terminal_progress
+        )

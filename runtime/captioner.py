@@ -29,6 +29,7 @@ from capgen.runtime.home import default_model_dir, models_dir
 from capgen.runtime.identity import is_demonstration
 from capgen.runtime.limits import is_count
 from capgen.runtime.manifest import MANIFEST_FILE, Manifest, load_manifest, verify_files
+from capgen.runtime.precision import EncoderPlan, plan_encoder
 from capgen.runtime.preprocess import DEFAULT_MAX_PIXELS, prepare, resample_filter
 from capgen.runtime.session import resolve_providers
 from capgen.runtime.step_model import StepModel
@@ -60,15 +61,39 @@ def check_batch_size(batch_size: object) -> None:
 _Prepared = tuple[Any, "np.ndarray | CapgenError", float]
 
 
-def _options(options: DecodingOptions | None, overrides: dict[str, Any]) -> DecodingOptions:
-    """`options` with keyword overrides; an unknown name is an InputError, not a TypeError."""
+def _options(
+    options: DecodingOptions | None,
+    overrides: dict[str, Any],
+    beam_size: int | None = None,
+    max_length: int | None = None,
+    length_penalty: float | None = None,
+    n_best: int | None = None,
+) -> DecodingOptions:
+    """`options` with the keywords given (not None) applied; DecodingOptions checks the values.
+
+    `overrides` holds any other keywords a caller passed: an unknown name is an
+    InputError (the one error family callers catch), not Python's TypeError.
+    """
     known = {f.name for f in fields(DecodingOptions)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise InputError(
             f"unknown decoding option {unknown[0]!r} (options: {', '.join(sorted(known))})"
         )
-    return replace(options or DecodingOptions(), **overrides)
+    given = {
+        name: value
+        for name, value in (
+            ("beam_size", beam_size),
+            ("max_length", max_length),
+            ("length_penalty", length_penalty),
+            ("n_best", n_best),
+        )
+        if value is not None
+    }
+    changes = {**overrides, **given}
+    if not changes:
+        return options or DecodingOptions()
+    return replace(options or DecodingOptions(), **changes)
 
 
 def _installed_model(name: str) -> Path | None:
@@ -117,8 +142,16 @@ class Captioner:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         fast_decoder: bool = False,
         providers: str | Sequence[str] | None = None,
+        precision: str | None = None,
     ) -> None:
         """`model_dir`: a model folder, or the name of one in `$CAPGEN_HOME/models` (None: the default).
+
+        `precision`: how the encoder runs (precision.py): "fp32" (exact, onnxruntime;
+        the default), "bf16" (OpenVINO, needs pip install 'capgen[openvino]' and a
+        bf16 CPU), "int8" (the INT8 graph on onnxruntime, as `int8=True`) or "auto"
+        (the fastest mode `capgen tune` found agreeing with fp32 for this model on
+        this machine, INT8 on OpenVINO included; else fp32).
+        `encoder_plan` says what runs and why.
 
         `threads`: onnxruntime threads for the encoder (None: one per core).
 
@@ -140,12 +173,9 @@ class Captioner:
         manifest = load_manifest(folder)
         # What the CLI's demonstration note keys on: the manifest, not the folder's location.
         self.is_demonstration = is_demonstration(manifest)
-        encoder_file = manifest.encoder.int8_file if int8 else manifest.encoder.file
-        if encoder_file is None:
-            raise ModelError(
-                f"{folder}: this model has no INT8 encoder (manifest lists no encoder.int8_file); "
-                f"add one with `capgen convert quantize {folder}` (needs pip install 'capgen[convert]')"
-            )
+        # Which graph, on which engine: before any file is verified or session built.
+        self.encoder_plan: EncoderPlan = plan_encoder(manifest, precision, int8, self.providers)
+        encoder_file = self.encoder_plan.file
         decoder = manifest.decoder
         step_file = decoder.int8_step_file if fast_decoder else decoder.step_file
         if step_file is None:
@@ -170,6 +200,8 @@ class Captioner:
             threads=threads,
             sha256=manifest.files[encoder_file].sha256,
             providers=self.providers,
+            engine=self.encoder_plan.engine,
+            inference_precision=self.encoder_plan.inference_precision,
         )
         self._step_model = StepModel(
             manifest.path(decoder.projection_file),
@@ -225,14 +257,24 @@ class Captioner:
         return decode(self._step_model, photo, self.vocabulary, options, self.manifest.max_length)
 
     def caption(
-        self, image: Any, options: DecodingOptions | None = None, **overrides: Any
+        self,
+        image: Any,
+        options: DecodingOptions | None = None,
+        *,
+        beam_size: int | None = None,
+        max_length: int | None = None,
+        length_penalty: float | None = None,
+        n_best: int | None = None,
+        **overrides: Any,
     ) -> DecodingResult:
         """Caption one image (path, bytes, file object, PIL image or array; see preprocess.py).
 
         `options` (default: beam 3) with any of its fields overridden by keyword,
-        e.g. `caption(path, beam_size=1)` for the tutorial's greedy loop.
+        e.g. `caption(path, beam_size=1)` for the tutorial's greedy loop. A keyword
+        left at None keeps the value from `options` (see DecodingOptions for what
+        each means); a bad value or an unknown keyword is an InputError.
         """
-        options = _options(options, overrides)
+        options = _options(options, overrides, beam_size, max_length, length_penalty, n_best)
         ((_, outcome),) = self.iter_captions([image], options=options, batch_size=1)
         if isinstance(outcome, CapgenError):
             raise outcome
@@ -244,18 +286,23 @@ class Captioner:
         options: DecodingOptions | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         errors: Literal["raise", "return"] = "raise",
+        *,
+        beam_size: int | None = None,
+        max_length: int | None = None,
+        length_penalty: float | None = None,
+        n_best: int | None = None,
         **overrides: Any,
     ) -> list[DecodingResult | CapgenError]:
         """Caption many images; with errors="return", failures are CapgenError items in the list.
 
-        Options as for `caption`.
+        Options (`options` and the keywords) as for `caption`.
         """
         if isinstance(images, (str, bytes, bytearray, os.PathLike)):
             # A lone path would be captioned letter by letter (an [N, H, W, 3] array is N images: fine).
             raise InputError("caption_batch takes a list of images; use caption() for one image")
         if errors not in ("raise", "return"):
             raise InputError(f"errors must be 'raise' or 'return', got {errors!r}")
-        options = _options(options, overrides)
+        options = _options(options, overrides, beam_size, max_length, length_penalty, n_best)
         results: list[DecodingResult | CapgenError] = []
         for _, outcome in self.iter_captions(images, options=options, batch_size=batch_size):
             if isinstance(outcome, CapgenError) and errors == "raise":
@@ -268,8 +315,17 @@ class Captioner:
         images: Iterable[Any],
         options: DecodingOptions | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        *,
+        beam_size: int | None = None,
+        max_length: int | None = None,
+        length_penalty: float | None = None,
+        n_best: int | None = None,
+        **overrides: Any,
     ) -> Iterator[tuple[Any, DecodingResult | CapgenError]]:
         """(image, result or error) in input order, as soon as each batch is done.
+
+        Options (`options` and the keywords) as for `caption`; they are checked
+        on the first `next()`, as this is a generator.
 
         Images are preprocessed one by one (a bad one becomes its error and
         the rest go on), then encoded `batch_size` at a time, and every image of
@@ -277,7 +333,7 @@ class Captioner:
         batches, the next images are decoded from disk on a helper thread while
         the current batch runs through onnxruntime (both release the GIL).
         """
-        options = options or DecodingOptions()
+        options = _options(options, overrides, beam_size, max_length, length_penalty, n_best)
         check_batch_size(batch_size)
         prepared = (
             self._prefetched(images, ahead=2 * batch_size)

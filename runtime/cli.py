@@ -1,4 +1,4 @@
-"""`capgen caption` and `capgen info`: the runtime's command line.
+"""`capgen caption`, `capgen info` and `capgen tune`: the runtime's command line.
 
 Output of `capgen caption`:
 - one image file given: just its caption on stdout; several arguments, a
@@ -54,6 +54,11 @@ if TYPE_CHECKING:
     from capgen.runtime.output_formats import OutputFormat
     from capgen.runtime.sinks import CaptionSinks
 
+PRECISION_HELP = (
+    "Encoder precision: fp32 (exact, onnxruntime; default), bf16 (OpenVINO on a bf16 CPU: "
+    "pip install 'capgen[openvino]'), int8 (the model's INT8 graph, as --int8) or auto (the "
+    "fastest mode `capgen tune` found agreeing with fp32 here; fp32 until then)."
+)
 DEMO_NOTE = (
     "capgen: note: this is the demonstration model, trained on synthetic scenes "
     "(shapes and colours), not on photos. For photos use the default model (capgen caption IMAGE, "
@@ -113,6 +118,10 @@ def caption_command(
         int | None, typer.Option(help="Encoder threads (default: one per core).")
     ] = None,
     int8: Annotated[bool, typer.Option("--int8", help="Use the model's INT8 encoder.")] = False,
+    precision: Annotated[
+        str | None,
+        typer.Option("--precision", metavar="fp32|bf16|int8|auto", help=PRECISION_HELP),
+    ] = None,
     fast_decoder: Annotated[
         bool,
         typer.Option(
@@ -231,7 +240,12 @@ def caption_command(
     if int8:
         _require_int8_encoder(model)
     captioner = Captioner(
-        model, threads=threads, int8=int8, fast_decoder=fast_decoder, providers=provider
+        model,
+        threads=threads,
+        int8=int8,
+        fast_decoder=fast_decoder,
+        providers=provider,
+        precision=precision,
     )
     detail(_model_details(captioner, time.perf_counter() - started))
     if captioner.is_demonstration:  # the manifest says so (capgen setup writes it)
@@ -268,6 +282,7 @@ def _model_details(captioner: Captioner, seconds: float) -> str:
     return (
         f"capgen: model {manifest.name} ({manifest.vocabulary.size} words) from "
         f"{manifest.folder}: {files}; {', '.join(captioner.providers)}; "
+        f"{captioner.encoder_plan.describe()}; "
         f"loaded in {seconds:.2f} s"
     )
 
@@ -411,6 +426,7 @@ def info_command(
     from capgen.runtime.identity import is_demonstration
     from capgen.runtime.manifest import FORMAT_NAME, load_manifest, verify_file
     from capgen.runtime.onnx_external_data import single_file_graph
+    from capgen.runtime.precision import describe_precisions
     from capgen.runtime.vocabulary import describe_caption_words
 
     folder, _ = resolve_model_dir(model_dir)
@@ -426,6 +442,7 @@ def info_command(
         f"{enc.resize_filter} resize, {enc.feature_size} features)",
         f"int8 encoder: {enc.int8_file or 'none'}",
         f"fast decoder: {dec.int8_step_file or 'none'}",
+        *(f"precision:    {line}" for line in describe_precisions(manifest)),
         f"decoder:      {dec.projection_file} + {dec.step_file} ({dec.units} LSTM units, "
         f"{dec.recurrent_activation or '?'} gates, {dec.merge or '?'} merge)",
         f"vocabulary:   {voc.file}: {voc.size} ids",
@@ -501,8 +518,65 @@ def models_command() -> None:
     write_stdout("".join(escape_controls(line) + "\n" for line in model_table(models)))
 
 
+def tune_command(
+    images: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Bench images, folders or globs: at least 10 photos like those you will caption.",
+            show_default=False,
+        ),
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model folder, or the NAME of one in $CAPGEN_HOME/models (default: capgen setup's).",
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Encoder threads (default: one per core).")
+    ] = None,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Also take the images in subfolders.")
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Say on stderr what each mode measured.")
+    ] = False,
+) -> None:
+    """Measure each encoder precision on this machine; store the fastest whose captions agree.
+
+    A mode qualifies when its greedy captions equal fp32's on at least 97% of the images;
+    `--precision auto` then runs the fastest that qualified, for this model on this machine.
+    Run it on a quiet machine: the timings decide.
+    """
+    from capgen.runtime.inputs import check_local, expand_inputs
+    from capgen.runtime.tuning import tune
+
+    set_verbosity(False, verbose)
+    arguments = list(images or [])
+    if not arguments:
+        raise InputError("no bench images given; usage: capgen tune IMAGE... [-m MODEL]")
+    check_local(arguments)
+    paths, _ = expand_inputs(arguments, recursive=recursive)
+    started = time.perf_counter()
+    result = tune(model, paths, threads=threads, progress=lambda line: detail(f"capgen: {line}"))
+    lines = [f"auto: {result.mode} on {result.engine} (stored in {result.stored})"]
+    for name, numbers in result.candidates.items():
+        if numbers.get("error") is not None:
+            lines.append(f"  {name:<18} unavailable: {numbers['error']}")
+        else:
+            lines.append(
+                f"  {name:<18} {numbers['ms_per_image']:8.1f} ms per image  "
+                f"{numbers['equal_captions']}/{result.images} greedy captions equal fp32's"
+            )
+    write_stdout("".join(escape_controls(line) + "\n" for line in lines))
+    detail(f"capgen: tuned in {time.perf_counter() - started:.1f} s")
+
+
 def register_runtime_commands(app: typer.Typer) -> None:
     """Add `caption`, `info` and `models` to the root app (capgen/cli.py)."""
     app.command("caption", cls=OneLineUsageCommand)(caption_command)
     app.command("info", cls=OneLineUsageCommand)(info_command)
     app.command("models", cls=OneLineUsageCommand)(models_command)
+    app.command("tune", cls=OneLineUsageCommand)(tune_command)

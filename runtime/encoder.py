@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from capgen.runtime.engines import F32, ONNXRUNTIME, OPENVINO, OpenVinoSession
 from capgen.runtime.errors import ModelError
 from capgen.runtime.manifest import EncoderSpec
 from capgen.runtime.session import DEFAULT_PROVIDERS, OnnxSession
@@ -22,9 +23,30 @@ class Encoder:
         threads: int | None = None,
         sha256: str | None = None,
         providers: Sequence[str] = DEFAULT_PROVIDERS,
+        engine: str = ONNXRUNTIME,
+        inference_precision: str = F32,
     ) -> None:
-        """`sha256`: the verified file's checksum, which keys its cached optimised graph."""
+        """`sha256`: the verified file's checksum, which keys its cached optimised graph.
+
+        `engine`: "onnxruntime" (exact FP32, `providers` apply) or "openvino"
+        (engines.py: faster on CPUs with bf16 or VNNI; `inference_precision` "f32" or
+        "bf16"); it needs `sha256`, as it hashes the bytes it reads.
+        """
         self.spec = spec
+        self.engine = engine
+        self._session: OnnxSession | OpenVinoSession
+        if engine == OPENVINO:
+            if sha256 is None:
+                raise ModelError(f"{path}: OpenVINO reads only files with a known sha256")
+            self._session = OpenVinoSession(
+                path,
+                sha256,
+                inputs=["image"],
+                outputs=["features"],
+                inference_precision=inference_precision,
+                threads=threads,
+            )
+            return
         self._session = OnnxSession(
             path,
             inputs=["image"],

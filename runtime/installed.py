@@ -73,6 +73,17 @@ def installed_models(root: Path | None = None) -> list[InstalledModel]:
     return [_describe(folder) for folder in folders if (folder / MANIFEST_FILE).exists()]
 
 
+def list_models() -> list[InstalledModel]:
+    """The models in `$CAPGEN_HOME/models`, sorted by name: `capgen models` for Python callers.
+
+    Each is a frozen `InstalledModel`; its `name` is what `Captioner(NAME)`
+    takes. A folder whose manifest cannot be read is included with `problem`
+    set, so a broken install shows up here instead of vanishing. Reads only
+    manifests (no onnxruntime, no model loaded), so listing stays cheap.
+    """
+    return installed_models()
+
+
 def _size(size_bytes: int) -> str:
     return f"{size_bytes / 1e6:.1f} MB" if size_bytes >= 1e6 else f"{size_bytes / 1e3:.0f} kB"
 

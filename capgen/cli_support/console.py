@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 
 from capgen.runtime.errors import InputError
 
@@ -111,3 +112,22 @@ def detail(message: str) -> None:
     """A timing or detail line: shown only with -v/--verbose."""
     if _verbosity > 0:
         say(message)
+
+
+def terminal_progress(command: str) -> Callable[[str], None]:
+    """The `progress` callback a CLI hands to a long library step (setup, quantize).
+
+    Each stage message becomes one `capgen COMMAND: message` line on stderr, but
+    only while stderr is a terminal and not -q: someone watching a minute-long
+    step should see it move, while a log or CI run (stderr redirected) keeps only
+    the command's own output and summary. The library itself never prints; it
+    only calls this. Whether stderr is a terminal is asked at each message, so a
+    stream swapped in later (tests, redirection) is honoured.
+    """
+
+    def show(message: str) -> None:
+        isatty = getattr(sys.stderr, "isatty", None)
+        if isatty is not None and isatty():
+            note(f"capgen {command}: {message}")
+
+    return show

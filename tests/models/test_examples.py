@@ -9,6 +9,7 @@ default photo model; its captions are the ones the model card records.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -17,7 +18,12 @@ import pytest
 
 from capgen.models import examples
 from capgen.models.scenes import render
-from capgen.models.setup_default import SHAPES_MODEL, BuiltInModel, built_from_sources
+from capgen.models.setup_default import (
+    PHOTO_MODEL,
+    SHAPES_MODEL,
+    BuiltInModel,
+    built_from_sources,
+)
 from capgen.runtime.home import models_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,3 +98,33 @@ def test_the_shapes_model_captions_every_scene_right() -> None:
         if not examples.caption_is_right(caption, scenes[Path(path).name][0])
     }
     assert not wrong, wrong
+
+
+def test_the_readme_command_captions_the_photos_as_the_evaluation_recorded() -> None:
+    """`make demo` = `capgen caption examples/`: the default photo model, beam 3, FP32.
+
+    The example photos are four of the twelve full-size test photos that
+    models/photo/EVALUATION.md captions, so their captions are on record there
+    (metrics.json, "full_size"), made by the same runtime.
+    """
+    if not CONSOLE_SCRIPT.exists():
+        pytest.skip(f"console script {CONSOLE_SCRIPT} not installed (make install creates it)")
+    built_from_this_checkout(PHOTO_MODEL)
+    record = json.loads((PHOTO_MODEL.sources / "metrics.json").read_text())
+    recorded = {row["image"]: row["full size"] for row in record["full_size"]["captions"]}
+    photos = sorted(p.name for p in PHOTO_EXAMPLES.glob("*.jpg"))
+    assert len(photos) == 4 and set(photos) <= set(recorded)
+    done = subprocess.run(
+        [str(CONSOLE_SCRIPT), "caption", "examples/"],
+        cwd=REPO,
+        capture_output=True,
+        timeout=300,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"demonstration" not in done.stderr  # the photo model is no demonstration
+    captions = {
+        Path(path).name: caption
+        for path, caption in (line.split("\t", 1) for line in done.stdout.decode().splitlines())
+    }
+    assert captions == {name: recorded[name] for name in photos}
