@@ -3,6 +3,12 @@
 `ray.init(address=...)` on an address nobody listens at retries for about a
 minute and then raises with a multi-line story; capgen first tries one TCP
 connection to HOST:PORT (5 s) and says in one line what is wrong.
+
+No address means a new local Ray (`ray.init(address="local")`), never the
+cluster named in Ray's `ray_current_cluster` file: a bare `ray.init()` joins
+whatever cluster that file names, and a stale file (left by any earlier
+`ray start` on the machine) made it wait silently for minutes. Joining a
+running cluster is asked for explicitly: `--address auto` or HOST:PORT.
 """
 
 from __future__ import annotations
@@ -62,7 +68,11 @@ def check_reachable(address: str) -> None:
 
 
 def connect(address: str | None) -> None:
-    """Join the cluster at `address` (None: a new local Ray on this machine), quietly."""
+    """Join the cluster at `address` (None: a new local Ray on this machine), quietly.
+
+    None is passed to Ray as "local", which starts a new Ray whatever Ray's
+    address file or RAY_ADDRESS say (see the module docstring for why).
+    """
     require_ray_extra()
     if address is not None:
         check_reachable(address)
@@ -71,7 +81,7 @@ def connect(address: str | None) -> None:
 
     try:
         ray.init(
-            address=address,
+            address="local" if address is None else address,
             logging_level=logging.ERROR,
             log_to_driver=False,
             configure_logging=True,
@@ -82,6 +92,23 @@ def connect(address: str | None) -> None:
         raise RayUnreachable(
             f"cannot join the Ray cluster at {address or 'local'}: {message}"
         ) from None
+
+
+def quiet_ray_console() -> None:
+    """Ray's console log handlers write nothing; its log files keep everything.
+
+    Ray's PlainRayHandler writes to whatever `sys.stderr` is when a record is
+    emitted, so while `ray_logs_silenced` holds fd 2 it still reaches the
+    terminal: Ray Data logged an actor's failed `__init__` there as an 84-line
+    "Full stack trace" before capgen's own one line. Called once `ray.data`
+    is imported (its import installs the handlers).
+    """
+    for name in ("ray", "ray.data", "ray.serve", "ray.train", "ray.tune"):
+        for handler in logging.getLogger(name).handlers:
+            if not isinstance(handler, logging.FileHandler) and (
+                isinstance(handler, logging.StreamHandler) or handler.name == "console"
+            ):
+                handler.setLevel(logging.CRITICAL + 1)
 
 
 @contextlib.contextmanager

@@ -15,6 +15,19 @@ Ray 2.60, which caption_dataset keeps), so an actor that dies, alone or with
 its node, is restarted and its batches are retried, and blocks lost with a
 node are recomputed from their lineage: a job that loses a node still
 captions every image once (tests/ray/test_ray_data.py kills one).
+
+`caption_dataset` never executes the dataset itself: it asks for the
+columns only if Ray already knows them (`fetch_if_missing=False`); asking
+Ray to fetch them ran the whole read once more before the job (a lazy
+`read_binary_files` was read twice per call). When they are unknown each
+actor picks the image column from its first batch.
+
+Ray 2.60 notes at actor creation that the actors have "constructor arguments
+in the object store and max_restarts > 0": those arguments are Ray Data's own
+(its DataContext and map transformer, always passed by reference). capgen's
+constructor arguments are small: a shipped model is an ObjectRef to the
+files, never the bytes, so restarted actors fetch it again from the
+driver's object store, which holds it for the whole job.
 """
 
 from __future__ import annotations
@@ -53,7 +66,7 @@ class CaptionBatches:
     def __init__(
         self,
         model: str | Path | ShippedModel | None,
-        column: str,
+        column: str | None,
         options: DecodingOptions,
         batch_size: int,
         int8: bool,
@@ -68,13 +81,15 @@ class CaptionBatches:
         self.captioner = Captioner(
             model_folder(model), threads=self.threads, int8=int8, fast_decoder=fast_decoder
         )
-        self.column = column
+        self.column = column  # None: the dataset's columns were unknown; the first batch says
         self.options = options
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, Any]) -> Any:
         import pyarrow as pa
 
+        if self.column is None or self.column not in batch:
+            self.column = _image_column(list(batch), self.column)
         images = list(batch[self.column])
         paths = batch.get("path")
         names = [str(p) for p in paths] if paths is not None else [None] * len(images)
@@ -96,6 +111,7 @@ def caption_dataset(
     batch_size: int = 8,
     concurrency: int | tuple[int, int] = 1,
     num_cpus: float = DEFAULT_NUM_CPUS,
+    num_gpus: float = 0,
     beam_size: int = 3,
     max_length: int | None = None,
     length_penalty: float | None = None,
@@ -114,7 +130,10 @@ def caption_dataset(
     `model`: a folder (or installed NAME, None for the default) every node
     can read, or `ship_model(folder)`. `concurrency`: actors (or a (min, max)
     range for autoscaling); each takes `num_cpus` CPUs and that many encoder
-    threads (at least one).
+    threads (at least one), and `num_gpus` GPUs (0: none; for a cluster whose
+    actors should sit on GPU nodes).
+
+    Lazy: nothing runs until the result is consumed, and then once.
     """
     check_batch_size(batch_size)
     options = DecodingOptions(
@@ -122,7 +141,11 @@ def caption_dataset(
     )
     if not isinstance(num_cpus, (int, float)) or isinstance(num_cpus, bool) or num_cpus <= 0:
         raise InputError(f"num_cpus must be a number above 0, got {num_cpus!r}")
-    image_column = _image_column(list(dataset.columns() or []), column)
+    if not isinstance(num_gpus, (int, float)) or isinstance(num_gpus, bool) or num_gpus < 0:
+        raise InputError(f"num_gpus must be a number of 0 or more, got {num_gpus!r}")
+    # Only columns Ray knows without running the dataset (see the module docstring).
+    known = dataset.columns(fetch_if_missing=False)
+    image_column = _image_column(list(known), column) if known else column
     from ray.data import ActorPoolStrategy
 
     pool = (
@@ -144,4 +167,5 @@ def caption_dataset(
         batch_format="numpy",
         compute=pool,
         num_cpus=num_cpus,
+        **({"num_gpus": num_gpus} if num_gpus else {}),
     )

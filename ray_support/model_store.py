@@ -44,6 +44,39 @@ class ShippedModel:
     files: Any  # ray.ObjectRef to {file name: bytes}, manifest.json included
 
 
+def check_model(
+    model: str | Path | None, *, int8: bool = False, fast_decoder: bool = False, verify: bool = True
+) -> Path:
+    """The model folder, checked on the driver as the local `Captioner` checks it; ModelError if not.
+
+    Actors build their `Captioner` on the nodes, where a model error became
+    Ray's multi-line actor-death story (and exit 2) after the cluster had
+    started; here it is capgen's one line and exit 3 before any actor is
+    started: the manifest, the INT8 encoder and fast step when asked for, and
+    (with `verify`) the size and sha256 of each file those captioners load.
+    """
+    folder, _ = resolve_model_dir(model)
+    manifest = load_manifest(folder)
+    encoder_file = manifest.encoder.int8_file if int8 else manifest.encoder.file
+    if encoder_file is None:
+        raise ModelError(
+            f"{folder}: this model has no INT8 encoder; add one with `capgen convert quantize "
+            f"{folder}` (needs pip install 'capgen[convert]'), or caption without --int8"
+        )
+    decoder = manifest.decoder
+    step_file = decoder.int8_step_file if fast_decoder else decoder.step_file
+    if step_file is None:
+        raise ModelError(
+            f"{folder}: this model has no fast decoder step (manifest lists no "
+            "decoder.int8_step_file; add one with `capgen convert quantize`)"
+        )
+    if verify:
+        verify_files(
+            manifest, [encoder_file, decoder.projection_file, step_file, manifest.vocabulary.file]
+        )
+    return folder
+
+
 def read_model(model: str | Path | None = None) -> tuple[str, str, dict[str, bytes]]:
     """`model`'s name, manifest sha256 and {file name: bytes} (manifest.json included), verified."""
     folder, _ = resolve_model_dir(model)

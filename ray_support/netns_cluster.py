@@ -85,7 +85,8 @@ class NetnsCluster:
         if done.returncode != 0:
             raise RuntimeError(f"{what} failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
 
-    def start(self, head_cpus: int, worker_cpus: Sequence[int]) -> None:
+    def open_namespace(self) -> None:
+        """The namespace alone, its loopback up and carrying `ip`; no Ray in it yet."""
         for args in (
             ["ip", "netns", "add", self.name],
             [*self.prefix(), "ip", "link", "set", "lo", "up"],
@@ -93,6 +94,9 @@ class NetnsCluster:
             [*self.prefix(), "ip", "route", "add", "default", "dev", "lo"],
         ):
             subprocess.run(args, check=True, capture_output=True)
+
+    def start(self, head_cpus: int, worker_cpus: Sequence[int]) -> None:
+        self.open_namespace()
         self.env.update(
             RAY_AUTH_MODE="disabled",
             RAY_USAGE_STATS_ENABLED="0",
@@ -174,6 +178,24 @@ class NetnsCluster:
     ) -> subprocess.CompletedProcess[str]:
         """Run a driver script (text) inside the namespace with this environment's python."""
         return self.run([sys.executable, "-c", script, *args], timeout=timeout)
+
+
+@contextlib.contextmanager
+def netns_only(label: str = "capgen", env: dict[str, str] | None = None) -> Iterator[NetnsCluster]:
+    """An empty namespace for the `with` block (a driver that starts its own local Ray in it).
+
+    Its `temp_dir` is created, for RAY_TMPDIR; at exit every process in the
+    namespace or naming the temp dir is ended and both are removed, as for a cluster.
+    """
+    unique = f"{os.getpid()}-{time.monotonic_ns() % 100000}"
+    temp_dir = Path(f"/tmp/{label}-ray-{unique}")
+    space = NetnsCluster(f"{label}-ray-{unique}", os.getpid() % 25600, temp_dir, dict(env or {}))
+    try:
+        temp_dir.mkdir(mode=0o700)
+        space.open_namespace()
+        yield space
+    finally:
+        space.stop()
 
 
 @contextlib.contextmanager
