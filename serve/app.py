@@ -27,6 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -175,6 +176,8 @@ class Service:
             },
             "int8_available": manifest.encoder.int8_file is not None,
             "int8_in_use": self.settings.int8,
+            # What runs the encoder (capgen.runtime.precision): mode, engine, its version, graph.
+            "precision": self.captioner.encoder_plan.summary(),
             "versions": {
                 "capgen": __version__,
                 "onnxruntime": onnxruntime.__version__,
@@ -261,13 +264,16 @@ def create_app(captioner_factory: CaptionerFactory, settings: ServeSettings) -> 
         loader.cancel()
         await service.batcher.close()
 
-    app = FastAPI(
+    # FastAPI's own /docs and /redoc load Swagger UI and ReDoc from a CDN, which an offline
+    # server cannot reach: fastapi-offline serves the same pages with the assets it ships
+    # (under /static-offline-docs). validatorUrl None: Swagger UI would otherwise fetch a
+    # badge from the public validator.
+    app = FastAPIOffline(
         title="capgen",
         version=__version__,
         description="Caption images with a converted Keras CNN+LSTM model (dynamic micro-batching).",
         lifespan=lifespan,
-        docs_url=None,  # Swagger UI and ReDoc load assets from a CDN; /openapi.json is here
-        redoc_url=None,
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.service = service
     app.add_middleware(ServiceMiddleware, state=state)
