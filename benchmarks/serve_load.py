@@ -15,7 +15,7 @@ photos as raw bodies (greedy, `beam_size=1`):
   server's RSS.
 Failures (anything but 200 and a deliberate 503) and p99/p50 are counted;
 every section records how quiet the machine was (benchmarks/quiet.py).
-Writes serve.json, SERVE.md (tables, goals met/not met, a README snippet)
+Writes serve.json, SERVE.md (tables, goals met/not met, a docs/serve.md snippet)
 and serve_throughput.png into --out. A full run takes about 12 minutes on
 2 cores (every level is bounded, see Plan; the soak's bound follows from its
 request count, so a slow machine takes up to 10.4 minutes for it alone); --quick checks the whole path

@@ -163,7 +163,7 @@ def _ms(value: Any) -> str:
 
 
 def load_table(results: dict[str, Any]) -> list[str]:
-    """Throughput and latency per server and clients: the table the README shows."""
+    """Throughput and latency per server and clients (SERVE.md; docs/serve.md shows the goals)."""
     lines = [
         "| server | clients | req/s | p50 ms | p95 ms | p99 ms | p99/p50 | ok | 503 | failed | unfinished |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -229,7 +229,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         *quiet,
         "",
-        "## README snippet",
+        "## docs/serve.md snippet",
         "",
         "```markdown",
         *load_table(results),

@@ -1,4 +1,4 @@
-"""README's "Layout" table holds: each folder imports from capgen only what the table allows.
+"""docs/development.md's "Layout" table holds: each folder imports from capgen only what the table allows.
 
 Imports are read with `ast` (nothing is imported), including those inside
 functions, since the lazy imports are the ones that drift.
@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# folder -> the capgen packages its modules may import (README "Layout").
+# folder -> the capgen packages its modules may import (docs/development.md "Layout").
 ALLOWED = {
     "capgen/cli_support": {"capgen.cli_support", "capgen.runtime.errors"},
     "runtime": {"capgen.runtime", "capgen.cli_support"},
@@ -81,8 +81,8 @@ def test_only_the_runtime_command_line_uses_the_cli_plumbing() -> None:
     assert users <= RUNTIME_CLI_MODULES, users
 
 
-def test_the_readme_layout_table_names_these_rules() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Layout: folders and import names", 1)[1].split("\n## ", 1)[0]
+def test_the_documented_layout_table_names_these_rules() -> None:
+    page = (ROOT / "docs" / "development.md").read_text(encoding="utf-8")
+    section = page.split("## Layout: folders and import names", 1)[1].split("\n## ", 1)[0]
     for folder in ALLOWED:
         assert f"| `{folder}/` |" in section, folder

@@ -1,9 +1,9 @@
-"""The README's recipe for provider builds of onnxruntime is capgen's real runtime requirements.
+"""The documented recipe for provider builds of onnxruntime is capgen's real runtime requirements.
 
 `onnxruntime-openvino` / `onnxruntime-gpu` replace `onnxruntime` (same module),
-so the README installs them with capgen's other runtime dependencies, then
-capgen with `--no-deps`. A requirement added to pyproject.toml and not to the
-README would leave such installs without it; capgen bench and the CI test of
+so docs/cli.md ("Execution providers") installs them with capgen's other
+runtime dependencies, then capgen with `--no-deps`. A requirement added to
+pyproject.toml and not to the recipe would leave such installs without it; capgen bench and the CI test of
 the OpenVINO provider build their venvs from the same list
 (capgen.benchmarks.provider_venv), so they prove the recipe works.
 """
@@ -20,18 +20,18 @@ from capgen.benchmarks.provider_venv import (
     runtime_dependencies_besides_onnxruntime,
 )
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+CLI_DOCS = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
 
 def _recipe_lines() -> list[list[str]]:
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index("### Execution providers") :]
+    text = CLI_DOCS.read_text(encoding="utf-8")
+    section = text[text.index("## Execution providers") :]
     block = re.search(r"```bash\n(.*?)```", section, re.S)
-    assert block is not None, "no bash block in the README's Execution providers section"
+    assert block is not None, "no bash block in docs/cli.md's Execution providers section"
     return [shlex.split(line) for line in block.group(1).splitlines() if line.strip()]
 
 
-def test_readme_recipe_installs_the_provider_build_with_every_other_runtime_requirement() -> None:
+def test_documented_recipe_installs_the_provider_build_with_every_other_runtime_requirement() -> None:
     first, second, *_ = _recipe_lines()
     assert first[:3] == ["pip", "install", OPENVINO_BUILD]
     expected = runtime_dependencies_besides_onnxruntime()

@@ -497,15 +497,15 @@ def test_bodies_read_at_once_are_bounded(server: Server, images: dict[str, bytes
         assert client.post("/v1/captions", content=images["red"], headers=PNG).status_code == 200
 
 
-# --- the README's error table is what the code returns ---------------------------------------
+# --- docs/serve.md's error table is what the code returns -----------------------------------
 
 
-def test_the_readme_error_table_matches_the_codes_the_service_returns() -> None:
+def test_the_docs_error_table_matches_the_codes_the_service_returns() -> None:
     import re
 
     root = Path(__file__).resolve().parents[2]
-    readme = (root / "README.md").read_text()
-    section = readme[readme.index("## Serve: captions over HTTP") :]
+    page = (root / "docs" / "serve.md").read_text()
+    section = page[page.index("## Batching and refusals") :]
     section = section[: section.index("\n## ", 10)]
     rows = [line for line in section.splitlines() if re.match(r"\| [0-9]{3}", line)]
     documented = {code for row in rows for code in re.findall(r"`([a-z_]+)`", row.split("|")[2])}
