@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from capgen.cli_support.exit_codes import ExitCode
     from capgen.runtime.captioner import Captioner
     from capgen.runtime.decoding import DecodingOptions, DecodingResult
     from capgen.runtime.errors import (
         CapgenError,
         ConversionError,
-        ExitCode,
+        ErrorCategory,
         GitLfsPointerError,
         ImageError,
         ImageTooLargeError,
@@ -47,7 +48,9 @@ _LAZY = {
     "list_models": "capgen.runtime.installed",
     "CapgenError": _ERRORS,
     "ConversionError": _ERRORS,
-    "ExitCode": _ERRORS,
+    "ErrorCategory": _ERRORS,
+    # The command line's exit-code table (each ErrorCategory has its code).
+    "ExitCode": "capgen.cli_support.exit_codes",
     "GitLfsPointerError": _ERRORS,
     "ImageError": _ERRORS,
     "ImageTooLargeError": _ERRORS,
@@ -65,6 +68,7 @@ __all__ = [
     "ConversionError",
     "DecodingOptions",
     "DecodingResult",
+    "ErrorCategory",
     "ExitCode",
     "GitLfsPointerError",
     "ImageError",

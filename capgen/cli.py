@@ -47,8 +47,8 @@ def build_app(argv: list[str] | None = None) -> typer.Typer:
     """The typer app; for a runtime command line (`argv` starts with one) only the runtime's commands."""
     import typer
 
+    from capgen.cli_support.commands import register_runtime_commands
     from capgen.cli_support.usage_errors import OneLineUsageCommand, OneLineUsageGroup
-    from capgen.runtime.cli import register_runtime_commands
 
     app = typer.Typer(
         cls=OneLineUsageGroup,
@@ -149,7 +149,7 @@ def main() -> None:
     meant = _mistyped_command(sys.argv[1:])
     if meant is not None:  # not taken as an image path: "no such file" would mislead
         from capgen.cli_support.console import say
-        from capgen.runtime.errors import ExitCode
+        from capgen.cli_support.exit_codes import ExitCode
 
         say(f"capgen: error: no command {sys.argv[1]!r}; did you mean {meant!r}? (see --help)")
         sys.exit(ExitCode.USAGE)

@@ -35,8 +35,9 @@ from typing import Annotated, Any
 import typer
 
 from capgen.cli_support.console import printable, say, terminal_progress
+from capgen.cli_support.exit_codes import ExitCode
 from capgen.cli_support.usage_errors import OneLineUsageCommand
-from capgen.runtime.errors import CapgenError, ExitCode, InputError
+from capgen.runtime.errors import CapgenError, InputError
 
 ray_app = typer.Typer(
     name="ray",

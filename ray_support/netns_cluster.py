@@ -71,7 +71,7 @@ class NetnsCluster:
 
     def run(self, args: Sequence[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
         """`args` inside the namespace, with the cluster's environment."""
-        return subprocess.run(  # type: ignore[call-overload, no-any-return]
+        return subprocess.run(  # type: ignore[call-overload]
             [*self.prefix(), *args],
             env={**os.environ, **self.env},
             capture_output=True,

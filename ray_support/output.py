@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from capgen.cli_support.console import say
+from capgen.cli_support.outputs import InputFiles, JsonlWriter, open_output
 from capgen.ray.rows import arrow_schema, record_from_row
 from capgen.runtime import results
 from capgen.runtime.errors import InputError
-from capgen.runtime.outputs import InputFiles, JsonlWriter, open_output
 
 PARQUET_SUFFIX = ".parquet"
 PART_NAME = re.compile(r"part-\d{8}T\d{6}-[0-9a-f]{8}-\d{5}\.parquet")

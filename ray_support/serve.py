@@ -67,8 +67,9 @@ class CaptionDeployment:
         )  # fmt: skip
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capgen-model")
         self._batch_sizes: list[int] = []
-        self.caption_one.set_max_batch_size(max_batch_size)
-        self.caption_one.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        # @serve.batch adds these at run time; its annotation keeps the plain function's type.
+        self.caption_one.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
+        self.caption_one.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
 
     def _run(self, items: list[tuple[bytes, DecodingOptions]]) -> list[Outcome]:
         """One Captioner batch per option set; outcomes in the order of `items`."""
@@ -123,4 +124,4 @@ class CaptionDeployment:
 
 def build(args: dict[str, Any]) -> Any:
     """The application for `serve run` (import_path capgen.ray.serve:build); `args` go to the deployment."""
-    return CaptionDeployment.bind(**args)
+    return CaptionDeployment.bind(**args)  # type: ignore[attr-defined]  # @serve.deployment's

@@ -2,77 +2,45 @@
 
 Every problem a user can cause (a bad image, a broken model folder, a hostile
 pickle, a missing conversion stack) is raised as a subclass of `CapgenError`,
-so callers catch one type and the CLI can map each family to a one-line
-message and a documented exit code instead of a traceback.
-
-`ExitCode` is the one table of the process's exit codes: each error family
-takes its code from it, the CLI exits with its members, and a test checks
-README.md's table against it row by row.
+so callers catch one type. Each family carries a `category` (`ErrorCategory`):
+what kind of problem it is, in the library's own terms. The library has no
+exit codes; the command line maps categories to its documented exit codes
+(capgen.cli_support.exit_codes), the HTTP service to its statuses.
 """
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import StrEnum
+from typing import ClassVar
 
 
-class ExitCode(IntEnum):
-    """Every exit status of `capgen`, with the meaning README.md's table gives it."""
+class ErrorCategory(StrEnum):
+    """What kind of problem an error is; each front end (CLI, service) decides how to show it."""
 
-    meaning: str
-
-    def __new__(cls, code: int, meaning: str) -> ExitCode:
-        member = int.__new__(cls, code)
-        member._value_ = code
-        member.meaning = meaning
-        return member
-
-    OK = 0, "every image captioned / command succeeded"
-    SOME_FAILED = (
-        1,
-        "some images of several failed; each is reported as `capgen: <path>: <reason>` "
-        "and the rest were captioned",
-    )
-    USAGE = (
-        2,
-        "usage or input problem (missing path, bad option, existing output folder, "
-        "an --output that is not capgen's); also one image given alone that is missing or unreadable",
-    )
-    MODEL = (
-        3,
-        "model problem: missing/corrupt folder, checksum mismatch, a Git LFS pointer "
-        "(model or tokenizer), unsupported layer (a Lambda or custom layer in a Keras file "
-        "included), infinite or NaN weights, unknown manifest version or field value",
-    )
-    TOKENIZER = (
-        4,
-        "tokenizer problem: unsafe or unreadable pickle, vocabulary that does not fit the model",
-    )
-    IMAGE = (
-        5,
-        "an image could not be decoded or is too large (pixels, a side, or bytes): the API, "
-        "and one image file given alone",
-    )
-    CONVERSION = 6, "the conversion stack is missing or a conversion step failed"
-    INTERRUPTED = 130, "interrupted (Ctrl-C); every caption finished so far is already written"
-    BROKEN_PIPE = 141, "stdout closed early (e.g. piped into `head`)"
+    FAILED = "failed"  # a problem with no more precise family
+    USAGE = "usage"  # a file or argument the caller gave cannot be used
+    IMAGE = "image"  # an image cannot be decoded or is too large
+    MODEL = "model"  # a model folder or model file is missing, corrupt or unsupported
+    TOKENIZER = "tokenizer"  # a tokenizer is unsafe, unreadable or does not fit the model
+    CONVERSION = "conversion"  # the conversion stack is missing or a conversion step failed
 
 
 class CapgenError(Exception):
     """Base class: a problem with something the user gave capgen."""
 
-    exit_code: int = ExitCode.SOME_FAILED
+    category: ClassVar[ErrorCategory] = ErrorCategory.FAILED
 
 
 class InputError(CapgenError):
     """A file or argument the user passed cannot be used (missing, unreadable, wrong kind)."""
 
-    exit_code = ExitCode.USAGE
+    category = ErrorCategory.USAGE
 
 
 class ImageError(InputError):
     """An image cannot be decoded or is unsafe to decode."""
 
-    exit_code = ExitCode.IMAGE
+    category = ErrorCategory.IMAGE
 
 
 class ImageTooLargeError(ImageError):
@@ -82,7 +50,7 @@ class ImageTooLargeError(ImageError):
 class ModelError(CapgenError):
     """A model file or model folder is missing, corrupt, or not something capgen can run."""
 
-    exit_code = ExitCode.MODEL
+    category = ErrorCategory.MODEL
 
 
 class GitLfsPointerError(ModelError):
@@ -100,7 +68,7 @@ class UnsupportedModelError(ModelError):
 class TokenizerError(CapgenError):
     """A tokenizer file cannot be read safely or does not fit the model."""
 
-    exit_code = ExitCode.TOKENIZER
+    category = ErrorCategory.TOKENIZER
 
 
 class UnsafePickleError(TokenizerError):
@@ -110,13 +78,13 @@ class UnsafePickleError(TokenizerError):
 class ConversionError(CapgenError):
     """The conversion stack is missing or a conversion step failed."""
 
-    exit_code = ExitCode.CONVERSION
+    category = ErrorCategory.CONVERSION
 
 
 __all__ = [
     "CapgenError",
     "ConversionError",
-    "ExitCode",
+    "ErrorCategory",
     "GitLfsPointerError",
     "ImageError",
     "ImageTooLargeError",

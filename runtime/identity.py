@@ -9,9 +9,19 @@ an extra key, so older capgen versions read such folders unchanged.
 
 from __future__ import annotations
 
-from capgen.runtime.manifest import Manifest
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only for the annotation: `capgen --help` imports the note without the manifest
+    from capgen.runtime.manifest import Manifest
 
 DEMONSTRATION_KEY = "demonstration"
+# What a front end (`capgen caption`, `capgen serve`) tells the user when the
+# demonstration model runs; each adds its own prefix ("capgen: note: ").
+DEMONSTRATION_NOTE = (
+    "this is the demonstration model, trained on synthetic scenes "
+    "(shapes and colours), not on photos. For photos use the default model (capgen caption IMAGE, "
+    "built by capgen setup) or convert your own: capgen convert model model_9.h5 tokenizer.p -o mymodel/"
+)
 
 
 def is_demonstration(manifest: Manifest) -> bool:

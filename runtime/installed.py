@@ -82,35 +82,3 @@ def list_models() -> list[InstalledModel]:
     manifests (no onnxruntime, no model loaded), so listing stays cheap.
     """
     return installed_models()
-
-
-def _size(size_bytes: int) -> str:
-    return f"{size_bytes / 1e6:.1f} MB" if size_bytes >= 1e6 else f"{size_bytes / 1e3:.0f} kB"
-
-
-def model_table(models: list[InstalledModel]) -> list[str]:
-    """The lines `capgen models` prints: a header, then one line per model."""
-    rows = [("NAME", "VOCABULARY", "ENCODER", "SIZE", "INT8")]
-    for model in models:
-        if model.problem is not None:
-            rows.append(
-                (model.name, "?", "?", _size(model.size_bytes), f"unreadable: {model.problem}")
-            )
-            continue
-        name = model.name + (" (demonstration)" if model.demonstration else "")
-        rows.append(
-            (
-                name,
-                f"{model.vocabulary:,}",
-                str(model.encoder_kind),
-                _size(model.size_bytes),
-                "yes" if model.int8 else "no",
-            )
-        )
-    widths = [max(len(row[column]) for row in rows) for column in range(4)]
-    return [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
-        + "  "
-        + row[4]
-        for row in rows
-    ]

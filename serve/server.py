@@ -24,10 +24,20 @@ from types import FrameType
 
 import uvicorn
 
-from capgen.cli_support.console import say
 from capgen.runtime.errors import InputError
 from capgen.serve.app import Service, create_app
 from capgen.serve.settings import ServeSettings
+
+
+def say(message: str) -> None:
+    """One line on stderr: the server's own notes. A model's name may hold any character, so
+    control characters and other unprintable ones are written as escapes (\\x1b, \\u2028)."""
+    line = "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in message
+    )
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 class DrainingServer(uvicorn.Server):
@@ -105,11 +115,11 @@ def configure_logging() -> None:
 def serve(settings: ServeSettings) -> None:
     """Load the model (a bad one is a one-line error before binding), then serve until drained."""
     from capgen.runtime.captioner import Captioner
-    from capgen.runtime.cli import DEMO_NOTE
+    from capgen.runtime.identity import DEMONSTRATION_NOTE
 
     captioner = Captioner(settings.model, threads=settings.threads_per_worker, int8=settings.int8)
     if captioner.is_demonstration:  # the manifest says so, not the folder's name
-        say(DEMO_NOTE)
+        say(f"capgen: note: {DEMONSTRATION_NOTE}")
     sock = listen(settings.host, settings.port)
     configure_logging()
     host, port = sock.getsockname()[:2]

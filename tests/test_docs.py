@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from capgen.runtime.errors import ExitCode
+from capgen.cli_support.exit_codes import ExitCode
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

@@ -4,10 +4,13 @@
     python tools/import_graph.py path/to/checkout
     python tools/import_graph.py --rev 6cc2d59   # a git revision of this repository
 
-The top-level folders map to import names (runtime/ -> capgen.runtime, ...;
-see [tool.setuptools] package-dir in pyproject.toml). Every import statement
-counts, including those inside functions (marked "lazy"): a lazy import is
-still a dependency, it only defers the cost. Only the standard library is used.
+The top-level folders map to import names (runtime/ -> capgen.runtime, ...)
+through [tool.setuptools] package-dir in pyproject.toml, which this reads
+(`layout`): the mapping has that one source. Every import statement counts,
+including those inside functions (marked "lazy"): a lazy import is still a
+dependency, it only defers the cost. tests/test_layout.py builds the same
+graph to check that no package imports in a circle. Only the standard
+library is used.
 """
 
 from __future__ import annotations
@@ -15,39 +18,76 @@ from __future__ import annotations
 import argparse
 import ast
 import subprocess
+import sys
+import tomllib
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-PACKAGES = {
-    "capgen": "capgen",
-    "runtime": "capgen.runtime",
-    "convert": "capgen.convert",
-    "models": "capgen.models",
-    "benchmarks": "capgen.benchmarks",
-}
+ROOT_PACKAGE = "capgen"
 
 
-def _module_name(path: str) -> str | None:
+@dataclass(frozen=True)
+class Layout:
+    """pyproject.toml's [tool.setuptools]: import name -> folder, and the packages it installs."""
+
+    package_dir: dict[str, str]  # {"capgen": "capgen", "capgen.runtime": "runtime", ...}
+    packages: tuple[str, ...]  # ("capgen", "capgen.cli_support", "capgen.runtime", ...)
+
+    @property
+    def folders(self) -> dict[str, str]:
+        """folder -> import name: {"runtime": "capgen.runtime", ...}."""
+        return {folder: name for name, folder in self.package_dir.items()}
+
+
+def layout_from_toml(text: str) -> Layout:
+    setuptools = tomllib.loads(text)["tool"]["setuptools"]
+    package_dir = dict(setuptools["package-dir"])
+    return Layout(package_dir, tuple(setuptools.get("packages", package_dir)))
+
+
+def layout(root: Path) -> Layout:
+    """The layout pyproject.toml in `root` declares."""
+    return layout_from_toml((root / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def module_name(path: str, folders: dict[str, str]) -> str | None:
     """`convert/encoder.py` -> `capgen.convert.encoder`; None outside the mapped folders."""
     parts = path.split("/")
-    if parts[0] not in PACKAGES or not path.endswith(".py"):
+    if not path.endswith(".py"):
         return None
-    stem = [*parts[1:-1], parts[-1][: -len(".py")]]
-    if stem[-1] == "__init__":
-        stem = stem[:-1]
-    return ".".join([PACKAGES[parts[0]], *stem])
+    for depth in range(len(parts) - 1, 0, -1):  # the deepest mapped folder holding the file
+        folder = "/".join(parts[:depth])
+        if folder in folders:
+            stem = [*parts[depth:-1], parts[-1][: -len(".py")]]
+            if stem[-1] == "__init__":
+                stem = stem[:-1]
+            return ".".join([folders[folder], *stem])
+    return None
 
 
-def sources_from_folder(root: Path) -> Iterator[tuple[str, str]]:
-    for folder in PACKAGES:
+def sources_from_folder(root: Path, folders: dict[str, str]) -> Iterator[tuple[str, str]]:
+    for folder in folders:
         for path in sorted((root / folder).rglob("*.py")):
             yield path.relative_to(root).as_posix(), path.read_text(encoding="utf-8")
 
 
-def sources_from_revision(revision: str, repo: Path) -> Iterator[tuple[str, str]]:
+def layout_at_revision(revision: str, repo: Path) -> Layout:
+    text = subprocess.run(
+        ["git", "-C", str(repo), "show", f"{revision}:pyproject.toml"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return layout_from_toml(text)
+
+
+def sources_from_revision(
+    revision: str, repo: Path, folders: dict[str, str]
+) -> Iterator[tuple[str, str]]:
     listing = subprocess.run(
-        ["git", "-C", str(repo), "ls-tree", "-r", "--name-only", revision, "--", *PACKAGES],
+        ["git", "-C", str(repo), "ls-tree", "-r", "--name-only", revision, "--", *folders],
         capture_output=True,
         text=True,
         check=True,
@@ -110,13 +150,34 @@ def _resolve(name: str, known: set[str]) -> str:
     return ".".join(parts) or name
 
 
-def package_of(module: str) -> str:
-    parts = module.split(".")
-    return ".".join(parts[:2]) if len(parts) > 1 and parts[1] in PACKAGES else "capgen"
+def package_of(module: str, packages: tuple[str, ...]) -> str:
+    """The package `module` belongs to: the longest installed package holding it.
+
+    The root package's own modules are packages of their own: `capgen` (its
+    `__init__`, the lazy API) is not `capgen.cli` (the console script, which
+    assembles every command), so importing `capgen.__version__` from a wing is
+    no circle through the console script.
+    """
+    holders = [p for p in packages if module == p or module.startswith(p + ".")]
+    best = max(holders, key=len, default=ROOT_PACKAGE)
+    if best == ROOT_PACKAGE and module != ROOT_PACKAGE:
+        return ".".join(module.split(".")[:2])
+    return best
 
 
-def graph(sources: list[tuple[str, str]]) -> dict[str, dict[str, bool]]:
-    names = {path: _module_name(path) for path, _ in sources}
+def external_imports(text: str) -> set[str]:
+    """Top-level names of the non-capgen modules a source imports (`typer`, `numpy`, …), lazy ones included."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names - {ROOT_PACKAGE, "__future__"}
+
+
+def graph(sources: list[tuple[str, str]], folders: dict[str, str]) -> dict[str, dict[str, bool]]:
+    names = {path: module_name(path, folders) for path, _ in sources}
     known = {name for name in names.values() if name}
     result: dict[str, dict[str, bool]] = {}
     for path, text in sources:
@@ -127,30 +188,75 @@ def graph(sources: list[tuple[str, str]]) -> dict[str, dict[str, bool]]:
     return result
 
 
+def package_graph(
+    edges: dict[str, dict[str, bool]], packages: tuple[str, ...]
+) -> dict[str, dict[str, list[str]]]:
+    """package -> package it imports -> the modules that do (lazy imports included)."""
+    result: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for module, targets in edges.items():
+        for target in targets:
+            source_package = package_of(module, packages)
+            target_package = package_of(target, packages)
+            if source_package != target_package:
+                result[source_package][target_package].append(module)
+    return result
+
+
+def cycles(package_edges: dict[str, dict[str, list[str]]]) -> list[list[str]]:
+    """Every circle among packages: the strongly connected components of two or more (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in package_edges.get(node, {}):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    nodes = set(package_edges) | {t for targets in package_edges.values() for t in targets}
+    for node in sorted(nodes):
+        if node not in index:
+            visit(node)
+    return found
+
+
 def _count(modules: int) -> str:
     return f"{modules} module" + ("" if modules == 1 else "s")
 
 
-def render(edges: dict[str, dict[str, bool]], title: str) -> str:
+def render(edges: dict[str, dict[str, bool]], title: str, packages: tuple[str, ...]) -> str:
     lines = [f"## {title}", "", "### Packages", ""]
-    package_edges: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-    for module, targets in edges.items():
-        for target in targets:
-            source_package, target_package = package_of(module), package_of(target)
-            if source_package != target_package:
-                package_edges[source_package][target_package].append(module)
-    for package in PACKAGES.values():
+    package_edges = package_graph(edges, packages)
+    nodes = sorted({package_of(module, packages) for module in edges})
+    for package in nodes:
         targets = package_edges.get(package, {})
         described = ", ".join(
             f"`{target}` ({_count(len(set(modules)))})"
             for target, modules in sorted(targets.items())
         )
         lines.append(f"- `{package}` → {described or 'nothing outside itself'}")
-    lines.append("")
-    for package in PACKAGES.values():
-        modules = sorted(m for m in edges if package_of(m) == package)
-        if not modules:
-            continue
+    circles = cycles(package_edges)
+    lines += ["", "Package circles: " + ("; ".join(" ↔ ".join(c) for c in circles) or "none"), ""]
+    for package in nodes:
+        modules = sorted(m for m in edges if package_of(m, packages) == package)
         lines += [f"### `{package}`", ""]
         for module in modules:
             targets = edges[module]
@@ -164,16 +270,20 @@ def render(edges: dict[str, dict[str, bool]], title: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("folder", nargs="?", type=Path, default=Path("."), help="a checkout")
     parser.add_argument("--rev", help="read this git revision of the folder's repository instead")
     parser.add_argument("--title", help="the Markdown heading (default: the revision or folder)")
     args = parser.parse_args(argv)
     if args.rev:
-        sources = list(sources_from_revision(args.rev, args.folder))
+        found = layout_at_revision(args.rev, args.folder)
+        sources = list(sources_from_revision(args.rev, args.folder, found.folders))
     else:
-        sources = list(sources_from_folder(args.folder))
-    print(render(graph(sources), args.title or args.rev or str(args.folder)))
+        found = layout(args.folder)
+        sources = list(sources_from_folder(args.folder, found.folders))
+    edges = graph(sources, found.folders)
+    sys.stdout.write(render(edges, args.title or args.rev or str(args.folder), found.packages))
+    sys.stdout.write("\n")
 
 
 if __name__ == "__main__":

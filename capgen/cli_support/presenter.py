@@ -16,9 +16,10 @@ import typer
 from typer.main import get_command
 
 from capgen.cli_support.console import say, tolerate_any_terminal
+from capgen.cli_support.exit_codes import ExitCode, exit_code_for
 from capgen.cli_support.interrupts import interrupt_with_keyboard_interrupt
 from capgen.cli_support.usage_errors import ClickException
-from capgen.runtime.errors import CapgenError, ExitCode
+from capgen.runtime.errors import CapgenError
 
 # A full disk or a failing device behind stdout/--output: one line, not a traceback.
 _WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG})
@@ -49,7 +50,7 @@ def _invoke(app: typer.Typer, args: list[str]) -> int:
         return done.exit_code
     except CapgenError as error:
         say(f"capgen: error: {str(error) or type(error).__name__}")
-        return error.exit_code
+        return exit_code_for(error)
     except (KeyboardInterrupt, typer.Abort) as interrupt:
         return _interrupted(interrupt)
     except BrokenPipeError:

@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from capgen.cli_support.console import say
-from capgen.runtime.errors import ExitCode
+from capgen.cli_support.exit_codes import ExitCode
 
 # typer vendors click; its UsageError (bad option, missing argument, bad value)
 # is the base of the one click exception typer re-exports.

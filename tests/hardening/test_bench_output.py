@@ -9,7 +9,8 @@ import pytest
 from cli_helpers import Run, assert_one_line_error
 
 from capgen.benchmarks.results_folder import REGISTER, ResultsFolder
-from capgen.runtime.errors import ExitCode, InputError
+from capgen.cli_support.exit_codes import ExitCode
+from capgen.runtime.errors import InputError
 
 
 def test_a_users_own_results_file_stops_the_run_before_it_starts(

@@ -18,7 +18,7 @@ import pytest
 from cli_helpers import Run, assert_one_line_error, write_photos
 from tiny_model import TinyModel, write_tiny_model
 
-from capgen.runtime.errors import ExitCode
+from capgen.cli_support.exit_codes import ExitCode
 
 ERRORS_DOCS = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
 

@@ -20,8 +20,9 @@ from cli_helpers import Run, assert_one_line_error, write_photos
 from onnx import numpy_helper
 from tiny_model import WORDS, random_weights, write_tiny_model
 
+from capgen.cli_support.exit_codes import ExitCode
 from capgen.runtime import results
-from capgen.runtime.errors import ExitCode, ModelError
+from capgen.runtime.errors import ModelError
 
 # Issue 7's small Keras 3 tutorial decoder (.h5 and .keras), its tokenizer, an encoder.
 keras_sources = test_issue7_inputs_cli.keras_sources

@@ -18,8 +18,9 @@ from cli_helpers import Run
 from PIL import Image
 from tiny_model import TinyModel
 
+from capgen.cli_support.exit_codes import ExitCode
 from capgen.runtime import limits
-from capgen.runtime.errors import ExitCode, ImageTooLargeError
+from capgen.runtime.errors import ImageTooLargeError
 from capgen.runtime.preprocess import load_image, prepare
 
 

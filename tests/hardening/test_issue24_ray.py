@@ -16,7 +16,8 @@ import pytest
 from cli_helpers import Run, assert_one_line_error, write_photos
 from tiny_model import TinyModel
 
-from capgen.runtime.errors import CapgenError, ExitCode, InputError, ModelIntegrityError
+from capgen.cli_support.exit_codes import ExitCode, exit_code_for
+from capgen.runtime.errors import CapgenError, InputError, ModelIntegrityError
 
 pytest.importorskip("ray", reason="needs the ray extra: pip install 'capgen[ray]'")
 pytest.importorskip("pyarrow", reason="needs the ray extra: pip install 'capgen[ray]'")
@@ -77,7 +78,7 @@ def test_an_actor_side_capgen_error_is_its_own_one_line(index: int) -> None:
 
     original = ModelIntegrityError("/n/ray-models/abc: this node's copy does not match")
     failure = job_failure(_ray_errors_around(original)[index])
-    assert isinstance(failure, ModelIntegrityError) and failure.exit_code == ExitCode.MODEL
+    assert isinstance(failure, ModelIntegrityError) and exit_code_for(failure) == ExitCode.MODEL
     assert str(failure) == str(original)
 
 
@@ -92,7 +93,7 @@ def test_an_actor_error_known_only_as_text_keeps_its_kind() -> None:
         "capgen.runtime.errors.ModelError: /m: this model has no fast decoder step\n"
     )
     failure = job_failure(RayError(text))
-    assert failure.exit_code == ExitCode.MODEL
+    assert exit_code_for(failure) == ExitCode.MODEL
     assert str(failure) == "/m: this model has no fast decoder step"
     other = job_failure(RayError("node died\n" * 50))
     assert isinstance(other, InputError) and "\n" not in str(other)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from ray_images import write_bad_images, write_scenes
 
+from capgen.cli_support.exit_codes import ExitCode
 from capgen.ray.netns_cluster import NetnsCluster
 from capgen.runtime.captioner import Captioner
-from capgen.runtime.errors import ExitCode
 from capgen.runtime.results import is_error_record, is_success_record
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from capgen.runtime.errors import ExitCode
+from capgen.cli_support.exit_codes import ExitCode, exit_code_for
 
 pytest.importorskip("ray", reason="needs the ray extra: pip install 'capgen[ray]'")
 
@@ -84,4 +84,4 @@ def test_without_the_extra_it_says_what_to_install(monkeypatch: pytest.MonkeyPat
     )
     with pytest.raises(connect.RayExtraMissing, match=r"pip install 'capgen\[ray\]'") as caught:
         connect.require_ray_extra()
-    assert caught.value.exit_code == ExitCode.USAGE
+    assert exit_code_for(caught.value) == ExitCode.USAGE

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from capgen.cli_support.exit_codes import ExitCode
 from capgen.ray.netns_cluster import NetnsCluster, netns_only, why_unavailable
-from capgen.runtime.errors import ExitCode
 
 TESTS = Path(__file__).resolve().parents[1]
 if str(TESTS / "runtime") not in sys.path:

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from tiny_model import TinyModel, write_tiny_model
 
-from capgen.runtime.errors import ExitCode
+from capgen.cli_support.exit_codes import ExitCode
 
 # Not `from conftest import …`: with several test folders in one run, "conftest" is whichever folder's loaded last.
 CAPGEN_SCRIPT = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "capgen"

@@ -28,8 +28,8 @@ from PIL import Image
 from runtime_venvs import OLDEST, RuntimeFlavour
 from tiny_model import TinyModel
 
+from capgen.cli_support.exit_codes import ExitCode
 from capgen.convert.portable import file_requirement
-from capgen.runtime.errors import ExitCode
 from capgen.runtime.manifest import load_manifest
 
 OLDEST_VERSION = "1.20.1"

@@ -18,8 +18,9 @@ import pytest
 from PIL import Image
 from tiny_model import TinyModel
 
+from capgen.cli_support.exit_codes import ExitCode
 from capgen.convert.portable import make_portable, onnxruntime_requirement
-from capgen.runtime.errors import ExitCode, ModelError
+from capgen.runtime.errors import ModelError
 from capgen.runtime.manifest import dump_manifest, load_manifest
 
 # Not `from conftest import …`: with several test folders in one run, "conftest" is whichever folder's loaded last.

@@ -404,9 +404,9 @@ def test_ctrl_c_while_loading_the_model_is_130_without_traceback(
 ) -> None:
     import typer
 
+    from capgen.cli_support.commands import register_runtime_commands
     from capgen.cli_support.presenter import run
     from capgen.runtime import captioner
-    from capgen.runtime.cli import register_runtime_commands
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
@@ -462,7 +462,7 @@ def test_importing_the_runtime_cli_stays_light() -> None:
     """`capgen --help` and the convert commands import this module; numpy & co. wait for `caption`."""
     script = (
         "import sys\n"
-        "import capgen.runtime.cli\n"
+        "import capgen.cli_support.commands\n"
         "print([m for m in ('numpy', 'onnxruntime', 'PIL', 'tqdm') if m in sys.modules])\n"
     )
     done = subprocess.run(

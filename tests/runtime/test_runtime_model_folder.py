@@ -243,7 +243,8 @@ def test_captioning_never_imports_the_conversion_stack(
         "from capgen import Captioner\n"
         f"c = Captioner({str(tiny_model.folder)!r})\n"
         "print(c.caption(np.zeros((20, 20, 3), np.uint8)).raw)\n"
-        "from capgen.runtime import cli, annotate, inputs, results\n"
+        "from capgen.runtime import inputs, results\n"
+        "from capgen.cli_support import commands, annotate, sinks\n"
         "heavy = [m for m in ('tensorflow', 'keras', 'tf_keras', 'h5py', 'onnx', 'tf2onnx') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )

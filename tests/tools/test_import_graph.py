@@ -19,7 +19,16 @@ def _run(*args: str) -> str:
     return result.stdout
 
 
+_PYPROJECT = """
+[tool.setuptools]
+package-dir = { "capgen.runtime" = "runtime", "capgen.convert" = "convert" }
+packages = ["capgen.runtime", "capgen.convert"]
+"""
+
+
 def test_lists_eager_lazy_and_relative_imports_per_package(tmp_path: Path) -> None:
+    # The folder <-> import-name mapping is the checkout's pyproject.toml, not a copy in the tool.
+    (tmp_path / "pyproject.toml").write_text(_PYPROJECT)
     (tmp_path / "runtime").mkdir()
     (tmp_path / "convert").mkdir()
     (tmp_path / "runtime" / "__init__.py").write_text("")
@@ -38,6 +47,17 @@ def test_lists_eager_lazy_and_relative_imports_per_package(tmp_path: Path) -> No
     assert "- `capgen.convert.a` → `capgen.convert.b`, `capgen.runtime.errors`\n" in output
     assert "- `capgen.convert.b` → `capgen.convert.a` (lazy)\n" in output
     assert "- `capgen.runtime.errors` → —\n" in output
+    assert "Package circles: none\n" in output
+
+
+def test_reports_a_package_circle(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(_PYPROJECT)
+    for folder, other in (("runtime", "convert"), ("convert", "runtime")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "__init__.py").write_text("")
+        (tmp_path / folder / "m.py").write_text(f"def f():\n    from capgen.{other} import m\n")
+    output = _run(str(tmp_path))
+    assert "Package circles: capgen.convert ↔ capgen.runtime\n" in output
 
 
 def test_reads_a_git_revision() -> None:

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from capgen.cli_support.console import detail, escape_controls, printable, say, write_stdout
+from capgen.cli_support.exit_codes import ExitCode, exit_code_for
+from capgen.cli_support.output_formats import CaptionFileRefused, OutputWriter
+from capgen.cli_support.outputs import AnnotateFolder
 from capgen.runtime import results
 from capgen.runtime.decoding import DecodingResult
-from capgen.runtime.errors import CapgenError, ExitCode
-from capgen.runtime.output_formats import CaptionFileRefused, OutputWriter
-from capgen.runtime.outputs import AnnotateFolder
+from capgen.runtime.errors import CapgenError
 
 # Plain output's mark on a caption that ran into max_length before its end word: it
 # would otherwise look finished (--json says it as "finished": false).
@@ -52,7 +53,7 @@ class CaptionSinks:
             write_stdout(line + "\n", then="; stopped")
 
     def failed(self, path: str, error: CapgenError, prefix: str = "") -> None:
-        self.failure_codes.append(error.exit_code)
+        self.failure_codes.append(exit_code_for(error))
         say(f"capgen: {printable(path)}: {prefix}{error}")
 
     def exit_code(self, single_image: bool) -> int:
@@ -87,7 +88,7 @@ class CaptionSinks:
             self.progress.update(1)
 
     def _annotate(self, path: str, caption: str, picture: Any) -> None:
-        from capgen.runtime.annotate import annotate, for_annotation
+        from capgen.cli_support.annotate import annotate, for_annotation
 
         assert self.annotate is not None
         try:

@@ -35,9 +35,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from capgen.cli_support.outputs import InputFiles, _read_existing, _reason, open_output
 from capgen.runtime.atomic_write import default_mode
 from capgen.runtime.errors import InputError
-from capgen.runtime.outputs import InputFiles, _read_existing, _reason, open_output
 
 
 class OutputFormat(StrEnum):

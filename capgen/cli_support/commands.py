@@ -47,23 +47,21 @@ from capgen.cli_support.console import (
 )
 from capgen.cli_support.usage_errors import OneLineUsageCommand
 from capgen.runtime.errors import CapgenError, InputError
+from capgen.runtime.identity import DEMONSTRATION_NOTE
 
 if TYPE_CHECKING:
+    from capgen.cli_support.output_formats import OutputFormat
+    from capgen.cli_support.sinks import CaptionSinks
     from capgen.runtime.captioner import Captioner
     from capgen.runtime.decoding import DecodingOptions
-    from capgen.runtime.output_formats import OutputFormat
-    from capgen.runtime.sinks import CaptionSinks
+    from capgen.runtime.installed import InstalledModel
 
 PRECISION_HELP = (
     "Encoder precision: fp32 (exact, onnxruntime; default), bf16 (OpenVINO on a bf16 CPU: "
     "pip install 'capgen[openvino]'), int8 (the model's INT8 graph, as --int8) or auto (the "
     "fastest mode `capgen tune` found agreeing with fp32 here; fp32 until then)."
 )
-DEMO_NOTE = (
-    "capgen: note: this is the demonstration model, trained on synthetic scenes "
-    "(shapes and colours), not on photos. For photos use the default model (capgen caption IMAGE, "
-    "built by capgen setup) or convert your own: capgen convert model model_9.h5 tokenizer.p -o mymodel/"
-)
+DEMO_NOTE = f"capgen: note: {DEMONSTRATION_NOTE}"
 
 
 def caption_command(
@@ -208,15 +206,15 @@ def caption_command(
     # Pillow warns about oddities it recovers from (corrupt EXIF, huge images we
     # refuse anyway); the CLI reports problems itself, one line per image.
     warnings.filterwarnings("ignore", module="PIL")
-    from capgen.runtime.captioner import Captioner, check_batch_size
-    from capgen.runtime.decoding import DecodingOptions
-    from capgen.runtime.inputs import check_local, expand_inputs
-    from capgen.runtime.output_formats import (
+    from capgen.cli_support.output_formats import (
         OutputFormat,
         check_resume,
         choose_format,
         parse_format,
     )
+    from capgen.runtime.captioner import Captioner, check_batch_size
+    from capgen.runtime.decoding import DecodingOptions
+    from capgen.runtime.inputs import check_local, expand_inputs
 
     set_verbosity(quiet, verbose)
     started = time.perf_counter()
@@ -341,9 +339,9 @@ def _open_sinks(
     Nothing is written until all checks have passed: a refused --annotate
     folder leaves --output as it was.
     """
-    from capgen.runtime.output_formats import WholeFileWriter, open_writer
-    from capgen.runtime.outputs import AnnotateFolder, InputFiles
-    from capgen.runtime.sinks import CaptionSinks
+    from capgen.cli_support.output_formats import WholeFileWriter, open_writer
+    from capgen.cli_support.outputs import AnnotateFolder, InputFiles
+    from capgen.cli_support.sinks import CaptionSinks
 
     fmt, output, output_dir = destination
     inputs = InputFiles(paths)
@@ -368,7 +366,7 @@ def _decoded_once(paths: list[str]) -> Iterator[tuple[str, Any, Any]]:
     An image that cannot be decoded is passed on as its path, so the captioner
     reports it in its own words like any other failure.
     """
-    from capgen.runtime.annotate import for_annotation
+    from capgen.cli_support.annotate import for_annotation
     from capgen.runtime.preprocess import load_image
 
     for path in paths:
@@ -503,7 +501,7 @@ def info_command(
 def models_command() -> None:
     """List the models installed in $CAPGEN_HOME/models (name, vocabulary, encoder, size, INT8)."""
     from capgen.runtime.home import models_dir
-    from capgen.runtime.installed import installed_models, model_table
+    from capgen.runtime.installed import installed_models
 
     models = installed_models()
     if not models:
@@ -516,6 +514,38 @@ def models_command() -> None:
         )
         return
     write_stdout("".join(escape_controls(line) + "\n" for line in model_table(models)))
+
+
+def _size(size_bytes: int) -> str:
+    return f"{size_bytes / 1e6:.1f} MB" if size_bytes >= 1e6 else f"{size_bytes / 1e3:.0f} kB"
+
+
+def model_table(models: list[InstalledModel]) -> list[str]:
+    """The lines `capgen models` prints: a header, then one line per model."""
+    rows = [("NAME", "VOCABULARY", "ENCODER", "SIZE", "INT8")]
+    for model in models:
+        if model.problem is not None:
+            rows.append(
+                (model.name, "?", "?", _size(model.size_bytes), f"unreadable: {model.problem}")
+            )
+            continue
+        name = model.name + (" (demonstration)" if model.demonstration else "")
+        rows.append(
+            (
+                name,
+                f"{model.vocabulary:,}",
+                str(model.encoder_kind),
+                _size(model.size_bytes),
+                "yes" if model.int8 else "no",
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+        + "  "
+        + row[4]
+        for row in rows
+    ]
 
 
 def tune_command(
