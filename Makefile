@@ -42,9 +42,13 @@ setup-all: install
 demo: setup
 	$(CAPGEN) caption examples/
 
-# Lint and type-check first (cheap, and CI runs exactly this), then the suite.
+# Lint and type-check first (cheap, and CI runs exactly this), then the suite on
+# PYTEST_WORKERS processes (pytest-xdist; tests sharing a venv, a Ray cluster or
+# TensorFlow exports stay on one worker: tests/conftest.py). Two, as CI has two
+# cores; more only where memory allows (a TensorFlow test peaks at about 4 GB).
+PYTEST_WORKERS ?= 2
 test: setup-all lint typecheck
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 # The default photo model: the tutorial's decoder on the 6,000 Flickr8k training photos
 # (224x224 copies), early stopping on the 1,000 dev photos; checkpoints every epoch, so an
@@ -94,11 +98,14 @@ train: install
 lint: install
 	$(BIN)/ruff check .
 
-# mypy on capgen/ and runtime/, through a tree of links that mirrors
-# pyproject's package-dir mapping (tools/typecheck_tree.py; config in pyproject).
+# mypy on every package that imports no heavy optional stack (capgen/ with its CLI wing,
+# runtime/, serve/, ray_support/), through a tree of links that mirrors pyproject's
+# package-dir mapping (tools/typecheck_tree.py; config in pyproject). convert/, models/
+# and benchmarks/ are read for their types only (pyproject's follow_imports = "silent").
 typecheck: install
 	$(BIN)/python tools/typecheck_tree.py
-	$(BIN)/mypy -p capgen.runtime -p capgen.cli_support -m capgen -m capgen.cli -m capgen.__main__
+	$(BIN)/mypy -p capgen.runtime -p capgen.cli_support -p capgen.serve -p capgen.ray \
+		-m capgen -m capgen.cli -m capgen.__main__
 
 bench: setup
 	$(CAPGEN) bench

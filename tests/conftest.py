@@ -50,3 +50,28 @@ def tf_keras_stack(tensorflow_stack: None) -> None:
     """Skip unless tf-keras (Keras 2 behaviour) is installed."""
     if not _has_module("tf_keras"):
         pytest.skip("tf-keras not installed (make install adds it with --no-deps)")
+
+
+# The suite runs on every core (`pytest -n 2 --dist loadgroup`, as `make test` does). Tests
+# that share an expensive session fixture (a venv built from the registry, a Ray cluster,
+# TensorFlow exports) go to one worker, so it is built once and never twice side by side;
+# the Ray cluster's network namespace is also one per machine at a time.
+_GROUP_BY_FIXTURE = {
+    "runtime_venvs": "venvs",
+    "decoder_only_venv": "venvs",
+    "openvino_python": "openvino",
+    "cluster": "ray",
+    "real_decoders": "keras-decoders",
+    "family_exports": "encoder-families",
+    "keras_reference": "keras-weights",
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        group = "ray" if "tests/ray/" in item.nodeid else None
+        fixtures = getattr(item, "fixturenames", ())
+        group = group or next((g for f, g in _GROUP_BY_FIXTURE.items() if f in fixtures), None)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))

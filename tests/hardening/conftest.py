@@ -62,9 +62,13 @@ def run(capgen_script: Path, home: Path) -> Run:
     """Run `capgen ARGS…` with a private CAPGEN_HOME; a hang fails the test via the timeout."""
 
     def runner(
-        *args: str | Path | bytes, timeout: float = 120, **kwargs: object
+        *args: str | Path | bytes,
+        timeout: float = 120,
+        extra_env: dict[str, str] | None = None,
+        **kwargs: object,
     ) -> subprocess.CompletedProcess[bytes]:
         env = {**os.environ, "CAPGEN_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "3"}
+        env.update(extra_env or {})
         argv = [
             os.fsencode(capgen_script),
             *(a if isinstance(a, bytes) else os.fsencode(str(a)) for a in args),
