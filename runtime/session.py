@@ -134,6 +134,21 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+# Which onnxruntime distribution brings each execution provider (docs/cli.md has the
+# install recipe per family): the one-line refusal names it, so a GPU user learns what
+# to install instead of only that the name is unknown.
+PROVIDER_BUILDS = {
+    "CUDAExecutionProvider": "onnxruntime-gpu (Linux/Windows, NVIDIA CUDA 12)",
+    "TensorrtExecutionProvider": "onnxruntime-gpu with TensorRT installed",
+    "OpenVINOExecutionProvider": "onnxruntime-openvino (Intel CPUs, GPUs, NPUs)",
+    "DmlExecutionProvider": "onnxruntime-directml (Windows, DirectX 12 GPUs)",
+    "CoreMLExecutionProvider": "the macOS onnxruntime wheel (Apple silicon)",
+    "ROCMExecutionProvider": "onnxruntime-rocm (AMD GPUs)",
+    "MIGraphXExecutionProvider": "onnxruntime-migraphx (AMD GPUs)",
+    "QNNExecutionProvider": "onnxruntime-qnn (Qualcomm NPUs)",
+}
+
+
 def resolve_providers(providers: str | Sequence[str] | None) -> tuple[str, ...]:
     """Execution provider names, checked against this onnxruntime build; CPU when None.
 
@@ -148,10 +163,15 @@ def resolve_providers(providers: str | Sequence[str] | None) -> tuple[str, ...]:
         raise InputError(f"no execution provider given (available: {', '.join(available)})")
     for name in names:
         if not isinstance(name, str) or name not in available:
+            build = PROVIDER_BUILDS.get(name) if isinstance(name, str) else None
+            where = (
+                f"it comes with {build}: see docs/cli.md, 'Execution providers', for the recipe"
+                if build
+                else "other providers come with other onnxruntime builds, see docs/cli.md"
+            )
             raise InputError(
                 f"execution provider {name!r} is not available in this onnxruntime "
-                f"{ort.__version__} (available: {', '.join(available)}; other providers come "
-                "with other onnxruntime builds, see the README)"
+                f"{ort.__version__} (available: {', '.join(available)}; {where})"
             )
     if len(set(names)) != len(names):
         raise InputError(f"execution providers are given more than once: {', '.join(names)}")

@@ -68,3 +68,22 @@ def test_every_session_gets_the_providers(hardening_model: TinyModel) -> None:
     for captioner in (default, named):
         assert captioner.providers == ("CPUExecutionProvider",)
         assert all(s.get_providers() == ["CPUExecutionProvider"] for s in _sessions(captioner))
+
+
+@pytest.mark.parametrize(
+    ("provider", "build"),
+    [
+        ("CUDAExecutionProvider", "onnxruntime-gpu"),
+        ("DmlExecutionProvider", "onnxruntime-directml"),
+        ("CoreMLExecutionProvider", "macOS onnxruntime wheel"),
+    ],
+)
+def test_a_missing_accelerator_names_the_build_that_has_it(
+    run: Run, hardening_model: TinyModel, tmp_path: Path, provider: str, build: str
+) -> None:
+    """Issue 26 item 11: not just "not available", but which onnxruntime build brings it."""
+    if provider in ort.get_available_providers():
+        pytest.skip(f"this onnxruntime has {provider}")
+    photo = write_photos(tmp_path / "photos", 1, seed=6)[0]
+    done = run("caption", "-m", hardening_model.folder, "--provider", provider, photo)
+    assert_one_line_error(done, 2, provider, build, "docs/cli.md")

@@ -12,7 +12,7 @@ CAPGEN_UPDATE_SCREENSHOT=1 it is also copied to docs/serve-page.png (the
 README's), and CAPGEN_SCREENSHOT_MODEL=FOLDER serves that model instead of
 the tiny test one, so the README can show real captions:
 
-    CAPGEN_UPDATE_SCREENSHOT=1 CAPGEN_SCREENSHOT_MODEL=~/.cache/capgen/models/shapes \\
+    CAPGEN_UPDATE_SCREENSHOT=1 CAPGEN_SCREENSHOT_MODEL=~/.cache/capgen/models/default \\
         .venv/bin/python -m pytest tests/serve/test_serve_page.py -k several
 """
 
@@ -43,7 +43,14 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 REPO = Path(__file__).resolve().parents[2]
 SHAPES = REPO / "examples" / "shapes"
-EXAMPLES = [SHAPES / "scene-1.jpg", SHAPES / "scene-2.jpg", SHAPES / "scene-3.jpg"]
+PHOTOS = sorted((REPO / "examples").glob("*.jpg"))[:3]
+# The README's screenshot shows a real model on the example photos; the tests' own runs
+# use the tiny model on small scenes.
+EXAMPLES = (
+    PHOTOS
+    if os.environ.get("CAPGEN_SCREENSHOT_MODEL")
+    else [SHAPES / "scene-1.jpg", SHAPES / "scene-2.jpg", SHAPES / "scene-3.jpg"]
+)
 ARTIFACT = REPO / "build" / "test-artifacts" / "serve-page.png"
 README_SCREENSHOT = REPO / "docs" / "serve-page.png"
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C WebDriver element key
