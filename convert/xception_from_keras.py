@@ -38,7 +38,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from capgen.convert.xception_onnx import expected_layers
+from capgen.convert.xception_onnx import expected_layers, read_stored_array, stored_child
 from capgen.runtime.errors import ConversionError
 
 CONFIG_MEMBER = "config.json"
@@ -154,41 +154,13 @@ def _xception_layout(
 
 
 def _hard_child(group: Any, path: str, what: str) -> Any:
-    """`group[path]`, walking one hard link at a time: a soft or external link is refused, not followed."""
-    import h5py
-
-    current = group
-    for part in path.split("/"):
-        link = current.get(part, getlink=True)
-        if link is None:
-            raise ConversionError(f"{what}: {path!r} is missing")
-        if not isinstance(link, h5py.HardLink):
-            raise ConversionError(
-                f"{what}: {path!r} is a link to elsewhere, not stored in the file"
-            )
-        current = current[part]
-    return current
+    """`group[path]` one hard link at a time (the encoder writer's own check)."""
+    return stored_child(group, path, what)
 
 
 def _read_array(group: Any, path: str, shape: tuple[int, ...], what: str) -> np.ndarray:
-    """One float32 array stored in the file itself, of `shape`, all finite (checked before and after reading)."""
-    import h5py
-
-    dataset = _hard_child(group, path, what)
-    if not isinstance(dataset, h5py.Dataset):
-        raise ConversionError(f"{what}: {path!r} is not an array")
-    if dataset.external or dataset.is_virtual:
-        raise ConversionError(f"{what}: {path!r} keeps its values outside the file")
-    if tuple(dataset.shape) != shape:
-        raise ConversionError(
-            f"{what}: {path!r} has shape {tuple(dataset.shape)}, expected {shape}"
-        )
-    if dataset.dtype != np.dtype(np.float32):
-        raise ConversionError(f"{what}: {path!r} is {dataset.dtype}, not float32")
-    values = np.asarray(dataset[()], dtype=np.float32)
-    if not np.isfinite(values).all():
-        raise ConversionError(f"{what}: {path!r} holds NaN or infinite values")
-    return values
+    """One float32 array stored in the file itself, of `shape`, all finite."""
+    return read_stored_array(group, path, shape, what, exact_dtype=np.dtype(np.float32))
 
 
 def _read_weights(

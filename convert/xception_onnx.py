@@ -124,7 +124,7 @@ def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def _stored_child(group: Any, path: str, what: str) -> Any:
+def stored_child(group: Any, path: str, what: str) -> Any:
     """`group[path]`, walking one hard link at a time: a soft or external link is refused.
 
     h5py follows external links (to another file) and soft links on plain
@@ -147,11 +147,18 @@ def _stored_child(group: Any, path: str, what: str) -> Any:
     return current
 
 
-def _read_array(group: Any, weight_name: str, shape: tuple[int, ...], what: str) -> np.ndarray:
-    """One weight array, checked before it is read (shape, float dtype, storage) and after (finite)."""
+def read_stored_array(
+    group: Any,
+    weight_name: str,
+    shape: tuple[int, ...],
+    what: str,
+    exact_dtype: np.dtype | None = None,
+) -> np.ndarray:
+    """One weight array, checked before it is read (shape, float dtype, storage in the file)
+    and after (finite); `exact_dtype` demands that dtype rather than any float."""
     import h5py
 
-    dataset = _stored_child(group, weight_name, what)
+    dataset = stored_child(group, weight_name, what)
     if not isinstance(dataset, h5py.Dataset):
         raise ConversionError(f"{what}: {weight_name!r} is not an array")
     if dataset.external or dataset.is_virtual:
@@ -160,6 +167,8 @@ def _read_array(group: Any, weight_name: str, shape: tuple[int, ...], what: str)
         raise ConversionError(
             f"{what}: {weight_name!r} has shape {tuple(dataset.shape)}, expected {shape}"
         )
+    if exact_dtype is not None and dataset.dtype != exact_dtype:
+        raise ConversionError(f"{what}: {weight_name!r} is {dataset.dtype}, not {exact_dtype}")
     if dataset.dtype.kind != "f":
         raise ConversionError(f"{what}: {weight_name!r} is {dataset.dtype}, not float")
     array = np.asarray(dataset[()], dtype=np.float32)
@@ -172,7 +181,7 @@ def _weighted_layers(root: Any, path: Path) -> list[tuple[str, Any, list[str]]]:
     """(name, group, weight names) of every layer with weights, in the file's layer_names order."""
     group = root
     if "layer_names" not in root.attrs and root.get("model_weights", getlink=True) is not None:
-        group = _stored_child(root, "model_weights", str(path))  # a whole-model .h5
+        group = stored_child(root, "model_weights", str(path))  # a whole-model .h5
     if "layer_names" not in group.attrs:
         raise ConversionError(
             f"{path} is not a Keras weights file in the layout Keras caches application "
@@ -181,7 +190,7 @@ def _weighted_layers(root: Any, path: Path) -> list[tuple[str, Any, list[str]]]:
     weighted = []
     for raw in group.attrs["layer_names"]:
         name = _text(raw)
-        layer = _stored_child(group, name, str(path))
+        layer = stored_child(group, name, str(path))
         names = [_text(weight) for weight in layer.attrs.get("weight_names", [])]
         if names:
             weighted.append((name, layer, names))
@@ -254,7 +263,7 @@ def _layer_arrays(
         )
     what = f"{path}: layer {name!r}"
     return {
-        array: _read_array(group, weight, shape, what)
+        array: read_stored_array(group, weight, shape, what)
         for array, weight, shape in zip(layer.arrays, names, layer.shapes, strict=True)
     }
 

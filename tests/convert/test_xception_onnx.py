@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from blocked_imports import TENSORFLOW_STACK, blocking_prelude
 
 from capgen.convert import encoder
 from capgen.convert.encoder_registry import get_encoder_kind
@@ -39,39 +40,17 @@ from capgen.runtime.errors import CapgenError, ConversionError, InputError
 from capgen.runtime.home import encoders_dir
 
 TOLERANCE = 1e-5
-BLOCKED = ("tensorflow", "keras", "tf_keras", "tf2onnx")
+BLOCKED = TENSORFLOW_STACK
 # Run first in a child process: TensorFlow & co. (and whatever else is named) cannot be
 # imported. `None` in sys.modules makes importlib.util.find_spec answer "not installed";
 # the finder refuses any submodule import that might get past it.
-BLOCKING_PRELUDE = """
-import importlib.abc, importlib.util, sys
-BLOCKED = {blocked!r}
-
-class _Blocked(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in BLOCKED:
-            raise ImportError(f"{{name}} is blocked in this test")
-        return None
-
-sys.meta_path.insert(0, _Blocked())
-for _name in BLOCKED:
-    sys.modules[_name] = None
-for _name in BLOCKED:
-    assert importlib.util.find_spec(_name) is None, _name
-    try:
-        __import__(_name)
-    except ImportError:
-        pass
-    else:
-        raise SystemExit(f"{{_name}} could be imported")
-"""
 
 
 def _run_blocked(code: str, home: Path, blocked: tuple[str, ...] = BLOCKED) -> str:
     """`code` in a fresh interpreter with `blocked` unimportable; its stdout (fails on errors)."""
     env = {**os.environ, "CAPGEN_HOME": str(home), "PYTHONDONTWRITEBYTECODE": "1"}
     done = subprocess.run(
-        [sys.executable, "-c", BLOCKING_PRELUDE.format(blocked=blocked) + code],
+        [sys.executable, "-c", blocking_prelude(blocked) + code],
         capture_output=True,
         text=True,
         env=env,
