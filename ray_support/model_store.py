@@ -55,21 +55,14 @@ def check_model(
     started: the manifest, the INT8 encoder and fast step when asked for, and
     (with `verify`) the size and sha256 of each file those captioners load.
     """
+    from capgen.runtime.precision import plan_encoder
+    from capgen.runtime.step_model import step_file_for
+
     folder, _ = resolve_model_dir(model)
     manifest = load_manifest(folder)
-    encoder_file = manifest.encoder.int8_file if int8 else manifest.encoder.file
-    if encoder_file is None:
-        raise ModelError(
-            f"{folder}: this model has no INT8 encoder; add one with `capgen convert quantize "
-            f"{folder}` (needs pip install 'capgen[convert]'), or caption without --int8"
-        )
+    encoder_file = plan_encoder(manifest, None, int8).file  # the Captioner's own checks
     decoder = manifest.decoder
-    step_file = decoder.int8_step_file if fast_decoder else decoder.step_file
-    if step_file is None:
-        raise ModelError(
-            f"{folder}: this model has no fast decoder step (manifest lists no "
-            "decoder.int8_step_file; add one with `capgen convert quantize`)"
-        )
+    step_file = step_file_for(manifest, fast_decoder)
     if verify:
         verify_files(
             manifest, [encoder_file, decoder.projection_file, step_file, manifest.vocabulary.file]

@@ -32,7 +32,7 @@ from capgen.runtime.manifest import MANIFEST_FILE, Manifest, load_manifest, veri
 from capgen.runtime.precision import EncoderPlan, plan_encoder
 from capgen.runtime.preprocess import DEFAULT_MAX_PIXELS, prepare, resample_filter
 from capgen.runtime.session import resolve_providers
-from capgen.runtime.step_model import StepModel
+from capgen.runtime.step_model import StepModel, step_file_for
 from capgen.runtime.vocabulary import Vocabulary, load_vocabulary
 
 DEFAULT_BATCH_SIZE = 8
@@ -177,12 +177,7 @@ class Captioner:
         self.encoder_plan: EncoderPlan = plan_encoder(manifest, precision, int8, self.providers)
         encoder_file = self.encoder_plan.file
         decoder = manifest.decoder
-        step_file = decoder.int8_step_file if fast_decoder else decoder.step_file
-        if step_file is None:
-            raise ModelError(
-                f"{folder}: this model has no fast decoder step (manifest lists no decoder.int8_step_file; "
-                "add one with `capgen convert quantize`)"
-            )
+        step_file = step_file_for(manifest, fast_decoder)
         verify_files(
             manifest, [encoder_file, decoder.projection_file, step_file, manifest.vocabulary.file]
         )

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from capgen.runtime.errors import ModelError
-from capgen.runtime.manifest import DecoderSpec
+from capgen.runtime.manifest import DecoderSpec, Manifest
 from capgen.runtime.session import DEFAULT_PROVIDERS, OnnxSession
 
 _FLOAT32 = np.dtype(np.float32)  # compared as a dtype object: half the cost of np.float32
@@ -114,3 +114,18 @@ class StepModel:
         self.step(
             np.zeros(1, dtype=np.int64), h, c, np.zeros((1, self.projection_size), dtype=np.float32)
         )
+
+
+def step_file_for(manifest: Manifest, fast_decoder: bool) -> str:
+    """The step graph a captioner runs: the exact one, or the optional fast one.
+
+    One place for the check and its message, for every path that loads a
+    model (the Captioner, and Ray's driver before it starts actors).
+    """
+    step_file = manifest.decoder.int8_step_file if fast_decoder else manifest.decoder.step_file
+    if step_file is None:
+        raise ModelError(
+            f"{manifest.folder}: this model has no fast decoder step (manifest lists no "
+            "decoder.int8_step_file; add one with `capgen convert quantize`)"
+        )
+    return step_file
