@@ -147,7 +147,8 @@ def setup_model(
     from capgen.convert.fast_decoder import add_fast_decoder
     from capgen.convert.quantize import quantize_model_folder
     from capgen.convert.weights import fetch_imagenet_weights
-    from capgen.runtime.manifest import load_manifest, verify_files
+    from capgen.runtime.integrity import verify_files
+    from capgen.runtime.manifest import load_manifest
 
     started = time.perf_counter()
     keras_file, tokenizer = model_sources(model, sources)

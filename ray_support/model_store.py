@@ -29,7 +29,8 @@ from typing import Any
 from capgen.runtime.captioner import resolve_model_dir
 from capgen.runtime.errors import ModelError, ModelIntegrityError
 from capgen.runtime.home import capgen_home
-from capgen.runtime.manifest import MANIFEST_FILE, load_manifest, verify_files
+from capgen.runtime.integrity import verify_files
+from capgen.runtime.manifest import MANIFEST_FILE, load_manifest
 from capgen.runtime.staging import create_staging, place, prune_stale_in
 
 STORE_FOLDER = "ray-models"

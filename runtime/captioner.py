@@ -27,8 +27,9 @@ from capgen.runtime.encoder import Encoder
 from capgen.runtime.errors import CapgenError, InputError, ModelError
 from capgen.runtime.home import default_model_dir, models_dir
 from capgen.runtime.identity import is_demonstration
+from capgen.runtime.integrity import verify_files
 from capgen.runtime.limits import is_count
-from capgen.runtime.manifest import MANIFEST_FILE, Manifest, load_manifest, verify_files
+from capgen.runtime.manifest import MANIFEST_FILE, Manifest, load_manifest
 from capgen.runtime.precision import EncoderPlan, plan_encoder
 from capgen.runtime.preprocess import DEFAULT_MAX_PIXELS, prepare, resample_filter
 from capgen.runtime.session import resolve_providers

@@ -26,6 +26,16 @@ MAX_IMAGE_BYTES = 256 << 20
 # proportion to n: a 1 x 30,000,000 PNG (29 kB, under the pixel limit) took
 # 1.1 GB to resize. With every side bounded, that memory is bounded too.
 MAX_IMAGE_SIDE = 65_535
+# Bounds on what a manifest says sizes work: max_length 10**9 (or an encoder
+# input of 10**5 x 10**5 pixels) would hang or exhaust memory on the first
+# image instead of failing at load. The tutorial's values are 32-40 and 299.
+MAX_INPUT_SIDE = 4096
+# The same for the sizes that shape the decoder's state and the features
+# (tutorial: 256 units, 256 projection, 2048 features, 7,577 words); a manifest
+# saying 10**9 units would otherwise allocate gigabytes before any graph ran.
+MAX_UNITS = 1 << 14
+MAX_FEATURE_SIZE = 1 << 16
+MAX_VOCABULARY_SIZE = 1 << 21
 
 
 def is_count(value: object) -> bool:

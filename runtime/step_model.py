@@ -31,7 +31,7 @@ class StepModel:
         sha256: tuple[str, str] | None = None,
     ) -> None:
         """`sha256`: the verified (projection, step) files' checksums, which key their cached
-        optimised graphs (runtime/session.py: the step's word-gate table is then memory-mapped)."""
+        optimised graphs (runtime/graph_cache.py: the step's word-gate table is then memory-mapped)."""
         projection_key, step_key = sha256 or (None, None)
         self.units = spec.units
         self.projection_size = spec.projection_size

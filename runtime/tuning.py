@@ -88,7 +88,7 @@ def tune(
     from capgen.runtime.captioner import Captioner
     from capgen.runtime.decoding import DecodingOptions
     from capgen.runtime.encoder import Encoder
-    from capgen.runtime.manifest import verify_files
+    from capgen.runtime.integrity import verify_files
 
     if len(images) < MIN_BENCH_IMAGES:
         raise InputError(

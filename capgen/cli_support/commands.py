@@ -422,7 +422,8 @@ def info_command(
     from capgen.runtime.captioner import resolve_model_dir
     from capgen.runtime.errors import ModelError, ModelIntegrityError
     from capgen.runtime.identity import is_demonstration
-    from capgen.runtime.manifest import FORMAT_NAME, load_manifest, verify_file
+    from capgen.runtime.integrity import verify_file
+    from capgen.runtime.manifest import FORMAT_NAME, load_manifest
     from capgen.runtime.onnx_external_data import single_file_graph
     from capgen.runtime.precision import describe_precisions
     from capgen.runtime.vocabulary import describe_caption_words

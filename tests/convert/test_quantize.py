@@ -71,7 +71,8 @@ def test_int8_encoder_keeps_features_and_updates_manifest(
     from capgen.convert.encoder import ensure_encoder
     from capgen.convert.hashing import sha256_file
     from capgen.convert.quantize import INT8_FILENAME, feature_cosines, quantize_model_folder
-    from capgen.runtime.manifest import load_manifest, verify_file
+    from capgen.runtime.integrity import verify_file
+    from capgen.runtime.manifest import load_manifest
 
     folder = tmp_path / "model"
     _write_model_folder(folder, ensure_encoder("xception"), "xception")

@@ -198,16 +198,16 @@ def test_f05_external_data_refused_at_conversion(
 
 def test_f05_cache_key_covers_graph_options() -> None:
     """The optimised-graph cache key changes with everything that changes the optimised graph."""
-    from capgen.runtime import session
+    from capgen.runtime import graph_cache
 
-    base = session._optimized_cache_path("a" * 64)
-    assert session._optimized_cache_path("b" * 64) != base
-    original = session.CACHE_FORMAT
+    base = graph_cache._optimized_cache_path("a" * 64)
+    assert graph_cache._optimized_cache_path("b" * 64) != base
+    original = graph_cache.CACHE_FORMAT
     try:
-        session.CACHE_FORMAT = original + "x"
-        assert session._optimized_cache_path("a" * 64) != base
+        graph_cache.CACHE_FORMAT = original + "x"
+        assert graph_cache._optimized_cache_path("a" * 64) != base
     finally:
-        session.CACHE_FORMAT = original
+        graph_cache.CACHE_FORMAT = original
 
 
 @pytest.mark.parametrize("command", ["info", "caption"])

@@ -39,10 +39,12 @@ from onnx import TensorProto, helper, numpy_helper
 from tiny_model import write_tiny_model
 
 from capgen.runtime import home as capgen_home_module
-from capgen.runtime import manifest as manifest_module
+from capgen.runtime import integrity as integrity_module
 from capgen.runtime.errors import ModelIntegrityError
-from capgen.runtime.manifest import load_manifest, verify_file
-from capgen.runtime.session import OnnxSession, _optimized_cache_path
+from capgen.runtime.graph_cache import _optimized_cache_path
+from capgen.runtime.integrity import verify_file
+from capgen.runtime.manifest import load_manifest
+from capgen.runtime.session import OnnxSession
 
 OTHER_UID = 12345
 as_root = pytest.mark.skipif(
@@ -235,7 +237,7 @@ def test_a_stamp_renamed_in_another_users_folder_vouches_for_nothing(
     path.write_bytes(data.replace(b'"', b"'", 1))  # their change, same size
     status = path.stat()
     os.chown(cache_home / "verified", OTHER_UID, OTHER_UID)
-    stamp.rename(manifest_module._stamp_path(path, record, status.st_size, status.st_mtime_ns))
+    stamp.rename(integrity_module._stamp_path(path, record, status.st_size, status.st_mtime_ns))
 
     with pytest.raises(ModelIntegrityError, match="sha256"):
         verify_file(path, record)
@@ -332,7 +334,8 @@ _TRUNCATE_UNDER_A_LIVE_SESSION = """
 import hashlib, sys
 from pathlib import Path
 import numpy as np
-from capgen.runtime.session import OnnxSession, _optimized_cache_path
+from capgen.runtime.graph_cache import _optimized_cache_path
+from capgen.runtime.session import OnnxSession
 
 path = Path(sys.argv[1])
 table = np.load(sys.argv[2])

@@ -79,7 +79,7 @@ def _fake_heavy_steps(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, current: 
     monkeypatch.setattr("capgen.convert.quantize.quantize_model_folder", quantize)
     monkeypatch.setattr("capgen.convert.fast_decoder.add_fast_decoder", step("fast"))
     monkeypatch.setattr("capgen.runtime.manifest.load_manifest", step("load"))
-    monkeypatch.setattr("capgen.runtime.manifest.verify_files", step("verify"))
+    monkeypatch.setattr("capgen.runtime.integrity.verify_files", step("verify"))
     monkeypatch.setattr(setup_default, "_is_current", lambda *args: current)
     monkeypatch.setattr(setup_default, "_warm_runtime_caches", step("warm"))
     return ran

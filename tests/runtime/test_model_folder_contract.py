@@ -13,6 +13,7 @@ import pytest
 from tiny_model import WORDS, encoder_graph, random_weights, write_tiny_model
 
 from capgen.runtime.errors import ModelError
+from capgen.runtime.integrity import verify_files
 from capgen.runtime.manifest import (
     FAST_STEP_FILE,
     INT8_ENCODER_FILE,
@@ -21,7 +22,6 @@ from capgen.runtime.manifest import (
     add_optional_file,
     dump_manifest,
     load_manifest,
-    verify_files,
 )
 
 REPO = Path(__file__).resolve().parents[2]

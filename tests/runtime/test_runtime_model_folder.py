@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from tiny_model import TinyModel, encoder_numpy, write_tiny_model
 
-from capgen.runtime import manifest as manifest_module
+from capgen.runtime import integrity as integrity_module
 from capgen.runtime.captioner import Captioner
 from capgen.runtime.errors import (
     CapgenError,
@@ -25,7 +25,8 @@ from capgen.runtime.errors import (
     ModelError,
     ModelIntegrityError,
 )
-from capgen.runtime.manifest import load_manifest, verify_files
+from capgen.runtime.integrity import verify_files
+from capgen.runtime.manifest import load_manifest
 
 
 @pytest.fixture()
@@ -118,7 +119,7 @@ def test_a_verified_file_is_not_hashed_again_until_it_changes(
         hashed.append(handle.name)
         return real_digest(handle, name)
 
-    monkeypatch.setattr(manifest_module.hashlib, "file_digest", counting_digest)
+    monkeypatch.setattr(integrity_module.hashlib, "file_digest", counting_digest)
     verify_files(manifest)
     assert hashed == []
     os.utime(model_copy / "encoder.onnx", ns=(1, 1))  # touched: must be re-hashed (and still match)

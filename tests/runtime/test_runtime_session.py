@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from tiny_model import TinyModel
 
+from capgen.runtime.cache_entries import prune_cache
 from capgen.runtime.captioner import Captioner
-from capgen.runtime.session import prune_cache
 
 IMAGES = [np.full((20, 30, 3), v, np.uint8) for v in (0, 90, 180, 255)]
 

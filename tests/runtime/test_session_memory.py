@@ -23,9 +23,10 @@ from capgen.convert.step_graph import build_projection_graph
 from capgen.runtime.atomic_write import STALE_AFTER_SECONDS
 from capgen.runtime.encoder import Encoder
 from capgen.runtime.errors import ModelError
+from capgen.runtime.graph_cache import _optimized_cache_path
 from capgen.runtime.manifest import load_manifest
 from capgen.runtime.onnx_external_data import external_data_locations, single_file_graph
-from capgen.runtime.session import OnnxSession, _optimized_cache_path
+from capgen.runtime.session import OnnxSession
 
 
 def _projection(path: Path, seed: int = 0) -> Path:

@@ -10,7 +10,8 @@ import pytest
 from tiny_model import random_weights
 
 from capgen.convert.step_graph import build_projection_graph
-from capgen.runtime.session import OnnxSession, _optimized_cache_path
+from capgen.runtime.graph_cache import _optimized_cache_path
+from capgen.runtime.session import OnnxSession
 
 
 def test_session_fuses_the_projection_graph(tmp_path: Path, private_capgen_home: Path) -> None:
