@@ -32,7 +32,12 @@ from capgen.serve.metrics import Metrics
 CAPTIONS_PATH = "/v1/captions"
 REQUEST_ID_HEADER = "x-request-id"
 # Open without a key: the probes, the page (it asks for the key itself) and the API description.
-PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/openapi.json"})
+# The API's description is public like the page: /openapi.json, and the offline docs
+# that render it (their assets live under /static-offline-docs/).
+PUBLIC_PATHS = frozenset(
+    {"/", "/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+)
+PUBLIC_PREFIXES = ("/static-offline-docs/",)
 ROUTES = frozenset({*PUBLIC_PATHS, CAPTIONS_PATH, "/v1/model", "/metrics"})
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
@@ -163,7 +168,8 @@ class ServiceMiddleware:
         """The answer for a request refused before the app sees it, if it is."""
         path = scope["path"]
         key = self.state.api_key
-        if key is not None and path not in PUBLIC_PATHS and not authorized(scope, key):
+        public = path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+        if key is not None and not public and not authorized(scope, key):
             return ApiError(
                 401,
                 "unauthorized",

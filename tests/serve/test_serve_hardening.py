@@ -421,6 +421,11 @@ def test_metrics_model_and_readyz_details_need_the_key(server: Server) -> None:
         assert client.get("/metrics").status_code == 401
         assert client.get("/v1/model").status_code == 401
         assert client.get("/metrics", headers={"Authorization": "Bearer k"}).status_code == 200
+        # The API's description stays public (a browser opening /docs sends no key).
+        docs = client.get("/docs")
+        assert docs.status_code == 200 and "swagger" in docs.text.lower()
+        assets = [part.split('"')[0] for part in docs.text.split('src="')[1:]]
+        assert assets and all(client.get(a).status_code == 200 for a in assets)
 
 
 def test_readyz_hides_the_load_error_from_callers_without_the_key(tmp_path: Path) -> None:
