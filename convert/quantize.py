@@ -319,17 +319,23 @@ def add_int8_to_manifest(model_dir: Path, int8_name: str = INT8_FILENAME) -> Man
     )
 
 
+def _silent(message: str) -> None:
+    """Where results go when the caller asked for none."""
+
+
 def quantize_model_folder(
     model_dir: Path,
     images: Sequence[np.ndarray] | None = None,
     scene_count: int = DEFAULT_SCENE_COUNT,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> QuantizationReport:
     """Add `encoder.int8.onnx` to a converted model folder and record it in its manifest.
 
     `echo` gets the results; `progress` a line before each long stage (see quantize_encoder).
+    Both default to silence: the library never prints, its command lines pass `typer.echo`.
     """
+    echo = echo or _silent
     model_dir = Path(model_dir).resolve()
     prune_stale_temporaries(model_dir)  # left by a run that was killed while writing
     manifest = load_manifest(model_dir)
