@@ -21,7 +21,6 @@ import numpy as np
 
 TEST_SEED = 8
 TEST_FIRST_INDEX = 3300  # after the recipe's 3,000 train and 300 dev scenes
-BATCH = 16
 
 
 def write_test_scenes(root: Path, count: int) -> list[Path]:
@@ -48,14 +47,6 @@ def write_test_scenes(root: Path, count: int) -> list[Path]:
     return [images / name for name in names]
 
 
-def _features(captioner: Any, paths: list[Path]) -> np.ndarray:
-    chunks = []
-    for start in range(0, len(paths), BATCH):
-        pixels = np.stack([captioner.preprocess(path) for path in paths[start : start + BATCH]])
-        chunks.append(captioner.features(pixels))
-    return np.concatenate(chunks)
-
-
 def _summary(metrics: dict[str, Any]) -> dict[str, float]:
     captions = metrics["caption_metrics"]
     binding = metrics["colour_shape"]["all"]
@@ -71,6 +62,7 @@ def _summary(metrics: dict[str, Any]) -> dict[str, float]:
 def evaluate_int8(model_dir: Path, count: int) -> dict[str, Any]:
     from capgen import Captioner
     from capgen.models.evaluate import evaluate_captions
+    from capgen.models.evaluate_photo import encode
 
     with tempfile.TemporaryDirectory(prefix="capgen-int8-eval-") as scratch:
         root = Path(scratch)
@@ -81,7 +73,7 @@ def evaluate_int8(model_dir: Path, count: int) -> dict[str, Any]:
             name: [r.text for r in captioner.caption_batch(paths, beam_size=1)]  # type: ignore[union-attr]
             for name, captioner in (("fp32", fp32), ("int8", int8))
         }
-        reference, quantized = _features(fp32, paths), _features(int8, paths)
+        reference, quantized = encode(fp32, paths), encode(int8, paths)
         cosine = np.sum(reference * quantized, axis=1) / (
             np.linalg.norm(reference, axis=1) * np.linalg.norm(quantized, axis=1) + 1e-12
         )

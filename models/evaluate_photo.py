@@ -18,6 +18,7 @@ full-size test photos in ../shared/data/flickr8k are captioned both ways.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -98,19 +99,16 @@ def _run(captioner: Any, paths: Sequence[Path]) -> dict[str, Any]:
     }
 
 
-def _encoders(model_dir: Path) -> dict[str, dict[str, Any]]:
-    """The encoder modes to score: FP32 (exact), INT8 (onnxruntime), and bf16 on OpenVINO
-    when this machine can run it (the optional extra and a bf16 CPU)."""
+def _captioners(model_dir: Path) -> dict[str, Any]:
+    """A captioner per encoder mode to score: FP32 (exact), INT8 (onnxruntime), and bf16 on
+    OpenVINO when this machine can run it (the optional extra and a bf16 CPU)."""
     from capgen.runtime.captioner import Captioner
     from capgen.runtime.errors import CapgenError
 
-    modes: dict[str, dict[str, Any]] = {"FP32": {}, "INT8": {"int8": True}}
-    try:
-        Captioner(model_dir, precision="bf16")
-    except CapgenError:
-        return modes
-    modes["bf16 (OpenVINO)"] = {"precision": "bf16"}
-    return modes
+    captioners = {"FP32": Captioner(model_dir), "INT8": Captioner(model_dir, int8=True)}
+    with contextlib.suppress(CapgenError):  # no openvino, or no bf16 here: FP32 and INT8 only
+        captioners["bf16 (OpenVINO)"] = Captioner(model_dir, precision="bf16")
+    return captioners
 
 
 def _agreement(
@@ -141,15 +139,14 @@ def _agreement(
 def evaluate(
     model_dir: Path, flickr8k: Path, images: Path, full_size: Path | None = None
 ) -> dict[str, Any]:
-    from capgen.runtime.captioner import Captioner
 
     references = test_references(flickr8k)
     names = sorted(references)
     paths = [images / n for n in names]
     report: dict[str, Any] = {"model": str(model_dir), "test_images": len(names), "encoders": {}}
     by_encoder = {}
-    for encoder, settings in _encoders(model_dir).items():
-        run = _run(Captioner(model_dir, **settings), paths)
+    for encoder, captioner in _captioners(model_dir).items():
+        run = _run(captioner, paths)
         by_encoder[encoder] = run
         report["encoders"][encoder] = {
             label: caption_scores(references, dict(zip(names, captions, strict=True)))

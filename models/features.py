@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,14 +48,23 @@ def cache_path(images_dir: Path, encoder_path: Path, cache_dir: Path | None = No
     return folder / f"features-{sha256_file(encoder_path)[:16]}.npz"
 
 
-def extract_features(
-    image_paths: Sequence[Path], encoder_path: Path, show_progress: bool = True
-) -> np.ndarray:
-    """Run the encoder ONNX over the images; float32 [N, F]."""
+def encoder_session(encoder_path: Path) -> Any:
+    """An onnxruntime session of the encoder graph (CPU), made once per extraction run."""
     import onnxruntime as ort
+
+    return ort.InferenceSession(str(encoder_path), providers=["CPUExecutionProvider"])
+
+
+def extract_features(
+    image_paths: Sequence[Path],
+    encoder_path: Path,
+    show_progress: bool = True,
+    session: Any = None,
+) -> np.ndarray:
+    """Run the encoder ONNX over the images; float32 [N, F] (`session`: one already made)."""
     from tqdm import tqdm
 
-    session = ort.InferenceSession(str(encoder_path), providers=["CPUExecutionProvider"])
+    session = session or encoder_session(encoder_path)
     outputs = []
     batches = _batches(list(image_paths), BATCH_SIZE)
     total = -(-len(image_paths) // BATCH_SIZE)
@@ -83,9 +93,11 @@ def cached_features(
         with np.load(path, allow_pickle=False) as stored:
             known = dict(zip(stored["names"].tolist(), stored["features"], strict=True))
     missing = [n for n in names if n not in known]
+    session = encoder_session(encoder_path) if missing else None
     for start in range(0, len(missing), CHECKPOINT_EVERY):
         chunk = missing[start : start + CHECKPOINT_EVERY]
-        computed = extract_features([images_dir / n for n in chunk], encoder_path, show_progress)
+        paths = [images_dir / n for n in chunk]
+        computed = extract_features(paths, encoder_path, show_progress, session)
         known.update(zip(chunk, computed, strict=True))
         all_names = sorted(known)
         path.parent.mkdir(parents=True, exist_ok=True)

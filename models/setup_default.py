@@ -76,6 +76,14 @@ SHAPES_MODEL = BuiltInModel(
 BUILT_IN_MODELS = {model.name: model for model in (PHOTO_MODEL, SHAPES_MODEL)}
 
 
+def _converted_from(manifest: Manifest, model: Path, tokenizer: Path) -> bool:
+    """Whether the manifest records exactly these Keras files as its sources (by sha256)."""
+    sources = manifest.sources
+    return sources.get("model", {}).get("sha256") == sha256_file(model) and sources.get(
+        "tokenizer", {}
+    ).get("sha256") == sha256_file(tokenizer)
+
+
 def _is_current(folder: Path, model: Path, tokenizer: Path, encoder: Path) -> bool:
     """True when the folder was built from exactly these sources and this encoder, INT8 included,
     by the converter's current recipe (an older recipe wrote graphs older onnxruntimes refuse)."""
@@ -87,12 +95,10 @@ def _is_current(folder: Path, model: Path, tokenizer: Path, encoder: Path) -> bo
         manifest = load_manifest(folder)
     except (ModelError, OSError):
         return False
-    sources = manifest.sources
     encoder_record = manifest.files.get(manifest.encoder.file)
     wanted = {
         "recipe": manifest.converted_with.get("recipe") == CONVERTER_RECIPE,
-        "model": sources.get("model", {}).get("sha256") == sha256_file(model),
-        "tokenizer": sources.get("tokenizer", {}).get("sha256") == sha256_file(tokenizer),
+        "sources": _converted_from(manifest, model, tokenizer),
         "encoder": encoder_record is not None and encoder_record.sha256 == sha256_file(encoder),
         "int8": manifest.encoder.int8_file is not None,
         "fast_decoder": manifest.decoder.int8_step_file is not None,
@@ -210,14 +216,11 @@ def built_from_sources(model: BuiltInModel) -> Path | None:
 
     folder = models_dir() / model.name
     try:
-        recorded = load_manifest(folder).sources
+        manifest = load_manifest(folder)
         keras_file, tokenizer = model_sources(model)
     except (OSError, CapgenError):
         return None
-    same = recorded.get("model", {}).get("sha256") == sha256_file(keras_file) and recorded.get(
-        "tokenizer", {}
-    ).get("sha256") == sha256_file(tokenizer)
-    return folder if same else None
+    return folder if _converted_from(manifest, keras_file, tokenizer) else None
 
 
 def setup_default_model(

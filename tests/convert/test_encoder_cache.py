@@ -7,7 +7,6 @@ tests check only when the cache decides to export again.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,27 +14,6 @@ import pytest
 from capgen.convert import encoder
 from capgen.convert.encoder_registry import get_encoder_kind
 from capgen.convert.hashing import sha256_file
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("CAPGEN_HOME", str(tmp_path / "home"))
-    yield tmp_path / "home"
-
-
-@pytest.fixture
-def exports(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Replace the TensorFlow export by one that writes recognisable bytes and logs the call."""
-    calls: list[str] = []
-
-    def fake_export(kind: str, weights_path: Path, output_path: Path) -> Path:
-        calls.append(kind)
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-        output_path.write_bytes(f"export {len(calls)} of {kind}".encode())
-        return output_path
-
-    monkeypatch.setattr(encoder, "export_encoder", fake_export)
-    return calls
 
 
 def _weights(tmp_path: Path) -> Path:

@@ -19,7 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -525,26 +525,6 @@ def test_the_full_file_and_non_weights_files_are_refused(
 
 
 # --- the export cache ------------------------------------------------------------
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("CAPGEN_HOME", str(tmp_path / "home"))
-    yield tmp_path / "home"
-
-
-@pytest.fixture
-def exports(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-
-    def fake_export(kind: str, weights_path: Path, output_path: Path) -> Path:
-        calls.append(kind)
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-        output_path.write_bytes(f"export {len(calls)} of {kind}".encode())
-        return output_path
-
-    monkeypatch.setattr(encoder, "export_encoder", fake_export)
-    return calls
 
 
 def _tf2onnx_record(weights: Path, target: Path, **recipe: str) -> dict[str, Any]:
