@@ -234,9 +234,8 @@ def caption_command(
             "--n-best alternatives appear only in JSON: add --json (or --output FILE in jsonl)"
         )
     check_batch_size(batch_size)  # every option is checked before --output is touched
-    # The model too: a bad model changes nothing.
-    if int8:
-        _require_int8_encoder(model)
+    # The model too: a bad model changes nothing (Captioner plans the encoder, and
+    # refuses --int8 on a folder without an INT8 graph, before any session is built).
     captioner = Captioner(
         model,
         threads=threads,
@@ -309,20 +308,6 @@ def _check_standard_input(arguments: list[str], annotate: Path | None) -> None:
 def _source(path: str) -> Any:
     """What to caption for `path`: standard input's bytes for `-`, else the path itself."""
     return sys.stdin.buffer if path == STANDARD_INPUT else path
-
-
-def _require_int8_encoder(model: Path | None) -> None:
-    """--int8 on a folder without one: say how to make it, before any session is built."""
-    from capgen.runtime.captioner import resolve_model_dir
-    from capgen.runtime.errors import ModelError
-    from capgen.runtime.manifest import load_manifest
-
-    folder, _ = resolve_model_dir(model)
-    if load_manifest(folder).encoder.int8_file is None:
-        raise ModelError(
-            f"{folder}: this model has no INT8 encoder; add one with `capgen convert quantize "
-            f"{folder}` (needs pip install 'capgen[convert]'), or caption without --int8"
-        )
 
 
 def _open_sinks(
