@@ -8,7 +8,9 @@ about 15 ms and dynamic quantization 62 ms:
   quantization is slower than FP32 here and the QOperator format broke the
   features (cosine 0.2), so neither is offered.
 - calibration images are ones capgen has offline and never evaluates on
-  (see `capgen.convert.calibration`).
+  (see `capgen.convert.calibration`); their ranges are measured one image at a
+  time (`capgen.convert.percentile_ranges`: onnxruntime's own arithmetic, a
+  fraction of its memory).
 - only the Xception branch is quantized. In an `xception+colour` encoder the
   colour features are a handful of cheap ops on the raw uint8 image whose
   outputs (pixel shares, histogram counts) have narrow, data-dependent
@@ -73,7 +75,8 @@ INT8_FILENAME = INT8_ENCODER_FILE  # the name this module used before
 # 86.5% vs 88.0% with the stage-2 one (200 test scenes, greedy; BLEU-4 lost 0.006 /
 # 0.000 vs 0.017 / 0.008): within the noise of 200 scenes, for float convolutions
 # on the path of the 2x speed-up, so none is kept. Calibrating on 16 scenes instead
-# of 4 needed over 10 GB during calibration (percentile keeps every activation).
+# of 4 needed over 10 GB during calibration when onnxruntime's calibrator kept every
+# activation (capgen.convert.percentile_ranges now keeps one image's).
 DEFAULT_SCENE_COUNT = 4
 CALIBRATION_PERCENTILE = 99.999
 
@@ -225,10 +228,27 @@ def quantize_encoder(
         if progress is not None:
             progress("calibrating and writing the INT8 graph (the longest step)")
         with _quiet():
+            calibration: dict[str, Any] = {
+                "calibration_data_reader": _ImageReader(calibration_images)
+            }
+            if _takes_calibration_cache(quantize_static):
+                # The same ranges onnxruntime's calibrator computes, one image's activations in
+                # memory at a time instead of all of them (5.2 GB for 18 photos): see
+                # capgen.convert.percentile_ranges. Older onnxruntime calibrates itself.
+                from onnxruntime.quantization.calibrate import save_tensors_data
+
+                from capgen.convert.percentile_ranges import percentile_ranges
+
+                ranges = percentile_ranges(
+                    prepared, calibration_images, CALIBRATION_PERCENTILE, scratch
+                )
+                cache = scratch / "calibration.json"
+                save_tensors_data(ranges, cache)
+                del ranges
+                calibration = {"calibration_data_reader": None, "calibration_cache_path": cache}
             quantize_static(
                 str(prepared),
                 str(partial),
-                _ImageReader(calibration_images),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
@@ -236,6 +256,7 @@ def quantize_encoder(
                 calibrate_method=CalibrationMethod.Percentile,
                 nodes_to_exclude=excluded,
                 extra_options={"CalibPercentile": CALIBRATION_PERCENTILE},
+                **calibration,
             )
         _copy_metadata(fp32_path, partial)
         with atomic_writer(output_path) as handle, partial.open("rb") as source:
@@ -247,6 +268,13 @@ def quantize_encoder(
         fp32_bytes=fp32_path.stat().st_size,
         int8_bytes=output_path.stat().st_size,
     )
+
+
+def _takes_calibration_cache(quantize_static: Callable[..., Any]) -> bool:
+    """Whether this onnxruntime's quantize_static reads ranges from a calibration cache file."""
+    import inspect
+
+    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
 
 
 @contextlib.contextmanager
