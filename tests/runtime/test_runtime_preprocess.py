@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import io
 import os
+import pwd
+import select
+import shutil
+import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -333,15 +338,76 @@ def test_directory_and_missing_path(tmp_path: Path) -> None:
         prepare(tmp_path / "missing.jpg", SIZE, SIZE)
 
 
-def test_unreadable_file(tmp_path: Path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip(
-            "running as root: chmod 000 does not stop root (the file-object case below covers it)"
-        )
-    path = _save(_photo(), tmp_path / "secret.png")
-    path.chmod(0)
-    with pytest.raises(InputError, match="permission"):
+def _outcome(path: Path) -> str:
+    """What prepare(path) does: "ok", or the InputError's one line."""
+    try:
         prepare(path, SIZE, SIZE)
+    except InputError as error:
+        return f"InputError: {error}"
+    return "ok"
+
+
+def _outcome_as(uid: int | None, path: Path) -> str:
+    """_outcome(path) in this process, or (uid given) in a forked child running as that user.
+
+    Root reads a chmod 000 file anyway (and CI runs as root), so as root the
+    read is tried by a child that has given up root: forked, not executed, so
+    it runs the capgen already imported here, whatever the interpreter's path
+    allows another user to run.
+    """
+    if uid is None:
+        return _outcome(path)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop root, try, report, leave without running pytest's cleanup
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            os.write(write_end, _outcome(path).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    answer = b""
+    with os.fdopen(read_end, "rb", buffering=0) as pipe:
+        while select.select([pipe], [], [], 60)[0]:  # a guard: a hung child fails, not hangs
+            chunk = pipe.read(4096)
+            if not chunk:
+                break
+            answer += chunk
+        else:
+            os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert answer, "the child that tried the read reported nothing"
+    return answer.decode()
+
+
+def test_unreadable_file() -> None:
+    """A file the caller may not read: one line, "permission denied" (as root too)."""
+    uid = _nobody() if os.geteuid() == 0 else None
+    # Under /tmp, which every user can reach (pytest's own folders are root's alone), in a
+    # folder anyone may enter, so nothing but the file's own mode stops the read.
+    folder = Path(tempfile.mkdtemp(prefix="capgen-unreadable-"))
+    try:
+        folder.chmod(0o711)
+        readable = _save(_photo(), folder / "open.png")
+        readable.chmod(0o644)
+        secret = _save(_photo(), folder / "secret.png")
+        secret.chmod(0)
+        assert (
+            _outcome_as(uid, readable) == "ok"
+        )  # the reader gets this far: only the mode stops it
+        assert _outcome_as(uid, secret) == "InputError: permission denied"
+    finally:
+        shutil.rmtree(folder)
+
+
+def _nobody() -> int:
+    try:
+        return pwd.getpwnam("nobody").pw_uid
+    except KeyError:
+        return 65534  # the conventional overflow id
 
 
 def test_file_object_that_refuses_to_be_read() -> None:
