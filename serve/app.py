@@ -39,6 +39,7 @@ from capgen.runtime.errors import CapgenError, ImageError
 from capgen.serve.batcher import DeadlinePassed, MicroBatcher, Outcome
 from capgen.serve.errors import ApiError, from_capgen_error, one_line, service_unavailable
 from capgen.serve.intake import bound_options, client_left, parse_options, read_images
+from capgen.serve.memory import Trimmer
 from capgen.serve.metrics import Metrics
 from capgen.serve.middleware import ServiceMiddleware, ServiceState, access_log, authorized
 from capgen.serve.page import CONTENT_SECURITY_POLICY, PAGE
@@ -48,6 +49,12 @@ from capgen.serve.settings import ServeSettings
 CaptionerFactory = Callable[[], Captioner]
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 DEFAULT_BEAM = DecodingOptions().beam_size  # a queue cost of 1 = one image at the defaults
+
+
+def warm_up(captioner: Captioner) -> None:
+    """One blank image through every graph: the first real request pays no start-up cost."""
+    spec = captioner.manifest.encoder
+    captioner.caption_batch([np.zeros((spec.height, spec.width, 3), dtype=np.uint8)])
 
 
 class Service:
@@ -76,9 +83,7 @@ class Service:
         """Build the Captioner and run one warm-up batch, both on the model thread."""
         try:
             captioner = await self.batcher.on_model_thread(self.factory)
-            spec = captioner.manifest.encoder
-            blank = np.zeros((spec.height, spec.width, 3), dtype=np.uint8)
-            await self.batcher.on_model_thread(lambda: captioner.caption_batch([blank]))
+            await self.batcher.on_model_thread(lambda: warm_up(captioner))
         except Exception as error:  # reported by /readyz and the log; the process stays up
             self.load_error = one_line(f"{type(error).__name__}: {error}")
             access_log.error(json.dumps({"event": "model_failed", "message": self.load_error}))
@@ -248,11 +253,23 @@ def _record(name: str, outcome: Outcome) -> dict[str, Any]:
     return results.success_record(name, outcome)
 
 
-def create_app(captioner_factory: CaptionerFactory, settings: ServeSettings) -> FastAPI:
-    """The service; `captioner_factory` builds the one Captioner this app (process) uses."""
+def create_app(
+    captioner_factory: CaptionerFactory, settings: ServeSettings, load_first: bool = False
+) -> FastAPI:
+    """The service; `captioner_factory` builds the one Captioner this app (process) uses.
+
+    With `load_first` the app's startup waits for the model, so the server
+    listens only once it is ready (a worker of several, workers.py); without,
+    `/healthz` answers while it loads.
+    """
     metrics = Metrics()
+    # The memory of a burst goes back to the system once its last request is answered.
+    trimmer = Trimmer()
     state = ServiceState(
-        api_key=settings.api_key, max_body_bytes=settings.max_body_bytes, metrics=metrics
+        api_key=settings.api_key,
+        max_body_bytes=settings.max_body_bytes,
+        metrics=metrics,
+        on_idle=trimmer.request,
     )
     service = Service(captioner_factory, settings, state)
 
@@ -260,6 +277,8 @@ def create_app(captioner_factory: CaptionerFactory, settings: ServeSettings) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.batcher.start()
         loader = asyncio.create_task(service.load())
+        if load_first:
+            await loader
         yield
         loader.cancel()
         await service.batcher.close()

@@ -20,6 +20,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,8 @@ class ServiceState:
     metrics: Metrics
     draining: bool = False
     in_flight: int = 0
+    # Called when the last caption request in flight has finished (memory.Trimmer.request).
+    on_idle: Callable[[], None] | None = None
 
 
 async def send_error(send: Send, error: ApiError, request_id: str) -> None:
@@ -108,6 +111,7 @@ class ServiceMiddleware:
         request_state: dict[str, Any] = scope.setdefault("state", {})
         request_state.update(request_id=request_id, images=0, started=started)
         answer: dict[str, Any] = {"status": 500}
+        send = self._closing_when_draining(send)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -144,7 +148,27 @@ class ServiceMiddleware:
             if counted:
                 self.state.in_flight -= 1
                 self.state.metrics.in_flight.dec()
+                if self.state.in_flight == 0 and self.state.on_idle is not None:
+                    self.state.on_idle()
             self._account(scope, request_state, answer["status"], started)
+
+    def _closing_when_draining(self, send: Send) -> Send:
+        """`send` that adds `Connection: close` to an answer started during a drain.
+
+        A client that sent on a keep-alive connection during the drain gets
+        its answer (503 `draining` for captions) and a closed connection, so
+        it opens its next one elsewhere instead of finding this one reset.
+        """
+
+        async def closing(message: Message) -> None:
+            if message["type"] == "http.response.start" and self.state.draining:
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"connection" for name, _ in headers):
+                    headers.append((b"connection", b"close"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        return closing
 
     @staticmethod
     def _failure(error: Exception, request_id: str) -> ApiError:

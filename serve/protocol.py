@@ -11,7 +11,13 @@ slow client can hold a connection (and a file descriptor) forever, and a
   connection opening or of the previous answer, or the connection is closed
   (slowloris); idle keep-alive connections close after `KEEP_ALIVE_S`;
 - what h11 refuses is answered with the service's JSON error body, not
-  uvicorn's text/plain.
+  uvicorn's text/plain;
+- when the server stops after a drain, a connection whose request may be on
+  its way (accepted but nothing answered yet, or part of a head received)
+  is not closed under it, which the client would see as a reset: its head
+  gets `DRAIN_HEAD_GRACE_S`, it is answered (503 `draining` with
+  `Connection: close`, middleware.py), and then closed. An idle keep-alive
+  connection is closed at once, as HTTP/1.1 allows.
 
 The class is handed to uvicorn through `Config(http=...)`, its documented
 way to choose the protocol.
@@ -26,6 +32,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 HEAD_TIMEOUT_S = 10.0
+DRAIN_HEAD_GRACE_S = 2.0  # at shutdown, for a request that may already be on its way
 KEEP_ALIVE_S = 5
 MAX_HEAD_BYTES = 16 * 1024
 BAD_REQUEST = json.dumps(
@@ -40,6 +47,8 @@ class CapgenH11Protocol(H11Protocol):
     """h11 with a deadline for each request head and JSON for what h11 refuses."""
 
     _head_timer: asyncio.TimerHandle | None = None
+    _answered = 0  # responses completed on this connection
+    _stopping = False  # the server is shutting down: close after the next answer
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -50,10 +59,25 @@ class CapgenH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def on_response_complete(self) -> None:
+        self._answered += 1
+        if self._stopping:  # the answer is written; nothing more on this connection
+            self.transport.close()
         # Armed before uvicorn starts the next (pipelined) cycle, so a request
         # already under way is never mistaken for a late head.
         self._arm_head_timer()
         super().on_response_complete()
+
+    def shutdown(self) -> None:
+        """The server stops: answer a request that may be on its way instead of resetting it."""
+        idle = self.cycle is None or self.cycle.response_complete
+        on_its_way = self._answered == 0 or bool(self.conn.trailing_data[0])
+        if idle and on_its_way and not self.transport.is_closing():
+            self._stopping = True
+            self._cancel_head_timer()
+            self._head_timer = self.loop.call_later(DRAIN_HEAD_GRACE_S, self._head_late, self.cycle)
+            return
+        self._stopping = True
+        super().shutdown()
 
     def _arm_head_timer(self) -> None:
         self._cancel_head_timer()

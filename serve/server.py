@@ -3,19 +3,25 @@
 uvicorn alone stops accepting connections on SIGTERM, so a load balancer
 sees refused connections, and `/readyz` never turns false. Here the first
 SIGTERM or SIGINT starts a drain instead: `/readyz` answers 503, new caption
-requests get 503 `draining`, queued images run at once, and when no caption
-request is in flight the server shuts down and the process exits 0. A
+requests get 503 `draining` (every answer with `Connection: close`, on new
+and kept-alive connections alike), queued images run at once, and when no
+caption request is in flight the server shuts down and the process exits 0.
+Shutting down takes the connections queued on the listener before closing
+it and answers them, so a request already sent is answered, never reset;
+later connections are refused, which a balancer retries elsewhere. A
 second Ctrl-C stops at once; a repeated SIGTERM (systemd signals every
 process of the service, then the supervisor signals its workers) does not
 cut the drain short.
 
-`--workers N` runs N processes (uvicorn's supervisor, workers.py), each with
-its own Captioner and N-th of the cores, each draining on its own.
+`--workers N` runs N processes (capgen's own supervisor, workers.py), each
+with its own Captioner and N-th of the cores, each draining on its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
@@ -56,6 +62,7 @@ class DrainingServer(uvicorn.Server):
         self.exit_if_model_fails = exit_if_model_fails
         self.drain_requested = False
         self.drain_started = False
+        self.announced = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.drain_requested:
@@ -64,6 +71,30 @@ class DrainingServer(uvicorn.Server):
             return
         # Only a flag here (a signal handler); the drain itself starts in on_tick, on the loop.
         self.drain_requested = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Take the connections waiting in the listen queue, then close the listener.
+
+        Closing a listening socket resets the connections the kernel has
+        queued on it, requests already sent included; taken first, they are
+        answered (503 `draining`, protocol.py) instead. Connections that come
+        after the close are refused, which a client or load balancer can retry.
+        """
+        waiting = [conn for sock in sockets or [] for conn in _accept_waiting(sock)]
+        for server in self.servers:  # at once: no await between the last accept and the close
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        loop = asyncio.get_running_loop()
+        config = self.config
+        for conn in waiting:
+            await loop.connect_accepted_socket(
+                lambda: config.http_protocol_class(  # type: ignore[call-arg]
+                    config=config, server_state=self.server_state, app_state=self.lifespan.state
+                ),
+                sock=conn,
+            )
+        await super().shutdown(sockets)
 
     async def on_tick(self, counter: int) -> bool:
         service = self.service_of()
@@ -75,6 +106,15 @@ class DrainingServer(uvicorn.Server):
         ):
             say("capgen: this worker's model failed to load; the worker leaves the rotation")
             self.should_exit = True
+        if (
+            self.exit_if_model_fails
+            and not self.announced
+            and service is not None
+            and service.load_error is None
+            and service.ready
+        ):
+            self.announced = True  # a worker of several: the supervisor's log says which is up
+            say(f"capgen: worker {os.getpid()} ready")
         if self.drain_requested:
             if service is None:
                 self.should_exit = True
@@ -85,6 +125,18 @@ class DrainingServer(uvicorn.Server):
             if service is not None and service.state.in_flight == 0:
                 self.should_exit = True
         return await super().on_tick(counter)
+
+
+def _accept_waiting(sock: socket.socket) -> list[socket.socket]:
+    """Every connection queued on a (non-blocking) listening socket now."""
+    taken: list[socket.socket] = []
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except (BlockingIOError, InterruptedError, OSError):
+            return taken
+        conn.setblocking(False)
+        taken.append(conn)
 
 
 def listen(host: str, port: int) -> socket.socket:
