@@ -13,6 +13,15 @@ def bench_command(
         Path, typer.Option("--output", "-o", help="Folder for results.json, RESULTS.md, the chart.")
     ] = Path("benchmarks/results"),
     quick: Annotated[bool, typer.Option(help="A few repetitions only (smoke run).")] = False,
+    section: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--section",
+            help="Run only this section (repeatable): tutorial, ceiling, encoder-kinds, "
+            "int8-accuracy, peers. Its results replace the same entries of --output's "
+            "results.json; the rest stays.",
+        ),
+    ] = None,
 ) -> None:
     """Measure capgen against the tutorial's Keras code in one run; write JSON, Markdown and a chart.
 
@@ -23,9 +32,11 @@ def bench_command(
 
     _require_checkout()
     require_convert_stack()
-    from capgen.benchmarks.run import run_benchmarks
+    from capgen.benchmarks.run import check_sections, run_benchmarks
 
-    run_benchmarks(output_dir=output, quick=quick, echo=typer.echo)
+    if section:
+        check_sections(section)  # a typo fails here, not after the model preparation
+    run_benchmarks(output_dir=output, quick=quick, echo=typer.echo, sections=section or None)
 
 
 def _require_checkout() -> None:
@@ -38,7 +49,7 @@ def _require_checkout() -> None:
         raise InputError(
             f"capgen bench runs in a capgen repository checkout with the test data in "
             f"../shared/data next to it ({REPO_ROOT} lacks {', '.join(map(str, missing))}); "
-            "clone the repository and run `capgen bench` there"
+            "clone the repository and run `make bench` there"
         )
 
 

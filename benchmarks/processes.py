@@ -54,8 +54,13 @@ class Worker:
         fast_decoder: bool = False,
         provider: str | None = None,
         python: Path | None = None,
+        precision: str | None = None,
+        environment: dict[str, str] | None = None,
     ) -> None:
-        """`python`: the interpreter to run it with (another venv's); this one by default."""
+        """`python`: the interpreter to run it with (another venv's); this one by default.
+
+        `precision`: capgen's `--precision` mode; `environment`: extra variables (a scratch
+        CAPGEN_HOME holding a tuned decision for `auto`)."""
         command = [
             str(python or sys.executable),
             "-m",
@@ -71,10 +76,13 @@ class Worker:
             command.append("--fast-decoder")
         if provider is not None:
             command += ["--provider", provider]
+        if precision is not None:
+            command += ["--precision", precision]
         suffix = f"{'-int8' if int8 else ''}{'-fast' if fast_decoder else ''}"
+        suffix += f"-{precision}" if precision else ""
         self.name = f"{arm}{suffix}{'-' + provider if provider else ''}:{model.name}"
         self._log = log.open("a")
-        environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(environment or {})}
         self._process = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,

@@ -12,6 +12,9 @@ from capgen.benchmarks.results_folder import ResultsFolder
 from capgen.benchmarks.stats import ratio_range, speedup
 
 STAGES = ("imports", "model_load", "preprocess", "encode", "decode")
+# The part of a cold run's wall time no stage covers (starting the interpreter, exiting):
+# stacked on the stages so that each bar ends at the run's measured median wall time.
+REST = "process start and exit"
 # name -> (what, comparison, target); "x" targets are speed-ups, "<=" are fractions.
 TARGETS: dict[str, tuple[str, str, float]] = {
     "warm_latency_fp32": ("warm latency, one photo, greedy, FP32 encoder", ">=", 30.0),
@@ -125,8 +128,13 @@ def _stage_rows(results: dict[str, Any]) -> dict[str, dict[str, float]]:
         )
         baseline["preprocess"] = preprocess
         baseline["encode"] = baseline.get("encode", 0.0) - preprocess
+        capgen = dict(model["cold_start"]["stages"]["capgen"])
+        walls = model["cold_start"]["wall_seconds"]
+        for arm, stages in (("baseline", baseline), ("capgen", capgen)):
+            covered = sum(stages.get(stage, 0.0) for stage in STAGES)
+            stages[REST] = max(float(walls[arm]["median"]) - covered, 0.0)
         rows[f"tutorial (Keras)\n{name}"] = baseline
-        rows[f"capgen\n{name}"] = model["cold_start"]["stages"]["capgen"]
+        rows[f"capgen\n{name}"] = capgen
     return rows
 
 
@@ -137,14 +145,25 @@ def _chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = _stage_rows(results)
+    if not rows:  # a run of other sections only: nothing to break down
+        figure = plt.figure(figsize=(6, 1.2))
+        figure.text(0.5, 0.5, "no cold-start section in this run", ha="center", va="center")
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        return
     figure, (stacked, per_stage) = plt.subplots(1, 2, figsize=(13, 1.2 + 0.9 * len(rows)))
+    stacked_stages = (*STAGES, REST)
     colours = dict(
-        zip(STAGES, ["#8c8c8c", "#4c72b0", "#55a868", "#c44e52", "#dd8452"], strict=True)
+        zip(
+            stacked_stages,
+            ["#8c8c8c", "#4c72b0", "#55a868", "#c44e52", "#dd8452", "#d9d9d9"],
+            strict=True,
+        )
     )
     labels = list(rows)
     for row_index, stages in enumerate(rows.values()):
         left = 0.0
-        for stage in STAGES:
+        for stage in stacked_stages:
             value = stages.get(stage, 0.0)
             stacked.barh(
                 row_index,
@@ -158,7 +177,7 @@ def _chart(results: dict[str, Any], path: Path) -> None:
     stacked.set_yticks(range(len(labels)), labels, fontsize=8)
     stacked.invert_yaxis()
     stacked.set_xlabel("seconds")
-    stacked.set_title("fresh process, one photo, greedy (stacked)")
+    stacked.set_title("fresh process, one photo, greedy (stacked; ends at the median wall time)")
     stacked.legend(loc="lower right", fontsize=8)
     height = 0.8 / len(rows)
     palette = ["#c44e52", "#4c72b0", "#dd8452", "#55a868"]
@@ -344,6 +363,7 @@ def _markdown(results: dict[str, Any]) -> str:
             for beam, stats in model["scaling_beam"].items():
                 lines.append(f"| {beam} | {_fmt_stats(stats, 1000, 'ms', 2)} |")
     lines += efficiency_markdown(results)
+    lines += _peers_markdown(results)
     if results.get("encoder_kinds"):
         from capgen.benchmarks.encoder_kinds import markdown
 
@@ -364,6 +384,34 @@ def _markdown(results: dict[str, Any]) -> str:
         lines.append(f"- {accuracy.get('note', '')}")
     lines += ["", "![latency breakdown](latency_breakdown.png)", ""]
     return "\n".join(lines)
+
+
+def _peers_markdown(results: dict[str, Any]) -> list[str]:
+    """The peers table and issue 25's goal rows (section "peers"), with when they were run."""
+    section = results.get("peers")
+    if not section:
+        return []
+    if "error" in section:
+        return ["", f"## Peers\n**Not measured: {section['error']}**"]
+    from capgen.benchmarks import goals, peers
+
+    run = (results.get("section_runs") or {}).get("peers")
+    lines = peers.markdown(section["peers"])
+    if run:  # merged into an earlier run's results: say when and where this one ran
+        machine = run["machine"]
+        lines.insert(
+            2,
+            f"Run {machine['date']} with `capgen bench --section peers` on {machine['cpu']}, "
+            f"{machine['logical_cores']} logical cores, flags {', '.join(machine['cpu_flags'])} "
+            "(the Machine section above is the earlier run's; load average at start "
+            f"{machine['load_average_at_start']}; quietness: the peers, decoder modes, goals "
+            "latency and many cores entries under Machine).",
+        )
+    if section.get("decoder") and "error" not in section["decoder"]:
+        from capgen.benchmarks.decoder_modes import markdown as decoder_markdown
+
+        lines += decoder_markdown(section["decoder"])
+    return lines + goals.markdown(section["goals"], section.get("many_cores"))
 
 
 OUTPUT_FILES = ("results.json", "RESULTS.md", "latency_breakdown.png")

@@ -15,7 +15,12 @@ baseline median ÷ capgen median from the same run. Sections:
    FP32 and INT8: 1x1 Conv chains and MatMuls, 1 and all threads);
 9. encoder kinds: each tutorial encoder (VGG16, ResNet50, InceptionV3, DenseNet201,
    Xception) alone, batch 1, FP32 and INT8;
+10. peers: the Xception encoder on onnxruntime, OpenVINO and LiteRT against capgen's
+   `--precision` modes (peers.py), then issue 25's goal rows (goals.py): warm latency
+   against the tutorial under `auto` and INT8, and throughput on 1, 2, … cores;
 plus the INT8 encoder's caption accuracy on the default model's test split.
+`capgen bench --section peers` runs section 10 alone and merges it into the
+results folder's existing results.json (SECTIONS names them all).
 The encoder section also times capgen with onnxruntime-openvino's
 OpenVINOExecutionProvider (FP32 and INT8 encoders), in workers that run in a
 venv built once by the README's recipe (benchmarks/provider_venv.py).
@@ -26,7 +31,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -81,6 +86,15 @@ class Plan:
     openvino: bool = True
     # Section "encoder kinds" (issue 17): batch-1 runs per kind and arm (FP32, INT8).
     encoder_kind_repetitions: int = 20
+    # Section "peers" (issue 25): rounds over the photos, each arm once per photo per round.
+    peer_rounds: int = 5
+    peer_photos: int = 12
+    # Its goal rows: warm latency repetitions against the tutorial; many cores (0: none).
+    goal_latency_repetitions: int = 5
+    goal_serve_requests: int = 192
+    goal_batch_repetitions: int = 2
+    # The decoder step on each engine (decoder_modes.py): fixed-length captions per arm (0: none).
+    decoder_mode_repetitions: int = 12
 
 
 FULL = Plan()
@@ -97,7 +111,13 @@ QUICK = Plan(
     int8_eval_scenes=20,
     quiet_max_wait=60.0,
     encoder_kind_repetitions=3,
+    peer_rounds=1,
+    goal_latency_repetitions=2,
+    goal_serve_requests=64,
+    goal_batch_repetitions=1,
+    decoder_mode_repetitions=2,
 )
+SECTIONS = ("tutorial", "ceiling", "encoder-kinds", "int8-accuracy", "peers")
 
 
 def _capgen_cli() -> str:
@@ -108,7 +128,7 @@ def _capgen_cli() -> str:
 class _Session:
     """State shared by the sections of one run."""
 
-    def __init__(self, plan: Plan, echo: Echo, logs: Path) -> None:
+    def __init__(self, plan: Plan, echo: Echo, logs: Path, provider_venv: bool = True) -> None:
         self.plan = plan
         self.echo = echo
         self.logs = logs
@@ -116,7 +136,7 @@ class _Session:
 
         self.weights = fetch_imagenet_weights()
         self.openvino_python: Path | None = None
-        if plan.openvino:
+        if plan.openvino and provider_venv:
             from capgen.benchmarks.provider_venv import openvino_bench_python
 
             self.openvino_python = openvino_bench_python(
@@ -450,38 +470,169 @@ def _encoder_kinds(
     )
 
 
-def run_benchmarks(
-    output_dir: Path, quick: bool = False, echo: Echo = print, plan: Plan | None = None
+def _peers_and_goals(
+    session: _Session,
+    quietly: Callable[[str, Callable[[], Any]], Any],
+    model_dir: Path | None,
 ) -> dict[str, Any]:
-    """Run every section, write results.json, RESULTS.md and the breakdown chart; return the results."""
+    """Section "peers": the peers table, then what issue 25's goal rows need, then the rows."""
+    from capgen.benchmarks import goals, peers
+    from capgen.convert.quantize import calibration_pixels
+    from capgen.runtime.captioner import resolve_model_dir
+
+    plan, echo = session.plan, session.echo
+    folder, _ = resolve_model_dir(model_dir)  # the installed default model unless told
+    photos = fixtures.flickr_photos()[: plan.peer_photos]
+    threads = len(os.sched_getaffinity(0))
+    echo(
+        f"peers: the encoder on other runtimes ({folder}, {len(photos)} photos, {threads} threads)"
+    )
+    started = time.monotonic()
+    section: dict[str, Any] = {"run": {"date": machine_info()["date"], "model": str(folder)}}
+    section["peers"] = quietly(
+        "peers",
+        lambda: peers.measure_peers(
+            folder,
+            photos,
+            plan.peer_rounds,
+            threads,
+            session.logs / "peers",
+            echo,
+            session.weights,
+            fixtures.bench_home() / "litert",
+            lambda: calibration_pixels("xception"),
+        ),
+    )
+    if plan.decoder_mode_repetitions > 0:
+        from capgen.benchmarks.decoder_modes import measure_decoder_modes
+
+        echo(f"decoder step on each engine ({plan.decoder_steps} words)")
+        section["decoder"] = _or_error(
+            echo,
+            quietly,
+            "decoder modes",
+            lambda: measure_decoder_modes(
+                folder, photos, plan.decoder_steps, plan.decoder_mode_repetitions, echo
+            ),
+        )
+    if plan.goal_latency_repetitions > 0:
+        tutorial = fixtures.prepare_tutorial7577(echo)
+        if plan.int8:
+            fixtures.ensure_int8(tutorial, echo)
+        echo("goals: warm latency against the tutorial (auto and int8)")
+        section["latency"] = _or_error(
+            echo,
+            quietly,
+            "goals latency",
+            lambda: goals.measure_latency(
+                tutorial,
+                session.weights,
+                fixtures.flickr_photos(),
+                plan.goal_latency_repetitions,
+                session.logs,
+                echo,
+            ),
+        )
+    if plan.goal_batch_repetitions > 0:
+        echo("goals: throughput on 1, 2, … cores (benchmarks/many_cores.py)")
+        section["many_cores"] = _or_error(
+            echo,
+            quietly,
+            "many cores",
+            lambda: goals.many_cores(
+                folder,
+                photos,
+                plan.goal_serve_requests,
+                plan.goal_batch_repetitions,
+                plan.goal_serve_requests > 0,
+                session.logs,
+            ),
+        )
+    section["seconds"] = round(time.monotonic() - started, 1)  # the whole section, waits included
+    section["goals"] = goals.goal_rows(
+        section["peers"], section.get("latency"), section.get("many_cores")
+    )
+    for line in goals.markdown(section["goals"], section.get("many_cores")):
+        echo(line)
+    return section
+
+
+def _or_error(
+    echo: Echo, quietly: Callable[[str, Callable[[], Any]], Any], name: str, part: Callable[[], Any]
+) -> dict[str, Any]:
+    """A goal measurement's result, or {"error": why}: one failing part leaves the others' rows."""
+    try:
+        return dict(quietly(name, part))
+    except Exception as error:
+        echo(f"  {name} failed: {error}")
+        return {"error": str(error)}
+
+
+def _previous_results(output_dir: Path) -> dict[str, Any] | None:
+    """The folder's results.json, to merge a section run into (None: none, or not readable)."""
+    import json
+
+    try:
+        previous = json.loads((output_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return previous if isinstance(previous, dict) and "machine" in previous else None
+
+
+def check_sections(sections: Sequence[str] | None) -> set[str]:
+    """The sections to run (all when None); an unknown name is a one-line InputError."""
+    from capgen.runtime.errors import InputError
+
+    chosen = set(sections or SECTIONS)
+    unknown = sorted(chosen - set(SECTIONS))
+    if unknown:
+        raise InputError(
+            f"unknown bench section {', '.join(unknown)}; sections: {', '.join(SECTIONS)}"
+        )
+    return chosen
+
+
+def run_benchmarks(
+    output_dir: Path,
+    quick: bool = False,
+    echo: Echo = print,
+    plan: Plan | None = None,
+    sections: Sequence[str] | None = None,
+    model_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Run the sections (all by default), write results.json, RESULTS.md and the breakdown chart.
+
+    With `sections`, only those run and their results replace the same keys of the
+    folder's existing results.json (the rest stays as that run measured it).
+    `model_dir`: the model the peers section measures (default: the installed default model).
+    """
     from capgen.benchmarks.report import OUTPUT_FILES, write_outputs
     from capgen.benchmarks.results_folder import ResultsFolder
 
     plan = plan or (QUICK if quick else FULL)
+    chosen = check_sections(sections)
     output_dir = Path(output_dir)
     ResultsFolder(output_dir).check(OUTPUT_FILES)  # before the run, not ten minutes into it
-    results: dict[str, Any] = {
-        "machine": machine_info(),
+    machine = machine_info()
+    previous = _previous_results(output_dir) if sections else None
+    results: dict[str, Any] = previous or {
+        "machine": machine,
         "plan": asdict(plan),
         "quick": quick,
         "models": {},
     }
-    echo(f"load average at start: {results['machine']['load_average_at_start']}")
+    if previous is not None:
+        results.setdefault("section_runs", {})
+        for name in chosen:
+            results["section_runs"][name] = {
+                "machine": machine,
+                "plan": asdict(plan),
+                "quick": quick,
+            }
+    echo(f"load average at start: {machine['load_average_at_start']}")
     with tempfile.TemporaryDirectory(prefix="capgen-bench-") as scratch:
-        session = _Session(plan, echo, Path(scratch))
-        models = [fixtures.prepare_tutorial7577(echo)]
-        default = fixtures.prepare_default(echo) if plan.include_default_model else None
-        if default is not None:
-            models.append(default)
-        else:
-            echo(
-                "default model not found (models/photo/model_N.h5): benchmarking the 7,577-word decoder only"
-            )
-        if plan.int8:
-            for model in models:
-                fixtures.ensure_int8(model, echo)
-        primary = models[-1]
-        quietness: dict[str, dict[str, Any]] = {}
+        session = _Session(plan, echo, Path(scratch), provider_venv="tutorial" in chosen)
+        quietness: dict[str, dict[str, Any]] = dict(results.get("quietness") or {})
 
         def quietly(name: str, section: Callable[[], Any]) -> Any:
             result, how = measured_quietly(
@@ -490,23 +641,60 @@ def run_benchmarks(
             quietness[name] = how.as_dict()
             return result
 
-        for model in models:
-            echo(f"model {model.name}: {model.note}")
-            entry: dict[str, Any] = {"note": model.note, "primary": model is primary}
+        if chosen & {"tutorial", "ceiling", "encoder-kinds", "int8-accuracy"}:
+            _tutorial_sections(session, results, chosen, quietly)
+        if "peers" in chosen and plan.peer_rounds > 0:
             try:
-                entry["cold_start"] = quietly(
-                    f"{model.name} cold start", lambda m=model: _cold_start(session, m)
+                results["peers"] = _peers_and_goals(session, quietly, model_dir)
+            except Exception as error:  # the other sections' results still get written
+                echo(f"  peers failed: {error}")
+                results["peers"] = {"error": str(error)}
+    results["quietness"] = quietness
+    results["noisy_sections"] = [name for name, how in quietness.items() if not how["quiet"]]
+    write_outputs(results, output_dir)
+    echo(f"wrote {output_dir / 'results.json'}, RESULTS.md, latency_breakdown.png")
+    return results
+
+
+def _tutorial_sections(
+    session: _Session,
+    results: dict[str, Any],
+    chosen: set[str],
+    quietly: Callable[[str, Callable[[], Any]], Any],
+) -> None:
+    """Sections 1-9 and the INT8 accuracy: capgen against the tutorial on its two models."""
+    plan, echo = session.plan, session.echo
+    models = [fixtures.prepare_tutorial7577(echo)]
+    default = fixtures.prepare_default(echo) if plan.include_default_model else None
+    if default is not None:
+        models.append(default)
+    else:
+        echo(
+            "default model not found (models/photo/model_N.h5): benchmarking the 7,577-word decoder only"
+        )
+    if plan.int8:
+        for model in models:
+            fixtures.ensure_int8(model, echo)
+    primary = models[-1]
+
+    for model in models if "tutorial" in chosen else []:
+        echo(f"model {model.name}: {model.note}")
+        entry: dict[str, Any] = {"note": model.note, "primary": model is primary}
+        try:
+            entry["cold_start"] = quietly(
+                f"{model.name} cold start", lambda m=model: _cold_start(session, m)
+            )
+            entry.update(
+                quietly(
+                    f"{model.name} warm",
+                    lambda m=model: _warm(session, m, primary=m is primary),
                 )
-                entry.update(
-                    quietly(
-                        f"{model.name} warm",
-                        lambda m=model: _warm(session, m, primary=m is primary),
-                    )
-                )
-            except Exception as error:  # one broken model must not lose the other's results
-                echo(f"  {model.name} failed: {error}")
-                entry = {"note": model.note, "primary": False, "error": str(error)}
-            results["models"][model.name] = entry
+            )
+        except Exception as error:  # one broken model must not lose the other's results
+            echo(f"  {model.name} failed: {error}")
+            entry = {"note": model.note, "primary": False, "error": str(error)}
+        results["models"][model.name] = entry
+    if "ceiling" in chosen:
         echo("ceiling (onnxruntime CPU provider: best FP32 and INT8 GFLOP/s over kernels, threads)")
         results["ceiling"] = quietly(
             "ceiling",
@@ -514,22 +702,19 @@ def run_benchmarks(
                 plan.ceiling_kernels, plan.ceiling_repeats, results["machine"]["cpu_flags"]
             ),
         )
+    if "ceiling" in results and models[0].name in results["models"]:
         results["encoder_efficiency"] = encoder_efficiency(
             results["models"][models[0].name], results["ceiling"]
         )
-        if plan.encoder_kind_repetitions > 0:
-            results["encoder_kinds"] = _encoder_kinds(session, quietly)
-        default_ok = default is not None and "error" not in results["models"][default.name]
-        if plan.int8 and default_ok and plan.int8_eval_scenes > 0:
-            from capgen.benchmarks.int8_eval import evaluate_int8
+    if plan.encoder_kind_repetitions > 0 and "encoder-kinds" in chosen:
+        results["encoder_kinds"] = _encoder_kinds(session, quietly)
+    default_ok = default is not None and "error" not in results["models"].get(default.name, {})
+    if plan.int8 and default_ok and plan.int8_eval_scenes > 0 and "int8-accuracy" in chosen:
+        from capgen.benchmarks.int8_eval import evaluate_int8
 
-            echo(f"INT8 vs FP32 captions on {plan.int8_eval_scenes} test-split scenes")
-            results["int8_accuracy"] = evaluate_int8(default.model_dir, plan.int8_eval_scenes)
-    results["quietness"] = quietness
-    results["noisy_sections"] = [name for name, how in quietness.items() if not how["quiet"]]
-    write_outputs(results, output_dir)
-    echo(f"wrote {output_dir / 'results.json'}, RESULTS.md, latency_breakdown.png")
-    return results
+        assert default is not None
+        echo(f"INT8 vs FP32 captions on {plan.int8_eval_scenes} test-split scenes")
+        results["int8_accuracy"] = evaluate_int8(default.model_dir, plan.int8_eval_scenes)
 
 
 def smoke_plan() -> Plan:
@@ -550,6 +735,7 @@ def smoke_plan() -> Plan:
         include_default_model=False,
         int8_eval_scenes=0,
         encoder_kind_repetitions=0,
+        peer_rounds=0,  # its own smoke test: tests/benchmarks/test_peers_section.py
         quiet_max_wait=0.0,
         noisy_retries=0,
         openvino=False,

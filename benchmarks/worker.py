@@ -7,7 +7,7 @@ onnxruntime never share a process (each would distort the other's memory and
 threads). Timing happens inside the worker, around the measured call only.
 
 Run: python -m capgen.benchmarks.worker {baseline|capgen} MODEL_JSON [--int8] [--weights W]
-     [--provider NAME] (the OpenVINO arm runs this in its own venv: benchmarks/provider_venv.py)
+     [--provider NAME] [--precision MODE] (the OpenVINO arm runs this in its own venv: benchmarks/provider_venv.py)
 """
 
 from __future__ import annotations
@@ -144,6 +144,7 @@ class CapgenArm:
         int8: bool,
         fast_decoder: bool = False,
         provider: str | None = None,
+        precision: str | None = None,
     ) -> None:
         started = time.perf_counter()
         from capgen import Captioner
@@ -154,6 +155,8 @@ class CapgenArm:
         options: dict[str, Any] = {"fast_decoder": True} if fast_decoder else {}
         if provider is not None:
             options["providers"] = [provider]
+        if precision is not None:
+            options["precision"] = precision
         self.captioner = Captioner(model.model_dir, int8=int8, **options)
         self.setup = {"imports": imported - started, "model_load": time.perf_counter() - imported}
         self._features: dict[str, np.ndarray] = {}
@@ -214,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fast-decoder", action="store_true")
     parser.add_argument("--weights", type=Path, help="Xception weights (baseline)")
     parser.add_argument("--provider", help="onnxruntime execution provider (capgen; default CPU)")
+    parser.add_argument("--precision", help="capgen's precision mode (fp32, bf16, int8, auto)")
     args = parser.parse_args(argv)
     model = BenchModel.from_json(json.loads(args.model_json))
     if args.arm == "baseline":
@@ -221,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("the baseline needs --weights")
         arm: BaselineArm | CapgenArm = BaselineArm(model, args.weights)
     else:
-        arm = CapgenArm(model, args.int8, args.fast_decoder, args.provider)
+        arm = CapgenArm(model, args.int8, args.fast_decoder, args.provider, args.precision)
     _serve(arm)
 
 
