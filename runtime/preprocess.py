@@ -2,7 +2,8 @@
 
 For an ordinary RGB photo this is exactly the tutorial's
 `Image.open(p).resize((299, 299))` (BICUBIC, Pillow's default since 7.0, named
-explicitly), so converted models see the pixels they were trained on. Beyond
+explicitly) as Pillow <= 11 computes it, on every Pillow (see `resize`), so
+converted models see the pixels they were trained on. Beyond
 the tutorial, which crashes on them, every other kind of image is turned into
 RGB first (see `to_rgb`) and EXIF orientation is applied.
 
@@ -361,10 +362,34 @@ def prepare(
     """uint8 [height, width, 3] RGB pixels for the encoder."""
     rgb = to_rgb(load_image(source, max_pixels))
     try:
-        resized = rgb.resize((width, height), resize_filter)
-        return np.asarray(resized, dtype=np.uint8)
+        return np.asarray(resize(rgb, width, height, resize_filter), dtype=np.uint8)
     except Exception as exc:
         raise ImageError(f"cannot resize image ({_reason(exc)})") from None
+
+
+def resize(
+    image: Image.Image, width: int, height: int, resize_filter: Image.Resampling
+) -> Image.Image:
+    """`image` resized to width x height: the horizontal pass first, then the vertical one.
+
+    Why two one-axis calls instead of one `image.resize((width, height))`:
+    Pillow's separable resampler rounds to uint8 between its two passes, so
+    the pass order changes pixels. Pillow 10 and 11 always ran the horizontal
+    pass first; 12.3 runs the vertical one first for some very narrow images;
+    13 whenever the height shrinks enough more than the width (a 333x500
+    portrait to 299x299 is one: about one photo in six, and some greedy
+    captions). Fixing the order here makes it capgen's, not Pillow's: every
+    supported Pillow (>= 10) gives Pillow 10/11's own bytes, and the browser
+    runtime (web/resample.mjs) follows the same order, so "the same tokens"
+    means the same on every install. A pass whose size does not change is
+    skipped, as Pillow itself does; the two passes are the work one call does
+    (tests/runtime/test_resize_order.py holds Pillow 11's bytes for every filter).
+    """
+    if image.width != width:
+        image = image.resize((width, image.height), resize_filter)
+    if image.height != height:
+        image = image.resize((width, height), resize_filter)
+    return image
 
 
 def is_image_path(path: Path) -> bool:

@@ -1,0 +1,327 @@
+"""`capgen export web`: a static site folder that captions images in the browser.
+
+The site is one flat folder that any static host serves: the page
+(`index.html`, `page.mjs`), the JS module (web/*.mjs: Pillow's resampler,
+the search, the loader), onnxruntime-web's WASM files, and the model files
+the page runs, copied from the model folder and verified against its
+manifest while they are copied (the bytes written are the bytes hashed).
+Flat, so that the model's own `manifest.json` and file names are served
+beside the page unchanged and the page loads the model from `./`.
+
+`_headers` asks Netlify/Cloudflare-style hosts for the COOP/COEP headers
+that let onnxruntime-web use threads; `HOSTING.txt` says what to set on
+other hosts. `capgen-site.json` records every file's sha256: it is how a
+later export knows a folder is one it wrote, the only kind it replaces
+(and only with `force`); anything else in a non-empty folder is refused.
+The folder is assembled in a marked staging folder beside it and swapped
+in whole (runtime/staging.py), every file created exclusively, no link
+followed. Standard library and runtime only; nothing printed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from capgen.runtime.atomic_write import default_mode
+from capgen.runtime.captioner import resolve_model_dir
+from capgen.runtime.errors import InputError, ModelError
+from capgen.runtime.manifest import MANIFEST_FILE, Manifest, load_manifest
+from capgen.runtime.staging import create_staging, discard_staging, prune_stale, swap_in
+
+SITE_RECORD = "capgen-site.json"
+SITE_FORMAT = "capgen-web-site"
+# From web/: the module, and the page that uses it.
+MODULE_FILES = ("capgen.mjs", "resample.mjs", "search.mjs")
+PAGE_FILES = ("index.html", "page.mjs")
+# From onnxruntime-web's dist folder: the WASM build only (no WebGPU/WebGL), ~14 MB, ~3.7 MB gzipped.
+ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+HEADERS_FILE = "_headers"
+HOSTING_FILE = "HOSTING.txt"
+
+# Cross-origin isolation (COOP + COEP) is what makes SharedArrayBuffer, and so
+# onnxruntime-web's threads, available; without it the page runs single-threaded.
+HEADERS = """\
+/*
+  Cross-Origin-Opener-Policy: same-origin
+  Cross-Origin-Embedder-Policy: require-corp
+  Cross-Origin-Resource-Policy: same-origin
+  X-Content-Type-Options: nosniff
+/*.wasm
+  Content-Type: application/wasm
+/*.mjs
+  Content-Type: text/javascript
+"""
+
+HOSTING = """\
+A capgen web site: static files, no server-side code.
+
+Serve this folder over https (or from localhost): the page checks every model
+file's sha256 with crypto.subtle, which browsers offer only in secure contexts.
+
+For threads (about twice as fast), every response needs these two headers:
+
+  Cross-Origin-Opener-Policy: same-origin
+  Cross-Origin-Embedder-Policy: require-corp
+
+Netlify and Cloudflare Pages read them from _headers (included). Elsewhere:
+
+  nginx:   add_header Cross-Origin-Opener-Policy same-origin always;
+           add_header Cross-Origin-Embedder-Policy require-corp always;
+  Apache:  Header always set Cross-Origin-Opener-Policy "same-origin"
+           Header always set Cross-Origin-Embedder-Policy "require-corp"
+  GitHub Pages sets no custom headers: the page then runs single-threaded.
+
+.wasm files must be served as application/wasm and .mjs as text/javascript.
+See docs/web.md in the capgen repository.
+"""
+
+_CHUNK = 1 << 20
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+@dataclass(frozen=True)
+class WebSite:
+    """What `export_web` wrote: the folder, the model it runs, every file's size."""
+
+    folder: Path
+    model: str
+    int8: bool
+    files: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.files.values())
+
+    @property
+    def model_bytes(self) -> int:
+        """What a first visit downloads for the model (the page caches it after that)."""
+        return sum(size for name, size in self.files.items() if name in self._model_names)
+
+    @property
+    def _model_names(self) -> frozenset[str]:
+        return frozenset(self.files) - frozenset(
+            (*MODULE_FILES, *PAGE_FILES, *ORT_FILES, HEADERS_FILE, HOSTING_FILE, SITE_RECORD)
+        )
+
+
+def checkout_web_dir() -> Path:
+    """web/ of the capgen checkout this module runs from (a wheel has none)."""
+    return Path(__file__).resolve().parents[1] / "web"
+
+
+def default_ort_dir() -> Path:
+    """onnxruntime-web's dist folder as `make web` (npm ci in web/) installs it."""
+    return checkout_web_dir() / "node_modules" / "onnxruntime-web" / "dist"
+
+
+def model_files(manifest: Manifest, int8: bool) -> list[str]:
+    """The files the page runs: encoder (FP32 or INT8), projection, exact step, vocabulary."""
+    encoder = manifest.encoder.file
+    if int8:
+        if manifest.encoder.int8_file is None:
+            raise ModelError(
+                f"{manifest.folder}: this model has no INT8 encoder (manifest lists no "
+                "encoder.int8_file); make one with capgen convert quantize, or leave out --int8"
+            )
+        encoder = manifest.encoder.int8_file
+    return [
+        encoder,
+        manifest.decoder.projection_file,
+        manifest.decoder.step_file,
+        manifest.vocabulary.file,
+    ]
+
+
+def _missing(folder: Path, names: Iterable[str]) -> list[str]:
+    return [name for name in names if not (folder / name).is_file()]
+
+
+def _check_sources(web_dir: Path, ort_dir: Path) -> None:
+    missing = _missing(web_dir, MODULE_FILES) + _missing(web_dir / "page", PAGE_FILES)
+    if missing:
+        raise InputError(
+            f"the capgen web module is not in {web_dir} (missing {missing[0]}): "
+            "capgen export web runs from a capgen checkout"
+        )
+    missing = _missing(ort_dir, ORT_FILES)
+    if missing:
+        raise InputError(
+            f"onnxruntime-web's files are not in {ort_dir} (missing {missing[0]}); run `make web` "
+            "(npm ci in web/) or pass --ort-dir FOLDER holding onnxruntime-web's dist files"
+        )
+
+
+def _sha256_of(path: Path) -> str | None:
+    """The sha256 of a regular file (not through a link), None for anything else."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(descriptor, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            return None
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _prepare_target(out_dir: Path, force: bool) -> set[str]:
+    """The names a replace may delete; refuse a folder holding anything this export did not write."""
+    if out_dir.is_symlink():
+        raise InputError(
+            f"output {out_dir} is a link; capgen writes a site folder only in its place"
+        )
+    if not out_dir.exists():
+        return set()
+    if not out_dir.is_dir():
+        raise InputError(f"output {out_dir} exists and is not a folder")
+    entries = sorted(out_dir.iterdir())
+    if not entries:
+        return set()
+    try:
+        record = json.loads((out_dir / SITE_RECORD).read_bytes())
+        if (out_dir / SITE_RECORD).is_symlink() or record.get("format") != SITE_FORMAT:
+            raise ValueError("not a capgen site record")
+        recorded: dict[str, str] = dict(record["files"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        raise InputError(
+            f"refusing to write into {out_dir}: it is not empty and not a site capgen exported"
+        ) from None
+    strangers = [
+        entry.name
+        for entry in entries
+        if entry.name != SITE_RECORD and _sha256_of(entry) != recorded.get(entry.name)
+    ]
+    if strangers:
+        raise InputError(
+            f"refusing to replace {out_dir}: it holds {', '.join(strangers[:3])}"
+            f"{' …' if len(strangers) > 3 else ''}, which capgen did not write (or which changed "
+            "since); move them out first"
+        )
+    if not force:
+        raise InputError(
+            f"output folder {out_dir} already holds a site; pass --force to replace it"
+        )
+    return {entry.name for entry in entries}
+
+
+def _copy(source: Path, folder: Path, name: str, expected: tuple[str, int] | None = None) -> str:
+    """Copy `source` to a new file `folder/name` (created exclusively); return the sha256 written.
+
+    `expected`: the manifest's (sha256, bytes); the copy is refused unless the bytes
+    read (and written) match, so a file changed after the manifest never ships.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    target = os.open(
+        folder / name,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
+        default_mode(),
+    )
+    with open(source, "rb") as reader, os.fdopen(target, "wb") as writer:
+        while chunk := reader.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            writer.write(chunk)
+        writer.flush()
+        os.fsync(writer.fileno())
+    got = digest.hexdigest()
+    if expected is not None and (got, size) != expected:
+        raise ModelError(
+            f"{source}: does not match the sha256 and size in the model's manifest.json "
+            "(damaged or altered file); rebuild or re-download the model"
+        )
+    return got
+
+
+def _write(folder: Path, name: str, data: bytes) -> str:
+    target = os.open(
+        folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, default_mode()
+    )
+    with os.fdopen(target, "wb") as writer:
+        writer.write(data)
+        writer.flush()
+        os.fsync(writer.fileno())
+    return hashlib.sha256(data).hexdigest()
+
+
+def export_web(
+    out_dir: str | Path,
+    model: str | Path | None = None,
+    int8: bool = False,
+    ort_dir: str | Path | None = None,
+    force: bool = False,
+    web_dir: str | Path | None = None,
+) -> WebSite:
+    """Write the static site for `model` (a folder or installed NAME; default: capgen setup's) to `out_dir`."""
+    out_dir = Path(out_dir)
+    web = Path(web_dir) if web_dir is not None else checkout_web_dir()
+    ort = Path(ort_dir) if ort_dir is not None else default_ort_dir()
+    model_dir, _ = resolve_model_dir(None if model is None else str(model))
+    manifest = load_manifest(model_dir)
+    names = model_files(manifest, int8)
+    _check_sources(web, ort)
+    clashes = sorted(
+        set(names)
+        & {*MODULE_FILES, *PAGE_FILES, *ORT_FILES, HEADERS_FILE, HOSTING_FILE, SITE_RECORD}
+    )
+    if clashes:
+        raise ModelError(
+            f"{model_dir}: the model's file {clashes[0]!r} would clash with the site's own"
+        )
+    replaceable = _prepare_target(out_dir, force)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        prune_stale(out_dir)
+        staging = create_staging(out_dir)
+    except OSError as error:
+        raise InputError(
+            f"cannot create the site folder {out_dir} ({error.strerror or error})"
+        ) from None
+    try:
+        digests = _fill(staging, manifest, names, web, ort)
+        record = {
+            "format": SITE_FORMAT,
+            "format_version": 1,
+            "model": {"name": manifest.name, "int8": int8, "files": names},
+            "files": digests,
+        }
+        _write(staging, SITE_RECORD, (json.dumps(record, indent=2) + "\n").encode())
+        sizes = {name: (staging / name).stat().st_size for name in [*digests, SITE_RECORD]}
+        swap_in(staging, out_dir, replaceable=replaceable)
+    except OSError as error:  # a full disk, a vanished folder: nothing half-written stays
+        raise InputError(
+            f"cannot write the site folder {out_dir} ({error.strerror or error})"
+        ) from None
+    finally:
+        if staging.exists():
+            discard_staging(staging)
+    return WebSite(folder=out_dir, model=manifest.name, int8=int8, files=sizes)
+
+
+def _fill(
+    staging: Path, manifest: Manifest, names: list[str], web: Path, ort: Path
+) -> dict[str, str]:
+    """Every file of the site into `staging`; name -> sha256 of what was written."""
+    digests: dict[str, str] = {}
+    for name in names:
+        record = manifest.files.get(name)
+        if record is None:
+            raise ModelError(f"{manifest.folder}: manifest.json lists no sha256 for {name}")
+        digests[name] = _copy(manifest.path(name), staging, name, (record.sha256, record.bytes))
+    # The manifest as it is: its bytes are what the page reads the model's fields from.
+    digests[MANIFEST_FILE] = _copy(manifest.path(MANIFEST_FILE), staging, MANIFEST_FILE)
+    for name in MODULE_FILES:
+        digests[name] = _copy(web / name, staging, name)
+    for name in PAGE_FILES:
+        digests[name] = _copy(web / "page" / name, staging, name)
+    for name in ORT_FILES:
+        digests[name] = _copy(ort / name, staging, name)
+    digests[HEADERS_FILE] = _write(staging, HEADERS_FILE, HEADERS.encode())
+    digests[HOSTING_FILE] = _write(staging, HOSTING_FILE, HOSTING.encode())
+    return digests

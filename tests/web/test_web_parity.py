@@ -1,0 +1,182 @@
+"""web/capgen.mjs (onnxruntime-web, WASM, in Node) gives `capgen caption --json`'s tokens.
+
+For the shapes and the default model, FP32 and INT8 encoders, greedy and beam 3
+with 3 best: the best caption's tokens and every alternative's words must be
+the Python runtime's, on the examples and on generated variants of them (crops
+to other aspect ratios, mirrored, PNG), whose resizing takes both of Pillow
+13's pass orders. Node gets the pixels Pillow decoded (the browser's own
+decoding is tested in test_web_site.py), so this is the preprocessing after
+decoding, the graphs on WASM and the search. Skips saying why without node,
+without `make web`, or without the built models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+from web_helpers import EXAMPLE_PHOTOS, EXAMPLE_SCENES, REPO, built_model, node, ort_dist
+
+from capgen.runtime.preprocess import load_image, to_rgb
+
+RUNS = [
+    {"cli": ["--beam-size", "1"], "js": {"beamSize": 1}},
+    {"cli": ["--beam-size", "3", "--n-best", "3"], "js": {"beamSize": 3, "nBest": 3}},
+]
+CAPGEN = Path(sys.executable).with_name("capgen")
+# The examples' scores through WASM differ from native onnxruntime's in the 4th decimal.
+SCORE_TOLERANCE = 5e-3
+
+
+def _variants(source: Path, folder: Path, index: int) -> list[Path]:
+    """The example itself and a portrait crop, mirrored, saved as PNG (another size, another pass order)."""
+    image = to_rgb(load_image(source))
+    width, height = image.size
+    crop = image.crop((index % 7, 0, index % 7 + max(1, width * 2 // 3), height))
+    variant = ImageOps.mirror(crop)
+    path = folder / f"variant-{index}.png"
+    variant.save(path)
+    return [source, path]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("web_parity_images")
+    paths: list[Path] = []
+    for index, source in enumerate(EXAMPLE_PHOTOS + EXAMPLE_SCENES):
+        paths += _variants(source, folder, index)
+    return paths
+
+
+def _python_captions(
+    model: Path, int8: bool, images: list[Path], home: Path, runs: list[dict[str, Any]] = RUNS
+) -> list[list[dict[str, Any]]]:
+    per_run = []
+    for run in runs:
+        command = [str(CAPGEN), "caption", "--model", str(model), "--json", *run["cli"]]
+        command += ["--int8"] if int8 else []
+        done = subprocess.run(
+            [*command, *map(str, images)],
+            capture_output=True, text=True, check=True, timeout=1800,
+            env={**os.environ, "CAPGEN_HOME": str(home)},
+        )  # fmt: skip
+        lines = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+        assert [line["path"] for line in lines] == [str(path) for path in images]
+        per_run.append(lines)
+    return per_run
+
+
+def _web_captions(
+    model: Path, int8: bool, images: list[Path], folder: Path, runs: list[dict[str, Any]] = RUNS
+) -> list[list[dict[str, Any]]]:
+    jobs = []
+    for index, path in enumerate(images):
+        pixels = np.asarray(to_rgb(load_image(path)))
+        raw = folder / f"image-{index}.rgb"
+        raw.write_bytes(pixels.tobytes())
+        jobs.append({"input": str(raw), "width": pixels.shape[1], "height": pixels.shape[0]})
+    job = {"model": str(model), "int8": int8, "runs": [run["js"] for run in runs], "images": jobs}
+    (folder / "job.json").write_text(json.dumps(job))
+    done = subprocess.run(
+        [node(), str(REPO / "tests" / "web" / "caption_files.mjs"), str(folder / "job.json")],
+        capture_output=True, text=True, check=True, timeout=1800,
+    )  # fmt: skip
+    results: list[list[dict[str, Any]]] = [[{} for _ in images] for _ in runs]
+    for line in done.stdout.splitlines():
+        item = json.loads(line)
+        results[item["run"]][item["image"]] = item["result"]
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
+@pytest.mark.parametrize("name", ["shapes", "default"])
+def test_tokens_equal_the_python_runtime(
+    name: str, int8: bool, images: list[Path], tmp_path: Path
+) -> None:
+    ort_dist()
+    model = built_model(name)
+    python = _python_captions(model, int8, images, tmp_path / "home")
+    web = _web_captions(model, int8, images, tmp_path)
+    _assert_same(python, web, images, RUNS)
+
+
+def _assert_same(
+    python: list[list[dict[str, Any]]],
+    web: list[list[dict[str, Any]]],
+    images: list[Path],
+    runs: list[dict[str, Any]],
+) -> None:
+    """Tokens and words of every caption and alternative equal; scores within SCORE_TOLERANCE."""
+    differences = []
+    for run, (expected_run, got_run) in enumerate(zip(python, web, strict=True)):
+        for path, expected, got in zip(images, expected_run, got_run, strict=True):
+            label = f"{path.name} {runs[run]['cli']}"
+            if got["tokens"] != expected["tokens"] or got["text"] != expected["caption"]:
+                differences.append(f"{label}: web {got['text']!r}, python {expected['caption']!r}")
+                continue
+            assert got["logProbability"] == pytest.approx(
+                expected["log_probability"], abs=SCORE_TOLERANCE
+            )
+            want_alternatives = [a["caption"] for a in expected.get("alternatives", [])]
+            if [a["text"] for a in got["alternatives"]] != want_alternatives:
+                differences.append(
+                    f"{label} alternatives: web {got['alternatives']}, python {want_alternatives}"
+                )
+    compared = len(images) * len(runs)
+    assert differences == [], f"{len(differences)} of {compared} captions differ: {differences[:4]}"
+
+
+TINY_RUNS = [
+    {"cli": ["--beam-size", "1"], "js": {"beamSize": 1}},
+    {"cli": ["--beam-size", "5", "--n-best", "5", "--length-penalty", "0.7"],
+     "js": {"beamSize": 5, "nBest": 5, "lengthPenalty": 0.7}},
+    {"cli": ["--beam-size", "2", "--n-best", "2", "--max-length", "3"],
+     "js": {"beamSize": 2, "nBest": 2, "maxLength": 3}},
+]  # fmt: skip
+
+
+def test_tokens_equal_on_the_tiny_model_with_every_option(
+    tiny_model_folder: Path, tmp_path: Path
+) -> None:
+    """Needs no built model: the stop rules (no-word ids, max_length), length penalty, n-best."""
+    ort_dist()
+    rng = np.random.default_rng(5)
+    images = []
+    for index in range(12):
+        height, width = (int(side) for side in rng.integers(5, 120, 2))
+        path = tmp_path / f"random-{index}.png"
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+        images.append(path)
+    python = _python_captions(tiny_model_folder, False, images, tmp_path / "home", TINY_RUNS)
+    web = _web_captions(tiny_model_folder, False, images, tmp_path, TINY_RUNS)
+    reasons = {result["stopReason"] for run in web for result in run}
+    assert len(reasons) > 1, reasons  # more than one stop rule was exercised
+    _assert_same(python, web, images, TINY_RUNS)
+
+
+GENERATED_SCENES = int(os.environ.get("CAPGEN_WEB_SCENES", "200"))
+
+
+@pytest.mark.slow
+def test_tokens_equal_on_generated_scenes(tmp_path: Path) -> None:
+    """The issue's bulk check: GENERATED_SCENES new scenes (CAPGEN_WEB_SCENES), shapes model, INT8 encoder."""
+    from capgen.models.scenes import render, sample_scene
+
+    ort_dist()
+    model = built_model("shapes")
+    images = []
+    for index in range(GENERATED_SCENES):
+        path = tmp_path / f"scene-{index:04d}.jpg"
+        path.write_bytes(render(sample_scene(2027, index), 2027, index))
+        images.append(path)
+    python = _python_captions(model, True, images, tmp_path / "home")
+    web = _web_captions(model, True, images, tmp_path)
+    _assert_same(python, web, images, RUNS)
