@@ -1,7 +1,8 @@
 """The `capgen` console script: one typer app assembled from the stage CLIs.
 
 The runtime owns `caption` and `info`; the converter owns `convert …`; the
-demonstration model (models/) owns `setup`; the benchmarks own `bench`. Those modules import heavy stacks
+demonstration model (models/) owns `setup`; the benchmarks own `bench` (a checkout's: the
+wheel leaves them out, and its `bench` says so). Those modules import heavy stacks
 (TensorFlow) only inside their commands, so `capgen caption` starts fast and
 works on a runtime-only install. `capgen caption|info|models` register only
 the runtime's commands.
@@ -26,6 +27,7 @@ _SUBCOMMANDS = {
     "bench",
     "serve",
     "ray",
+    "export",
     "models",
     "tune",
     "version",
@@ -73,16 +75,46 @@ def build_app(argv: list[str] | None = None) -> typer.Typer:
     from capgen.models.setup_default import setup_command
 
     app.command("setup")(setup_command)
-    from capgen.benchmarks.cli import register_bench_command
-
-    register_bench_command(app)
+    _register_bench_command(app)
     from capgen.serve.cli import register_serve_command
 
     register_serve_command(app)
     from capgen.ray.cli import register_ray_command
 
     register_ray_command(app)
+    from capgen.cli_support.web_export import register_export_commands
+
+    register_export_commands(app)
     return app
+
+
+def _register_bench_command(app: typer.Typer) -> None:
+    """`capgen bench` from a checkout; from the wheel, which leaves the benchmarks out, one line."""
+    try:
+        from capgen.benchmarks.cli import register_bench_command
+    except ModuleNotFoundError as error:
+        if error.name != "capgen.benchmarks":  # a broken checkout, not a wheel: say so loudly
+            raise
+        from capgen.cli_support.usage_errors import OneLineUsageCommand
+
+        app.command(
+            "bench",
+            cls=OneLineUsageCommand,
+            context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+            help="Benchmarks: run from a capgen repository checkout (`make bench`).",
+        )(_bench_needs_a_checkout)
+    else:
+        register_bench_command(app)
+
+
+def _bench_needs_a_checkout() -> None:
+    """Benchmarks: run from a capgen repository checkout (`make bench`)."""
+    from capgen.runtime.errors import InputError
+
+    raise InputError(
+        "capgen bench runs in a capgen repository checkout with the test data in ../shared/data "
+        "next to it (`make bench` there): an installed capgen leaves the benchmarks out"
+    )
 
 
 def _print_version(value: bool) -> None:
