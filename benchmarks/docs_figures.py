@@ -206,13 +206,17 @@ def peers(results: dict[str, Any]) -> str:
     if not section or "error" in section:
         return (
             "Not measured yet in the committed results: `capgen bench --section peers` runs the\n"
-            "peers table and the goal rows (6–8 minutes on 2 quiet cores; see RESULTS.md).\n"
+            "peers table, each precision mode's cold start and memory, and the goal rows\n"
+            "(7–9 minutes on 2 quiet cores; see RESULTS.md).\n"
         )
     from capgen.benchmarks import goals
     from capgen.benchmarks import peers as peer_table
 
-    lines = peer_table.markdown(section["peers"])[1:]
-    lines[0] = lines[0].replace("## ", "### ", 1)
+    # One level down in the docs: the peers table's heading and the precision modes' one.
+    lines = [
+        line.replace("## ", "### ", 1) if line.startswith("## ") else line
+        for line in peer_table.markdown(section["peers"])[1:]
+    ]
     when = section.get("run", {}).get("date", "?")[:16].replace("T", " ")
     lines.insert(1, f"Measured {when} UTC; spreads and the quietness record in RESULTS.md.")
     if section.get("decoder") and "error" not in section["decoder"]:

@@ -18,6 +18,11 @@ Each row: median ms per photo; the feature cosine against Keras's own Xception
 of greedy captions identical to FP32's (the model's exact decoder on each
 arm's features; FP32 = capgen's fp32 mode). Optional engines that are not
 installed are not errors: their rows are listed under "absent" with the reason.
+
+Then, once the arms' processes have ended, what each `--precision` mode costs
+to start (mode_costs.py: a one-photo `capgen caption` process per mode, its
+load time and peak RSS, and its first and warm caption), so that the same
+run says which modes suit one-shot captions and which suit `serve` and batches.
 """
 
 from __future__ import annotations
@@ -364,7 +369,39 @@ def measure_peers(
     if "keras" in tokens and reference is not None:
         same = sum(a == b for a, b in zip(tokens["keras"], reference, strict=True))
         result["keras"]["identical_share"] = same / len(photos)
+    result["mode_costs"] = _mode_costs(model_dir, photos, rounds, scratch, home, echo, result)
     return result
+
+
+def _mode_costs(
+    model_dir: Path,
+    photos: Sequence[Path],
+    rounds: int,
+    scratch: Path,
+    home: Path,
+    echo: Echo,
+    result: dict[str, Any],
+) -> dict[str, Any]:
+    """Each `--precision` mode's cold start, memory and warm caption (mode_costs.py), after the
+    peer processes have ended; `auto` with the decision tuned above, or left out with its reason.
+    A failure here is reported in its place and leaves the peers table."""
+    from capgen.benchmarks.mode_costs import measure_mode_costs
+
+    auto = result["absent"].get("capgen_auto")
+    echo("  precision modes: cold start, memory, first and warm caption")
+    try:
+        return measure_mode_costs(
+            model_dir,
+            photos,
+            rounds,
+            scratch / "mode_costs",
+            home,
+            echo,
+            auto["reason"] if auto else None,
+        )
+    except Exception as exc:  # like run.py's goal parts: one failing part leaves the others
+        echo(f"  mode costs failed: {exc}")
+        return {"error": str(exc)}
 
 
 def _cell(value: float | None, fmt: str) -> str:
@@ -409,4 +446,15 @@ def markdown(section: dict[str, Any]) -> list[str]:
         )
     for name, entry in section["absent"].items():
         lines.append(f"- not run: {entry['label']} (`{name}`): {entry['reason']}")
-    return lines
+    return lines + _mode_costs_markdown(section.get("mode_costs"))
+
+
+def _mode_costs_markdown(costs: dict[str, Any] | None) -> list[str]:
+    """The precision modes' cold-start table (absent from results made before it existed)."""
+    if not costs:
+        return []
+    if "error" in costs:
+        return ["", f"**Precision modes' cold start not measured: {costs['error']}**"]
+    from capgen.benchmarks.mode_costs import markdown as mode_markdown
+
+    return mode_markdown(costs)

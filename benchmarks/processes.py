@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,15 @@ class ColdRun:
     stdout: str
 
 
-def run_cold(command: list[str], log: Path) -> ColdRun:
-    """Run a fresh process to completion (through launch.py); wall time and its own peak RSS."""
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+def run_cold(
+    command: list[str], log: Path, environment: Mapping[str, str] | None = None
+) -> ColdRun:
+    """Run a fresh process to completion (through launch.py); wall time and its own peak RSS.
+
+    `environment`: the whole environment to run it in (default: this one's), e.g. a
+    scratch CAPGEN_HOME holding a decision tuned in the same run.
+    """
+    environment = {**(environment or os.environ), "TF_CPP_MIN_LOG_LEVEL": "2"}
     out_path = log.with_suffix(".out")
     launcher = [sys.executable, str(LAUNCHER), str(out_path), str(log), "--", *command]
     finished = subprocess.run(

@@ -1,5 +1,8 @@
 """The bench's peers section on 1 photo and 1 round: every row has its figures, absences say why.
 
+The section's precision-mode costs (benchmarks/mode_costs.py) run too; their own
+checks are in test_mode_costs.py, here only that they are part of the section.
+
 No timing is asserted (the machine is shared): only that each row exists with
 a positive median, a cosine against Keras and a caption agreement, that the
 capgen fp32 row is the reference (it agrees with itself), and that an engine
@@ -85,12 +88,23 @@ def test_peers_rows_and_absent_engines(
     assert any("litert_fp32: left out" in line for line in messages)
 
     lines = peers.markdown(section)
-    table = [line for line in lines if line.startswith("| ") and "---" not in line]
+    modes_at = next(i for i, line in enumerate(lines) if line.startswith("## Precision modes"))
+    table = [line for line in lines[:modes_at] if line.startswith("| ") and "---" not in line]
     assert table[0].startswith("| engine | median ms")
     assert len(table) == 1 + len(rows)
     for row in rows.values():
         assert any(line.startswith(f"| {row['label']} |") for line in table)
-    assert sum(line.startswith("- not run: ") for line in lines) == len(absent)
+    not_run = sum(line.startswith("- not run: ") for line in lines)
+    assert not_run == len(absent) + len(section["mode_costs"]["absent"])
+
+    # The precision modes' cold start runs in the same section, after the arms; auto's
+    # absence carries the peers table's reason (no decision was tuned on one photo).
+    costs = section["mode_costs"]
+    assert {"fp32", "int8"} <= set(costs["modes"])
+    assert costs["absent"]["auto"] == absent["capgen_auto"]["reason"]
+    assert costs["modes"]["fp32"]["cold"]["wall_seconds"]["n"] == 1
+    assert any(line.startswith("| mode | runs as | cold start s") for line in lines)
+    assert any(line.startswith("- not run: `--precision auto`: ") for line in lines)
 
     found = goals.goal_rows(section, None, None)
     for key in ("encoder_best", "encoder_int8"):
