@@ -10,8 +10,9 @@ For each N, every process of the measurement is pinned to the first N cores
 (the affinity mask, which capgen's defaults follow):
 - in-process: `Captioner(model, threads=N).caption_batch(photos, beam_size=1)`,
   images/s (median of the repetitions, after one warm-up pass);
-- serve: `capgen serve --workers auto` (or `--workers N` where this capgen has
-  no `auto`), otherwise default settings, with `--clients` concurrent clients
+- serve: `capgen serve` with its default settings (`--workers auto --threads
+  auto`: what a user gets; the workers x threads it chose is the last
+  column, from its start-up line), with `--clients` concurrent clients
   posting the photos (greedy) until `--requests` are answered: requests/s, p50
   and p99 latency. A 503 (the bounded queue refusing, by design) is retried
   after its Retry-After (at most 1 s), as a client would: the latency runs from
@@ -39,6 +40,8 @@ from typing import Any
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png"}
 SERVING = re.compile(r"serving .* on http://([^\s:,]+):(\d+)")
+PLAN = re.compile(r"capgen: (\d+) workers? x (\d+) threads? \(")
+WORKER_READY = re.compile(r"capgen: worker \d+ ready")
 _BATCH_CODE = """
 import json, os, statistics, sys, time
 cores = int(sys.argv[1]); repetitions = int(sys.argv[3]); photos = sys.argv[4:]
@@ -87,14 +90,10 @@ def _capgen() -> str:
     return str(beside) if beside.is_file() else "capgen"
 
 
-def _workers_option(cores: int) -> tuple[list[str], str]:
-    """`--workers auto` where this capgen has it, else one worker per core (said in the table)."""
-    shown = subprocess.run(
-        [_capgen(), "serve", "--help"], capture_output=True, text=True, check=False
-    )
-    if "auto" in shown.stdout.split("--workers", 1)[-1][:400]:
-        return ["--workers", "auto"], "auto"
-    return ["--workers", str(cores)], f"{cores} (this capgen has no --workers auto)"
+def _plan(log: Path) -> str:
+    """What `capgen serve`'s default settings chose, from its start-up line ("4 x 4")."""
+    found = PLAN.search(log.read_text())
+    return f"{found.group(1)} x {found.group(2)}" if found else "default (no plan line)"
 
 
 def _ready(host: str, port: int) -> bool:
@@ -142,9 +141,8 @@ def serve_rate(
     model: Path, photos: list[Path], cores: int, clients: int, requests: int, log: Path
 ) -> dict[str, Any]:
     """Requests/s, p50 and p99 of `capgen serve` pinned to `cores` cores under `clients` clients."""
-    option, workers = _workers_option(cores)
     mask = _first_cores(cores)
-    command = [_capgen(), "serve", "--model", str(model), "--port", "0", *option]
+    command = [_capgen(), "serve", "--model", str(model), "--port", "0"]  # defaults: auto
     with log.open("w") as handle:
         server = subprocess.Popen(
             command,
@@ -165,6 +163,12 @@ def serve_rate(
             time.sleep(0.2)  # /readyz: the workers have loaded the model (503 "starting" before)
         if address is None or not _ready(*address):
             raise RuntimeError(f"capgen serve did not start in 180 s; see {log}")
+        planned = PLAN.search(log.read_text())
+        workers = int(planned.group(1)) if planned else 1
+        while workers > 1 and len(WORKER_READY.findall(log.read_text())) < workers:
+            if time.monotonic() > deadline:  # /readyz is 200 once any worker is: wait for all
+                raise RuntimeError(f"not every capgen serve worker was ready in 180 s; see {log}")
+            time.sleep(0.2)
         bodies = [photo.read_bytes() for photo in photos]
         for body in bodies[: max(1, min(len(bodies), 4))]:  # warm-up, not counted
             _caption(*address, body)
@@ -201,7 +205,7 @@ def serve_rate(
         "p99_s": ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))],
         "requests": len(latencies),
         "clients": clients,
-        "workers": workers,
+        "workers": _plan(log),
     }
 
 
@@ -252,7 +256,7 @@ def measure(
 def table(result: dict[str, Any]) -> list[str]:
     """One Markdown table: a row per N."""
     lines = [
-        "| cores | caption_batch img/s | scaling | serve req/s | scaling | p50 ms | p99 ms | p99/p50 | 503s | workers |",
+        "| cores | caption_batch img/s | scaling | serve req/s | scaling | p50 ms | p99 ms | p99/p50 | 503s | workers x threads |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for count, row in result["rows"].items():

@@ -195,6 +195,20 @@ class Service:
                 "max_queue": self.settings.max_queue,
                 "max_beam": self.settings.max_beam,
             },
+            # Workers x threads and why (sizing.py): what `--workers auto` chose here.
+            "workers": self._workers_summary(),
+        }
+
+    def _workers_summary(self) -> dict[str, object]:
+        plan = self.settings.plan
+        if plan is not None:
+            return plan.summary()
+        return {  # an app made without `capgen serve` (in-process tests, embedding)
+            "workers": self.settings.workers or 1,
+            "threads_per_worker": self.settings.threads_per_worker,
+            "workers_auto": self.settings.workers is None,
+            "threads_auto": self.settings.threads is None,
+            "reason": "not started by capgen serve",
         }
 
 

@@ -15,7 +15,7 @@ import typer
 
 from capgen.cli_support.usage_errors import OneLineUsageCommand
 from capgen.runtime.errors import InputError
-from capgen.serve.settings import API_KEY_ENV, ServeSettings
+from capgen.serve.settings import API_KEY_ENV, ServeSettings, parse_count
 
 # import name -> distribution, for the one-line message
 SERVE_EXTRA = {
@@ -49,10 +49,20 @@ def serve_command(
         str, typer.Option(help="Address to listen on (loopback unless told).")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free port, shown at start).")] = 8000,
-    workers: Annotated[int, typer.Option(help="Worker processes, each with its own model.")] = 1,
+    workers: Annotated[
+        str,
+        typer.Option(
+            metavar="N|auto",
+            help="Worker processes, each with its own model (auto: about one per 4 cores, "
+            "as many as memory holds; docs/serve.md).",
+        ),
+    ] = "auto",
     threads: Annotated[
-        int | None, typer.Option(help="Encoder threads per worker (default: cores / workers).")
-    ] = None,
+        str,
+        typer.Option(
+            metavar="N|auto", help="Encoder threads per worker (auto: the cores shared out)."
+        ),
+    ] = "auto",
     int8: Annotated[bool, typer.Option("--int8", help="Use the model's INT8 encoder.")] = False,
     max_batch: Annotated[int, typer.Option(help="Most images in one model batch.")] = 8,
     max_wait_ms: Annotated[
@@ -90,8 +100,8 @@ def serve_command(
         model=model,
         host=host,
         port=port,
-        workers=workers,
-        threads=threads,
+        workers=parse_count("--workers", workers),
+        threads=parse_count("--threads", threads),
         int8=int8,
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,

@@ -14,12 +14,14 @@ process of the service, then the supervisor signals its workers) does not
 cut the drain short.
 
 `--workers N` runs N processes (capgen's own supervisor, workers.py), each
-with its own Captioner and N-th of the cores, each draining on its own.
+with its own Captioner and N-th of the cores, each draining on its own;
+`--workers auto` (the default) chooses N and the threads (sizing.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -27,12 +29,17 @@ import socket
 import sys
 from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from capgen.runtime.errors import InputError
-from capgen.serve.app import Service, create_app
+from capgen.serve.app import Service, create_app, warm_up
 from capgen.serve.settings import ServeSettings
+from capgen.serve.sizing import WORKER_MEMORY_FACTOR, plan_workers, read_machine, resident_bytes
+
+if TYPE_CHECKING:
+    from capgen.runtime.captioner import Captioner
 
 
 def say(message: str) -> None:
@@ -54,8 +61,10 @@ class DrainingServer(uvicorn.Server):
         config: uvicorn.Config,
         service_of: Callable[[], Service | None],
         exit_if_model_fails: bool = False,
+        on_ready: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(config)
+        self.on_ready = on_ready  # a worker tells its supervisor (workers.py) it is serving
         self.service_of = service_of  # the app's Service, once the app is loaded
         # A worker (--workers N) whose model fails to load leaves instead of answering 503
         # model_failed to its share of the clients; one process alone stays up to report it.
@@ -114,6 +123,8 @@ class DrainingServer(uvicorn.Server):
             and service.ready
         ):
             self.announced = True  # a worker of several: the supervisor's log says which is up
+            if self.on_ready is not None:
+                self.on_ready()
             say(f"capgen: worker {os.getpid()} ready")
         if self.drain_requested:
             if service is None:
@@ -169,16 +180,24 @@ def serve(settings: ServeSettings) -> None:
     from capgen.runtime.captioner import Captioner
     from capgen.runtime.identity import DEMONSTRATION_NOTE
 
-    captioner = Captioner(settings.model, threads=settings.threads_per_worker, int8=settings.int8)
+    machine = read_machine()
+    by_cores = plan_workers(machine, settings.workers, settings.threads, worker_bytes=None)
+    captioner = Captioner(settings.model, threads=by_cores.threads, int8=settings.int8)
+    measured = _worker_bytes(captioner) if settings.workers is None else None
+    plan = plan_workers(read_machine(), settings.workers, settings.threads, measured)
+    if plan.workers == 1 and plan.threads != by_cores.threads:  # memory left room for one
+        captioner = Captioner(settings.model, threads=plan.threads, int8=settings.int8)
+    settings = dataclasses.replace(settings, workers=plan.workers, threads=plan.threads, plan=plan)
     if captioner.is_demonstration:  # the manifest says so, not the folder's name
         say(f"capgen: note: {DEMONSTRATION_NOTE}")
     sock = listen(settings.host, settings.port)
     configure_logging()
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    workers = f", {settings.workers} workers" if settings.workers > 1 else ""
+    say(f"capgen: {plan.line()}")
+    workers = f", {plan.workers} workers" if plan.workers > 1 else ""
     say(f"capgen: serving {captioner.manifest.name} on http://{shown}:{port}{workers}")
-    if settings.workers > 1:
+    if plan.workers > 1:
         del captioner  # each worker process loads its own
         from capgen.serve.workers import run_workers
 
@@ -186,6 +205,18 @@ def serve(settings: ServeSettings) -> None:
         return
     app = create_app(lambda: captioner, settings)
     DrainingServer(uvicorn_config(app, settings), lambda: app.state.service).run(sockets=[sock])
+
+
+def _worker_bytes(captioner: Captioner) -> int | None:
+    """What `auto` counts one worker at: this process once its model has captioned one blank
+    image (weights mapped from disk count once touched), x WORKER_MEMORY_FACTOR. None where
+    it cannot be told; a model that fails here fails in the workers too, which say why."""
+    try:
+        warm_up(captioner)
+    except Exception:  # reported by the server itself: 503 model_failed, or exit 3
+        return None
+    resident = resident_bytes()
+    return None if resident is None else resident * WORKER_MEMORY_FACTOR
 
 
 def uvicorn_config(app: object, settings: ServeSettings, **extra: object) -> uvicorn.Config:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from capgen.runtime.errors import InputError
 from capgen.runtime.limits import MAX_BEAM_SIZE
+from capgen.serve.sizing import WorkerPlan, usable_cores
 
 API_KEY_ENV = "CAPGEN_API_KEY"
 MAX_BATCH_LIMIT = 64  # = the Captioner's MAX_BATCH_SIZE; kept here so this module stays light
@@ -25,9 +26,10 @@ _ORIGIN = re.compile(
 )
 
 
-def _check_int(name: str, value: object, low: int, high: int) -> None:
+def _check_int(name: str, value: object, low: int, high: int, auto: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InputError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+        why = f" or auto (the cores here: {cores()})" if auto else ""
+        raise InputError(f"{name} must be an integer from {low} to {high}{why}, got {value!r}")
 
 
 def _check_number(name: str, value: object, low: float, high: float, open_low: bool) -> None:
@@ -54,11 +56,18 @@ def is_loopback(host: str) -> bool:
 
 
 def cores() -> int:
-    """Cores this process may use (the affinity mask, not the machine's total)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    """Cores this process may use: the affinity mask, or a smaller cgroup quota (sizing.py)."""
+    return usable_cores()[0]
+
+
+def parse_count(name: str, text: str) -> int | None:
+    """`--workers`/`--threads` as typed: "auto" is None, else a whole number (range: ServeSettings)."""
+    value = text.strip()
+    if value.lower() == "auto":
+        return None
+    if value.isascii() and value.isdigit():
+        return int(value)
+    raise InputError(f"{name} must be auto or a whole number, got {text!r}")
 
 
 @dataclass(frozen=True)
@@ -68,8 +77,8 @@ class ServeSettings:
     model: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8000
-    workers: int = 1
-    threads: int | None = None
+    workers: int | None = None  # None: auto (sizing.py), the CLI's default
+    threads: int | None = None  # None: auto
     int8: bool = False
     max_batch: int = 8
     max_wait_ms: float = 5.0
@@ -81,14 +90,18 @@ class ServeSettings:
     max_beam: int = 10  # the largest beam_size a request may ask for
     max_uploads: int = 16  # request bodies read at once; more: 503 busy
     insecure_public: bool = False  # a non-loopback --host without --api-key, on purpose
+    plan: WorkerPlan | None = None  # what serve() resolved auto to: shown in /v1/model
 
     def __post_init__(self) -> None:
         if not self.host or any(ch.isspace() for ch in self.host):
             raise InputError(f"--host must be a host name or address, got {self.host!r}")
         _check_int("--port", self.port, 0, 65535)
-        _check_int("--workers", self.workers, 1, cores())
+        usable = cores()
+        if self.workers is not None:  # one worker per core at most
+            _check_int("--workers", self.workers, 1, usable, auto=True)
         if self.threads is not None:  # workers x threads <= cores
-            _check_int("--threads", self.threads, 1, max(1, cores() // self.workers))
+            most = usable if self.workers is None else max(1, usable // self.workers)
+            _check_int("--threads", self.threads, 1, most, auto=True)
         _check_int("--max-batch", self.max_batch, 1, MAX_BATCH_LIMIT)
         _check_number("--max-wait-ms", self.max_wait_ms, 0, MAX_WAIT_MS_LIMIT, open_low=False)
         _check_int("--max-queue", self.max_queue, 1, MAX_QUEUE_LIMIT)
@@ -123,6 +136,7 @@ class ServeSettings:
         """For worker processes (workers.py): every field, as the CLI gave it."""
         fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
         fields["model"] = None if self.model is None else str(self.model)
+        fields["plan"] = None if self.plan is None else dataclasses.asdict(self.plan)
         return json.dumps(fields)
 
     @classmethod
@@ -130,7 +144,13 @@ class ServeSettings:
         fields = json.loads(text)
         model = fields.pop("model")
         origins = tuple(fields.pop("cors_origins"))
-        return cls(model=None if model is None else Path(model), cors_origins=origins, **fields)
+        plan = fields.pop("plan")
+        return cls(
+            model=None if model is None else Path(model),
+            cors_origins=origins,
+            plan=None if plan is None else WorkerPlan(**plan),
+            **fields,
+        )
 
     @property
     def max_body_bytes(self) -> int:
@@ -138,5 +158,7 @@ class ServeSettings:
 
     @property
     def threads_per_worker(self) -> int:
-        """Encoder threads of each worker's Captioner: the cores split so workers x threads <= cores."""
-        return self.threads if self.threads is not None else max(1, cores() // self.workers)
+        """Encoder threads of each worker's Captioner: the plan's, once serve() has made it."""
+        if self.plan is not None:
+            return self.plan.threads
+        return self.threads if self.threads is not None else max(1, cores() // (self.workers or 1))
