@@ -153,16 +153,68 @@ def test_each_folder_imports_only_what_the_layout_allows(folder: str) -> None:
     assert not wrong, sorted(wrong)
 
 
-def test_the_documented_layout_table_names_these_rules() -> None:
-    page = (ROOT / "docs" / "development.md").read_text(encoding="utf-8")
+def _layout_table(page: str) -> dict[str, tuple[str, str]]:
+    """docs/development.md's layout table: folder -> (import-name cell, may-import cell)."""
     section = page.split("## Layout: folders and import names", 1)[1].split("\n## ", 1)[0]
-    rows = {
-        line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| `")
-    }
-    for folder, allowed in ALLOWED.items():
-        row = rows.get(f"`{folder}/`")
-        assert row is not None, folder
-        rule = row.rsplit("|", 2)[-2]  # the "may import from capgen" cell
-        # Each allowed package other than the folder's own is named in its rule cell.
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            for folder in re.findall(r"`([^`]+)/`", cells[0]):
+                rows[folder] = (cells[1], cells[-1])
+    return rows
+
+
+def _table_disagreements(rows: dict[str, tuple[str, str]]) -> list[str]:
+    """Where the table and the rules this file enforces (ALLOWED, pyproject's mapping) differ."""
+    wrong = []
+    not_installed = {folder for folder, (name, _) in rows.items() if name == "(not installed)"}
+    expected_rows = {*ALLOWED, "capgen", *FOLDERS}
+    if set(rows) - not_installed != expected_rows:
+        wrong.append(f"rows {sorted(set(rows) - not_installed)} != folders {sorted(expected_rows)}")
+    for folder, (name_cell, rule) in rows.items():
+        if folder in not_installed:
+            continue
+        name = import_graph.module_name(f"{folder}/__init__.py", FOLDERS)
+        if name_cell != f"`{name}`":
+            wrong.append(f"{folder}: import name {name_cell}, pyproject.toml says {name}")
+        if folder not in ALLOWED:  # the root: it assembles every command
+            continue
+        # "`a`, `b` (never `c`)": the names before the parenthesis are exactly what the
+        # folder may import besides itself; those inside are what it may not.
+        allowed_part, _, refused_part = rule.partition("(")
         own = FOLDERS.get(folder, folder.replace("/", "."))
-        assert allowed - {own} <= set(re.findall(r"`([^`]+)`", rule)), (folder, rule)
+        named = set(re.findall(r"`([^`]+)`", allowed_part))
+        if named != ALLOWED[folder] - {own}:
+            wrong.append(
+                f"{folder}: table allows {sorted(named)}, rules {sorted(ALLOWED[folder] - {own})}"
+            )
+        if not named and "itself only" not in allowed_part:
+            wrong.append(f"{folder}: names nothing and does not say 'itself only': {rule}")
+        refused = set(re.findall(r"`([^`]+)`", refused_part))
+        wrong += [
+            f"{folder}: table refuses {n}, rules allow it" for n in refused if _allowed(n, folder)
+        ]
+    return wrong
+
+
+def test_the_documented_layout_table_names_these_rules() -> None:
+    """The table says what the rules above enforce: the same folders, names and allowed imports."""
+    rows = _layout_table((ROOT / "docs" / "development.md").read_text(encoding="utf-8"))
+    assert _table_disagreements(rows) == []
+
+
+def test_the_table_check_sees_a_stale_table() -> None:
+    """The check above can fail: a row allowing more, one allowing less, a missing row."""
+    page = (ROOT / "docs" / "development.md").read_text(encoding="utf-8")
+    rows = _layout_table(page)
+    name, rule = rows["models"]
+    more = {
+        **rows,
+        "models": (name, rule.replace("`capgen.convert`", "`capgen.convert`, `capgen.serve`")),
+    }
+    less = {**rows, "models": (name, rule.replace("`capgen.convert`", ""))}
+    missing = {folder: row for folder, row in rows.items() if folder != "serve"}
+    renamed = {**rows, "serve": ("`capgen.server`", rows["serve"][1])}
+    for stale in (more, less, missing, renamed):
+        assert _table_disagreements(stale)
