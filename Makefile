@@ -9,7 +9,7 @@ STAMP := $(VENV)/.capgen-installed
 CAPGEN := $(BIN)/capgen
 
 .DEFAULT_GOAL := demo
-.PHONY: demo setup setup-all install test lint typecheck bench train train-photo evaluate-photo clean
+.PHONY: demo setup setup-all install test test-fast lint typecheck bench train train-photo evaluate-photo clean
 
 # Exact versions come from constraints.txt (pyproject.toml states ranges), so every
 # install, CI's included, resolves to the same set.
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "capgen needs $(PYTHON) (Python 3.11) on PATH"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
-	$(PIP_INSTALL) -e ".[convert,train,bench,serve,ray,openvino,dev]"
+	$(PIP_INSTALL) -e ".[convert,train,bench,serve,ray,openvino,litert,dev]"
 	# tf-keras gives Keras 2 behaviour for real Keras-2 .h5 files; with its
 	# dependencies it would pull the full GPU tensorflow on top of tensorflow-cpu.
 	$(PIP_INSTALL) --no-deps tf-keras
@@ -42,13 +42,21 @@ setup-all: install
 demo: setup
 	$(CAPGEN) caption examples/
 
-# Lint and type-check first (cheap, and CI runs exactly this), then the suite on
-# PYTEST_WORKERS processes (pytest-xdist; tests sharing a venv, a Ray cluster or
-# TensorFlow exports stay on one worker: tests/conftest.py). Two, as CI has two
-# cores; more only where memory allows (a TensorFlow test peaks at about 4 GB).
+# Lint and type-check (CI runs exactly this) side by side with building both models, then
+# the suite on PYTEST_WORKERS processes (pytest-xdist; tests sharing a venv, a Ray cluster
+# or TensorFlow exports stay on one worker: tests/conftest.py). Two, as CI has two cores;
+# more only where memory allows (a TensorFlow test peaks at about 4 GB).
 PYTEST_WORKERS ?= 2
-test: setup-all lint typecheck
+test: install
+	$(MAKE) --no-print-directory -j2 setup-all lint typecheck
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+
+# The edit loop (under a minute on 2 cores): the suite without TensorFlow, venv builds, Ray,
+# the HTTP service and the browser page (markers in pyproject.toml, set by tests/conftest.py);
+# CLI tests run in-process. `make test` is still what CI runs.
+FAST_MARKERS := not convert and not venv and not ray and not serve and not web and not slow
+test-fast: install
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m "$(FAST_MARKERS)"
 
 # The default photo model: the tutorial's decoder on the 6,000 Flickr8k training photos
 # (224x224 copies), early stopping on the 1,000 dev photos; checkpoints every epoch, so an
@@ -109,6 +117,13 @@ typecheck: install
 
 bench: setup
 	$(CAPGEN) bench
+
+# The browser runtime's packages (onnxruntime-web, exactly as web/package-lock.json pins it),
+# for `capgen export web` and tests/web; needs node >= 20 and npm.
+.PHONY: web
+web: web/node_modules/.package-lock.json
+web/node_modules/.package-lock.json: web/package.json web/package-lock.json
+	cd web && npm ci --ignore-scripts --no-audit --no-fund
 
 clean:
 	rm -rf $(VENV) .pytest_cache

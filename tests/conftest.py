@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import capgen_cli
 import pytest
+from capgen_wheel import build_capgen_wheel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -52,10 +54,23 @@ def tf_keras_stack(tensorflow_stack: None) -> None:
         pytest.skip("tf-keras not installed (make install adds it with --no-deps)")
 
 
+@pytest.fixture(scope="session")
+def capgen_wheel(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """capgen's wheel, built once per run for every venv the tests build, on every xdist worker.
+
+    The workers' temporary folders share a parent (`pytest-N/popen-gwK`); the wheel goes
+    there, built by whichever worker asks first (tests/runtime/runtime_venvs.py).
+    """
+    base = tmp_path_factory.getbasetemp()
+    return build_capgen_wheel(base.parent if worker_id != "master" else base)
+
+
 # The suite runs on every core (`pytest -n 2 --dist loadgroup`, as `make test` does). Tests
 # that share an expensive session fixture (a venv built from the registry, a Ray cluster,
 # TensorFlow exports) go to one worker, so it is built once and never twice side by side;
-# the Ray cluster's network namespace is also one per machine at a time.
+# the Ray cluster's network namespace is also one per machine at a time. A test file nobody
+# listed here (new ones appear all the time) is grouped by the fixtures it uses, so it joins
+# the group of whatever expensive thing it shares, and is otherwise spread freely.
 _GROUP_BY_FIXTURE = {
     "runtime_venvs": "venvs",
     "decoder_only_venv": "venvs",
@@ -66,12 +81,42 @@ _GROUP_BY_FIXTURE = {
     "keras_reference": "keras-weights",
 }
 
+# Markers that follow from what a test uses (pyproject.toml registers them; `make test-fast`
+# deselects all but `subprocess`): a fixture in the test's closure, or the folder it is in.
+_MARK_BY_FIXTURE = {
+    "tensorflow_stack": "convert",
+    "tf_keras_stack": "convert",
+    "runtime_venvs": "venv",
+    "decoder_only_venv": "venv",
+    "openvino_python": "venv",
+    "cluster": "ray",
+}
+_MARK_BY_FOLDER = {"tests/ray/": "ray", "tests/serve/": "serve", "tests/web/": "web"}
+
+
+def _group(item: pytest.Item, fixtures: tuple[str, ...]) -> str | None:
+    if "tests/ray/" in item.nodeid:
+        return "ray"
+    return next((g for f, g in _GROUP_BY_FIXTURE.items() if f in fixtures), None)
+
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        group = "ray" if "tests/ray/" in item.nodeid else None
-        fixtures = getattr(item, "fixturenames", ())
-        group = group or next((g for f, g in _GROUP_BY_FIXTURE.items() if f in fixtures), None)
+        fixtures = tuple(getattr(item, "fixturenames", ()))
+        group = _group(item, fixtures)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
+        marks = {m for f, m in _MARK_BY_FIXTURE.items() if f in fixtures}
+        marks |= {m for folder, m in _MARK_BY_FOLDER.items() if item.nodeid.startswith(folder)}
+        for mark in sorted(marks - {m.name for m in item.iter_markers()}):
+            item.add_marker(getattr(pytest.mark, mark))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """`capgen(...)` (tests/capgen_cli.py) runs a real process for a test marked `subprocess`."""
+    capgen_cli.in_process_allowed = item.get_closest_marker("subprocess") is None
+
+
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    capgen_cli.in_process_allowed = True

@@ -263,8 +263,10 @@ def caption_command(
     _caption_all(captioner, sinks, todo, options, batch_size)
     if todo:
         seconds = time.perf_counter() - captioning
+        failed = len(todo) - sinks.captioned
         detail(
-            f"capgen: {len(todo)} image(s) captioned in {seconds:.2f} s "
+            f"capgen: {sinks.captioned} image(s) captioned"
+            f"{f', {failed} failed' if failed else ''} in {seconds:.2f} s "
             f"({seconds * 1000.0 / len(todo):.1f} ms per image); "
             f"{time.perf_counter() - started:.2f} s since the command started"
         )

@@ -45,6 +45,7 @@ class CaptionSinks:
     annotate: AnnotateFolder | None = None
     progress: Any = None  # a tqdm bar when stderr is a terminal
     failure_codes: list[int] = field(default_factory=list)
+    captioned: int = 0  # images with a caption (-v's summary line counts these, not attempts)
 
     def _stdout(self, line: str) -> None:
         if self.progress is not None:
@@ -70,6 +71,7 @@ class CaptionSinks:
             if self.json_lines:
                 self._stdout(results.to_line(record).rstrip("\n"))
         else:
+            self.captioned += 1
             record = results.success_record(path, outcome, raw=self.raw)
             if self.json_lines:
                 self._stdout(results.to_line(record).rstrip("\n"))

@@ -8,6 +8,7 @@ parity and caption tests share one export per kind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ class FamilyExports:
         self.folder = folder
         self.home = folder / "capgen_home"
         self._done: dict[str, ExportedFamily] = {}
+        self._features: dict[tuple[str, str], np.ndarray] = {}
 
     def weights(self, kind: str) -> Path:
         """The kind's random weights file (made once), without exporting it."""
@@ -61,6 +63,22 @@ class FamilyExports:
                 encoder = ensure_encoder(kind, weights)
             self._done[kind] = ExportedFamily(kind, weights, encoder)
         return self._done[kind]
+
+    def reference_features(self, kind: str, pixels: np.ndarray) -> np.ndarray:
+        """Keras `predict` of the tutorial's extractor on `pixels` (after `preprocess_input`),
+        once per kind and pixels: the parity and caption tests of VGG16 feed it the same
+        nearest-resized photos, and building VGG16 with its 138 M weights is the slow part."""
+        import keras
+
+        floats = np.ascontiguousarray(pixels, dtype=np.float32)
+        key = (kind, hashlib.sha256(floats.tobytes() + repr(floats.shape).encode()).hexdigest())
+        if key not in self._features:
+            model = keras_reference_model(kind, self.weights(kind))
+            self._features[key] = model.predict(
+                keras_preprocess(kind, floats), batch_size=4, verbose=0
+            )
+            keras.backend.clear_session()  # the model is not needed again; free it
+        return self._features[key]
 
 
 def keras_reference_model(kind: str, weights: Path) -> Any:

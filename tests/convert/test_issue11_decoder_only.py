@@ -33,10 +33,10 @@ EXPORTER = ("tensorflow", "keras", "tf_keras", "tf2onnx")
 
 
 @pytest.fixture(scope="module")
-def decoder_only_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def decoder_only_venv(tmp_path_factory: pytest.TempPathFactory, capgen_wheel: Path) -> Path:
     # Python 3.11 with CI's pins, plus only the light extra (h5py, onnx): no TensorFlow.
     return build_runtime_venv(
-        FLAVOURS[0], tmp_path_factory.mktemp("decoder_only"), "convert-decoder"
+        FLAVOURS[0], tmp_path_factory.mktemp("decoder_only"), capgen_wheel, "convert-decoder"
     )
 
 

@@ -31,6 +31,8 @@ REAL_ENCODER = _REAL_HOME / "encoders" / "xception.onnx"
 REAL_WEIGHTS = _REAL_HOME / "weights" / "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "shapes"
 
+pytestmark = pytest.mark.slow  # each test exports or rewrites a full Xception graph
+
 
 def _graph_with_unsqueeze(axes: list[int] | None) -> onnx.ModelProto:
     """x [2,3] -> Unsqueeze(axes) -> * 2 -> y; axes None: the axes input is left out."""

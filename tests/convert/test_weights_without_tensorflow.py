@@ -87,6 +87,8 @@ results["new_weights_argument"] = xception(str(new)).predict(scaled, verbose=0)
 np.savez(features, **results)
 """
 
+pytestmark = pytest.mark.slow  # each test writes or reads an 83 MB Xception weights file
+
 
 def _one_line(error: BaseException) -> str:
     text = str(error)

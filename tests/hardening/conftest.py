@@ -21,6 +21,7 @@ for helpers in (TESTS / "runtime", TESTS / "convert"):
     if str(helpers) not in sys.path:
         sys.path.append(str(helpers))
 
+from capgen_cli import capgen  # noqa: E402
 from cli_helpers import Run  # noqa: E402
 from tiny_model import TinyModel, write_tiny_model  # noqa: E402
 
@@ -59,7 +60,8 @@ def home(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def run(capgen_script: Path, home: Path) -> Run:
-    """Run `capgen ARGS…` with a private CAPGEN_HOME; a hang fails the test via the timeout."""
+    """Run `capgen ARGS…` with a private CAPGEN_HOME: in-process unless the test needs a real
+    process (tests/capgen_cli.py says when); in a child a hang fails the test via the timeout."""
 
     def runner(
         *args: str | Path | bytes,
@@ -69,10 +71,6 @@ def run(capgen_script: Path, home: Path) -> Run:
     ) -> subprocess.CompletedProcess[bytes]:
         env = {**os.environ, "CAPGEN_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "3"}
         env.update(extra_env or {})
-        argv = [
-            os.fsencode(capgen_script),
-            *(a if isinstance(a, bytes) else os.fsencode(str(a)) for a in args),
-        ]
-        return subprocess.run(argv, capture_output=True, env=env, timeout=timeout, **kwargs)  # type: ignore[call-overload]
+        return capgen(*args, env=env, script=capgen_script, timeout=timeout, **kwargs)
 
     return runner

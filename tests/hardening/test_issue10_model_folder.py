@@ -360,6 +360,8 @@ def test_f19_convert_model_copies_user_encoder(
 
 
 @pytest.mark.convert
+# A real process: quantization silences onnxruntime's prints at the file-descriptor level.
+@pytest.mark.subprocess
 def test_f22_quantize_relative_path_and_quiet(
     run: Run, quantizable_model: Path, tmp_path: Path
 ) -> None:

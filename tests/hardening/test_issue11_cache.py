@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from capgen_cli import capgen
 from cli_helpers import write_photos
 from tiny_model import write_tiny_model
 
@@ -62,13 +63,8 @@ def _capgen(
 ) -> subprocess.CompletedProcess[bytes]:
     """The console script with exactly `env` on top of PATH (no CAPGEN_HOME unless given)."""
     base = {key: os.environ[key] for key in ("PATH", "LANG") if key in os.environ}
-    return subprocess.run(
-        [*prefix, str(capgen_script), *map(str, args)],
-        capture_output=True,
-        env={**base, "TF_CPP_MIN_LOG_LEVEL": "3", **env},
-        timeout=120,
-        check=False,
-    )
+    env = {**base, "TF_CPP_MIN_LOG_LEVEL": "3", **env}
+    return capgen(*args, env=env, script=capgen_script, prefix=prefix, timeout=120)
 
 
 def _model_and_photos(shared: Path) -> tuple[Path, list[Path]]:

@@ -39,7 +39,9 @@ def tiny_captioner(tiny_model: TinyModel):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def runtime_venvs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[RuntimeFlavour], Path]:
+def runtime_venvs(
+    tmp_path_factory: pytest.TempPathFactory, capgen_wheel: Path
+) -> Callable[[RuntimeFlavour], Path]:
     """Build (once per session) the runtime-only venv of a flavour; see runtime_venvs.py."""
     root = tmp_path_factory.mktemp("runtime_venvs")
-    return lambda flavour: build_runtime_venv(flavour, root)
+    return lambda flavour: build_runtime_venv(flavour, root, capgen_wheel)

@@ -4,9 +4,11 @@ One per interpreter (python3.11, python3.12, python3.13) installed with the
 pins CI uses (constraints.txt), and one on the oldest dependency set capgen
 claims (constraints-oldest.txt: the lower bounds in pyproject.toml). Built
 from the package registry for real (10-30 s each), at most once per test
-session, from a copy of the sources: pip builds in-tree and would leave
-build/ and *.egg-info in the working tree, and the copy also proves the
-sdist-relevant files suffice.
+session. capgen itself goes in from one wheel built once per run for every
+venv and every xdist worker (`capgen_wheel`), as a user's `pip install capgen`
+gets a wheel: built from a copy of the sources, because pip builds in-tree and
+would leave build/ and *.egg-info in the working tree, and the copy also proves
+the sdist-relevant files suffice.
 """
 
 from __future__ import annotations
@@ -42,19 +44,6 @@ FLAVOURS = (
 OLDEST = FLAVOURS[-1]
 
 
-def _source_copy(root: Path) -> Path:
-    source = root / "source"
-    if not source.exists():
-        shutil.copytree(
-            REPO_ROOT,
-            source,
-            ignore=shutil.ignore_patterns(
-                ".venv", ".git", "*.egg-info", "build", "dist", "__pycache__", ".*_cache"
-            ),
-        )
-    return source
-
-
 def find_interpreter(name: str) -> str | None:
     """`name` on PATH if it runs, else a pyenv build of it (pyenv's shim for a version that
     is installed but not selected exits 127), else None."""
@@ -68,8 +57,8 @@ def find_interpreter(name: str) -> str | None:
     return None
 
 
-def build_runtime_venv(flavour: RuntimeFlavour, root: Path, extras: str = "") -> Path:
-    """A venv under `root` with `pip install -c <constraints> <repo>[extras]`; skips
+def build_runtime_venv(flavour: RuntimeFlavour, root: Path, wheel: Path, extras: str = "") -> Path:
+    """A venv under `root` with `pip install -c <constraints> <capgen wheel>[extras]`; skips
     with the reason when the interpreter is missing, fails with pip's output."""
     interpreter = find_interpreter(flavour.python)
     if interpreter is None:
@@ -91,7 +80,7 @@ def build_runtime_venv(flavour: RuntimeFlavour, root: Path, extras: str = "") ->
             "--disable-pip-version-check",
             "-c",
             str(flavour.constraints),
-            f"{_source_copy(root)}[{extras}]" if extras else str(_source_copy(root)),
+            f"{wheel}[{extras}]" if extras else str(wheel),
         ],
         capture_output=True,
         text=True,
@@ -104,7 +93,7 @@ def build_runtime_venv(flavour: RuntimeFlavour, root: Path, extras: str = "") ->
     return venv
 
 
-def build_openvino_venv(root: Path) -> Path:
+def build_openvino_venv(root: Path, wheel: Path) -> Path:
     """A python whose onnxruntime is `onnxruntime-openvino`, installed by the README's recipe
     (capgen.benchmarks.provider_venv) with CI's pins; skips with pip's reason only when the
     package index cannot be reached, fails with pip's output otherwise."""
@@ -124,6 +113,6 @@ def build_openvino_venv(root: Path) -> Path:
         if problem is not None:
             pytest.skip(f"the package index cannot serve {OPENVINO_BUILD}: {problem}")
     try:
-        return build_provider_venv(venv, OPENVINO_BUILD, str(_source_copy(root)), interpreter)
+        return build_provider_venv(venv, OPENVINO_BUILD, str(wheel), interpreter)
     except ProviderVenvError as error:
         pytest.fail(f"onnxruntime-openvino venv: {error}")

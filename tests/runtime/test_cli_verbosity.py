@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from capgen_cli import capgen
 from PIL import Image
 from tiny_model import TinyModel
 
@@ -21,10 +22,8 @@ pytestmark = pytest.mark.skipif(
 
 
 def run(*args: str | Path, home: Path) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "CAPGEN_HOME": str(home)}
-    return subprocess.run(
-        [str(CAPGEN_SCRIPT), *map(str, args)], capture_output=True, env=env, timeout=120
-    )
+    """`capgen ARGS`, in-process unless the test is marked `subprocess` (tests/capgen_cli.py)."""
+    return capgen(*args, env={**os.environ, "CAPGEN_HOME": str(home)})
 
 
 @pytest.fixture()

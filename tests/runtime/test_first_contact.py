@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from capgen_cli import capgen as run_capgen
 from PIL import Image
 from tiny_model import TinyModel, write_tiny_model
 
@@ -24,20 +25,12 @@ pytestmark = pytest.mark.skipif(
 def capgen(
     *args: str | Path, cwd: Path, stdin: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    handle = stdin.open("rb") if stdin is not None else subprocess.DEVNULL
-    try:
-        return subprocess.run(
-            [str(CAPGEN_SCRIPT), *map(str, args)],
-            stdin=handle,
-            capture_output=True,
-            text=True,
-            cwd=cwd,
-            check=False,
-            timeout=120,
-        )
-    finally:
-        if stdin is not None:
-            handle.close()  # type: ignore[union-attr]
+    """`capgen ARGS` in `cwd` (in-process unless marked `subprocess`: tests/capgen_cli.py), as text."""
+    data = stdin.read_bytes() if stdin is not None else None
+    done = run_capgen(*args, cwd=cwd, input=data, timeout=120)
+    return subprocess.CompletedProcess(
+        done.args, done.returncode, done.stdout.decode(), done.stderr.decode()
+    )
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from capgen_cli import capgen
 from PIL import Image
 from tiny_model import TinyModel
 
@@ -29,13 +30,9 @@ USAGE = 2  # README "Errors and exit codes": usage or input problem
 
 
 def run(*args: str | Path, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "CAPGEN_HOME": str(cwd / "home")}
-    return subprocess.run(
-        [str(CAPGEN_SCRIPT), *map(str, args)],
-        capture_output=True,
-        env=env,
-        cwd=cwd,
-        timeout=timeout,
+    """`capgen ARGS` in `cwd`, in-process unless the test is marked `subprocess` (tests/capgen_cli.py)."""
+    return capgen(
+        *args, env={**os.environ, "CAPGEN_HOME": str(cwd / "home")}, cwd=cwd, timeout=timeout
     )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from capgen_cli import capgen
 from PIL import Image
 from tiny_model import TinyModel
 
@@ -23,10 +24,8 @@ pytestmark = pytest.mark.skipif(
 
 
 def run(*args: str | Path, home: Path, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "CAPGEN_HOME": str(home)}
-    return subprocess.run(
-        [str(CAPGEN_SCRIPT), *map(str, args)], capture_output=True, env=env, timeout=timeout
-    )
+    """`capgen ARGS`, in-process unless the test is marked `subprocess` (tests/capgen_cli.py)."""
+    return capgen(*args, env={**os.environ, "CAPGEN_HOME": str(home)}, timeout=timeout)
 
 
 @pytest.fixture()
@@ -176,6 +175,7 @@ def test_int8_needs_an_int8_encoder(
     assert done.returncode == 3 and b"INT8" in done.stderr
 
 
+@pytest.mark.subprocess
 def test_non_utf8_file_name_is_captioned_and_printed(
     tiny_model: TinyModel, photos: list[Path], home: Path
 ) -> None:
@@ -304,6 +304,7 @@ def _batch_args(model: TinyModel, photos: list[Path], output: Path) -> list[str]
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_killed_batch_keeps_finished_lines_and_resume_finishes(
     tiny_model: TinyModel, many_photos: list[Path], home: Path, tmp_path: Path
 ) -> None:
@@ -321,6 +322,7 @@ def test_killed_batch_keeps_finished_lines_and_resume_finishes(
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_ctrl_c_exits_130_with_finished_work_written(
     tiny_model: TinyModel, many_photos: list[Path], home: Path, tmp_path: Path
 ) -> None:
@@ -377,6 +379,7 @@ def test_an_annotation_that_cannot_be_written_fails_only_that_image(
     assert (out / "p0.jpg").is_file() and (out / "p2.jpg").is_file()
 
 
+@pytest.mark.subprocess
 def test_capgen_caption_never_imports_the_conversion_stack(
     tiny_model: TinyModel, photos: list[Path], home: Path
 ) -> None:
@@ -399,6 +402,7 @@ def test_capgen_caption_never_imports_the_conversion_stack(
     assert done.stderr.decode().splitlines()[-1] == "HEAVY []"
 
 
+@pytest.mark.subprocess
 def test_ctrl_c_while_loading_the_model_is_130_without_traceback(
     monkeypatch: pytest.MonkeyPatch, photos: list[Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -446,6 +450,7 @@ def _run_in_terminal(args: list[str], home: Path) -> bytes:
     return output
 
 
+@pytest.mark.subprocess
 def test_progress_bar_only_on_a_terminal(
     tiny_model: TinyModel, photos: list[Path], home: Path
 ) -> None:
@@ -458,6 +463,7 @@ def test_progress_bar_only_on_a_terminal(
     assert b"%" not in piped.stderr and b"%" not in piped.stdout
 
 
+@pytest.mark.subprocess
 def test_importing_the_runtime_cli_stays_light() -> None:
     """`capgen --help` and the convert commands import this module; numpy & co. wait for `caption`."""
     script = (
