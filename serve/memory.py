@@ -40,16 +40,41 @@ def trimmer() -> Callable[[], None] | None:
 
 
 class Trimmer:
-    """Runs `malloc_trim(0)` off the event loop when asked, never two at once."""
+    """Runs `malloc_trim(0)` off the event loop when asked, never two at once.
+
+    A request that arrives while a trim runs is not dropped: the memory of the
+    requests that finished meanwhile would stay held until the next burst (seen
+    in CI under load). One more trim follows the running one instead, and each
+    request schedules a follow-up a moment later, for buffers the last request
+    released only after the service went idle.
+    """
+
+    FOLLOW_UP_S = 1.0
 
     def __init__(self, trim: Callable[[], None] | None = None) -> None:
         self.trim = trimmer() if trim is None else trim
         self.running: asyncio.Future[None] | None = None
+        self.again = False
         self.runs = 0
 
-    def request(self) -> None:
-        """Start a trim on a worker thread unless one is running (called on the event loop)."""
-        if self.trim is None or (self.running is not None and not self.running.done()):
+    def request(self, follow_up: bool = True) -> None:
+        """Trim on a worker thread now, or right after the running one (called on the event loop)."""
+        if self.trim is None:
             return
+        loop = asyncio.get_running_loop()
+        if follow_up:
+            loop.call_later(self.FOLLOW_UP_S, self.request, False)
+        if self.running is not None and not self.running.done():
+            self.again = True
+            return
+        self._start(loop)
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.again = False
         self.runs += 1
-        self.running = asyncio.get_running_loop().run_in_executor(None, self.trim)
+        self.running = loop.run_in_executor(None, self.trim)  # type: ignore[arg-type]
+        self.running.add_done_callback(lambda _: self._finished(loop))
+
+    def _finished(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.again and not loop.is_closed():
+            self._start(loop)
