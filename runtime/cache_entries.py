@@ -184,11 +184,7 @@ def copy_companion(folder: int, name: str, private: int) -> bool:
         try:
             _copy_all(source, target)
             os.lseek(target, 0, os.SEEK_SET)
-            hasher = hashlib.sha256()
-            buffer = bytearray(CHUNK)
-            while size := os.readv(target, [buffer]):
-                hasher.update(memoryview(buffer)[:size])
-            digest = hasher.hexdigest()
+            digest = _sha256_of(target)
         finally:
             os.close(target)
     finally:
@@ -196,6 +192,15 @@ def copy_companion(folder: int, name: str, private: int) -> bool:
     if digest != expected:
         raise OSError(f"{name}: sha256 does not match its name")
     return True
+
+
+def _sha256_of(descriptor: int) -> str:
+    """The sha256 of the rest of an open file, read a CHUNK at a time into one buffer."""
+    hasher = hashlib.sha256()
+    buffer = bytearray(CHUNK)
+    while size := os.readv(descriptor, [buffer]):
+        hasher.update(memoryview(buffer)[:size])
+    return hasher.hexdigest()
 
 
 def _copy_all(source: int, target: int) -> None:
@@ -240,9 +245,6 @@ def hash_companion(work: int, name: str) -> str | None:
         if os.fstat(descriptor).st_size == 0:
             return None
         os.fchmod(descriptor, ENTRY_MODE)  # readable by whoever shares the cache
-        digest = hashlib.sha256()
-        while chunk := os.read(descriptor, CHUNK):
-            digest.update(chunk)
-        return digest.hexdigest()
+        return _sha256_of(descriptor)
     finally:
         os.close(descriptor)

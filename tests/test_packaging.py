@@ -9,6 +9,7 @@ training and evaluation, the network-namespace Ray cluster) stays out of it.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import subprocess
 import sys
@@ -39,14 +40,9 @@ KERAS_SUFFIXES = (".keras", ".h5", ".p", ".pkl")
 
 
 @pytest.fixture(scope="module")
-def wheel(capgen_wheel: Path) -> Path:
-    """The wheel the run builds once (tests/conftest.py), which every test venv installs."""
-    return capgen_wheel
-
-
-@pytest.fixture(scope="module")
-def wheel_names(wheel: Path) -> list[str]:
-    with zipfile.ZipFile(wheel) as archive:
+def wheel_names(capgen_wheel: Path) -> list[str]:
+    """What the wheel the run builds once (tests/conftest.py) holds."""
+    with zipfile.ZipFile(capgen_wheel) as archive:
         return archive.namelist()
 
 
@@ -63,10 +59,10 @@ def test_wheel_has_no_keras_files_and_is_typed_and_licensed(wheel_names: list[st
 
 @pytest.mark.slow
 def test_wheel_metadata_states_the_spdx_license_and_python_range(
-    wheel: Path, wheel_names: list[str]
+    capgen_wheel: Path, wheel_names: list[str]
 ) -> None:
     (metadata_name,) = [name for name in wheel_names if name.endswith(".dist-info/METADATA")]
-    with zipfile.ZipFile(wheel) as archive:
+    with zipfile.ZipFile(capgen_wheel) as archive:
         metadata = archive.read(metadata_name).decode()
     assert "License-Expression: MIT" in metadata.splitlines()
     assert "Requires-Python: >=3.11" in metadata.splitlines()
@@ -76,6 +72,7 @@ def test_wheel_metadata_states_the_spdx_license_and_python_range(
     assert runtime and not any("==" in line for line in runtime), runtime
 
 
+@functools.cache
 def _checkout_modules() -> dict[str, dict[str, bool]]:
     """The checkout's import graph: module -> the capgen modules it imports (lazy ones too)."""
     folders = import_graph.layout(REPO_ROOT).folders

@@ -73,34 +73,24 @@ def sources_from_folder(root: Path, folders: dict[str, str]) -> Iterator[tuple[s
             yield path.relative_to(root).as_posix(), path.read_text(encoding="utf-8")
 
 
-def layout_at_revision(revision: str, repo: Path) -> Layout:
-    text = subprocess.run(
-        ["git", "-C", str(repo), "show", f"{revision}:pyproject.toml"],
-        capture_output=True,
-        text=True,
-        check=True,
+def _git(repo: Path, *args: str) -> str:
+    """The standard output of `git -C repo args…` (a failure raises)."""
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True
     ).stdout
-    return layout_from_toml(text)
+
+
+def layout_at_revision(revision: str, repo: Path) -> Layout:
+    return layout_from_toml(_git(repo, "show", f"{revision}:pyproject.toml"))
 
 
 def sources_from_revision(
     revision: str, repo: Path, folders: dict[str, str]
 ) -> Iterator[tuple[str, str]]:
-    listing = subprocess.run(
-        ["git", "-C", str(repo), "ls-tree", "-r", "--name-only", revision, "--", *folders],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    listing = _git(repo, "ls-tree", "-r", "--name-only", revision, "--", *folders).split()
     for path in sorted(listing):
         if path.endswith(".py"):
-            text = subprocess.run(
-                ["git", "-C", str(repo), "show", f"{revision}:{path}"],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-            yield path, text
+            yield path, _git(repo, "show", f"{revision}:{path}")
 
 
 def _is_lazy(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:

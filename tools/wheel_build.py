@@ -12,7 +12,7 @@ the wheel. The editable install and the sdist (a checkout in a tarball) keep
 everything, so `python -m capgen.models.train …` and `make bench` work there.
 
 pyproject.toml's [tool.setuptools] `cmdclass` points setuptools here;
-tests/test_packaging.py builds the wheel and checks what it holds.
+tests/test_packaging.py checks what the wheel (tests/capgen_wheel.py builds it) holds.
 """
 
 from __future__ import annotations
