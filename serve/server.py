@@ -33,24 +33,21 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
+from capgen.cli_support.console import say
 from capgen.runtime.errors import InputError
 from capgen.serve.app import Service, create_app, warm_up
 from capgen.serve.settings import ServeSettings
-from capgen.serve.sizing import WORKER_MEMORY_FACTOR, plan_workers, read_machine, resident_bytes
+from capgen.serve.sizing import (
+    WORKER_MEMORY_FACTOR,
+    Machine,
+    memory_available,
+    plan_workers,
+    resident_bytes,
+    usable_cores,
+)
 
 if TYPE_CHECKING:
     from capgen.runtime.captioner import Captioner
-
-
-def say(message: str) -> None:
-    """One line on stderr: the server's own notes. A model's name may hold any character, so
-    control characters and other unprintable ones are written as escapes (\\x1b, \\u2028)."""
-    line = "".join(
-        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
-        for char in message
-    )
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
 
 
 class DrainingServer(uvicorn.Server):
@@ -180,13 +177,16 @@ def serve(settings: ServeSettings) -> None:
     from capgen.runtime.captioner import Captioner
     from capgen.runtime.identity import DEMONSTRATION_NOTE
 
-    machine = read_machine()
-    by_cores = plan_workers(machine, settings.workers, settings.threads, worker_bytes=None)
-    captioner = Captioner(settings.model, threads=by_cores.threads, int8=settings.int8)
-    measured = _worker_bytes(captioner) if settings.workers is None else None
-    plan = plan_workers(read_machine(), settings.workers, settings.threads, measured)
-    if plan.workers == 1 and plan.threads != by_cores.threads:  # memory left room for one
-        captioner = Captioner(settings.model, threads=plan.threads, int8=settings.int8)
+    cores, cores_from = usable_cores()
+    plan = plan_workers(Machine(cores, cores_from), settings.workers, settings.threads, None)
+    captioner = Captioner(settings.model, threads=plan.threads, int8=settings.int8)
+    if settings.workers is None:  # auto: never more workers than memory holds
+        measured = _worker_bytes(captioner)
+        machine = Machine(cores, cores_from, *memory_available())  # read once the model is in
+        by_cores = plan
+        plan = plan_workers(machine, None, settings.threads, measured)
+        if plan.workers == 1 and plan.threads != by_cores.threads:  # memory left room for one
+            captioner = Captioner(settings.model, threads=plan.threads, int8=settings.int8)
     settings = dataclasses.replace(settings, workers=plan.workers, threads=plan.threads, plan=plan)
     if captioner.is_demonstration:  # the manifest says so, not the folder's name
         say(f"capgen: note: {DEMONSTRATION_NOTE}")

@@ -39,8 +39,9 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
+from capgen.cli_support.console import say
 from capgen.runtime.errors import ModelError
-from capgen.serve.server import DrainingServer, configure_logging, say, uvicorn_config
+from capgen.serve.server import DrainingServer, configure_logging, uvicorn_config
 from capgen.serve.settings import ServeSettings
 
 MODEL_FAILED = 3  # a worker's exit code when its model failed to load: not replaced

@@ -345,26 +345,35 @@ def _crashing_env(tmp_path: Path, once: bool) -> dict[str, str]:
     return env
 
 
+def _two_workers(serve_model: Path) -> list[str]:
+    return [
+        str(CONSOLE_SCRIPT),
+        "serve",
+        "--model",
+        str(serve_model),
+        "--port",
+        "0",
+        "--workers",
+        "2",
+    ]
+
+
+def _always_crashing_env(serve_home: Path, tmp_path: Path) -> dict[str, str]:
+    """The whole environment of a `capgen serve` whose workers crash every time they start."""
+    return {**os.environ, "CAPGEN_HOME": str(serve_home), **_crashing_env(tmp_path, once=False)}
+
+
 def test_workers_that_keep_crashing_before_ready_back_off_then_give_up_with_exit_3(
     serve_model: Path, serve_home: Path, tmp_path: Path
 ) -> None:
     if cores() < 2:
         pytest.skip("--workers 2 needs 2 cores (workers x threads <= cores); one runs in-process")
     done = subprocess.run(
-        [
-            str(CONSOLE_SCRIPT),
-            "serve",
-            "--model",
-            str(serve_model),
-            "--port",
-            "0",
-            "--workers",
-            "2",
-        ],
+        _two_workers(serve_model),
         capture_output=True,
         text=True,
         timeout=180,  # the back-off adds up to 7.5 s per worker; this only stops a hang
-        env={**os.environ, "CAPGEN_HOME": str(serve_home), **_crashing_env(tmp_path, once=False)},
+        env=_always_crashing_env(serve_home, tmp_path),
         stdin=subprocess.DEVNULL,
     )
     lines = done.stderr.splitlines()
@@ -421,21 +430,12 @@ def test_sigterm_during_the_back_off_ends_the_command_with_exit_0(
     if cores() < 2:
         pytest.skip("--workers 2 needs 2 cores (workers x threads <= cores); one runs in-process")
     process = subprocess.Popen(
-        [
-            str(CONSOLE_SCRIPT),
-            "serve",
-            "--model",
-            str(serve_model),
-            "--port",
-            "0",
-            "--workers",
-            "2",
-        ],
+        _two_workers(serve_model),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "CAPGEN_HOME": str(serve_home), **_crashing_env(tmp_path, once=False)},
+        env=_always_crashing_env(serve_home, tmp_path),
     )
     guard = threading.Timer(WAIT_S * 2, process.kill)  # reading stderr must not hang the test
     guard.start()
