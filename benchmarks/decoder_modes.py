@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from capgen.benchmarks.processes import in_turn
 from capgen.benchmarks.stats import summarize
 
 STEP_INPUTS = ["word", "h", "c", "photo"]
@@ -137,8 +138,7 @@ def measure_decoder_modes(
     for name in names:  # first calls: allocations, lazy compilation
         _fixed_length(models[name][0], photo[:1], int(first), 2)
     for rep in range(repetitions):
-        shift = rep % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in in_turn(names, rep):
             one = photo[rep % len(photo) : rep % len(photo) + 1]
             started = time.perf_counter()
             _fixed_length(models[name][0], one, int(first), steps)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from capgen.benchmarks.processes import in_turn
 from capgen.benchmarks.stats import ratio_range, speedup, summarize
 
 Echo = Callable[[str], None]
@@ -93,8 +94,7 @@ def measure_latency(
         texts: dict[str, list[str]] = {name: [] for name in workers}
         names = list(workers)
         for rep in range(repetitions):
-            shift = rep % len(names)
-            for name in names[shift:] + names[:shift]:
+            for name in in_turn(names, rep):
                 answer = workers[name].request(
                     "latency", photo=str(photos[rep % len(photos)]), beam=1
                 )

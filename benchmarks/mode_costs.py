@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from capgen.benchmarks.processes import in_turn
 from capgen.benchmarks.stats import summarize
 
 Echo = Callable[[str], None]
@@ -86,11 +87,6 @@ def parse_verbose(stderr: str) -> dict[str, Any]:
     return found
 
 
-def _rotated(names: Sequence[str], turn: int) -> list[str]:
-    shift = turn % max(len(names), 1)
-    return [*names[shift:], *names[:shift]]
-
-
 def _cold(
     modes: Sequence[str],
     command: Callable[[str], list[str]],
@@ -103,7 +99,7 @@ def _cold(
 
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
     for turn in range(rounds):
-        for mode in _rotated(modes, turn):
+        for mode in in_turn(modes, turn):
             log = scratch / f"cold-{mode}-{turn}.log"
             done = run_cold(command(mode), log, environment)
             parsed = parse_verbose(log.read_text())
@@ -179,7 +175,7 @@ def _warm(
         turn = 0
         for _ in range(rounds):
             for photo in photos:
-                for mode in _rotated(modes, turn):
+                for mode in in_turn(modes, turn):
                     time.sleep(SETTLE_SECONDS)  # the last worker's threads stop spinning
                     answer = workers[mode].request("latency", photo=str(photo), beam=1)
                     seconds[mode].append(answer["seconds"])

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from capgen.benchmarks.goals import tune_into
+from capgen.benchmarks.processes import JsonLinesProcess, in_turn
 from capgen.benchmarks.stats import summarize
 
 Echo = Callable[[str], None]
@@ -111,51 +112,20 @@ def _cosines(features: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return dot / np.maximum(norms, 1e-12)
 
 
-class _EngineProcess:
+class _EngineProcess(JsonLinesProcess):
     """A peer_engines.py process; one request at a time."""
 
     def __init__(self, spec: dict[str, Any], log: Path, environment: dict[str, str]) -> None:
-        self._log = log.open("a")
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "capgen.benchmarks.peer_engines", json.dumps(spec)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-            env=environment,
-        )
-        self.log_path = log
-        self.ready = self._answer()
+        command = [sys.executable, "-m", "capgen.benchmarks.peer_engines", json.dumps(spec)]
+        super().__init__(command, log, environment)
 
-    def _answer(self) -> dict[str, Any]:
-        assert self._process.stdout is not None
-        line = self._process.stdout.readline()
-        if not line:
-            self._process.wait()
-            self._log.flush()
-            lines = [x for x in self.log_path.read_text().splitlines() if x.strip()]
-            raise RuntimeError(
-                f"exited with {self._process.returncode}: {lines[-1] if lines else 'no output'}"
-            )
-        return dict(json.loads(line))
+    def _died(self) -> str:
+        self._log.flush()
+        lines = [x for x in self.log_path.read_text().splitlines() if x.strip()]
+        return f"exited with {self._process.returncode}: {lines[-1] if lines else 'no output'}"
 
     def request(self, **request: Any) -> dict[str, Any]:
-        assert self._process.stdin is not None
-        self._process.stdin.write(json.dumps(request) + "\n")
-        self._process.stdin.flush()
-        return self._answer()
-
-    def close(self) -> None:
-        if self._process.poll() is None:
-            try:
-                assert self._process.stdin is not None
-                self._process.stdin.write('{"op": "quit"}\n')
-                self._process.stdin.close()
-                self._process.wait(timeout=60)
-            except (OSError, subprocess.TimeoutExpired):
-                self._process.kill()
-                self._process.wait()
-        self._log.close()
+        return self.send(request)
 
 
 def _keras_reference(
@@ -222,9 +192,9 @@ def _alternate(
     turn = 0
     for _ in range(rounds):
         for index in range(photos):
-            shift = turn % max(len(names), 1)
+            order = in_turn(names, turn)
             turn += 1
-            for name in names[shift:] + names[:shift]:
+            for name in order:
                 time.sleep(SETTLE_SECONDS)  # let the last arm's threads stop spinning
                 times[name].append(processes[name].request(op="encode", index=index)["seconds"])
     features: dict[str, np.ndarray] = {}

@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,12 @@ from typing import Any
 from capgen.benchmarks.fixtures import BenchModel
 
 LAUNCHER = Path(__file__).with_name("launch.py")
+
+
+def in_turn(names: Sequence[str], turn: int) -> list[str]:
+    """The arms' order on turn `turn`: who goes first rotates, so none is always first."""
+    shift = turn % max(len(names), 1)
+    return [*names[shift:], *names[:shift]]
 
 
 @dataclass(frozen=True)
@@ -48,7 +54,58 @@ def run_cold(
     return ColdRun(report["wall_seconds"], report["peak_rss_kib"] / 1024.0, out_path.read_text())
 
 
-class Worker:
+class JsonLinesProcess:
+    """A long-lived child that answers each JSON request line with one JSON line, in turn.
+
+    Its stderr goes to `log`; `environment` is the whole environment it runs in. The
+    first line it writes (its readiness report) is `ready`.
+    """
+
+    def __init__(self, command: list[str], log: Path, environment: Mapping[str, str]) -> None:
+        self.log_path = log
+        self._log = log.open("a")
+        self._process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            env=dict(environment),
+        )
+        self.ready = self._answer()
+
+    def _died(self) -> str:
+        """The error when it exits instead of answering (after it has exited)."""
+        return f"exited with {self._process.returncode}; see {self.log_path}"
+
+    def _answer(self) -> dict[str, Any]:
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline()
+        if not line:
+            self._process.wait()
+            raise RuntimeError(self._died())
+        return dict(json.loads(line))
+
+    def send(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        assert self._process.stdin is not None
+        self._process.stdin.write(json.dumps(request) + "\n")
+        self._process.stdin.flush()
+        return self._answer()
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            try:
+                assert self._process.stdin is not None
+                self._process.stdin.write(json.dumps({"op": "quit"}) + "\n")
+                self._process.stdin.close()
+                self._process.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self._process.kill()
+                self._process.wait()
+        self._log.close()
+
+
+class Worker(JsonLinesProcess):
     """A `capgen.benchmarks.worker` process; requests are answered one at a time."""
 
     def __init__(
@@ -88,42 +145,11 @@ class Worker:
         suffix = f"{'-int8' if int8 else ''}{'-fast' if fast_decoder else ''}"
         suffix += f"-{precision}" if precision else ""
         self.name = f"{arm}{suffix}{'-' + provider if provider else ''}:{model.name}"
-        self._log = log.open("a")
         environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(environment or {})}
-        self._process = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-            env=environment,
-        )
-        self.ready = self._answer()
+        super().__init__(command, log, environment)
 
-    def _answer(self) -> dict[str, Any]:
-        assert self._process.stdout is not None
-        line = self._process.stdout.readline()
-        if not line:
-            self._process.wait()
-            raise RuntimeError(
-                f"worker {self.name} died (exit {self._process.returncode}); see {self._log.name}"
-            )
-        return json.loads(line)
+    def _died(self) -> str:
+        return f"worker {self.name} died (exit {self._process.returncode}); see {self._log.name}"
 
     def request(self, op: str, **arguments: Any) -> dict[str, Any]:
-        assert self._process.stdin is not None
-        self._process.stdin.write(json.dumps({"op": op, **arguments}) + "\n")
-        self._process.stdin.flush()
-        return self._answer()
-
-    def close(self) -> None:
-        if self._process.poll() is None:
-            try:
-                assert self._process.stdin is not None
-                self._process.stdin.write(json.dumps({"op": "quit"}) + "\n")
-                self._process.stdin.close()
-                self._process.wait(timeout=60)
-            except (OSError, subprocess.TimeoutExpired):
-                self._process.kill()
-                self._process.wait()
-        self._log.close()
+        return self.send({"op": op, **arguments})

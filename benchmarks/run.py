@@ -47,7 +47,7 @@ from capgen.benchmarks.ceiling import (
 from capgen.benchmarks.efficiency import encoder_efficiency
 from capgen.benchmarks.fixtures import BenchModel
 from capgen.benchmarks.machine import machine_info
-from capgen.benchmarks.processes import Worker, run_cold
+from capgen.benchmarks.processes import Worker, in_turn, run_cold
 from capgen.benchmarks.quiet import measured_quietly
 from capgen.benchmarks.stats import summarize
 
@@ -255,8 +255,7 @@ def _alternate(
     names = list(workers)
     for rep in range(repetitions):
         op, arguments = request(rep)
-        shift = rep % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in in_turn(names, rep):
             # Let the previous arm's thread pools stop spinning before timing the next.
             time.sleep(SETTLE_SECONDS)
             answers[name].append(workers[name].request(op, **arguments))

@@ -22,18 +22,6 @@ import pytest
 from capgen.benchmarks import mode_costs
 
 
-@pytest.fixture(scope="module")
-def default_model() -> Path:
-    from capgen.runtime.captioner import resolve_model_dir
-    from capgen.runtime.errors import CapgenError
-
-    try:
-        folder, _ = resolve_model_dir(None)
-    except CapgenError as exc:
-        pytest.skip(f"the default model is not built here ({exc}); `capgen setup` builds it")
-    return folder
-
-
 @pytest.fixture
 def without_openvino(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """OpenVINO as a machine without it sees it: `import openvino` fails (None in sys.modules)."""

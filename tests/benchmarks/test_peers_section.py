@@ -23,18 +23,6 @@ import numpy as np
 import pytest
 
 
-@pytest.fixture(scope="module")
-def default_model() -> Path:
-    from capgen.runtime.captioner import resolve_model_dir
-    from capgen.runtime.errors import CapgenError
-
-    try:
-        folder, _ = resolve_model_dir(None)
-    except CapgenError as exc:
-        pytest.skip(f"the default model is not built here ({exc}); `capgen setup` builds it")
-    return folder
-
-
 def _no_calibration() -> list[np.ndarray]:
     raise AssertionError("LiteRT is absent: its calibration photos must not be asked for")
 
