@@ -27,6 +27,7 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from capgen.runtime.atomic_write import default_mode
 from capgen.runtime.captioner import resolve_model_dir
@@ -210,6 +211,12 @@ def _prepare_target(out_dir: Path, force: bool) -> set[str]:
     return {entry.name for entry in entries}
 
 
+def _create(folder: Path, name: str) -> BinaryIO:
+    """A new file `folder/name`, created exclusively and never through a link."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
+    return os.fdopen(os.open(folder / name, flags, default_mode()), "wb")
+
+
 def _copy(source: Path, folder: Path, name: str, expected: tuple[str, int] | None = None) -> str:
     """Copy `source` to a new file `folder/name` (created exclusively); return the sha256 written.
 
@@ -218,12 +225,7 @@ def _copy(source: Path, folder: Path, name: str, expected: tuple[str, int] | Non
     """
     digest = hashlib.sha256()
     size = 0
-    target = os.open(
-        folder / name,
-        os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
-        default_mode(),
-    )
-    with open(source, "rb") as reader, os.fdopen(target, "wb") as writer:
+    with open(source, "rb") as reader, _create(folder, name) as writer:
         while chunk := reader.read(_CHUNK):
             digest.update(chunk)
             size += len(chunk)
@@ -240,10 +242,7 @@ def _copy(source: Path, folder: Path, name: str, expected: tuple[str, int] | Non
 
 
 def _write(folder: Path, name: str, data: bytes) -> str:
-    target = os.open(
-        folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, default_mode()
-    )
-    with os.fdopen(target, "wb") as writer:
+    with _create(folder, name) as writer:
         writer.write(data)
         writer.flush()
         os.fsync(writer.fileno())

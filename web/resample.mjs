@@ -91,29 +91,31 @@ function clip8(sum) {
   return v < 0 ? 0 : v > 255 ? 255 : v;
 }
 
+// One output pixel: `taps` weighted source pixels from `start`, `step` bytes apart, into out[o..o+2].
+function convolve(src, start, step, weights, k, taps, out, o) {
+  let s0 = HALF;
+  let s1 = HALF;
+  let s2 = HALF;
+  for (let t = 0; t < taps; t++) {
+    const w = weights[k + t];
+    const p = start + t * step;
+    s0 += src[p] * w;
+    s1 += src[p + 1] * w;
+    s2 += src[p + 2] * w;
+  }
+  out[o] = clip8(s0);
+  out[o + 1] = clip8(s1);
+  out[o + 2] = clip8(s2);
+}
+
 function horizontal(src, width, height, outWidth, filter) {
   const { ksize, weights, bounds } = coefficients(width, outWidth, filter);
   const out = new Uint8Array(outWidth * height * 3);
   for (let y = 0; y < height; y++) {
     const line = y * width * 3;
     for (let xx = 0; xx < outWidth; xx++) {
-      const xmin = bounds[xx * 2];
-      const xmax = bounds[xx * 2 + 1];
-      const k = xx * ksize;
-      let s0 = HALF;
-      let s1 = HALF;
-      let s2 = HALF;
-      for (let x = 0; x < xmax; x++) {
-        const w = weights[k + x];
-        const p = line + (x + xmin) * 3;
-        s0 += src[p] * w;
-        s1 += src[p + 1] * w;
-        s2 += src[p + 2] * w;
-      }
-      const o = (y * outWidth + xx) * 3;
-      out[o] = clip8(s0);
-      out[o + 1] = clip8(s1);
-      out[o + 2] = clip8(s2);
+      const start = line + bounds[xx * 2] * 3;
+      convolve(src, start, 3, weights, xx * ksize, bounds[xx * 2 + 1], out, (y * outWidth + xx) * 3);
     }
   }
   return out;
@@ -125,22 +127,8 @@ function vertical(src, width, height, outHeight, filter) {
   for (let yy = 0; yy < outHeight; yy++) {
     const ymin = bounds[yy * 2];
     const ymax = bounds[yy * 2 + 1];
-    const k = yy * ksize;
     for (let xx = 0; xx < width; xx++) {
-      let s0 = HALF;
-      let s1 = HALF;
-      let s2 = HALF;
-      for (let y = 0; y < ymax; y++) {
-        const w = weights[k + y];
-        const p = ((y + ymin) * width + xx) * 3;
-        s0 += src[p] * w;
-        s1 += src[p + 1] * w;
-        s2 += src[p + 2] * w;
-      }
-      const o = (yy * width + xx) * 3;
-      out[o] = clip8(s0);
-      out[o + 1] = clip8(s1);
-      out[o + 2] = clip8(s2);
+      convolve(src, (ymin * width + xx) * 3, width * 3, weights, yy * ksize, ymax, out, (yy * width + xx) * 3);
     }
   }
   return out;

@@ -22,8 +22,6 @@ import base64
 import os
 import re
 import shutil
-import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,10 +35,9 @@ pytest.importorskip(
 pytest.importorskip("httpx", reason="httpx (dev extra) is not installed")
 
 import httpx
+from chromium_session import chromium_session
 from serve_helpers import WAIT_S, Server, start_server, until
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 REPO = Path(__file__).resolve().parents[2]
 SHAPES = REPO / "examples" / "shapes"
 PHOTOS = sorted((REPO / "examples").glob("*.jpg"))[:3]
@@ -60,12 +57,6 @@ MARK = "[max length reached]"
 # The tiny model ends this image's caption (an end token) at the default options: the one
 # case where "finished" is true, so the mark's absence can be tested too.
 GREY = (120, 120, 120)
-# Flags known to work here (root, closed network): no sandbox, no background connections.
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--window-size=900,900",
-]  # fmt: skip
 # Every row of the page as data: what is shown, not what the DOM holds hidden.
 ROWS_SCRIPT = """
 const shown = (node) => node.getClientRects().length > 0;
@@ -85,51 +76,11 @@ return Array.from(document.querySelectorAll("#results .row"), (row) => ({
 Browser = tuple[httpx.Client, str]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture()
 def browser(tmp_path: Path) -> Iterator[Browser]:
     """(a client of chromedriver, the session path) for one headless Chromium."""
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip(
-            f"{CHROMIUM} or {CHROMEDRIVER} missing: apt-get install -y chromium chromium-driver "
-            "(.ci/run installs them)"
-        )
-    port = _free_port()
-    driver = subprocess.Popen(
-        [str(CHROMEDRIVER), f"--port={port}", "--allowed-ips=127.0.0.1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=WAIT_S)
-    try:
-        until(lambda: _driver_up(client), "chromedriver to start")
-        options = {
-            "binary": str(CHROMIUM),
-            "args": [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"],
-        }
-        answer = client.post(
-            "/session", json={"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": options}}}
-        )  # fmt: skip
-        assert answer.status_code == 200, answer.text
-        session = f"/session/{answer.json()['value']['sessionId']}"
-        yield client, session
-        client.delete(session)
-    finally:
-        client.close()
-        driver.terminate()
-        driver.wait(timeout=WAIT_S)
-
-
-def _driver_up(client: httpx.Client) -> bool:
-    try:
-        return client.get("/status").status_code == 200
-    except httpx.TransportError:
-        return False
+    with chromium_session(tmp_path / "profile", WAIT_S) as session:
+        yield session
 
 
 @pytest.fixture()

@@ -21,7 +21,6 @@ import functools
 import http.server
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
+from chromium_session import chromium_session, free_port
 from PIL import Image
 from web_helpers import EXAMPLE_PHOTOS, EXAMPLE_SCENES, built_model, ort_dist
 
@@ -40,14 +40,7 @@ from capgen.runtime.web_export import export_web
 
 httpx = pytest.importorskip("httpx", reason="httpx (dev extra) is not installed")
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C WebDriver element key
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--window-size=900,900",
-]  # fmt: skip
 WAIT_S = 600.0  # loading 40 MB and captioning on a loaded 2-core machine; a bound, not a timing
 CAPGEN = Path(sys.executable).with_name("capgen")
 ISOLATION_HEADERS = {
@@ -90,12 +83,6 @@ def until(check: Callable[[], bool], what: str) -> None:
         time.sleep(0.25)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class _IsolatedHandler(http.server.SimpleHTTPRequestHandler):
     """A static host like the ones _headers is written for: COOP/COEP on every answer."""
 
@@ -125,7 +112,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def site_url(site: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     handler = functools.partial(_IsolatedHandler, directory=str(site.parent))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", _free_port()), handler)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -142,43 +129,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture()
 def browser(tmp_path: Path) -> Iterator[Browser]:
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip(
-            f"{CHROMIUM} or {CHROMEDRIVER} missing: apt-get install -y chromium chromium-driver "
-            "(.ci/run installs them)"
-        )
-    port = _free_port()
-    driver = subprocess.Popen(
-        [str(CHROMEDRIVER), f"--port={port}", "--allowed-ips=127.0.0.1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=WAIT_S)
-    try:
-        until(lambda: _driver_up(client), "chromedriver to start")
-        options = {
-            "binary": str(CHROMIUM),
-            "args": [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"],
-        }
-        answer = client.post(
-            "/session", json={"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": options}}}
-        )  # fmt: skip
-        assert answer.status_code == 200, answer.text
-        session = f"/session/{answer.json()['value']['sessionId']}"
+    with chromium_session(tmp_path / "profile", WAIT_S) as (client, session):
         client.post(f"{session}/timeouts", json={"script": int(WAIT_S * 1000)})
         yield client, session
-        client.delete(session)
-    finally:
-        client.close()
-        driver.terminate()
-        driver.wait(timeout=60)
-
-
-def _driver_up(client: Any) -> bool:
-    try:
-        return bool(client.get("/status").status_code == 200)
-    except httpx.TransportError:
-        return False
 
 
 def _open(browser: Browser, url: str) -> None:
