@@ -82,7 +82,7 @@ def build_app(argv: list[str] | None = None) -> typer.Typer:
     from capgen.ray.cli import register_ray_command
 
     register_ray_command(app)
-    from capgen.cli_support.web_export import register_export_commands
+    from capgen.convert.web_cli import register_export_commands
 
     register_export_commands(app)
     return app

@@ -29,6 +29,7 @@ from capgen.convert.step_graph import (
     DecoderWeights,
     build_projection_graph,
     build_step_graph,
+    build_word_gates_graph,
     step_metadata,
 )
 from capgen.runtime.errors import InputError, ModelError
@@ -42,6 +43,7 @@ from capgen.runtime.manifest import (
     STANDARD_FILES,
     STEP_FILE,
     VOCABULARY_FILE,
+    WORD_GATES_FILE,
     DecoderSpec,
     Manifest,
     VocabularySpec,
@@ -54,9 +56,11 @@ from capgen.runtime.onnx_external_data import read_single_file_graph
 from capgen.runtime.staging import create_staging, discard_staging, prune_stale, swap_in
 
 # Bump when what the converter writes changes for the same sources (2: graphs at the
-# lowest IR version, onnxruntime recorded per file). Recorded as converted_with.recipe,
-# so `capgen setup` and the benchmark fixtures rebuild folders made by an older recipe.
-CONVERTER_RECIPE = "2"
+# lowest IR version, onnxruntime recorded per file; 3: word_gates.onnx, the step's
+# word-gate table as its factors, for `capgen export web`). Recorded as
+# converted_with.recipe, so `capgen setup` and the benchmark fixtures rebuild folders
+# made by an older recipe.
+CONVERTER_RECIPE = "3"
 
 # manifest key -> the distributions that provide it (TensorFlow ships as tensorflow-cpu here).
 _VERSIONED_PACKAGES = {
@@ -327,6 +331,7 @@ def _manifest(spec: ModelFolderSpec, encoder: EncoderInfo, staging: Path) -> Man
         decoder=DecoderSpec(
             projection_file=PROJECTION_FILE,
             step_file=STEP_FILE,
+            word_gates_file=WORD_GATES_FILE,
             units=weights.units,
             embedding_size=weights.embedding_size,
             projection_size=weights.projection_size,
@@ -350,7 +355,7 @@ def _manifest(spec: ModelFolderSpec, encoder: EncoderInfo, staging: Path) -> Man
         files={
             **{
                 name: file_record(staging / name, file_requirement(staging / name))
-                for name in (ENCODER_FILE, PROJECTION_FILE, STEP_FILE)
+                for name in (ENCODER_FILE, PROJECTION_FILE, STEP_FILE, WORD_GATES_FILE)
             },
             VOCABULARY_FILE: file_record(staging / VOCABULARY_FILE),
         },
@@ -411,8 +416,12 @@ def _fill_and_place(
     onnx.save(build_projection_graph(spec.weights), str(staging / PROJECTION_FILE))
     words = spec.delimiters
     meta = step_metadata(spec.vocabulary, words.start_token, words.end_token, spec.max_length)
-    step = build_step_graph(spec.weights, meta, zero_padding_row=words.start_id is None)
+    zero_padding_row = words.start_id is None
+    step = build_step_graph(spec.weights, meta, zero_padding_row=zero_padding_row)
     onnx.save(step, str(staging / STEP_FILE))
+    # The table's factors, for `capgen export web` (the Python runtime reads the table).
+    gates = build_word_gates_graph(spec.weights, zero_padding_row=zero_padding_row)
+    onnx.save(gates, str(staging / WORD_GATES_FILE))
     (staging / VOCABULARY_FILE).write_text(
         json.dumps(spec.vocabulary, ensure_ascii=False) + "\n", encoding="utf-8"
     )

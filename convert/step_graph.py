@@ -211,12 +211,7 @@ def build_step_graph(
     the tokenizer does not know, so the first input is all padding.
     """
     units = weights.units
-    gate_table = _f32(
-        weights.embedding.astype(np.float64) @ weights.lstm_kernel.astype(np.float64)
-        + weights.lstm_bias.astype(np.float64)
-    )
-    if zero_padding_row:
-        gate_table[0] = 0.0
+    gate_table = word_gate_table(weights, zero_padding_row)
     initializers = [
         numpy_helper.from_array(gate_table, "word_gate_table"),
         numpy_helper.from_array(_f32(weights.lstm_recurrent_kernel), "recurrent_kernel"),
@@ -308,6 +303,75 @@ def build_step_graph(
     if output_layer != "float32":
         props["capgen.output_layer"] = output_layer
     helper.set_model_props(model, props)
+    onnx.checker.check_model(model)
+    return model
+
+
+def word_gate_factors(weights: DecoderWeights) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The float32 embedding [V, E], LSTM kernel [E, 4U] and bias [4U] the word-gate table is made of.
+
+    float32 as the graphs hold them (a Keras model's weights are float32 already,
+    so for a real model this is the weights unchanged).
+    """
+    return _f32(weights.embedding), _f32(weights.lstm_kernel), _f32(weights.lstm_bias)
+
+
+def word_gate_table(weights: DecoderWeights, zero_padding_row: bool = False) -> np.ndarray:
+    """The step's [V, 4U] table: embedding @ kernel + bias in float64, rounded once to float32."""
+    embedding, kernel, bias = (f.astype(np.float64) for f in word_gate_factors(weights))
+    table = _f32(embedding @ kernel + bias)
+    if zero_padding_row:
+        table[0] = 0.0
+    return table
+
+
+# The word-gates graph's metadata: how decoder_step.onnx's table is made from it.
+WORD_GATES_TABLE_PROP = "capgen.word_gates.table"
+WORD_GATES_ZERO_ROW_PROP = "capgen.word_gates.zero_padding_row"
+
+
+def build_word_gates_graph(
+    weights: DecoderWeights, zero_padding_row: bool = False
+) -> onnx.ModelProto:
+    """word [N] int64 -> x_gates [N, 4U]: Gather(embedding) @ kernel + bias, the table's factors.
+
+    decoder_step.onnx's `word_gate_table` is this graph computed in float64 and
+    rounded to float32 (row 0 zero when `zero_padding_row`), as its metadata
+    says; the graph itself runs in float32. The Python runtime does not use it:
+    `capgen export web` ships these factors (8.5 MB for the default model)
+    instead of the table (30 MB) and recomputes the table's rows in the browser.
+    """
+    embedding, kernel, bias = word_gate_factors(weights)
+    gates = int(kernel.shape[1])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["embedding", "word"], ["embedded"], name="embed", axis=0),
+            helper.make_node("MatMul", ["embedded", "kernel"], ["x_mm"], name="word_matmul"),
+            helper.make_node("Add", ["x_mm", "bias"], ["x_gates"], name="word_bias_add"),
+        ],
+        "capgen_word_gates",
+        [helper.make_tensor_value_info("word", TensorProto.INT64, ["N"])],
+        [helper.make_tensor_value_info("x_gates", TensorProto.FLOAT, ["N", gates])],
+        [
+            numpy_helper.from_array(embedding, "embedding"),
+            numpy_helper.from_array(kernel, "kernel"),
+            numpy_helper.from_array(bias, "bias"),
+        ],
+    )
+    model = make_portable(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]))
+    model.producer_name = "capgen"
+    helper.set_model_props(
+        model,
+        {
+            "capgen.format_version": str(FORMAT_VERSION),
+            WORD_GATES_TABLE_PROP: (
+                "the decoder step's word_gate_table [V, 4U] is embedding @ kernel + bias "
+                "of this graph computed in float64 and rounded to float32"
+                + ("; its row 0 (the padding id) is zero" if zero_padding_row else "")
+            ),
+            WORD_GATES_ZERO_ROW_PROP: "true" if zero_padding_row else "false",
+        },
+    )
     onnx.checker.check_model(model)
     return model
 

@@ -6,7 +6,7 @@ names, a typed `Manifest` that is parsed from manifest.json (validated field
 by field; every failure names the field) and dumped back to exactly the bytes
 the converter writes (indent 2, UTF-8 without escapes, a trailing newline,
 keys in the order below), and the one way to add an optional file (INT8
-encoder, fast decoder step) to a converted folder. Keys capgen does not know
+encoder, fast decoder step, word gates) to a converted folder. Keys capgen does not know
 are kept and written back, after the known ones of their section.
 
 The checks on the files themselves (sizes, sha256s, Git LFS pointers, links
@@ -71,6 +71,9 @@ STEP_FILE = "decoder_step.onnx"
 VOCABULARY_FILE = "vocabulary.json"
 INT8_ENCODER_FILE = "encoder.int8.onnx"  # added by `capgen convert quantize`
 FAST_STEP_FILE = "decoder_step.int8.onnx"  # added by `capgen convert quantize`
+# The step's word-gate table as its factors (embedding, kernel, bias): written by the
+# converter since recipe 3, read only by `capgen export web` (the site ships these).
+WORD_GATES_FILE = "word_gates.onnx"
 STANDARD_FILES = (
     MANIFEST_FILE,
     ENCODER_FILE,
@@ -79,6 +82,7 @@ STANDARD_FILES = (
     VOCABULARY_FILE,
     INT8_ENCODER_FILE,
     FAST_STEP_FILE,
+    WORD_GATES_FILE,
 )
 
 
@@ -106,6 +110,9 @@ class DecoderSpec:
     # Optional fast step (INT8 output layer, exact rescoring of the best words);
     # used only when asked for (Captioner(fast_decoder=True)).
     int8_step_file: str | None = None
+    # Optional: the factors of step_file's word-gate table (a graph word -> x_gates);
+    # the Python runtime never reads it, `capgen export web` ships it instead of the table.
+    word_gates_file: str | None = None
     # Descriptive: what the converter found (shown by `capgen info`).
     embedding_size: int | None = None
     recurrent_activation: str | None = None
@@ -166,6 +173,7 @@ class OptionalFile(Enum):
 
     INT8_ENCODER = "encoder.int8_file"
     FAST_STEP = "decoder.int8_step_file"
+    WORD_GATES = "decoder.word_gates_file"
 
 
 def parse_encoder_spec(enc: dict[str, Any]) -> EncoderSpec:
@@ -203,6 +211,7 @@ def _parse_decoder(dec: dict[str, Any]) -> DecoderSpec:
             required(dec, "projection_size", int, "decoder."), MAX_UNITS, "decoder.projection_size"
         ),
         int8_step_file=optional_str(dec, "int8_step_file", "decoder."),
+        word_gates_file=optional_str(dec, "word_gates_file", "decoder."),
         embedding_size=optional(dec, "embedding_size", int, "decoder."),
         recurrent_activation=optional(dec, "recurrent_activation", str, "decoder."),
         merge=optional(dec, "merge", str, "decoder."),
@@ -264,6 +273,8 @@ def parse_manifest(folder: Path, data: Any) -> Manifest:
         needed.append(encoder.int8_file)
     if decoder.int8_step_file:
         needed.append(decoder.int8_step_file)
+    if decoder.word_gates_file:
+        needed.append(decoder.word_gates_file)
     unlisted = [name for name in needed if name not in files]
     if unlisted:
         raise ModelError(
@@ -335,6 +346,7 @@ def _dump_decoder(spec: DecoderSpec) -> dict[str, Any]:
         {
             "projection_file": spec.projection_file,
             "step_file": spec.step_file,
+            "word_gates_file": spec.word_gates_file,
             "units": spec.units,
             "embedding_size": spec.embedding_size,
             "projection_size": spec.projection_size,
@@ -414,20 +426,23 @@ def file_record(path: Path, onnxruntime: str | None = None) -> FileRecord:
 def with_optional_file(
     manifest: Manifest, role: OptionalFile, name: str, onnxruntime: str | None = None
 ) -> Manifest:
-    """`manifest` naming `name` (already in the folder) as its INT8 encoder or fast step."""
+    """`manifest` naming `name` (already in the folder) as its INT8 encoder, fast step or word gates."""
     check_file_name(name)
     files = {**manifest.files, name: file_record(manifest.path(name), onnxruntime)}
     if role is OptionalFile.INT8_ENCODER:
         encoder = dataclasses.replace(manifest.encoder, int8_file=name)
         return dataclasses.replace(manifest, encoder=encoder, files=files)
-    decoder = dataclasses.replace(manifest.decoder, int8_step_file=name)
+    if role is OptionalFile.WORD_GATES:
+        decoder = dataclasses.replace(manifest.decoder, word_gates_file=name)
+    else:
+        decoder = dataclasses.replace(manifest.decoder, int8_step_file=name)
     return dataclasses.replace(manifest, decoder=decoder, files=files)
 
 
 def add_optional_file(
     folder: Path, role: OptionalFile, name: str, onnxruntime: str | None = None
 ) -> Manifest:
-    """Record the folder's file `name` as its INT8 encoder or fast step, with sha256 and size."""
+    """Record the folder's file `name` as its INT8 encoder, fast step or word gates (sha256, size)."""
     manifest = with_optional_file(load_manifest(folder), role, name, onnxruntime)
     write_manifest(manifest)
     return manifest

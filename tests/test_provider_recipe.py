@@ -31,7 +31,7 @@ def _recipe_lines() -> list[list[str]]:
     return [shlex.split(line) for line in block.group(1).splitlines() if line.strip()]
 
 
-def test_documented_recipe_installs_the_provider_build_with_every_other_runtime_requirement() -> None:
+def test_documented_recipe_installs_the_provider_build_and_the_other_runtime_needs() -> None:
     first, second, *_ = _recipe_lines()
     assert first[:3] == ["pip", "install", OPENVINO_BUILD]
     expected = runtime_dependencies_besides_onnxruntime()

@@ -113,3 +113,25 @@ export declare function sha256(bytes: BufferSource): Promise<string>;
 export declare function onnxruntimeShortfall(requirement: string | null | undefined, installed: string): string | null;
 
 export declare function decodingOptions(options?: DecodingOptions): Required<DecodingOptions>;
+
+/** A site manifest's web.word_gates, checked: where word_gates.bin holds each array. */
+export interface WordGatesSpec {
+  file: string;
+  vocabularySize: number;
+  embeddingSize: number;
+  /** 4 x the decoder's units: the step's x_gates width. */
+  width: number;
+  bytes: number;
+  layout: Record<
+    "embedding" | "kernel" | "bias" | "exception_indices" | "exception_values",
+    { offset: number; length: number }
+  >;
+}
+
+/** The step's word-gate table rows, computed on demand (and memoised) bit for bit as the table holds them. */
+export interface WordGateRows {
+  readonly width: number;
+  row(word: number): Float32Array;
+}
+
+export declare function wordGateRows(spec: WordGatesSpec, bytes: Uint8Array): WordGateRows;

@@ -19,6 +19,8 @@ export const MAX_BEAM_SIZE = 100;
 export const MAX_CAPTION_LENGTH = 1000;
 const FORMAT_NAME = "capgen-model";
 const SUPPORTED_FORMAT_VERSIONS = [1];
+// The site manifest's `web` section (capgen export web, convert/web_step.py).
+const SUPPORTED_WEB_VERSIONS = [1];
 const CACHE_NAME = "capgen-models-v1";
 
 /** Every failure this module reports: one line, with a kind as the Python runtime's errors. */
@@ -133,8 +135,20 @@ export function parseManifest(data, { int8 = false } = {}) {
       step: required(decoder, "step_file", "string", "decoder."),
     },
     records: files,
+    wordGates: null,
   };
-  for (const name of [...Object.values(spec.files), spec.vocabulary.file]) {
+  if (data.web !== undefined) {
+    // An exported site: the step without its word-gate table, and the table's factors.
+    const web = required(data, "web", "object", "");
+    if (!SUPPORTED_WEB_VERSIONS.includes(web.format_version)) {
+      throw new CapgenError("model", `manifest.json: web.format_version ${JSON.stringify(web.format_version)} is not supported (supports ${SUPPORTED_WEB_VERSIONS.join(", ")})`);
+    }
+    spec.files.step = required(web, "step_file", "string", "web.");
+    spec.wordGates = parseWordGates(required(web, "word_gates", "object", "web."), spec.units);
+  }
+  const listed = [...Object.values(spec.files), spec.vocabulary.file];
+  if (spec.wordGates) listed.push(spec.wordGates.file);
+  for (const name of listed) {
     const record = files[name];
     if (typeof record !== "object" || record === null || !/^[0-9a-f]{64}$/.test(record.sha256 ?? "")) {
       throw new CapgenError("model", `manifest.json lists no sha256 for ${name}`);
@@ -144,6 +158,104 @@ export function parseManifest(data, { int8 = false } = {}) {
     }
   }
   return spec;
+}
+
+const WORD_GATE_ARRAYS = ["embedding", "kernel", "bias", "exception_indices", "exception_values"];
+
+/** The manifest's web.word_gates: the layout of word_gates.bin, checked (shapes agree, in order, aligned). */
+function parseWordGates(gates, units) {
+  const where = "web.word_gates.";
+  const vocabularySize = required(gates, "vocabulary_size", "number", where);
+  const embeddingSize = required(gates, "embedding_size", "number", where);
+  const width = required(gates, "gates", "number", where);
+  const arrays = required(gates, "arrays", "object", where);
+  const count = required(arrays.exception_indices ?? {}, "shape", "object", `${where}arrays.exception_indices.`)[0];
+  const want = {
+    embedding: ["float32", [vocabularySize, embeddingSize]],
+    kernel: ["float32", [embeddingSize, width]],
+    bias: ["float32", [width]],
+    exception_indices: ["int32", [count]],
+    exception_values: ["float32", [count]],
+  };
+  const layout = {};
+  let end = 0;
+  for (const name of WORD_GATE_ARRAYS) {
+    const entry = required(arrays, name, "object", `${where}arrays.`);
+    const [dtype, shape] = want[name];
+    const offset = entry.offset;
+    const ok =
+      entry.dtype === dtype &&
+      Array.isArray(entry.shape) &&
+      JSON.stringify(entry.shape) === JSON.stringify(shape) &&
+      shape.every((n) => Number.isInteger(n) && n >= 0) &&
+      offset === end;
+    if (!ok) {
+      throw new CapgenError("model", `manifest.json: ${where}arrays.${name} is not ${dtype} ${JSON.stringify(shape)} at byte ${end}`);
+    }
+    layout[name] = { offset, length: shape.reduce((a, b) => a * b, 1) };
+    end += layout[name].length * 4;
+  }
+  if (width !== 4 * units) {
+    throw new CapgenError("model", `manifest.json: ${where}gates is ${width}, the decoder's 4 x units is ${4 * units}`);
+  }
+  return { file: required(gates, "file", "string", where), vocabularySize, embeddingSize, width, bytes: end, layout };
+}
+
+function float32s(view, { offset, length }) {
+  const out = new Float32Array(length);
+  for (let i = 0; i < length; i++) out[i] = view.getFloat32(offset + 4 * i, true);
+  return out;
+}
+
+/**
+ * The step's word-gate table, a row at a time, from word_gates.bin (convert/web_step.py):
+ * float64, in this order, one rounding per operation (no fused multiply-add): acc = 0;
+ * acc = acc + embedding[w, k] * kernel[k, j] for k = 0..E-1; acc + bias[j]; Math.fround;
+ * then the exceptions (flat indices into [V, G]) set the entries where that differs from
+ * the table in decoder_step.onnx. So each row is the table's row, bit for bit.
+ */
+export function wordGateRows(spec, bytes) {
+  if (bytes.length !== spec.bytes) {
+    throw new CapgenError("model", `${spec.file} has ${bytes.length} bytes, its layout ${spec.bytes}`);
+  }
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const { vocabularySize: rows, embeddingSize: depth, width, layout } = spec;
+  const embedding = float32s(view, layout.embedding);
+  const kernel = float32s(view, layout.kernel);
+  const bias = float32s(view, layout.bias);
+  const values = float32s(view, layout.exception_values);
+  const exceptions = new Map(); // row -> [[column, value], ...]
+  for (let i = 0; i < layout.exception_indices.length; i++) {
+    const index = view.getInt32(layout.exception_indices.offset + 4 * i, true);
+    if (!(index >= 0 && index < rows * width)) {
+      throw new CapgenError("model", `${spec.file}: exception index ${index} is outside the [${rows}, ${width}] table`);
+    }
+    const row = Math.floor(index / width);
+    if (!exceptions.has(row)) exceptions.set(row, []);
+    exceptions.get(row).push([index % width, values[i]]);
+  }
+  const memo = new Map();
+  return {
+    width,
+    row(word) {
+      let row = memo.get(word);
+      if (row !== undefined) return row;
+      if (!(Number.isInteger(word) && word >= 0 && word < rows)) {
+        throw new CapgenError("model", `word id ${word} has no word-gate row (the table has ${rows})`);
+      }
+      const acc = new Float64Array(width);
+      for (let k = 0; k < depth; k++) {
+        const x = embedding[word * depth + k];
+        const at = k * width;
+        for (let j = 0; j < width; j++) acc[j] = acc[j] + x * kernel[at + j];
+      }
+      row = new Float32Array(width);
+      for (let j = 0; j < width; j++) row[j] = Math.fround(acc[j] + bias[j]);
+      for (const [column, value] of exceptions.get(word) ?? []) row[column] = value;
+      memo.set(word, row);
+      return row;
+    },
+  };
 }
 
 function makeVocabulary(words, spec) {
@@ -263,9 +375,10 @@ export function decodingOptions({ beamSize = 3, maxLength = null, lengthPenalty 
 }
 
 class StepState {
-  constructor(ort, session, units, photo, projectionSize) {
+  constructor(ort, session, units, photo, projectionSize, wordGates = null) {
     this.ort = ort;
     this.session = session;
+    this.wordGates = wordGates;
     this.units = units;
     this.projectionSize = projectionSize;
     this.rowPhoto = [photo];
@@ -282,8 +395,13 @@ class StepState {
   async step(words) {
     const { ort, units } = this;
     const n = words.length;
+    const { wordGates } = this;
+    // A site's step takes the word's gates (computed here) instead of the word.
+    const input = wordGates
+      ? { x_gates: new ort.Tensor("float32", this.stack(words.map((w) => wordGates.row(w)), wordGates.width), [n, wordGates.width]) }
+      : { word: new ort.Tensor("int64", BigInt64Array.from(words, (w) => BigInt(w)), [n]) };
     const outputs = await this.session.run({
-      word: new ort.Tensor("int64", BigInt64Array.from(words, (w) => BigInt(w)), [n]),
+      ...input,
       h: new ort.Tensor("float32", this.stack(this.h, units), [n, units]),
       c: new ort.Tensor("float32", this.stack(this.c, units), [n, units]),
       photo: new ort.Tensor("float32", this.stack(this.rowPhoto, this.projectionSize), [n, this.projectionSize]),
@@ -324,12 +442,13 @@ function toResult(ranked, vocabulary) {
 }
 
 export class Captioner {
-  constructor(ort, spec, vocabulary, sessions, info) {
+  constructor(ort, spec, vocabulary, sessions, info, wordGates = null) {
     this.ort = ort;
     this.spec = spec;
     this.vocabulary = vocabulary;
     this.sessions = sessions;
     this.info = info;
+    this.wordGates = wordGates;
   }
 
   /** The encoder's input: packed RGB bytes resized as the Python runtime resizes them. */
@@ -353,7 +472,7 @@ export class Captioner {
       throw new CapgenError("model", `the photo projection did not give float32 [1, ${spec.projectionSize}]`);
     }
     times.encode = performance.now();
-    const state = new StepState(ort, this.sessions.step, spec.units, photo.data, spec.projectionSize);
+    const state = new StepState(ort, this.sessions.step, spec.units, photo.data, spec.projectionSize, this.wordGates);
     const maxLength = opts.maxLength ?? spec.maxLength;
     const ranked =
       opts.beamSize === 1
@@ -406,7 +525,9 @@ export async function loadModel(url, options = {}) {
   const installed = ort.env?.versions?.web ?? ort.env?.versions?.common;
   const cache = await openCache(options.cache !== false);
   const context = { baseUrl: base, fetchImpl, cache, onProgress: options.onProgress };
-  const names = [spec.vocabulary.file, spec.files.projection, spec.files.step, spec.files.encoder];
+  const names = [spec.vocabulary.file, spec.files.projection, spec.files.step];
+  if (spec.wordGates) names.push(spec.wordGates.file);
+  names.push(spec.files.encoder);
   const bytes = {};
   for (const name of names) {
     const record = spec.records[name];
@@ -423,6 +544,7 @@ export async function loadModel(url, options = {}) {
     throw new CapgenError("model", `cannot read the vocabulary (${error.message})`);
   }
   const vocabulary = makeVocabulary(words, spec.vocabulary);
+  const wordGates = spec.wordGates ? wordGateRows(spec.wordGates, bytes[spec.wordGates.file]) : null;
   const sessionOptions = { executionProviders: ["wasm"], graphOptimizationLevel: "all", ...options.sessionOptions };
   const sessions = {};
   for (const [role, name] of Object.entries(spec.files)) {
@@ -440,7 +562,7 @@ export async function loadModel(url, options = {}) {
     int8: options.int8 === true,
     onnxruntime: installed ?? null,
   };
-  return new Captioner(ort, spec, vocabulary, sessions, info);
+  return new Captioner(ort, spec, vocabulary, sessions, info, wordGates);
 }
 
 // --- decoding image files in the browser -----------------------------------------------------

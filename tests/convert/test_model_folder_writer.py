@@ -97,6 +97,7 @@ def test_manifest_follows_the_contract(sources: dict[str, Any], tmp_path: Path) 
     assert manifest["decoder"] == {
         "projection_file": "photo_projection.onnx",
         "step_file": "decoder_step.onnx",
+        "word_gates_file": "word_gates.onnx",
         "units": 24,
         "embedding_size": 16,
         "projection_size": 24,
@@ -128,6 +129,7 @@ def test_manifest_follows_the_contract(sources: dict[str, Any], tmp_path: Path) 
         "encoder.onnx",
         "photo_projection.onnx",
         "decoder_step.onnx",
+        "word_gates.onnx",
         "vocabulary.json",
     }
     for name, entry in manifest["files"].items():
@@ -140,9 +142,10 @@ def test_manifest_follows_the_contract(sources: dict[str, Any], tmp_path: Path) 
         "encoder.onnx": ">=1.25",
         "photo_projection.onnx": ">=1.20",
         "decoder_step.onnx": ">=1.20",
+        "word_gates.onnx": ">=1.20",
         "vocabulary.json": None,
     }
-    for name in ("photo_projection.onnx", "decoder_step.onnx"):
+    for name in ("photo_projection.onnx", "decoder_step.onnx", "word_gates.onnx"):
         assert onnx.load(str(folder / name)).ir_version == 8
     assert manifest["sources"]["model"] == {
         "name": "model_9.h5",
@@ -168,7 +171,12 @@ def test_weights_only_file_with_its_architecture(sources: dict[str, Any], tmp_pa
         sources, tmp_path / "a", model=sources["weights"], architecture_json=sources["architecture"]
     )
     full = _convert(sources, tmp_path / "b")
-    for name in ("photo_projection.onnx", "decoder_step.onnx", "vocabulary.json"):
+    for name in (
+        "photo_projection.onnx",
+        "decoder_step.onnx",
+        "word_gates.onnx",
+        "vocabulary.json",
+    ):
         assert (via_json / name).read_bytes() == (full / name).read_bytes()
     manifest = json.loads((via_json / "manifest.json").read_text())
     assert manifest["sources"]["architecture"]["sha256"] == _sha256(sources["architecture"])

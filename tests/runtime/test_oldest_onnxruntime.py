@@ -70,6 +70,8 @@ def written(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> 
     """One file of each kind, written by capgen (the tiny model folder gains a fast step)."""
     from capgen.convert.fast_decoder import add_fast_decoder
     from capgen.convert.quantize import quantize_encoder
+    from capgen.convert.step_graph import build_word_gates_graph
+    from capgen.convert.web_step import web_step
 
     root = tmp_path_factory.mktemp("portable")
     folder = root / "model"
@@ -78,12 +80,20 @@ def written(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> 
     rng = np.random.default_rng(5)
     images = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(4)]
     int8 = quantize_encoder(_conv_encoder(root / "conv.onnx"), root / "conv.int8.onnx", images)
+    # The converter's word gates and the browser site's step without its table.
+    onnx.save(build_word_gates_graph(tiny_model.weights), str(folder / "word_gates.onnx"))
+    split = web_step(
+        (folder / "decoder_step.onnx").read_bytes(), (folder / "word_gates.onnx").read_bytes()
+    )
+    (folder / "decoder_step.web.onnx").write_bytes(split.step)
     return {
         "folder": folder,
         "photo_projection.onnx": folder / "photo_projection.onnx",
         "decoder_step.onnx": folder / "decoder_step.onnx",
         "decoder_step.int8.onnx": folder / "decoder_step.int8.onnx",
         "encoder.int8.onnx": int8.output,
+        "word_gates.onnx": folder / "word_gates.onnx",
+        "decoder_step.web.onnx": folder / "decoder_step.web.onnx",
     }
 
 
@@ -126,7 +136,13 @@ def test_every_graph_capgen_writes_loads_on_the_oldest_onnxruntime(
     setup_encoders = sorted(SETUP_ENCODERS.glob("*.onnx"))
     if not setup_encoders:
         pytest.skip(f"no encoder exported by `capgen setup` in {SETUP_ENCODERS}; run capgen setup")
-    graphs = [written[name] for name in ("photo_projection.onnx", "decoder_step.onnx")]
+    names = (
+        "photo_projection.onnx",
+        "decoder_step.onnx",
+        "word_gates.onnx",
+        "decoder_step.web.onnx",
+    )
+    graphs = [written[name] for name in names]
     graphs += [written["encoder.int8.onnx"], *setup_encoders, written["decoder_step.int8.onnx"]]
     for path in graphs:
         assert onnx.load(str(path), load_external_data=False).ir_version == 8, path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import onnx
 import pytest
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -13,8 +14,20 @@ if str(TESTS / "runtime") not in sys.path:
 
 from tiny_model import write_tiny_model  # noqa: E402
 
+from capgen.convert.step_graph import build_word_gates_graph  # noqa: E402
+from capgen.runtime.manifest import WORD_GATES_FILE, OptionalFile, add_optional_file  # noqa: E402
+
 
 @pytest.fixture(scope="session")
 def tiny_model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model folder with an INT8 encoder file (a copy of the FP32 one)."""
     return write_tiny_model(tmp_path_factory.mktemp("web") / "tiny", with_int8=True).folder
+
+
+@pytest.fixture(scope="session")
+def tiny_word_gates_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with word_gates.onnx, as the converter writes every folder since recipe 3."""
+    tiny = write_tiny_model(tmp_path_factory.mktemp("web") / "tiny-gates", with_int8=True)
+    onnx.save(build_word_gates_graph(tiny.weights), str(tiny.folder / WORD_GATES_FILE))
+    add_optional_file(tiny.folder, OptionalFile.WORD_GATES, WORD_GATES_FILE)
+    return tiny.folder

@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 from web_helpers import ort_dist
 
-from capgen.runtime.errors import InputError, ModelError
-from capgen.runtime.web_export import (
+from capgen.convert.web_export import (
     HEADERS_FILE,
     MODULE_FILES,
     ORT_FILES,
@@ -27,6 +26,7 @@ from capgen.runtime.web_export import (
     SITE_RECORD,
     export_web,
 )
+from capgen.runtime.errors import InputError, ModelError
 
 CAPGEN = Path(sys.executable).with_name("capgen")
 

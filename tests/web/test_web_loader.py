@@ -71,3 +71,21 @@ def test_a_missing_file_is_named(model: Path) -> None:
     result = _load(model)
     assert not result["ok"]
     assert result["error"] == "cannot download photo_projection.onnx: HTTP 404"
+
+
+def test_a_site_with_word_gates_loads_and_checks_word_gates_bin(
+    tiny_word_gates_folder: Path, tmp_path: Path
+) -> None:
+    """The split step's files are fetched and verified like every model file."""
+    from capgen.convert.web_export import export_web
+
+    site = export_web(tmp_path / "site", model=tiny_word_gates_folder, word_gates=True).folder
+    result = _load(site)
+    assert result["ok"], result
+    assert result["info"]["files"][2:4] == ["decoder_step.web.onnx", "word_gates.bin"]
+    data = site / "word_gates.bin"
+    data.chmod(0o644)
+    data.write_bytes(data.read_bytes()[:-4] + b"\0\0\0\0")
+    result = _load(site)
+    assert not result["ok"]
+    assert "word_gates.bin does not match the sha256" in result["error"]

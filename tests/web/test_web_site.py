@@ -8,6 +8,10 @@
   an EXIF rotation, and the example JPEGs.
 - A second visit takes every model file from Cache Storage (keyed by sha256).
 
+The site ships the step split (decoder_step.web.onnx + word_gates.bin, the
+rows computed in the page), as the default model's site does; the shapes
+model's own export keeps its small table (test_web_parity.py runs that).
+
 Chromium is driven through chromedriver's WebDriver HTTP API with httpx, as
 tests/serve/test_serve_page.py does; without /usr/bin/chromium and
 /usr/bin/chromedriver, node, `make web` or the shapes model these tests skip
@@ -35,8 +39,8 @@ from chromium_session import chromium_session, free_port
 from PIL import Image
 from web_helpers import EXAMPLE_PHOTOS, EXAMPLE_SCENES, built_model, ort_dist
 
+from capgen.convert.web_export import export_web
 from capgen.runtime.preprocess import load_image, to_rgb
-from capgen.runtime.web_export import export_web
 
 httpx = pytest.importorskip("httpx", reason="httpx (dev extra) is not installed")
 
@@ -103,7 +107,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ort_dist()
     model = built_model("shapes")
     folder = tmp_path_factory.mktemp("site") / "site"
-    export_web(folder, model=model, int8=True)
+    # The split step (word gates computed in the page), as the default model's site ships it.
+    export_web(folder, model=model, int8=True, word_gates=True)
     images = folder.parent / "images"
     images.mkdir()
     return folder

@@ -1,4 +1,4 @@
-"""`capgen export web DIR`: the command line's wing over capgen.runtime.web_export."""
+"""`capgen export web DIR`: the command over capgen.convert.web_export."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def export_web_command(
     ] = False,
 ) -> None:
     """Write a static web site that captions images in the browser (onnxruntime-web, no server code)."""
-    from capgen.runtime.web_export import export_web
+    from capgen.convert.web_export import export_web
 
     site = export_web(out_dir, model=model, int8=int8, ort_dir=ort_dir, force=force)
     write_stdout(

@@ -6,7 +6,19 @@ the search, the loader), onnxruntime-web's WASM files, and the model files
 the page runs, copied from the model folder and verified against its
 manifest while they are copied (the bytes written are the bytes hashed).
 Flat, so that the model's own `manifest.json` and file names are served
-beside the page unchanged and the page loads the model from `./`.
+beside the page and the page loads the model from `./`.
+
+A model folder with word gates (`decoder.word_gates_file`, written by the
+converter since recipe 3) ships its exact step split (convert/web_step.py)
+when the table's factors are smaller than the table (`ships_word_gates`):
+`decoder_step.web.onnx` without the word-gate table and `word_gates.bin`
+with the table's factors and exceptions, 21 MB less for the default model.
+The site's manifest.json is then the model's plus a `web` section naming
+and laying out those two files, and `files` records of both (sha256, size);
+`decoder.step_file` and `decoder.word_gates_file` still name the model
+folder's files, which the site does not ship. The split needs the `onnx`
+package (a one-line error names the extra when it is missing); a folder
+without word gates ships its step graph and manifest as they are.
 
 `_headers` asks Netlify/Cloudflare-style hosts for the COOP/COEP headers
 that let onnxruntime-web use threads; `HOSTING.txt` says what to set on
@@ -15,11 +27,12 @@ later export knows a folder is one it wrote, the only kind it replaces
 (and only with `force`); anything else in a non-empty folder is refused.
 The folder is assembled in a marked staging folder beside it and swapped
 in whole (runtime/staging.py), every file created exclusively, no link
-followed. Standard library and runtime only; nothing printed.
+followed. Nothing printed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -29,10 +42,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from capgen.convert.stack import require
+from capgen.convert.web_step import SITE_STEP_FILE, WORD_GATES_DATA_FILE
 from capgen.runtime.atomic_write import default_mode
 from capgen.runtime.captioner import resolve_model_dir
 from capgen.runtime.errors import InputError, ModelError
-from capgen.runtime.manifest import MANIFEST_FILE, Manifest, load_manifest
+from capgen.runtime.manifest import (
+    MANIFEST_FILE,
+    FileRecord,
+    Manifest,
+    dump_manifest,
+    load_manifest,
+)
 from capgen.runtime.staging import create_staging, discard_staging, prune_stale, swap_in
 
 SITE_RECORD = "capgen-site.json"
@@ -44,6 +65,7 @@ PAGE_FILES = ("index.html", "page.mjs")
 ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 HEADERS_FILE = "_headers"
 HOSTING_FILE = "HOSTING.txt"
+ONNX_EXTRA = "pip install 'capgen[convert-decoder]'"
 
 # Cross-origin isolation (COOP + COEP) is what makes SharedArrayBuffer, and so
 # onnxruntime-web's threads, available; without it the page runs single-threaded.
@@ -114,7 +136,7 @@ class WebSite:
 
 def checkout_web_dir() -> Path:
     """web/ of the capgen checkout this module runs from (a wheel has none)."""
-    return Path(__file__).resolve().parents[1] / "web"
+    return Path(__file__).resolve().parents[1] / "web"  # convert/ and web/ are siblings
 
 
 def default_ort_dir() -> Path:
@@ -123,7 +145,10 @@ def default_ort_dir() -> Path:
 
 
 def model_files(manifest: Manifest, int8: bool) -> list[str]:
-    """The files the page runs: encoder (FP32 or INT8), projection, exact step, vocabulary."""
+    """The model folder's files the page runs: encoder (FP32 or INT8), projection, exact step, vocabulary.
+
+    With word gates the site ships the step split instead of the step (`site_model_files`).
+    """
     encoder = manifest.encoder.file
     if int8:
         if manifest.encoder.int8_file is None:
@@ -138,6 +163,32 @@ def model_files(manifest: Manifest, int8: bool) -> list[str]:
         manifest.decoder.step_file,
         manifest.vocabulary.file,
     ]
+
+
+def ships_word_gates(manifest: Manifest, word_gates: bool | None = None) -> bool:
+    """Whether the site ships the step split (table-less step + word_gates.bin) instead of the step.
+
+    Only a folder with word gates can; `word_gates` None: when the factors are
+    smaller than the table they replace (the default model: 8.5 MB for 30 MB;
+    not a small vocabulary's, such as the shapes model's 41 words).
+    """
+    name = manifest.decoder.word_gates_file
+    if name is None or word_gates is False:
+        return False
+    if word_gates:
+        return True
+    table_bytes = manifest.vocabulary.size * 4 * manifest.decoder.units * 4
+    record = manifest.files.get(name)
+    return record is not None and record.bytes < table_bytes
+
+
+def site_model_files(manifest: Manifest, int8: bool, split: bool = False) -> list[str]:
+    """The model files the site holds: `model_files`, with the step split when `split`."""
+    names = model_files(manifest, int8)
+    if not split:
+        return names
+    step = names.index(manifest.decoder.step_file)
+    return [*names[:step], SITE_STEP_FILE, WORD_GATES_DATA_FILE, *names[step + 1 :]]
 
 
 def _missing(folder: Path, names: Iterable[str]) -> list[str]:
@@ -256,15 +307,22 @@ def export_web(
     ort_dir: str | Path | None = None,
     force: bool = False,
     web_dir: str | Path | None = None,
+    word_gates: bool | None = None,
 ) -> WebSite:
-    """Write the static site for `model` (a folder or installed NAME; default: capgen setup's) to `out_dir`."""
+    """Write the static site for `model` (a folder or installed NAME; default: capgen setup's) to `out_dir`.
+
+    `word_gates`: ship the step split (True), the step as it is (False), or the smaller (None).
+    """
     out_dir = Path(out_dir)
     web = Path(web_dir) if web_dir is not None else checkout_web_dir()
     ort = Path(ort_dir) if ort_dir is not None else default_ort_dir()
     model_dir, _ = resolve_model_dir(None if model is None else str(model))
     manifest = load_manifest(model_dir)
-    names = model_files(manifest, int8)
+    split = ships_word_gates(manifest, word_gates)
+    names = site_model_files(manifest, int8, split)
     _check_sources(web, ort)
+    if split:
+        require(("onnx",), "capgen export web needs onnx to split the decoder step", ONNX_EXTRA)
     clashes = sorted(
         set(names)
         & {*MODULE_FILES, *PAGE_FILES, *ORT_FILES, HEADERS_FILE, HOSTING_FILE, SITE_RECORD}
@@ -283,7 +341,7 @@ def export_web(
             f"cannot create the site folder {out_dir} ({error.strerror or error})"
         ) from None
     try:
-        digests = _fill(staging, manifest, names, web, ort)
+        digests = _fill(staging, manifest, names, web, ort, split)
         record = {
             "format": SITE_FORMAT,
             "format_version": 1,
@@ -303,18 +361,71 @@ def export_web(
     return WebSite(folder=out_dir, model=manifest.name, int8=int8, files=sizes)
 
 
+def _record(manifest: Manifest, name: str) -> FileRecord:
+    record = manifest.files.get(name)
+    if record is None:
+        raise ModelError(f"{manifest.folder}: manifest.json lists no sha256 for {name}")
+    return record
+
+
+def _read_verified(manifest: Manifest, name: str) -> bytes:
+    """The bytes of the model's file `name`, refused unless they match the manifest's sha256 and size."""
+    record = _record(manifest, name)
+    with open(manifest.path(name), "rb") as reader:
+        data = reader.read()
+    if (hashlib.sha256(data).hexdigest(), len(data)) != (record.sha256, record.bytes):
+        raise ModelError(
+            f"{manifest.path(name)}: does not match the sha256 and size in the model's "
+            "manifest.json (damaged or altered file); rebuild or re-download the model"
+        )
+    return data
+
+
+def _write_split_step(staging: Path, manifest: Manifest) -> tuple[dict[str, str], bytes]:
+    """decoder_step.web.onnx and word_gates.bin into `staging`; their digests and the site's manifest."""
+    from capgen.convert.web_step import web_step
+
+    step_name, gates_name = manifest.decoder.step_file, manifest.decoder.word_gates_file
+    assert gates_name is not None
+    split = web_step(
+        _read_verified(manifest, step_name),
+        _read_verified(manifest, gates_name),
+        str(manifest.folder),
+    )
+    digests = {
+        SITE_STEP_FILE: _write(staging, SITE_STEP_FILE, split.step),
+        WORD_GATES_DATA_FILE: _write(staging, WORD_GATES_DATA_FILE, split.word_gates),
+    }
+    step_record = manifest.files[step_name]
+    files = {
+        **manifest.files,
+        SITE_STEP_FILE: FileRecord(
+            digests[SITE_STEP_FILE], len(split.step), step_record.onnxruntime
+        ),
+        WORD_GATES_DATA_FILE: FileRecord(digests[WORD_GATES_DATA_FILE], len(split.word_gates)),
+    }
+    site = dataclasses.replace(manifest, files=files, extra={**manifest.extra, "web": split.layout})
+    return digests, dump_manifest(site)
+
+
 def _fill(
-    staging: Path, manifest: Manifest, names: list[str], web: Path, ort: Path
+    staging: Path, manifest: Manifest, names: list[str], web: Path, ort: Path, split: bool
 ) -> dict[str, str]:
     """Every file of the site into `staging`; name -> sha256 of what was written."""
     digests: dict[str, str] = {}
     for name in names:
-        record = manifest.files.get(name)
-        if record is None:
-            raise ModelError(f"{manifest.folder}: manifest.json lists no sha256 for {name}")
+        if split and name in (SITE_STEP_FILE, WORD_GATES_DATA_FILE):
+            continue
+        record = _record(manifest, name)
         digests[name] = _copy(manifest.path(name), staging, name, (record.sha256, record.bytes))
-    # The manifest as it is: its bytes are what the page reads the model's fields from.
-    digests[MANIFEST_FILE] = _copy(manifest.path(MANIFEST_FILE), staging, MANIFEST_FILE)
+    if split:
+        written, site_manifest = _write_split_step(staging, manifest)
+        digests.update(written)
+        # The model's manifest plus the `web` section: what the page reads the model's fields from.
+        digests[MANIFEST_FILE] = _write(staging, MANIFEST_FILE, site_manifest)
+    else:
+        # The manifest as it is: its bytes are what the page reads the model's fields from.
+        digests[MANIFEST_FILE] = _copy(manifest.path(MANIFEST_FILE), staging, MANIFEST_FILE)
     for name in MODULE_FILES:
         digests[name] = _copy(web / name, staging, name)
     for name in PAGE_FILES:
