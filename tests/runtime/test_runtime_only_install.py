@@ -1,7 +1,7 @@
 """The base install is the runtime alone, and it captions without TensorFlow.
 
-Builds a fresh virtual environment with `pip install <repo>` (no extras),
-exactly what an edge device or a slim server gets, then captions through the
+Builds a fresh virtual environment with capgen's wheel alone (no extras; uv,
+resolving as pip would), exactly what an edge device or a slim server gets, then captions through the
 console script and the Python API there. This is the proof behind the README's
 "deploy the runtime without TensorFlow" section, so it installs for real
 (from the package registry, as CI can) instead of trusting sys.modules in the
