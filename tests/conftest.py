@@ -97,7 +97,15 @@ _MARK_BY_FOLDER = {"tests/ray/": "ray", "tests/serve/": "serve", "tests/web/": "
 def _group(item: pytest.Item, fixtures: tuple[str, ...]) -> str | None:
     if "tests/ray/" in item.nodeid:
         return "ray"
-    return next((g for f, g in _GROUP_BY_FIXTURE.items() if f in fixtures), None)
+    group = next((g for f, g in _GROUP_BY_FIXTURE.items() if f in fixtures), None)
+    if group == "encoder-families":
+        # One group per encoder kind (each exported once on its worker), so the four exports,
+        # about four minutes together, spread over both workers instead of trailing on one.
+        # The tests with no kind parameter read ResNet50's weights.
+        callspec = getattr(item, "callspec", None)
+        kind = callspec.params.get("kind", "resnet50") if callspec else "resnet50"
+        group = f"{group}-{kind}"
+    return group
 
 
 @pytest.hookimpl(tryfirst=True)
