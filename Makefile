@@ -108,14 +108,12 @@ train: install
 lint: install
 	$(BIN)/ruff check .
 
-# mypy on every package that imports no heavy optional stack (capgen/ with its CLI wing,
-# runtime/, serve/, ray_support/), through a tree of links that mirrors pyproject's
-# package-dir mapping (tools/typecheck_tree.py; config in pyproject). convert/, models/
-# and benchmarks/ are read for their types only (pyproject's follow_imports = "silent").
+# mypy on every package pyproject lists (capgen/ with its CLI wing, runtime/, convert/,
+# models/, benchmarks/, serve/, ray_support/), through a tree of links that mirrors
+# pyproject's package-dir mapping; tools/typecheck_tree.py builds it and prints the
+# targets (`-p capgen`), both read from pyproject, where mypy's config is too.
 typecheck: install
-	$(BIN)/python tools/typecheck_tree.py
-	$(BIN)/mypy -p capgen.runtime -p capgen.cli_support -p capgen.serve -p capgen.ray \
-		-m capgen -m capgen.cli -m capgen.__main__
+	targets=$$($(BIN)/python tools/typecheck_tree.py) && $(BIN)/mypy $$targets
 
 bench: setup
 	$(CAPGEN) bench

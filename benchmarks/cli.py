@@ -18,7 +18,7 @@ def bench_command(
         typer.Option(
             "--section",
             help="Run only this section (repeatable): tutorial, ceiling, encoder-kinds, "
-            "int8-accuracy, peers. Its results replace the same entries of --output's "
+            "int8-accuracy, peers, web. Its results replace the same entries of --output's "
             "results.json; the rest stays.",
         ),
     ] = None,

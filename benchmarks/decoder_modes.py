@@ -22,12 +22,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from capgen.benchmarks.processes import in_turn
 from capgen.benchmarks.stats import summarize
+
+if TYPE_CHECKING:
+    from capgen.runtime.decoding import StepModelLike
 
 STEP_INPUTS = ["word", "h", "c", "photo"]
 STEP_OUTPUTS = ["log_probs", "h_out", "c_out"]
@@ -36,7 +39,7 @@ STEP_OUTPUTS = ["log_probs", "h_out", "c_out"]
 class _OpenVinoStep:
     """capgen's step model with its step graph run by OpenVINO (the projection stays as it is)."""
 
-    def __init__(self, exact: Any, path: Path, sha256: str, precision: str) -> None:
+    def __init__(self, exact: StepModelLike, path: Path, sha256: str, precision: str) -> None:
         from capgen.runtime.engines import OpenVinoSession
 
         self._exact = exact
@@ -46,7 +49,8 @@ class _OpenVinoStep:
         self.note = f"openvino ({self._session.inference_precision})"
 
     def initial_state(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
-        return tuple(self._exact.initial_state(rows))  # type: ignore[return-value]
+        h, c = self._exact.initial_state(rows)
+        return h, c
 
     def step(
         self, words: np.ndarray, h: np.ndarray, c: np.ndarray, photo: np.ndarray
@@ -144,7 +148,7 @@ def measure_decoder_modes(
             _fixed_length(models[name][0], one, int(first), steps)
             times[name].append((time.perf_counter() - started) * 1000)
     reference = tokens["exact_onnxruntime"]
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}
     for name in names:
         same = sum(a == b for a, b in zip(tokens[name], reference, strict=True))
         rows[name] = {

@@ -24,6 +24,7 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -81,7 +82,7 @@ def bench_home() -> Path:
     return capgen_home() / "bench"
 
 
-def _peaked_weights(model, tokenizer_words: dict[str, int], seed: int = 0) -> None:
+def _peaked_weights(model: Any, tokenizer_words: dict[str, int], seed: int = 0) -> None:
     """Random weights with a decisive softmax; `end` and ids without a word never win."""
     rng = np.random.default_rng(seed)
     arrays = []

@@ -276,19 +276,24 @@ def goal_rows(
     return found
 
 
-def markdown(goals: dict[str, dict[str, Any]], cores: dict[str, Any] | None) -> list[str]:
-    """RESULTS.md lines: the goal rows, then the many-cores table."""
-    lines = [
-        "",
-        "## Goals (issue 25)",
-        "| goal | measured | target | met | how |",
-        "|---|---|---|---|---|",
-    ]
+# A goal row for another section (web_bench.py): the same fields, the same table.
+row = _row
+
+
+def goal_table(goals: dict[str, dict[str, Any]]) -> list[str]:
+    """The goal rows as a Markdown table (this module's rows, or another section's made by `row`)."""
+    lines = ["| goal | measured | target | met | how |", "|---|---|---|---|---|"]
     for entry in goals.values():
         value = "—" if entry["value"] is None else f"{entry['value']:.3g}"
         lines.append(
             f"| {entry['what']} | {value} | {entry['target']} | {'yes' if entry['met'] else 'NO'} | {entry['detail']} |"
         )
+    return lines
+
+
+def markdown(goals: dict[str, dict[str, Any]], cores: dict[str, Any] | None) -> list[str]:
+    """RESULTS.md lines: the goal rows, then the many-cores table."""
+    lines = ["", "## Goals (issue 25)", *goal_table(goals)]
     if cores and "error" not in cores:
         from capgen.benchmarks.many_cores import table
 

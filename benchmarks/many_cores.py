@@ -231,8 +231,8 @@ def measure(
             )
         rows[str(count)] = row
     one = rows.get("1")
-    for count, row in rows.items():
-        n = int(count)
+    for label, row in rows.items():
+        n = int(label)
         if one is not None:
             rate = row["caption_batch"]["images_per_second"]
             row["caption_batch"]["scaling"] = rate / (n * one["caption_batch"]["images_per_second"])

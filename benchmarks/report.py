@@ -364,6 +364,7 @@ def _markdown(results: dict[str, Any]) -> str:
                 lines.append(f"| {beam} | {_fmt_stats(stats, 1000, 'ms', 2)} |")
     lines += efficiency_markdown(results)
     lines += _peers_markdown(results)
+    lines += _web_markdown(results)
     if results.get("encoder_kinds"):
         from capgen.benchmarks.encoder_kinds import markdown
 
@@ -412,6 +413,26 @@ def _peers_markdown(results: dict[str, Any]) -> list[str]:
 
         lines += decoder_markdown(section["decoder"])
     return lines + goals.markdown(section["goals"], section.get("many_cores"))
+
+
+def _web_markdown(results: dict[str, Any]) -> list[str]:
+    """Section "web": the captions in Chromium, their stages, issue 27's goal row."""
+    section = results.get("web")
+    if not section:
+        return []
+    from capgen.benchmarks import web_bench
+
+    lines = web_bench.markdown(section)
+    run = (results.get("section_runs") or {}).get("web")
+    if run and "browser" in section:  # merged into an earlier run's results: say when this one ran
+        machine = run["machine"]
+        lines.insert(
+            2,
+            f"Run {machine['date']} with `capgen bench --section web` on {machine['cpu']}, "
+            f"{machine['logical_cores']} logical cores (load average at start "
+            f"{machine['load_average_at_start']}; quietness: the web entry under Machine).",
+        )
+    return lines
 
 
 OUTPUT_FILES = ("results.json", "RESULTS.md", "latency_breakdown.png")

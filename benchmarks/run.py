@@ -18,7 +18,11 @@ baseline median ÷ capgen median from the same run. Sections:
 10. peers: the Xception encoder on onnxruntime, OpenVINO and LiteRT against capgen's
    `--precision` modes (peers.py), then issue 25's goal rows (goals.py): warm latency
    against the tutorial under `auto` and INT8, and throughput on 1, 2, … cores;
-plus the INT8 encoder's caption accuracy on the default model's test split.
+plus the INT8 encoder's caption accuracy on the default model's test split;
+11. web: the default model's exported site (INT8) in headless Chromium with 2 WASM
+   threads (web_bench.py): cold model load, first caption, warm greedy and beam-3
+   captions of the example photos with their stages, against the Python runtime's
+   in the same run, and issue 27's goal row (warm greedy ≤ 0.5 s).
 `capgen bench --section peers` runs section 10 alone and merges it into the
 results folder's existing results.json (SECTIONS names them all).
 The encoder section also times capgen with onnxruntime-openvino's
@@ -29,10 +33,12 @@ venv built once by the README's recipe (benchmarks/provider_venv.py).
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +101,8 @@ class Plan:
     goal_batch_repetitions: int = 2
     # The decoder step on each engine (decoder_modes.py): fixed-length captions per arm (0: none).
     decoder_mode_repetitions: int = 12
+    # Section "web" (issue 27): rounds over the example photos, per arm (0: none).
+    web_repetitions: int = 5
 
 
 FULL = Plan()
@@ -116,12 +124,13 @@ QUICK = Plan(
     goal_serve_requests=64,
     goal_batch_repetitions=1,
     decoder_mode_repetitions=2,
+    web_repetitions=2,
 )
-SECTIONS = ("tutorial", "ceiling", "encoder-kinds", "int8-accuracy", "peers")
+SECTIONS = ("tutorial", "ceiling", "encoder-kinds", "int8-accuracy", "peers", "web")
 
 
 def _capgen_cli() -> str:
-    beside = Path(os.sys.executable).with_name("capgen")
+    beside = Path(sys.executable).with_name("capgen")
     return str(beside) if beside.is_file() else "capgen"
 
 
@@ -159,7 +168,7 @@ def _cold_start(session: _Session, model: BenchModel) -> dict[str, Any]:
     photo = str(_photos_for(model, 1)[0])
     repo = fixtures.REPO_ROOT
     baseline_cmd = [
-        os.sys.executable,
+        sys.executable,
         str(fixtures.TUTORIAL_SCRIPT),
         "-i",
         photo,
@@ -182,7 +191,7 @@ def _cold_start(session: _Session, model: BenchModel) -> dict[str, Any]:
         "1",
     ]
     probe = [
-        os.sys.executable,
+        sys.executable,
         str(repo / "benchmarks" / "capgen_probe.py"),
         str(model.model_dir),
         photo,
@@ -262,6 +271,13 @@ def _alternate(
     return answers
 
 
+def _on_photos(
+    photos: Sequence[str], op: str, **fixed: Any
+) -> Callable[[int], tuple[str, dict[str, Any]]]:
+    """`_alternate`'s request for repetition `rep`: `op` on the photos in turn, with `fixed`."""
+    return lambda rep: (op, {"photo": photos[rep % len(photos)], **fixed})
+
+
 def _seconds(answers: dict[str, list[dict[str, Any]]], key: str = "seconds") -> dict[str, Any]:
     return {name: summarize([a[key] for a in rows]) for name, rows in answers.items()}
 
@@ -319,9 +335,8 @@ def _warm(session: _Session, model: BenchModel, primary: bool) -> dict[str, Any]
             "setup": {name: w.ready["setup"] for name, w in {**workers, **openvino}.items()}
         }
         photos = [str(p) for p in _photos_for(model, max(plan.repetitions, 1))]
-        warmup = {"op": "latency", "photo": photos[0], "beam": 1}
         for worker in [*workers.values(), *openvino.values()]:
-            worker.request(**warmup)
+            worker.request("latency", photo=photos[0], beam=1)  # warm-up
 
         result["latency"] = {}
         for beam in plan.latency_beams:
@@ -329,7 +344,7 @@ def _warm(session: _Session, model: BenchModel, primary: bool) -> dict[str, Any]
             answers = _alternate(
                 workers,
                 reps,
-                lambda rep, b=beam: ("latency", {"photo": photos[rep % len(photos)], "beam": b}),
+                _on_photos(photos, "latency", beam=beam),
             )
             same = sum(
                 a["text"] == b["text"]
@@ -354,10 +369,7 @@ def _warm(session: _Session, model: BenchModel, primary: bool) -> dict[str, Any]
             answers = _alternate(
                 workers,
                 plan.repetitions,
-                lambda rep: (
-                    "decode",
-                    {"photo": photos[rep % len(photos)], "steps": steps, "beam": 1},
-                ),
+                _on_photos(photos, "decode", steps=steps, beam=1),
             )
             result["decoder"] = {
                 "steps": steps,
@@ -369,10 +381,7 @@ def _warm(session: _Session, model: BenchModel, primary: bool) -> dict[str, Any]
                 answers = _alternate(
                     {**workers, **openvino},
                     plan.repetitions,
-                    lambda rep, n=batch: (
-                        "encode",
-                        {"photo": photos[rep % len(photos)], "batch": n},
-                    ),
+                    _on_photos(photos, "encode", batch=batch),
                 )
                 result["encoder"][f"batch{batch}"] = {"seconds": _seconds(answers)}
             result["scaling_length"] = {}
@@ -380,10 +389,7 @@ def _warm(session: _Session, model: BenchModel, primary: bool) -> dict[str, Any]
                 answers = _alternate(
                     workers,
                     max(plan.repetitions // 2, 1),
-                    lambda rep, n=length: (
-                        "decode",
-                        {"photo": photos[rep % len(photos)], "steps": n, "beam": 1},
-                    ),
+                    _on_photos(photos, "decode", steps=length, beam=1),
                 )
                 result["scaling_length"][str(length)] = _seconds(answers)
             capgen_only = {"capgen": workers["capgen"]}
@@ -392,14 +398,7 @@ def _warm(session: _Session, model: BenchModel, primary: bool) -> dict[str, Any]
                 answers = _alternate(
                     capgen_only,
                     plan.repetitions,
-                    lambda rep, b=beam: (
-                        "decode",
-                        {
-                            "photo": photos[rep % len(photos)],
-                            "steps": plan.decoder_steps,
-                            "beam": b,
-                        },
-                    ),
+                    _on_photos(photos, "decode", steps=plan.decoder_steps, beam=beam),
                 )
                 result["scaling_beam"][str(beam)] = _seconds(answers)["capgen"]
             echo(
@@ -414,10 +413,7 @@ def _warm(session: _Session, model: BenchModel, primary: bool) -> dict[str, Any]
                 answers = _alternate(
                     capgen_arms,
                     plan.repetitions,
-                    lambda rep, n=batch: (
-                        "encode",
-                        {"photo": photos[rep % len(photos)], "batch": n},
-                    ),
+                    _on_photos(photos, "encode", batch=batch),
                 )
                 result["encoder"][f"batch{batch}"] = {"seconds": _seconds(answers)}
 
@@ -556,6 +552,42 @@ def _peers_and_goals(
     return section
 
 
+def _web(
+    session: _Session,
+    quietly: Callable[[str, Callable[[], Any]], Any],
+    model_dir: Path | None,
+) -> dict[str, Any]:
+    """Section "web": the site in Chromium (web_bench.py), or why it was skipped or failed."""
+    from capgen.benchmarks import web_bench
+
+    plan, echo = session.plan, session.echo
+    reason = web_bench.why_not(model_dir)
+    if reason is not None:
+        echo(f"web: skipped: {reason}")
+        return {"skipped": reason}
+    photos = web_bench.example_photos()
+    echo(
+        f"web: the default model's site (INT8) in headless Chromium, {web_bench.THREADS} threads, "
+        f"{len(photos)} photos × {plan.web_repetitions}"
+    )
+    try:
+        section = dict(
+            quietly(
+                "web",
+                lambda: web_bench.measure_web(model_dir, photos, plan.web_repetitions, echo),
+            )
+        )
+    except Exception as error:  # the other sections' results still get written
+        echo(f"  web failed: {error}")
+        return {"error": str(error)}
+    goal = section["goal"]
+    echo(
+        f"  goal (issue 27): {goal['what']}: {goal['value']:.3f} {goal['target']}: "
+        f"{'met' if goal['met'] else 'NOT met'}"
+    )
+    return section
+
+
 def _or_error(
     echo: Echo, quietly: Callable[[str, Callable[[], Any]], Any], name: str, part: Callable[[], Any]
 ) -> dict[str, Any]:
@@ -648,6 +680,8 @@ def run_benchmarks(
             except Exception as error:  # the other sections' results still get written
                 echo(f"  peers failed: {error}")
                 results["peers"] = {"error": str(error)}
+        if "web" in chosen and plan.web_repetitions > 0:
+            results["web"] = _web(session, quietly, model_dir)
     results["quietness"] = quietness
     results["noisy_sections"] = [name for name, how in quietness.items() if not how["quiet"]]
     write_outputs(results, output_dir)
@@ -681,12 +715,12 @@ def _tutorial_sections(
         entry: dict[str, Any] = {"note": model.note, "primary": model is primary}
         try:
             entry["cold_start"] = quietly(
-                f"{model.name} cold start", lambda m=model: _cold_start(session, m)
+                f"{model.name} cold start", partial(_cold_start, session, model)
             )
             entry.update(
                 quietly(
                     f"{model.name} warm",
-                    lambda m=model: _warm(session, m, primary=m is primary),
+                    partial(_warm, session, model, primary=model is primary),
                 )
             )
         except Exception as error:  # one broken model must not lose the other's results
@@ -735,6 +769,7 @@ def smoke_plan() -> Plan:
         int8_eval_scenes=0,
         encoder_kind_repetitions=0,
         peer_rounds=0,  # its own smoke test: tests/benchmarks/test_peers_section.py
+        web_repetitions=0,  # its own smoke test: tests/benchmarks/test_web_section.py
         quiet_max_wait=0.0,
         noisy_retries=0,
         openvino=False,

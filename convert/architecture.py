@@ -168,7 +168,7 @@ def _dense_activation(layer: Layer, role: str) -> DenseActivation:
     activation = layer.config.get("activation", "linear")
     if activation not in _DENSE_ACTIVATIONS:
         raise _unsupported(f"{layer.describe()} ({role}) uses activation {activation!r}")
-    return activation  # type: ignore[return-value]
+    return activation
 
 
 def _input_shape(layer: Layer) -> list[Any]:

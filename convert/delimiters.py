@@ -159,6 +159,7 @@ def choose_delimiters(
     ids = _ids(vocabulary)
     coverage = _coverage(tokenizer)
     _check_options(options)
+    end: str | None
     if options.start_token is None and options.end_token is None and not options.no_end_token:
         start, end = _pair_from_evidence(tokenizer, ids, coverage)
         chosen_by = coverage.how

@@ -250,7 +250,8 @@ def export_encoder(kind: str, weights_path: Path, output_path: Path, isolated: b
     encode = spec.build(weights_path)
     size = spec.input_size
     props = encoder_props(kind)
-    finish = None if spec.finish_graph is None else lambda proto: spec.finish_graph(proto, encode)
+    finish_graph = spec.finish_graph
+    finish = None if finish_graph is None else lambda proto: finish_graph(proto, encode)
     return save_function_as_onnx(encode, (size, size), props, output_path, finish)
 
 

@@ -24,6 +24,13 @@ _PUT_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
 _MARK = -1  # stack sentinel for MARK; real entries are depths >= 0
 
 
+def _memo_index(argument: object) -> int:
+    """A PUT/GET opcode's memo index (pickletools decodes it as an int)."""
+    if not isinstance(argument, int):
+        raise ValueError(f"memo index {argument!r} is not an integer")
+    return int(argument)
+
+
 def deepest_tuple(data: bytes) -> int:
     """The deepest tuple nesting the pickle would build; ValueError if its opcodes are malformed."""
     stack: list[int] = []
@@ -37,7 +44,7 @@ def deepest_tuple(data: bytes) -> int:
         if name in _PUT_OPS or name == "MEMOIZE":
             if not stack:
                 raise ValueError(f"{name} on an empty stack")
-            memo[len(memo) if name == "MEMOIZE" else int(argument)] = stack[-1]
+            memo[len(memo) if name == "MEMOIZE" else _memo_index(argument)] = stack[-1]
             continue
         popped = _pop_operands(stack, opcode)
         if name in _TUPLE_OPS:
@@ -47,7 +54,7 @@ def deepest_tuple(data: bytes) -> int:
                 return deepest  # enough to refuse; no need to read on
             stack.append(depth)
         elif name in _GET_OPS:
-            stack.append(memo.get(int(argument), 0))
+            stack.append(memo.get(_memo_index(argument), 0))
         elif name == "DUP":
             stack.extend(popped * 2)
         else:

@@ -12,7 +12,7 @@ the interface exactly the one in docs/design.md.
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -172,7 +172,7 @@ def _int8_rescored_output(
         ),
     ]
     # (op, inputs, outputs, name, attributes): exact logits of the INT8 top candidates.
-    rescoring = [
+    rescoring: list[tuple[str, list[str], list[str], str, dict[str, Any]]] = [
         ("TopK", ["logits_q8", "rescore_count"], ["candidate_q8_logits", "candidates"],
          "candidates", {"axis": 1}),
         ("Gather", ["output_rows", "candidates"], ["candidate_rows"], "candidate_rows", {"axis": 0}),

@@ -182,7 +182,10 @@ def _background(scene: Scene, rng: np.random.Generator) -> np.ndarray:
         blotches = rng.normal(0, 30, (max(2, scene.height // 16), max(2, scene.width // 16)))
         small = Image.fromarray(np.clip(blotches + 128, 0, 255).astype(np.uint8))
         canvas += (
-            np.asarray(small.resize((scene.width, scene.height), Image.BICUBIC), np.float32) - 128
+            np.asarray(
+                small.resize((scene.width, scene.height), Image.Resampling.BICUBIC), np.float32
+            )
+            - 128
         )
     canvas = np.clip(canvas, 0, 255)
     return np.repeat(canvas[:, :, None], 3, axis=2)

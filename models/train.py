@@ -202,7 +202,7 @@ def train(
         model, output_dir / MODEL_FILENAME, train_photos.shape[1], vocab_size, max_length
     )
     val_losses = [float(v) for v in history.history["val_loss"]]
-    record = {
+    record: dict[str, Any] = {
         "dataset": str(dataset_root),
         "encoder": encoder,
         "encoder_sha256": encoder_sha,

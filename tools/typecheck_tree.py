@@ -8,7 +8,13 @@ script builds `build/typecheck/capgen/` with one link per mapped package
 read from pyproject.toml, so the mapping has one source. mypy's
 `mypy_path` and pyright's `extraPaths` point at `build/typecheck`.
 
-Usage: python tools/typecheck_tree.py   (idempotent; `make typecheck` runs it)
+It prints mypy's targets on stdout: `-p NAME` for each top-level package of
+pyproject's `packages` (today `-p capgen`; mypy recurses into every package
+under it through the tree), after checking that every listed package is in
+the tree, so what mypy checks is what pyproject ships.
+
+Usage: python tools/typecheck_tree.py   (idempotent; `make typecheck` runs
+       `mypy $(python tools/typecheck_tree.py)`)
 """
 
 from __future__ import annotations
@@ -18,16 +24,26 @@ import shutil
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 TREE = ROOT / "build" / "typecheck"
 
 
+def _setuptools_config() -> dict[str, Any]:
+    with (ROOT / "pyproject.toml").open("rb") as handle:
+        config: dict[str, Any] = tomllib.load(handle)["tool"]["setuptools"]
+    return config
+
+
 def package_dirs() -> dict[str, str]:
     """{"capgen": "capgen", "capgen.runtime": "runtime", …} from pyproject.toml."""
-    with (ROOT / "pyproject.toml").open("rb") as handle:
-        config = tomllib.load(handle)
-    return dict(config["tool"]["setuptools"]["package-dir"])
+    return dict(_setuptools_config()["package-dir"])
+
+
+def packages() -> list[str]:
+    """pyproject's `packages`: every package the distribution ships."""
+    return list(_setuptools_config()["packages"])
 
 
 def link(target: Path, link_path: Path) -> None:
@@ -52,5 +68,24 @@ def build_tree() -> Path:
     return TREE
 
 
+def mypy_targets(tree: Path = TREE) -> list[str]:
+    """`-p NAME` for each listed package no other listed package contains (mypy recurses).
+
+    Raises SystemExit naming any listed package the tree lacks (it would go unchecked).
+    """
+    names = packages()
+    missing = [
+        name for name in names if not (tree.joinpath(*name.split(".")) / "__init__.py").is_file()
+    ]
+    if missing:
+        raise SystemExit(
+            f"{tree}: no package folder for {', '.join(missing)} (pyproject's packages)"
+        )
+    roots = [name for name in names if not any(name.startswith(f"{other}.") for other in names)]
+    return [argument for name in sorted(roots) for argument in ("-p", name)]
+
+
 if __name__ == "__main__":
-    print(build_tree(), file=sys.stderr)
+    tree = build_tree()
+    print(tree, file=sys.stderr)
+    print(" ".join(mypy_targets(tree)))

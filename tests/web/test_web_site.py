@@ -21,24 +21,22 @@ saying why.
 from __future__ import annotations
 
 import base64
-import functools
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pytest
-from chromium_session import chromium_session, free_port
+from chromium_session import chromium_session
 from PIL import Image
 from web_helpers import EXAMPLE_PHOTOS, EXAMPLE_SCENES, built_model, ort_dist
 
+from capgen.benchmarks.static_site import serve_folder
 from capgen.convert.web_export import export_web
 from capgen.runtime.preprocess import load_image, to_rgb
 
@@ -47,11 +45,6 @@ httpx = pytest.importorskip("httpx", reason="httpx (dev extra) is not installed"
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C WebDriver element key
 WAIT_S = 600.0  # loading 40 MB and captioning on a loaded 2-core machine; a bound, not a timing
 CAPGEN = Path(sys.executable).with_name("capgen")
-ISOLATION_HEADERS = {
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Cross-Origin-Embedder-Policy": "require-corp",
-    "Cross-Origin-Resource-Policy": "same-origin",
-}
 ROWS_SCRIPT = """
 return Array.from(document.querySelectorAll("#results .row"), (row) => ({
   state: row.dataset.state,
@@ -87,21 +80,6 @@ def until(check: Callable[[], bool], what: str) -> None:
         time.sleep(0.25)
 
 
-class _IsolatedHandler(http.server.SimpleHTTPRequestHandler):
-    """A static host like the ones _headers is written for: COOP/COEP on every answer."""
-
-    extensions_map: ClassVar[dict[str, str]] = {**http.server.SimpleHTTPRequestHandler.extensions_map,
-                      ".mjs": "text/javascript", ".wasm": "application/wasm"}  # fmt: skip
-
-    def end_headers(self) -> None:
-        for name, value in ISOLATION_HEADERS.items():
-            self.send_header(name, value)
-        super().end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ort_dist()
@@ -115,16 +93,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def site_url(site: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    handler = functools.partial(_IsolatedHandler, directory=str(site.parent))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/site/"
-    finally:
-        server.shutdown()
-        server.server_close()
+def site_url(site: Path) -> Iterator[str]:
+    with serve_folder(site.parent) as url:  # COOP/COEP, .mjs and .wasm types (static_site.py)
+        yield url + "site/"
 
 
 Browser = tuple[Any, str]
