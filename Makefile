@@ -51,7 +51,7 @@ demo: setup
 PYTEST_WORKERS ?= 2
 test: install
 	$(MAKE) --no-print-directory -j2 setup-all lint typecheck
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=25
 
 # The edit loop (under a minute on 2 cores): the suite without TensorFlow, venv builds, Ray,
 # the HTTP service and the browser page (markers in pyproject.toml, set by tests/conftest.py);

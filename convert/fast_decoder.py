@@ -13,8 +13,9 @@ from pathlib import Path
 
 from capgen.runtime.atomic_write import atomic_write_bytes, prune_stale_temporaries
 from capgen.runtime.errors import ModelError
-from capgen.runtime.manifest import FAST_STEP_FILE, OptionalFile, add_optional_file, load_manifest
+from capgen.runtime.manifest import FAST_STEP_FILE, load_manifest
 from capgen.runtime.onnx_external_data import read_single_file_graph
+from capgen.runtime.optional_files import OptionalFile, add_optional_file
 
 __all__ = ["FAST_STEP_FILE", "add_fast_decoder"]
 

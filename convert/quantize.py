@@ -41,11 +41,10 @@ from capgen.runtime.errors import ConversionError, ModelError
 from capgen.runtime.manifest import (
     INT8_ENCODER_FILE,
     Manifest,
-    OptionalFile,
-    add_optional_file,
     load_manifest,
 )
 from capgen.runtime.onnx_external_data import read_single_file_graph
+from capgen.runtime.optional_files import OptionalFile, add_optional_file
 
 INT8_FILENAME = INT8_ENCODER_FILE  # the name this module used before
 # Calibration set, measured (feature cosine INT8 vs FP32 on held-out images,

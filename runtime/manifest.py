@@ -16,12 +16,10 @@ they are re-exported here for the modules that import them from this one.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -166,14 +164,6 @@ class Manifest:
     def path(self, name: str) -> Path:
         """Where the folder's file `name` is; refuses a link that leads out of the folder."""
         return file_in_folder(self.folder, name)
-
-
-class OptionalFile(Enum):
-    """Files a converted folder can gain later, and the manifest field that names each."""
-
-    INT8_ENCODER = "encoder.int8_file"
-    FAST_STEP = "decoder.int8_step_file"
-    WORD_GATES = "decoder.word_gates_file"
 
 
 def parse_encoder_spec(enc: dict[str, Any]) -> EncoderSpec:
@@ -421,31 +411,6 @@ def file_record(path: Path, onnxruntime: str | None = None) -> FileRecord:
     with path.open("rb") as handle:
         digest = hashlib.file_digest(handle, "sha256").hexdigest()
     return FileRecord(sha256=digest, bytes=path.stat().st_size, onnxruntime=onnxruntime)
-
-
-def with_optional_file(
-    manifest: Manifest, role: OptionalFile, name: str, onnxruntime: str | None = None
-) -> Manifest:
-    """`manifest` naming `name` (already in the folder) as its INT8 encoder, fast step or word gates."""
-    check_file_name(name)
-    files = {**manifest.files, name: file_record(manifest.path(name), onnxruntime)}
-    if role is OptionalFile.INT8_ENCODER:
-        encoder = dataclasses.replace(manifest.encoder, int8_file=name)
-        return dataclasses.replace(manifest, encoder=encoder, files=files)
-    if role is OptionalFile.WORD_GATES:
-        decoder = dataclasses.replace(manifest.decoder, word_gates_file=name)
-    else:
-        decoder = dataclasses.replace(manifest.decoder, int8_step_file=name)
-    return dataclasses.replace(manifest, decoder=decoder, files=files)
-
-
-def add_optional_file(
-    folder: Path, role: OptionalFile, name: str, onnxruntime: str | None = None
-) -> Manifest:
-    """Record the folder's file `name` as its INT8 encoder, fast step or word gates (sha256, size)."""
-    manifest = with_optional_file(load_manifest(folder), role, name, onnxruntime)
-    write_manifest(manifest)
-    return manifest
 
 
 def own_file_names(folder: Path) -> set[str]:

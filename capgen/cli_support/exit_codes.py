@@ -3,7 +3,7 @@
 The library's errors carry an `ErrorCategory` (capgen.runtime.errors), not an
 exit code: exit codes belong to the command line. docs/errors.md's table is
 checked against `ExitCode` row by row, and every row against what the console
-script really returns (tests/hardening/test_issue10_outputs.py).
+script really returns (tests/hardening/test_output_files_and_interrupts.py).
 """
 
 from __future__ import annotations

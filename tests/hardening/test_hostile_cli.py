@@ -273,7 +273,7 @@ def test_a_full_disk_stops_the_batch_keeping_whole_lines_and_resume_finishes(
     output = tmp_path / "captions.jsonl"
     # The cache off: under the limit its entries, and the private copy a cache hit loads,
     # could not be written either (a warning line of its own; tests/hardening/
-    # test_issue24_cache.py covers that), and this test is about the captions' file.
+    # test_graph_cache_poisoning.py covers that), and this test is about the captions' file.
     done = run(
         "caption",
         "-m",

@@ -20,11 +20,10 @@ from capgen.runtime.manifest import (
     INT8_ENCODER_FILE,
     MANIFEST_FILE,
     STANDARD_FILES,
-    OptionalFile,
-    add_optional_file,
     dump_manifest,
     load_manifest,
 )
+from capgen.runtime.optional_files import OptionalFile, add_optional_file
 
 REPO = Path(__file__).resolve().parents[2]
 # Every folder the distribution installs, from pyproject.toml's package-dir (the one source).

@@ -15,7 +15,8 @@ if str(TESTS / "runtime") not in sys.path:
 from tiny_model import write_tiny_model  # noqa: E402
 
 from capgen.convert.step_graph import build_word_gates_graph  # noqa: E402
-from capgen.runtime.manifest import WORD_GATES_FILE, OptionalFile, add_optional_file  # noqa: E402
+from capgen.runtime.manifest import WORD_GATES_FILE  # noqa: E402
+from capgen.runtime.optional_files import OptionalFile, add_optional_file  # noqa: E402
 
 
 @pytest.fixture(scope="session")

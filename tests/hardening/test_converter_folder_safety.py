@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import test_issue7_inputs_cli
+import test_odd_images_and_broken_models
 from cli_helpers import Run, assert_one_line_error, write_photos
 from onnx import numpy_helper
 from tiny_model import WORDS, random_weights, write_tiny_model
@@ -25,7 +25,7 @@ from capgen.runtime import results
 from capgen.runtime.errors import ModelError
 
 # Issue 7's small Keras 3 tutorial decoder (.h5 and .keras), its tokenizer, an encoder.
-keras_sources = test_issue7_inputs_cli.keras_sources
+keras_sources = test_odd_images_and_broken_models.keras_sources
 
 _EMBEDDINGS = "model_weights/embedding/embedding/embeddings"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import Run, assert_one_line_error, write_photos
-from test_issue10_model_folder import quantizable_model  # noqa: F401  (fixture)
+from test_damaged_model_folders import quantizable_model  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.convert
 

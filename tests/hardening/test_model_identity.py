@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from cli_helpers import Run, write_photos
-from test_issue7_inputs_cli import keras_sources  # noqa: F401  (the module's Keras sources fixture)
+from test_odd_images_and_broken_models import keras_sources  # noqa: F401  (the module's Keras sources fixture)
 from tiny_model import write_tiny_model
 
 from capgen.convert.convert_model import convert_model

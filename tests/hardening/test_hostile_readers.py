@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import test_issue7_inputs_cli
+import test_odd_images_and_broken_models
 from cli_helpers import Run, assert_one_line_error, write_photos
 from tiny_model import TinyModel
 
@@ -99,7 +99,7 @@ WORDS = ["end", "start", "a", "dog", "runs", "on", "the", "grass"]  # keras_sour
 
 
 # Issue 7's small Keras 3 tutorial decoder (.h5 and .keras), its tokenizer of WORDS, an encoder.
-keras_sources = test_issue7_inputs_cli.keras_sources
+keras_sources = test_odd_images_and_broken_models.keras_sources
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import pytest
 from cli_helpers import Run, assert_one_line_error, limit_file_size, write_photos
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
-from test_issue7_inputs_cli import keras_sources  # noqa: F401  (the module's Keras sources fixture)
+from test_odd_images_and_broken_models import keras_sources  # noqa: F401  (the module's Keras sources fixture)
 from tiny_model import FEATURES, encoder_graph, write_tiny_model
 
 from capgen.convert.hashing import sha256_file
