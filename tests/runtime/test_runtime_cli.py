@@ -380,29 +380,6 @@ def test_an_annotation_that_cannot_be_written_fails_only_that_image(
 
 
 @pytest.mark.subprocess
-def test_capgen_caption_never_imports_the_conversion_stack(
-    tiny_model: TinyModel, photos: list[Path], home: Path
-) -> None:
-    heavy = ("tensorflow", "keras", "tf_keras", "h5py", "onnx", "tf2onnx", "matplotlib")
-    script = (
-        "import atexit, sys\n"
-        f"atexit.register(lambda: print('HEAVY', [m for m in {heavy!r} if m in sys.modules], file=sys.stderr))\n"
-        f"sys.argv = ['capgen', 'caption', '-m', {str(tiny_model.folder)!r}, {str(photos[0])!r}]\n"
-        "from capgen.cli import main\n"
-        "main()\n"
-    )
-    env = {**os.environ, "CAPGEN_HOME": str(home)}
-    done = subprocess.run(
-        [str(CAPGEN_SCRIPT.parent / "python"), "-c", script],
-        capture_output=True,
-        env=env,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stderr.decode().splitlines()[-1] == "HEAVY []"
-
-
-@pytest.mark.subprocess
 def test_ctrl_c_while_loading_the_model_is_130_without_traceback(
     monkeypatch: pytest.MonkeyPatch, photos: list[Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
