@@ -175,3 +175,20 @@ def _exit_status(code: object, err: _Capture) -> int:
         return code & 0xFF
     err.write(f"{code}\n")
     return 1
+
+
+def assert_one_line_error(
+    done: subprocess.CompletedProcess[bytes] | subprocess.CompletedProcess[str],
+    exit_code: int,
+    *fragments: str,
+) -> str:
+    """The whole of stderr is one `capgen: error: …` line holding each fragment (no traceback),
+    and the exit code is `exit_code`; returns the line. The one check every CLI test shares."""
+    raw = done.stderr
+    stderr = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    assert "Traceback" not in stderr, stderr
+    assert done.returncode == exit_code, (done.returncode, stderr)
+    assert stderr.startswith("capgen: error: ") and stderr.count("\n") == 1, stderr
+    for fragment in fragments:
+        assert fragment in stderr, (fragment, stderr)
+    return stderr.rstrip("\n")

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from capgen_cli import assert_one_line_error
 from family_helpers import (
     KINDS,
     FamilyExports,
@@ -204,18 +205,10 @@ def _capgen(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _one_line(done: subprocess.CompletedProcess[str], exit_code: int, *fragments: str) -> None:
-    assert "Traceback" not in done.stderr, done.stderr
-    assert done.returncode == exit_code, (done.returncode, done.stderr)
-    assert done.stderr.startswith("capgen: error: ") and done.stderr.count("\n") == 1, done.stderr
-    for fragment in fragments:
-        assert fragment in done.stderr, (fragment, done.stderr)
-
-
 def test_a_family_without_weights_asks_for_the_keras_file(tmp_path: Path) -> None:
     """Nothing is downloaded: --kind vgg16 without --weights names the file to pass."""
     done = _capgen("convert", "encoder", "--kind", "vgg16", home=tmp_path)
-    _one_line(done, 2, "--weights", "vgg16_weights_tf_dim_ordering_tf_kernels.h5")
+    assert_one_line_error(done, 2, "--weights", "vgg16_weights_tf_dim_ordering_tf_kernels.h5")
 
 
 def test_vgg16_refuses_the_notop_file(tmp_path: Path, tensorflow_stack: None) -> None:
@@ -239,7 +232,7 @@ def test_the_wrong_family_is_named_in_one_line(
     done = _capgen(
         "convert", "encoder", "--kind", "densenet201", "--weights", str(resnet), home=tmp_path
     )
-    _one_line(
+    assert_one_line_error(
         done, 2, "holds ResNet50 weights", "densenet201_weights_tf_dim_ordering_tf_kernels_notop.h5"
     )
 
@@ -276,7 +269,7 @@ def test_decoder_feature_size_must_match_the_kind(
         "convert", "model", str(model_file), str(tokenizer_path), "-o", str(tmp_path / "out"),
         "--encoder-kind", "vgg16", "--weights", str(weights), home=tmp_path / "home",
     )  # fmt: skip
-    _one_line(done, 3, "outputs 4096 features", "takes 2048", "resnet50", "inceptionv3")
+    assert_one_line_error(done, 3, "outputs 4096 features", "takes 2048", "resnet50", "inceptionv3")
     assert not (tmp_path / "out").exists()
 
 
@@ -289,7 +282,7 @@ def test_resize_filter_must_be_a_pillow_filter(
         "convert", "model", str(model_file), str(tokenizer_path), "-o", str(tmp_path / "out"),
         "--resize-filter", "cubic", home=tmp_path / "home",
     )  # fmt: skip
-    _one_line(done, 2, "--resize-filter 'cubic'", "nearest", "bicubic")
+    assert_one_line_error(done, 2, "--resize-filter 'cubic'", "nearest", "bicubic")
 
 
 def test_an_encoder_without_pooling_is_quantized_whole() -> None:

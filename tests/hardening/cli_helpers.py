@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from capgen_cli import assert_one_line_error  # noqa: F401 (the hardening tests import it from here)
 from PIL import Image
 
 # conftest's `run` fixture: capgen ARGS... -> the finished process
@@ -32,16 +33,3 @@ def write_photos(
         Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)).save(path)
         paths.append(path)
     return paths
-
-
-def assert_one_line_error(
-    done: subprocess.CompletedProcess[bytes], exit_code: int, *fragments: str
-) -> str:
-    """The whole of stderr is one `capgen: error: …` line holding each fragment; returns it."""
-    stderr = done.stderr.decode("utf-8", "replace")
-    assert b"Traceback" not in done.stderr, stderr
-    assert done.returncode == exit_code, (done.returncode, stderr)
-    assert stderr.startswith("capgen: error: ") and stderr.count("\n") == 1, stderr
-    for fragment in fragments:
-        assert fragment in stderr, (fragment, stderr)
-    return stderr

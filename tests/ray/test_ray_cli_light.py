@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from capgen_cli import assert_one_line_error
 
 from capgen.cli_support.exit_codes import ExitCode, exit_code_for
 
@@ -23,12 +24,6 @@ def _capgen(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [CAPGEN, "ray", "caption", *args], capture_output=True, text=True, cwd=cwd, timeout=120
     )
-
-
-def _one_line(done: subprocess.CompletedProcess[str], code: int) -> str:
-    assert done.returncode == code, done.stderr
-    assert done.stderr.startswith("capgen: error: ") and done.stderr.count("\n") == 1, done.stderr
-    return done.stderr
 
 
 def _free_loopback_port() -> int:
@@ -49,7 +44,7 @@ def test_an_unreachable_cluster_is_one_line_and_exit_2(tmp_path: Path, model_fol
     address = f"127.0.0.1:{_free_loopback_port()}"
     out = tmp_path / "out.jsonl"
     done = _capgen(str(_photo(tmp_path)), "-o", str(out), "--address", address, cwd=tmp_path)
-    assert f"cannot reach a Ray cluster at {address}" in _one_line(done, ExitCode.USAGE)
+    assert f"cannot reach a Ray cluster at {address}" in assert_one_line_error(done, ExitCode.USAGE)
 
 
 def test_an_output_capgen_did_not_write_is_refused_untouched(
@@ -58,7 +53,7 @@ def test_an_output_capgen_did_not_write_is_refused_untouched(
     out = tmp_path / "notes.txt"
     out.write_text("my notes\n")
     done = _capgen(str(_photo(tmp_path)), "-o", str(out), cwd=tmp_path)
-    _one_line(done, ExitCode.USAGE)
+    assert_one_line_error(done, ExitCode.USAGE)
     assert out.read_text() == "my notes\n"
 
 
@@ -69,7 +64,7 @@ def test_a_parquet_folder_holding_other_files_is_refused(
     out.mkdir()
     (out / "mine.csv").write_text("a,b\n")
     done = _capgen(str(_photo(tmp_path)), "-o", str(out), "--resume", cwd=tmp_path)
-    assert "capgen did not write" in _one_line(done, ExitCode.USAGE)
+    assert "capgen did not write" in assert_one_line_error(done, ExitCode.USAGE)
     assert sorted(p.name for p in out.iterdir()) == ["mine.csv"]
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from capgen_cli import assert_one_line_error
 from capgen_cli import capgen as run_capgen
 from PIL import Image
 from tiny_model import TinyModel, write_tiny_model
@@ -41,13 +42,6 @@ def photo(tmp_path: Path) -> Path:
     return path
 
 
-def _one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
-    assert result.returncode == code, (result.returncode, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
-
-
 def test_a_caption_cut_at_max_length_is_marked_in_plain_output(
     tiny_model: TinyModel, photo: Path, tmp_path: Path
 ) -> None:
@@ -69,7 +63,7 @@ def test_n_best_without_json_is_refused_and_honoured_with_it(
     tiny_model: TinyModel, photo: Path, tmp_path: Path
 ) -> None:
     refused = capgen("caption", "-m", tiny_model.folder, "--n-best", "2", photo, cwd=tmp_path)
-    assert "--n-best" in _one_line_error(refused, ExitCode.USAGE)
+    assert "--n-best" in assert_one_line_error(refused, ExitCode.USAGE)
     assert refused.stdout == ""
     shown = capgen(
         "caption", "-m", tiny_model.folder, "--n-best", "2", "--json", photo, cwd=tmp_path
@@ -81,7 +75,7 @@ def test_n_best_without_json_is_refused_and_honoured_with_it(
 def test_int8_without_an_int8_encoder_says_to_quantize(photo: Path, tmp_path: Path) -> None:
     folder = write_tiny_model(tmp_path / "plain").folder  # no encoder.int8.onnx
     result = capgen("caption", "-m", folder, "--int8", photo, cwd=tmp_path)
-    line = _one_line_error(result, ExitCode.MODEL)
+    line = assert_one_line_error(result, ExitCode.MODEL)
     assert "no INT8 encoder" in line and f"capgen convert quantize {folder}" in line
 
 
@@ -98,7 +92,7 @@ def test_dash_reads_one_image_from_standard_input(
         f"{photo}\t{by_path.stdout.strip()}",
     ]
     twice = capgen("caption", "-m", tiny_model.folder, "-", "-", cwd=tmp_path, stdin=photo)
-    assert "only once" in _one_line_error(twice, ExitCode.USAGE)
+    assert "only once" in assert_one_line_error(twice, ExitCode.USAGE)
     annotate = capgen(
         "caption",
         "-m",
@@ -109,7 +103,7 @@ def test_dash_reads_one_image_from_standard_input(
         cwd=tmp_path,
         stdin=photo,
     )
-    assert "--annotate" in _one_line_error(annotate, ExitCode.USAGE)
+    assert "--annotate" in assert_one_line_error(annotate, ExitCode.USAGE)
     assert not (tmp_path / "out").exists()
 
 
@@ -119,7 +113,7 @@ def test_dash_reads_one_image_from_standard_input(
 def test_a_mistyped_command_gets_a_suggestion_not_an_image_error(
     tmp_path: Path, typed: str, meant: str
 ) -> None:
-    line = _one_line_error(capgen(typed, "x.jpg", cwd=tmp_path), ExitCode.USAGE)
+    line = assert_one_line_error(capgen(typed, "x.jpg", cwd=tmp_path), ExitCode.USAGE)
     assert f"did you mean '{meant}'?" in line
 
 

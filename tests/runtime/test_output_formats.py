@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from capgen_cli import capgen
+from capgen_cli import assert_one_line_error, capgen
 from PIL import Image
 from tiny_model import TinyModel
 
@@ -45,16 +45,6 @@ def write_images(folder: Path, names: list[str], seed: int = 0) -> list[Path]:
         Image.fromarray((rng.random((40, 50, 3)) * 255).astype(np.uint8)).save(path)
         paths.append(path)
     return paths
-
-
-def one_line_error(done: subprocess.CompletedProcess[bytes], *fragments: str) -> str:
-    stderr = done.stderr.decode("utf-8", "replace")
-    assert b"Traceback" not in done.stderr, stderr
-    assert done.returncode == USAGE, (done.returncode, stderr)
-    assert stderr.startswith("capgen: error: ") and stderr.count("\n") == 1, stderr
-    for fragment in fragments:
-        assert fragment in stderr, (fragment, stderr)
-    return stderr
 
 
 def json_captions(model: TinyModel, cwd: Path, *args: str | Path) -> dict[str, str]:
@@ -162,7 +152,7 @@ def test_coco_refuses_two_images_with_one_image_id(tiny_model: TinyModel, tmp_pa
         "caption", "-m", tiny_model.folder, "a/1.jpg", "b/01.png", "-o", "r.json", "--format",
         "coco", cwd=tmp_path,
     )  # fmt: skip
-    one_line_error(done, "image_id 1")
+    assert_one_line_error(done, USAGE, "image_id 1")
     assert not (tmp_path / "r.json").exists()
 
 
@@ -179,7 +169,7 @@ def test_an_extension_that_contradicts_format_is_a_usage_error(
     done = run(
         "caption", "-m", tiny_model.folder, "photos", "-o", name, "--format", fmt, cwd=tmp_path
     )
-    one_line_error(done, name, f"--format {fmt}")
+    assert_one_line_error(done, USAGE, name, f"--format {fmt}")
     assert not (tmp_path / name).exists()
 
 
@@ -199,7 +189,7 @@ def test_option_mistakes_are_one_line(
     tiny_model: TinyModel, photos: list[Path], tmp_path: Path, args: list[str], fragments: list[str]
 ) -> None:
     done = run("caption", "-m", tiny_model.folder, "photos", *args, cwd=tmp_path)
-    one_line_error(done, *fragments)
+    assert_one_line_error(done, USAGE, *fragments)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]  # nothing written
 
 
@@ -237,7 +227,7 @@ def test_output_dir_writes_one_txt_per_image_and_never_replaces_one(
     # A second run would replace them: refused before anything runs, files unchanged.
     (caps / "cat.txt").write_text("my own words\n")
     again = run("caption", "-m", tiny_model.folder, "photos", "--output-dir", "caps", cwd=tmp_path)
-    one_line_error(again, "exists", "--resume")
+    assert_one_line_error(again, USAGE, "exists", "--resume")
     assert (caps / "cat.txt").read_text() == "my own words\n"
 
     # --resume skips the images that have a file, and writes the missing one.
@@ -256,7 +246,7 @@ def test_output_dir_writes_one_txt_per_image_and_never_replaces_one(
 def test_output_dir_refuses_two_images_with_one_stem(tiny_model: TinyModel, tmp_path: Path) -> None:
     write_images(tmp_path, ["a/x.jpg", "b/x.png"])
     done = run("caption", "-m", tiny_model.folder, "a", "b", "--output-dir", "caps", cwd=tmp_path)
-    one_line_error(done, "a/x.jpg", "b/x.png", "caps/x.txt")
+    assert_one_line_error(done, USAGE, "a/x.jpg", "b/x.png", "caps/x.txt")
     assert not (tmp_path / "caps").exists()
 
 
@@ -278,7 +268,7 @@ def test_a_link_planted_as_a_caption_file_is_not_written_through(
     (tmp_path / "caps").mkdir()
     (tmp_path / "caps" / "cat.txt").symlink_to(precious)
     done = run("caption", "-m", tiny_model.folder, "photos", "--output-dir", "caps", cwd=tmp_path)
-    one_line_error(done, "caps/cat.txt", "exists")
+    assert_one_line_error(done, USAGE, "caps/cat.txt", "exists")
     assert precious.read_text() == "keep me"
 
 
@@ -308,7 +298,7 @@ def test_a_foreign_file_is_refused_untouched(
     target.write_bytes(foreign)
     extra = ["--format", fmt] if fmt else []
     done = run("caption", "-m", tiny_model.folder, "photos", "-o", name, *extra, cwd=tmp_path)
-    one_line_error(done, name, "capgen wrote", "refusing")
+    assert_one_line_error(done, USAGE, name, "capgen wrote", "refusing")
     assert target.read_bytes() == foreign
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["photos", name, "home"])
 
@@ -320,7 +310,7 @@ def test_a_link_as_output_is_refused_and_its_target_kept(
     precious.write_bytes(b"path,caption\r\nmine.jpg,mine\r\n")  # even capgen's layout
     (tmp_path / "out.csv").symlink_to(precious)
     done = run("caption", "-m", tiny_model.folder, "photos", "-o", "out.csv", cwd=tmp_path)
-    one_line_error(done, "symbolic link")
+    assert_one_line_error(done, USAGE, "symbolic link")
     assert precious.read_bytes() == b"path,caption\r\nmine.jpg,mine\r\n"
     assert (tmp_path / "out.csv").is_symlink()
 
@@ -385,11 +375,11 @@ def test_a_url_says_capgen_reads_local_files(
 ) -> None:
     for args in ([url], ["photos/1.jpg", url]):
         done = run("caption", "-m", tiny_model.folder, *args, cwd=tmp_path)
-        stderr = one_line_error(done, url, "only local files")
+        stderr = assert_one_line_error(done, USAGE, url, "only local files")
         assert "no such file" not in stderr
         assert done.stdout == b""  # refused before anything ran
     tutorial = run("-i", url, cwd=tmp_path)  # the tutorial's habit, no model needed to refuse
-    one_line_error(tutorial, "only local files")
+    assert_one_line_error(tutorial, USAGE, "only local files")
 
 
 def test_capgen_version_is_the_version(tmp_path: Path) -> None:
@@ -398,4 +388,4 @@ def test_capgen_version_is_the_version(tmp_path: Path) -> None:
     assert flag.returncode == 0 and word.returncode == 0, word.stderr
     assert word.stdout == flag.stdout and word.stdout.startswith(b"capgen ")
     assert word.stderr == b""  # no demonstration note, no "no such file"
-    one_line_error(run("version", "extra", cwd=tmp_path), "extra")
+    assert_one_line_error(run("version", "extra", cwd=tmp_path), USAGE, "extra")
