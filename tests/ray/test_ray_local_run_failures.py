@@ -1,4 +1,4 @@
-"""`capgen ray caption` against a real Ray: issue 24 findings 13 and 15, on the tiny model.
+"""`capgen ray caption` against a real local Ray: a stale address file, a corrupt node copy (tiny model).
 
 The local Ray the command starts without --address runs inside a network
 namespace of the test's own (netns_only), its temp dir (RAY_TMPDIR) a fresh
