@@ -70,7 +70,7 @@ def _edited_h5(source: Path, target: Path, dataset: str, value: float) -> Path:
 
 @pytest.mark.convert
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
-def test_f09_non_finite_decoder_weights_are_refused_naming_the_layer(
+def test_non_finite_decoder_weights_are_refused_naming_the_layer(
     run: Run, keras_sources: dict[str, Path], tmp_path: Path, value: float
 ) -> None:
     model = _edited_h5(keras_sources["model"], tmp_path / "model_9.h5", _EMBEDDINGS, value)
@@ -99,7 +99,7 @@ def _with_nan_initializer(source: Path, target: Path) -> Path:
 
 
 @pytest.mark.convert
-def test_f09_an_encoder_with_non_finite_weights_is_refused(
+def test_an_encoder_with_non_finite_weights_is_refused(
     run: Run, keras_sources: dict[str, Path], tmp_path: Path
 ) -> None:
     encoder = _with_nan_initializer(keras_sources["encoder"], tmp_path / "encoder.onnx")
@@ -116,7 +116,7 @@ def _nan_model(folder: Path) -> Path:
     return folder
 
 
-def test_f09_a_model_folder_with_non_finite_initializers_is_refused_at_load(
+def test_a_model_folder_with_non_finite_initializers_is_refused_at_load(
     run: Run, tmp_path: Path
 ) -> None:
     """Before the fix: an empty caption and exit 0 (with --json: `NaN` in the line)."""
@@ -133,7 +133,7 @@ def test_f09_a_model_folder_with_non_finite_initializers_is_refused_at_load(
     assert info.returncode == ExitCode.MODEL, info.stderr
 
 
-def test_f09_the_walker_finds_every_kind_of_tensor(tmp_path: Path) -> None:
+def test_the_walker_finds_every_kind_of_tensor(tmp_path: Path) -> None:
     from onnx import TensorProto, helper
 
     from capgen.runtime.finite_weights import first_non_finite_tensor
@@ -165,7 +165,7 @@ def test_f09_the_walker_finds_every_kind_of_tensor(tmp_path: Path) -> None:
     assert first_non_finite_tensor(model_with(finite, False)) is None
 
 
-def test_f09_json_lines_never_hold_nan() -> None:
+def test_json_lines_never_hold_nan() -> None:
     record = {
         "path": "a.jpg",
         "caption": "",
@@ -186,7 +186,7 @@ def test_f09_json_lines_never_hold_nan() -> None:
     assert results.parse_line(line.encode()) == parsed  # still capgen's own line for --resume
 
 
-def test_f09_a_manifest_is_never_written_with_nan(tmp_path: Path) -> None:
+def test_a_manifest_is_never_written_with_nan(tmp_path: Path) -> None:
     from capgen.runtime.manifest import load_manifest, write_manifest
 
     folder = write_tiny_model(tmp_path / "model").folder
@@ -264,7 +264,7 @@ _READ_LAYOUT = (
 )
 
 
-def test_f08_links_and_external_storage_in_a_weights_file_are_refused(tmp_path: Path) -> None:
+def test_links_and_external_storage_in_a_weights_file_are_refused(tmp_path: Path) -> None:
     """Before the fix, the FIFO case blocked forever (here: the child's timeout)."""
     import sys
 
@@ -286,7 +286,7 @@ def _run_read_layout(python: str, path: Path) -> subprocess.CompletedProcess[str
         pytest.fail(f"reading the layout of {path.name} hung")
 
 
-def test_f08_a_fifo_as_the_weights_file_is_refused(tmp_path: Path) -> None:
+def test_a_fifo_as_the_weights_file_is_refused(tmp_path: Path) -> None:
     import os
     import sys
 
@@ -297,7 +297,7 @@ def test_f08_a_fifo_as_the_weights_file_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.convert
-def test_f08_cli_weights_file_linking_to_a_fifo_is_one_line(run: Run, tmp_path: Path) -> None:
+def test_cli_weights_file_linking_to_a_fifo_is_one_line(run: Run, tmp_path: Path) -> None:
     path, _ = _hostile_weights(tmp_path)["fifo"]
     done = run("convert", "encoder", "--kind", "resnet50", "--weights", path, timeout=300)
     assert_one_line_error(done, ExitCode.USAGE, "external link to")
@@ -330,7 +330,7 @@ def lambda_encoders(
 
 
 @pytest.mark.convert
-def test_f07_a_lambda_layer_is_refused_before_any_keras_load(
+def test_a_lambda_layer_is_refused_before_any_keras_load(
     run: Run, lambda_encoders: dict[str, Path], keras_sources: dict[str, Path], tmp_path: Path
 ) -> None:
     """Before the fix, tf_keras loaded k2.h5 after Keras 3 refused it, and the lambda ran."""
@@ -350,7 +350,7 @@ def test_f07_a_lambda_layer_is_refused_before_any_keras_load(
     assert not sentinel.exists() and not (tmp_path / "out").exists()
 
 
-def test_f07_only_keras_own_plain_classes_pass(tmp_path: Path) -> None:
+def test_only_keras_own_plain_classes_pass(tmp_path: Path) -> None:
     from capgen.convert.keras_encoder import check_plain_layers
     from capgen.runtime.errors import UnsupportedModelError
 
@@ -390,7 +390,7 @@ def _sha256(path: Path) -> str:
 
 
 @pytest.mark.convert
-def test_f05_force_never_deletes_what_a_manifest_merely_lists(
+def test_force_never_deletes_what_a_manifest_merely_lists(
     run: Run, keras_sources: dict[str, Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "mymodel"
@@ -420,7 +420,7 @@ def test_f05_force_never_deletes_what_a_manifest_merely_lists(
     assert vocabulary.read_text() == '["edited by hand"]\n'
 
 
-def test_f05_swap_in_deletes_only_the_verified_names(tmp_path: Path) -> None:
+def test_swap_in_deletes_only_the_verified_names(tmp_path: Path) -> None:
     from capgen.runtime.staging import create_staging, swap_in
 
     out_dir = tmp_path / "model"

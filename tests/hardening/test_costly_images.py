@@ -38,7 +38,7 @@ class _EndlessZeros:
         return bytes(count)
 
 
-def test_f11_stream_is_refused_once_past_the_byte_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stream_is_refused_once_past_the_byte_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(limits, "MAX_IMAGE_BYTES", 4 << 20)
     stream = _EndlessZeros()
     with pytest.raises(ImageTooLargeError, match="more than 4,194,304 bytes"):
@@ -46,7 +46,7 @@ def test_f11_stream_is_refused_once_past_the_byte_limit(monkeypatch: pytest.Monk
     assert stream.taken <= (4 << 20) + (1 << 20), stream.taken  # at most one chunk past the limit
 
 
-def test_f11_bytes_and_files_get_the_same_limit(
+def test_bytes_and_files_get_the_same_limit(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(limits, "MAX_IMAGE_BYTES", 1000)
@@ -66,7 +66,7 @@ def _cap_memory(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def test_f11_cli_stdin_from_dev_zero_is_one_line(run: Run, hardening_model: TinyModel) -> None:
+def test_cli_stdin_from_dev_zero_is_one_line(run: Run, hardening_model: TinyModel) -> None:
     """Before the fix this read until memory ran out (here: the child's 2 GiB address-space cap)."""
     with open("/dev/zero", "rb") as zeros:
         done = run(
@@ -90,14 +90,14 @@ def _thin_png(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
-def test_f12_thin_image_is_refused_before_decoding() -> None:
+def test_thin_image_is_refused_before_decoding() -> None:
     data = _thin_png(1, limits.MAX_IMAGE_SIDE + 1)
     assert len(data) < 1 << 20  # tiny file, far under every byte and pixel limit
     with pytest.raises(ImageTooLargeError, match="no side longer than 65535"):
         prepare(data, 299, 299)
 
 
-def test_f12_side_limit_covers_arrays_and_pil_images() -> None:
+def test_side_limit_covers_arrays_and_pil_images() -> None:
     wide = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (2, limits.MAX_IMAGE_SIDE + 1, 3))
     with pytest.raises(ImageTooLargeError):
         prepare(wide, 299, 299)
@@ -105,12 +105,12 @@ def test_f12_side_limit_covers_arrays_and_pil_images() -> None:
         prepare(Image.new("L", (limits.MAX_IMAGE_SIDE + 1, 1)), 299, 299)
 
 
-def test_f12_longest_allowed_side_still_captions() -> None:
+def test_longest_allowed_side_still_captions() -> None:
     pixels = prepare(_thin_png(1, limits.MAX_IMAGE_SIDE), 32, 32)
     assert pixels.shape == (32, 32, 3)
 
 
-def test_f12_cli_thin_image_is_one_line(
+def test_cli_thin_image_is_one_line(
     run: Run, hardening_model: TinyModel, tmp_path: Path
 ) -> None:
     path = tmp_path / "strip.png"

@@ -123,7 +123,7 @@ def quantizable_model(tmp_path: Path, home: Path) -> Path:
 
 
 @pytest.mark.convert
-def test_f04_partial_symlink_not_followed(
+def test_partial_symlink_not_followed(
     run: Run, quantizable_model: Path, tmp_path: Path
 ) -> None:
     """Planted `*.partial` links (INT8 encoder, fast step, manifest) must not redirect capgen's writes."""
@@ -157,7 +157,7 @@ def test_f04_partial_symlink_not_followed(
     assert info.returncode == 0, info.stderr.decode()
 
 
-def test_f05_external_data_refused_at_load(run: Run, tmp_path: Path) -> None:
+def test_external_data_refused_at_load(run: Run, tmp_path: Path) -> None:
     """An encoder whose weights sit in a side file is refused: the manifest cannot vouch for it."""
     folder = write_tiny_model(tmp_path / "model").folder
     _with_external_data(encoder_graph(), folder / "encoder.onnx")
@@ -170,7 +170,7 @@ def test_f05_external_data_refused_at_load(run: Run, tmp_path: Path) -> None:
 
 
 @pytest.mark.convert
-def test_f05_external_data_refused_by_quantize(run: Run, quantizable_model: Path) -> None:
+def test_external_data_refused_by_quantize(run: Run, quantizable_model: Path) -> None:
     """`capgen convert quantize` refuses a folder's encoder with external data, as the runtime does."""
     _with_external_data(_quantizable_encoder(), quantizable_model / "encoder.onnx")
     _relist(quantizable_model, "encoder.onnx")
@@ -180,7 +180,7 @@ def test_f05_external_data_refused_by_quantize(run: Run, quantizable_model: Path
 
 
 @pytest.mark.convert
-def test_f05_external_data_refused_at_conversion(
+def test_external_data_refused_at_conversion(
     run: Run,
     keras_sources: dict[str, Path],  # noqa: F811
     tmp_path: Path,
@@ -196,7 +196,7 @@ def test_f05_external_data_refused_at_conversion(
     assert not (tmp_path / "out").exists()
 
 
-def test_f05_cache_key_covers_graph_options() -> None:
+def test_cache_key_covers_graph_options() -> None:
     """The optimised-graph cache key changes with everything that changes the optimised graph."""
     from capgen.runtime import graph_cache
 
@@ -212,7 +212,7 @@ def test_f05_cache_key_covers_graph_options() -> None:
 
 @pytest.mark.parametrize("command", ["info", "caption"])
 @pytest.mark.parametrize("link", ["vocabulary.json", "manifest.json"])
-def test_f06_symlink_leaving_folder_refused(
+def test_symlink_leaving_folder_refused(
     run: Run, tmp_path: Path, command: str, link: str
 ) -> None:
     """A link out of the folder is refused by name, without the outside file's size or checksum."""
@@ -230,7 +230,7 @@ def test_f06_symlink_leaving_folder_refused(
     assert sha256_file(secret)[:6] not in line
 
 
-def test_f06_symlink_inside_folder_still_works(run: Run, tmp_path: Path) -> None:
+def test_symlink_inside_folder_still_works(run: Run, tmp_path: Path) -> None:
     """A link to another file of the same folder stays allowed (e.g. a folder assembled with links)."""
     folder = write_tiny_model(tmp_path / "model").folder
     (folder / "vocabulary.json").rename(folder / "words.json")
@@ -248,7 +248,7 @@ def test_f06_symlink_inside_folder_still_works(run: Run, tmp_path: Path) -> None
         ("vocabulary", "size", 10**12),
     ],
 )
-def test_f09_manifest_sizes_bounded(
+def test_manifest_sizes_bounded(
     run: Run, tmp_path: Path, section: str, key: str, value: int
 ) -> None:
     """Sizes that shape allocations are bounded at load: one line, exit 3, no MemoryError."""
@@ -262,7 +262,7 @@ def test_f09_manifest_sizes_bounded(
 
 @pytest.mark.parametrize("name", ["encoder.onnx\x00.txt", "..", "bad\nname", "bad\x1b[31mname"])
 @pytest.mark.parametrize("command", ["info", "caption"])
-def test_f13_invalid_manifest_file_name(run: Run, tmp_path: Path, name: str, command: str) -> None:
+def test_invalid_manifest_file_name(run: Run, tmp_path: Path, name: str, command: str) -> None:
     """NUL, `..` and control characters in a manifest's file names: one line, exit 3."""
     folder = write_tiny_model(tmp_path / "model").folder
     manifest = _manifest(folder)
@@ -274,7 +274,7 @@ def test_f13_invalid_manifest_file_name(run: Run, tmp_path: Path, name: str, com
     assert "\x1b" not in line
 
 
-def test_f17_full_cache_disk_costs_only_speed(run: Run, tmp_path: Path, home: Path) -> None:
+def test_full_cache_disk_costs_only_speed(run: Run, tmp_path: Path, home: Path) -> None:
     """When the optimised graph cannot be written, the caption is still made (exit 0)."""
     folder = write_tiny_model(tmp_path / "model").folder
     photo = _photo(tmp_path)
@@ -296,7 +296,7 @@ def _dead_pid() -> int:
     return child.pid
 
 
-def test_f18_stale_cache_temporaries_pruned(run: Run, tmp_path: Path, home: Path) -> None:
+def test_stale_cache_temporaries_pruned(run: Run, tmp_path: Path, home: Path) -> None:
     """Temporary files of runs killed while optimising are deleted by the next run; a live one stays."""
     folder = write_tiny_model(tmp_path / "model").folder
     optimized = home / "optimized"
@@ -318,7 +318,7 @@ def test_f18_stale_cache_temporaries_pruned(run: Run, tmp_path: Path, home: Path
     assert list(optimized.glob("*.onnx"))  # the run's own entry was committed
 
 
-def test_f19_user_encoder_is_copied_not_linked(tmp_path: Path) -> None:
+def test_user_encoder_is_copied_not_linked(tmp_path: Path) -> None:
     """The model folder never shares an inode with the user's encoder: re-saving it breaks nothing."""
     from tiny_model import WORDS, random_weights
 
@@ -346,7 +346,7 @@ def test_f19_user_encoder_is_copied_not_linked(tmp_path: Path) -> None:
 
 
 @pytest.mark.convert
-def test_f19_convert_model_copies_user_encoder(
+def test_convert_model_copies_user_encoder(
     run: Run,
     keras_sources: dict[str, Path],  # noqa: F811
     tmp_path: Path,
@@ -362,7 +362,7 @@ def test_f19_convert_model_copies_user_encoder(
 @pytest.mark.convert
 # A real process: quantization silences onnxruntime's prints at the file-descriptor level.
 @pytest.mark.subprocess
-def test_f22_quantize_relative_path_and_quiet(
+def test_quantize_relative_path_and_quiet(
     run: Run, quantizable_model: Path, tmp_path: Path
 ) -> None:
     """A relative MODEL_DIR works, and only capgen's own lines reach the terminal."""

@@ -41,7 +41,7 @@ class _BadPath:
         raise RuntimeError("no path today")
 
 
-def test_f15_bad_items_are_their_own_errors_and_the_batch_keeps_the_rest(
+def test_bad_items_are_their_own_errors_and_the_batch_keeps_the_rest(
     hardening_model: TinyModel, tmp_path: Path
 ) -> None:
     good = write_photos(tmp_path, 2, seed=15)
@@ -211,7 +211,7 @@ def _hostile_tokenizers() -> dict[str, tuple[bytes, str]]:
 
 
 @pytest.mark.convert
-def test_f11_every_hostile_tokenizer_value_is_a_tokenizer_error(
+def test_every_hostile_tokenizer_value_is_a_tokenizer_error(
     run: Run, sources: dict[str, Path], tmp_path: Path
 ) -> None:
     """RecursionError, ValueError (4,300-digit limit), bytes for text, a segfault: all one line, exit 4."""
@@ -232,7 +232,7 @@ def _sparse_file(path: Path, content: bytes, size: int) -> Path:
 
 
 @pytest.mark.convert
-def test_f11_an_oversized_tokenizer_is_refused_before_reading(
+def test_an_oversized_tokenizer_is_refused_before_reading(
     run: Run, sources: dict[str, Path], tmp_path: Path
 ) -> None:
     # trailing bytes after STOP, which pickle never reads
@@ -244,7 +244,7 @@ def test_f11_an_oversized_tokenizer_is_refused_before_reading(
 @pytest.mark.parametrize(
     ("seed_name", "examples"), [("fake", 200), ("keras_preprocessing.text-p3.p", 30)]
 )
-def test_f11_fuzzed_tokenizers_raise_only_tokenizer_errors(
+def test_fuzzed_tokenizers_raise_only_tokenizer_errors(
     shared_data: Path, tmp_path: Path, seed_name: str, examples: int
 ) -> None:
     """Byte mutations of a real Keras tokenizer pickle (and a small one like it) give a state or a TokenizerError."""
@@ -291,7 +291,7 @@ def test_f11_fuzzed_tokenizers_raise_only_tokenizer_errors(
         ("dog\x85", r"U+0085"),
     ],
 )
-def test_f20_control_characters_in_vocabulary_words_are_refused_at_conversion(
+def test_control_characters_in_vocabulary_words_are_refused_at_conversion(
     run: Run, sources: dict[str, Path], tmp_path: Path, word: str, shown: str
 ) -> None:
     from pickle_builders import write_fake_tokenizer
@@ -383,7 +383,7 @@ def _outside_bytes_models(source: Path, folder: Path) -> dict[str, tuple[Path, s
 
 
 @pytest.mark.convert
-def test_f07_links_and_storage_outside_the_keras_file_are_refused(
+def test_links_and_storage_outside_the_keras_file_are_refused(
     run: Run, sources: dict[str, Path], tmp_path: Path
 ) -> None:
     """A link to a FIFO hung convert forever; one to another .h5 supplied unrecorded weights."""
@@ -412,7 +412,7 @@ def _keras_zip_with(source: Path, target: Path, edit) -> Path:  # type: ignore[n
 
 
 @pytest.mark.convert
-def test_f07_links_inside_a_keras_zip_are_refused_too(
+def test_links_inside_a_keras_zip_are_refused_too(
     run: Run, sources: dict[str, Path], tmp_path: Path
 ) -> None:
     import h5py
@@ -467,7 +467,7 @@ def _with_unused_weights(source: Path, target: Path, hard_links: bool) -> Path:
 
 @pytest.mark.convert
 @pytest.mark.parametrize("hard_links", [False, True], ids=["six weights", "one weight six names"])
-def test_f08_weights_the_architecture_does_not_use_are_never_read(
+def test_weights_the_architecture_does_not_use_are_never_read(
     run: Run, sources: dict[str, Path], tmp_path: Path, hard_links: bool
 ) -> None:
     model = _with_unused_weights(sources["model"], tmp_path / "bloated.h5", hard_links)
@@ -481,7 +481,7 @@ def test_f08_weights_the_architecture_does_not_use_are_never_read(
 
 
 @pytest.mark.convert
-def test_f08_a_config_needing_more_than_the_total_budget_is_refused_before_reading(
+def test_a_config_needing_more_than_the_total_budget_is_refused_before_reading(
     run: Run, sources: dict[str, Path], tmp_path: Path
 ) -> None:
     """Three ~1 GiB weights, each under the per-weight limit, whose config really asks for them."""
@@ -531,7 +531,7 @@ def _nest(value: object, depth: int) -> object:
 
 @pytest.mark.convert
 @pytest.mark.parametrize("dialect", ["keras3", "keras2"])
-def test_f12_deeply_nested_inbound_nodes_are_one_line(
+def test_deeply_nested_inbound_nodes_are_one_line(
     run: Run, sources: dict[str, Path], tmp_path: Path, dialect: str
 ) -> None:
     import json
@@ -557,7 +557,7 @@ def test_f12_deeply_nested_inbound_nodes_are_one_line(
     assert_one_line_error(done, 3, "nests more than 100 levels deep")
 
 
-def test_f12_read_architecture_never_lets_a_recursion_error_out() -> None:
+def test_read_architecture_never_lets_a_recursion_error_out() -> None:
     """The same class for a caller handing the config over directly (the API route)."""
     from capgen.convert.architecture import read_architecture
     from capgen.runtime.errors import UnsupportedModelError
@@ -649,7 +649,7 @@ def _step_graph_variant(model: TinyModel, target: Path, name: str) -> Path:
     ],
 )
 @pytest.mark.parametrize("beam", ["1", "3"])
-def test_f14_a_step_graph_misbehaving_at_run_time_is_one_model_error_line(
+def test_a_step_graph_misbehaving_at_run_time_is_one_model_error_line(
     run: Run, hardening_model: TinyModel, tmp_path: Path, variant: str, fragment: str, beam: str
 ) -> None:
     folder = _step_graph_variant(hardening_model, tmp_path / "model", variant)
@@ -660,7 +660,7 @@ def test_f14_a_step_graph_misbehaving_at_run_time_is_one_model_error_line(
     assert done.stdout == b""
 
 
-def test_f14_top_k_failures_are_model_errors() -> None:
+def test_top_k_failures_are_model_errors() -> None:
     """Scores top_k's graph cannot take (here float64, from a custom step model) are a ModelError."""
     from capgen.runtime.errors import ModelError
     from capgen.runtime.top_k import top_k
@@ -670,7 +670,7 @@ def test_f14_top_k_failures_are_model_errors() -> None:
 
 
 @pytest.mark.convert
-def test_f08_an_oversized_architecture_json_is_refused_before_reading(
+def test_an_oversized_architecture_json_is_refused_before_reading(
     run: Run, sources: dict[str, Path], tmp_path: Path
 ) -> None:
     architecture = _sparse_file(tmp_path / "model.json", b"{}", 65 << 20)
@@ -679,7 +679,7 @@ def test_f08_an_oversized_architecture_json_is_refused_before_reading(
 
 
 @pytest.mark.convert
-def test_f08_a_dataset_where_a_group_belongs_is_never_iterated(
+def test_a_dataset_where_a_group_belongs_is_never_iterated(
     run: Run, sources: dict[str, Path], tmp_path: Path
 ) -> None:
     """`vars` as a declared billion-row dataset: iterating it for variable names read it row by row."""

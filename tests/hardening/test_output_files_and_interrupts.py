@@ -78,7 +78,7 @@ def _capgen_lines(run: Run, model: TinyModel, photos: list[Path], output: Path) 
     ],
     ids=["photo", "one-line-config", "foreign-then-partial"],
 )
-def test_f01_resume_never_truncates_a_file_that_is_not_capgen_output(
+def test_resume_never_truncates_a_file_that_is_not_capgen_output(
     run: Run, hardening_model: TinyModel, photo: Path, tmp_path: Path, content: bytes
 ) -> None:
     victim = tmp_path / "victim.jpg"
@@ -88,7 +88,7 @@ def test_f01_resume_never_truncates_a_file_that_is_not_capgen_output(
     assert victim.read_bytes() == content
 
 
-def test_f01_resume_checks_every_line_before_cutting_the_last(
+def test_resume_checks_every_line_before_cutting_the_last(
     run: Run, hardening_model: TinyModel, tmp_path: Path
 ) -> None:
     """A capgen file with a foreign line in the middle is not capgen's: nothing is cut."""
@@ -102,7 +102,7 @@ def test_f01_resume_checks_every_line_before_cutting_the_last(
     assert output.read_bytes() == content
 
 
-def test_f01_resume_cuts_only_a_half_written_capgen_line_and_keeps_whole_records(
+def test_resume_cuts_only_a_half_written_capgen_line_and_keeps_whole_records(
     run: Run, hardening_model: TinyModel, tmp_path: Path
 ) -> None:
     photos = write_photos(tmp_path / "photos", 3, seed=12)
@@ -119,7 +119,7 @@ def test_f01_resume_cuts_only_a_half_written_capgen_line_and_keeps_whole_records
     assert [r["path"] for r in records] == [str(p) for p in photos]
 
 
-def test_f01_a_second_capgen_on_the_same_output_is_refused(
+def test_a_second_capgen_on_the_same_output_is_refused(
     run: Run, hardening_model: TinyModel, photo: Path, tmp_path: Path
 ) -> None:
     """Two runs sharing one --output --resume used to caption the same images twice."""
@@ -148,7 +148,7 @@ def test_f01_a_second_capgen_on_the_same_output_is_refused(
     ],
     ids=["label", "caption-only", "error-plus", "path-not-str"],
 )
-def test_f02_output_refuses_another_tools_json_lines(
+def test_output_refuses_another_tools_json_lines(
     run: Run,
     hardening_model: TinyModel,
     photo: Path,
@@ -165,7 +165,7 @@ def test_f02_output_refuses_another_tools_json_lines(
     assert metadata.read_bytes() == content
 
 
-def test_f02_a_foreign_line_after_capgen_lines_is_refused_too(
+def test_a_foreign_line_after_capgen_lines_is_refused_too(
     run: Run, hardening_model: TinyModel, photo: Path, tmp_path: Path
 ) -> None:
     """The old check read only the first line."""
@@ -177,7 +177,7 @@ def test_f02_a_foreign_line_after_capgen_lines_is_refused_too(
     assert output.read_bytes() == content
 
 
-def test_f02_output_is_never_a_link_or_an_input(
+def test_output_is_never_a_link_or_an_input(
     run: Run, hardening_model: TinyModel, photo: Path, tmp_path: Path
 ) -> None:
     real = tmp_path / "real.jsonl"
@@ -196,7 +196,7 @@ def test_f02_output_is_never_a_link_or_an_input(
 # Finding 3: --annotate overwrote files, wrote through links -------------------
 
 
-def test_f03_annotate_keeps_a_file_capgen_did_not_write(
+def test_annotate_keeps_a_file_capgen_did_not_write(
     run: Run, hardening_model: TinyModel, tmp_path: Path
 ) -> None:
     photos = write_photos(tmp_path / "photos", 2, seed=13)
@@ -213,7 +213,7 @@ def test_f03_annotate_keeps_a_file_capgen_did_not_write(
     assert (out / "photo01.jpg").is_file()
 
 
-def test_f03_annotate_replaces_only_its_own_earlier_copy(
+def test_annotate_replaces_only_its_own_earlier_copy(
     run: Run, hardening_model: TinyModel, tmp_path: Path
 ) -> None:
     photos = write_photos(tmp_path / "photos", 2, seed=14)
@@ -224,7 +224,7 @@ def test_f03_annotate_replaces_only_its_own_earlier_copy(
     assert sorted(p.name for p in out.iterdir()) == ["photo00.jpg", "photo01.jpg"]  # no temp left
 
 
-def test_f03_annotate_never_writes_through_a_planted_link(
+def test_annotate_never_writes_through_a_planted_link(
     run: Run, hardening_model: TinyModel, photo: Path, tmp_path: Path
 ) -> None:
     victim = tmp_path / "victim.txt"
@@ -240,7 +240,7 @@ def test_f03_annotate_never_writes_through_a_planted_link(
 
 
 @pytest.mark.parametrize("link", ["symlink", "hardlink"])
-def test_f03_annotate_sees_an_input_given_through_a_link(
+def test_annotate_sees_an_input_given_through_a_link(
     run: Run, hardening_model: TinyModel, tmp_path: Path, link: str
 ) -> None:
     photos = tmp_path / "photos"
@@ -259,7 +259,7 @@ def test_f03_annotate_sees_an_input_given_through_a_link(
     assert holiday.read_bytes() == before and sorted(os.listdir(photos)) == ["holiday.jpg"]
 
 
-def test_f03_annotate_into_a_folder_it_cannot_write_is_one_line(
+def test_annotate_into_a_folder_it_cannot_write_is_one_line(
     launch: Run, hardening_model: TinyModel, photo: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "annotated"
@@ -278,7 +278,7 @@ def test_f03_annotate_into_a_folder_it_cannot_write_is_one_line(
 # Finding 10: a read-only --output with a partial last line -------------------
 
 
-def test_f10_read_only_output_with_a_partial_last_line_is_one_line(
+def test_read_only_output_with_a_partial_last_line_is_one_line(
     run: Run, launch: Run, hardening_model: TinyModel, photo: Path, tmp_path: Path
 ) -> None:
     output = tmp_path / "out.jsonl"
@@ -314,7 +314,7 @@ def _interrupting_site(folder: Path, body: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("module", ["typer", "numpy", "onnxruntime"])
-def test_f16_ctrl_c_during_the_imports_is_one_line(
+def test_ctrl_c_during_the_imports_is_one_line(
     launch: Run, hardening_model: TinyModel, photo: Path, tmp_path: Path, module: str
 ) -> None:
     env = _interrupting_site(
@@ -331,7 +331,7 @@ def test_f16_ctrl_c_during_the_imports_is_one_line(
     assert done.stderr == b"capgen: interrupted\n"
 
 
-def test_f16_a_ctrl_c_while_the_interpreter_shuts_down_adds_no_traceback(
+def test_a_ctrl_c_while_the_interpreter_shuts_down_adds_no_traceback(
     launch: Run, hardening_model: TinyModel, tmp_path: Path
 ) -> None:
     """threading's shutdown (which joins the decode-ahead thread) ran the KeyboardInterrupt."""
@@ -352,7 +352,7 @@ def _controls(text: str) -> list[str]:
     return [c for c in text if (ord(c) < 0x20 and c not in "\t\n") or c in "\x7f\u202e"]
 
 
-def test_f20_control_characters_in_file_names_are_escaped(
+def test_control_characters_in_file_names_are_escaped(
     run: Run, hardening_model: TinyModel, tmp_path: Path
 ) -> None:
     folder = tmp_path / "hostile"
@@ -376,7 +376,7 @@ def test_f20_control_characters_in_file_names_are_escaped(
     assert {str(folder / name) for name in _HOSTILE_NAMES} <= paths  # --json stays exact
 
 
-def test_f20_control_characters_in_vocabulary_words_are_escaped(run: Run, tmp_path: Path) -> None:
+def test_control_characters_in_vocabulary_words_are_escaped(run: Run, tmp_path: Path) -> None:
     words: list[str | None] = [None, "start", "a\x1b[2Jb", "tab\tword", "new\nline", "end", None]
     model = write_tiny_model(tmp_path / "model", words=words)
     photos = write_photos(tmp_path / "photos", 3, seed=19)
@@ -388,7 +388,7 @@ def test_f20_control_characters_in_vocabulary_words_are_escaped(run: Run, tmp_pa
         assert line.count("\t") == 1 and not _controls(line), repr(line)
 
 
-def test_f20_info_escapes_control_characters_from_the_manifest(
+def test_info_escapes_control_characters_from_the_manifest(
     run: Run, hardening_model: TinyModel, tmp_path: Path
 ) -> None:
     folder = tmp_path / "model"
@@ -412,7 +412,7 @@ def _documented_rows() -> list[tuple[int, str]]:
     return [(int(code), meaning) for code, meaning in rows]
 
 
-def test_f21_the_documented_table_is_the_exit_code_table() -> None:
+def test_the_documented_table_is_the_exit_code_table() -> None:
     assert _documented_rows() == [(int(code), code.meaning) for code in ExitCode]
 
 
@@ -510,7 +510,7 @@ _ROWS: dict[ExitCode, Callable[[Run, TinyModel, Path], subprocess.CompletedProce
 }
 
 
-def test_f21_every_row_has_a_case() -> None:
+def test_every_row_has_a_case() -> None:
     assert set(_ROWS) == set(ExitCode)
 
 
@@ -524,7 +524,7 @@ def test_f21_every_row_has_a_case() -> None:
     ],
     ids=[code.name for code in ExitCode],
 )
-def test_f21_every_exit_code_row_is_what_the_console_script_returns(
+def test_every_exit_code_row_is_what_the_console_script_returns(
     launch: Run, hardening_model: TinyModel, tmp_path: Path, code: ExitCode
 ) -> None:
     done = _ROWS[code](launch, hardening_model, tmp_path)

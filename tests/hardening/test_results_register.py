@@ -44,7 +44,7 @@ def _registers_claiming_results_md() -> dict[str, str]:
 
 
 @pytest.mark.parametrize("label", list(_registers_claiming_results_md()))
-def test_f10_a_crafted_register_never_lets_a_users_file_be_replaced(
+def test_a_crafted_register_never_lets_a_users_file_be_replaced(
     tmp_path: Path, label: str
 ) -> None:
     (tmp_path / "RESULTS.md").write_text(MINE)
@@ -57,7 +57,7 @@ def test_f10_a_crafted_register_never_lets_a_users_file_be_replaced(
     assert (tmp_path / "RESULTS.md").read_text() == MINE
 
 
-def test_f10_a_copied_register_vouches_for_nothing_the_user_rewrote(tmp_path: Path) -> None:
+def test_a_copied_register_vouches_for_nothing_the_user_rewrote(tmp_path: Path) -> None:
     ours = tmp_path / "ours"
     ResultsFolder(ours).write_text("RESULTS.md", "capgen's table\n")
     copy = tmp_path / "copy"
@@ -69,7 +69,7 @@ def test_f10_a_copied_register_vouches_for_nothing_the_user_rewrote(tmp_path: Pa
     assert (ours / "RESULTS.md").read_text() == "capgen's second table\n"
 
 
-def test_f10_a_register_capgen_did_not_write_is_not_replaced_either(tmp_path: Path) -> None:
+def test_a_register_capgen_did_not_write_is_not_replaced_either(tmp_path: Path) -> None:
     (tmp_path / REGISTER).write_text('{"my": "own json"}\n')
     with pytest.raises(InputError, match="not a register capgen wrote"):
         ResultsFolder(tmp_path).write_text("results.json", "{}")
@@ -77,7 +77,7 @@ def test_f10_a_register_capgen_did_not_write_is_not_replaced_either(tmp_path: Pa
     assert not (tmp_path / "results.json").exists()
 
 
-def test_f10_cli_crafted_register_beside_results_md(
+def test_cli_crafted_register_beside_results_md(
     run: Run, tmp_path: Path, shared_data: Path
 ) -> None:
     (tmp_path / "RESULTS.md").write_text(MINE)

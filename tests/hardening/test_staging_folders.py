@@ -33,7 +33,7 @@ def _dead_pid() -> int:
     return int(done.stdout)
 
 
-def test_f06_a_live_writer_from_another_pid_namespace_keeps_its_staging(tmp_path: Path) -> None:
+def test_a_live_writer_from_another_pid_namespace_keeps_its_staging(tmp_path: Path) -> None:
     out_dir = tmp_path / "model"
     writer = subprocess.Popen(
         [sys.executable, "-c", _WRITER, str(out_dir)],
@@ -64,7 +64,7 @@ def test_f06_a_live_writer_from_another_pid_namespace_keeps_its_staging(tmp_path
     assert not staging.exists()
 
 
-def test_f06_killed_writers_leftovers_still_go(tmp_path: Path) -> None:
+def test_killed_writers_leftovers_still_go(tmp_path: Path) -> None:
     out_dir = tmp_path / "model"
     stale = killed_staging(out_dir)
     assert prune_stale(out_dir) == [stale]
