@@ -89,12 +89,21 @@ export interface DecodedImage {
   height: number;
 }
 
+/** An image after the encoder and the photo projection: where every search over it starts. */
+export interface EncodedPhoto {
+  photo: Float32Array;
+  timings: { preprocess: number; encode: number };
+}
+
 export declare class Captioner {
   readonly info: ModelInfo;
   readonly spec: ModelSpec;
   /** The encoder's input bytes for decoded RGB pixels (Pillow's resize, capgen's pass order). */
   preprocess(rgb: Uint8Array, width: number, height: number): Uint8Array;
   captionPixels(rgb: Uint8Array, width: number, height: number, options?: DecodingOptions): Promise<CaptionResult>;
+  /** Encode once, then search several ways (captionEncoded): one encoder run per image. */
+  encodePixels(rgb: Uint8Array, width: number, height: number): Promise<EncodedPhoto>;
+  captionEncoded(encoded: EncodedPhoto, options?: DecodingOptions): Promise<CaptionResult>;
   captionBlob(blob: Blob, options?: DecodingOptions & { maxPixels?: number }): Promise<CaptionResult>;
   release(): Promise<void>;
 }

@@ -456,12 +456,14 @@ export class Captioner {
     return resizeRGB(rgb, width, height, this.spec.width, this.spec.height, this.spec.resizeFilter);
   }
 
-  /** A caption for decoded RGB pixels (height x width x 3 bytes, any size). */
-  async captionPixels(rgb, width, height, options = {}) {
-    const opts = decodingOptions(options);
-    const times = { start: performance.now() };
+  /**
+   * The photo's projection for decoded RGB pixels (height x width x 3 bytes, any size): what
+   * every search over this image starts from, so several searches need one encoder run.
+   */
+  async encodePixels(rgb, width, height) {
+    const start = performance.now();
     const pixels = this.preprocess(rgb, width, height);
-    times.preprocess = performance.now();
+    const preprocessed = performance.now();
     const { ort, spec } = this;
     const { features } = await this.sessions.encoder.run({
       image: new ort.Tensor("uint8", pixels, [1, spec.height, spec.width, 3]),
@@ -471,22 +473,35 @@ export class Captioner {
     if (photo?.type !== "float32" || photo.data.length !== spec.projectionSize) {
       throw new CapgenError("model", `the photo projection did not give float32 [1, ${spec.projectionSize}]`);
     }
-    times.encode = performance.now();
-    const state = new StepState(ort, this.sessions.step, spec.units, photo.data, spec.projectionSize, this.wordGates);
+    const end = performance.now();
+    return {
+      photo: photo.data,
+      timings: { preprocess: (preprocessed - start) / 1000, encode: (end - preprocessed) / 1000 },
+    };
+  }
+
+  /** A caption searched from an encoded photo (encodePixels), with these decoding options. */
+  async captionEncoded(encoded, options = {}) {
+    const opts = decodingOptions(options);
+    const { ort, spec } = this;
+    const start = performance.now();
+    const state = new StepState(ort, this.sessions.step, spec.units, encoded.photo, spec.projectionSize, this.wordGates);
     const maxLength = opts.maxLength ?? spec.maxLength;
     const ranked =
       opts.beamSize === 1
         ? await greedySearch(state, this.vocabulary, maxLength)
         : await beamSearch(state, this.vocabulary, maxLength, opts.beamSize, opts.lengthPenalty, opts.nBest);
-    const end = performance.now();
+    const decode = (performance.now() - start) / 1000;
     const result = toResult(ranked, this.vocabulary);
-    result.timings = {
-      preprocess: (times.preprocess - times.start) / 1000,
-      encode: (times.encode - times.preprocess) / 1000,
-      decode: (end - times.encode) / 1000,
-      total: (end - times.start) / 1000,
-    };
+    const { preprocess, encode } = encoded.timings;
+    result.timings = { preprocess, encode, decode, total: preprocess + encode + decode };
     return result;
+  }
+
+  /** A caption for decoded RGB pixels (height x width x 3 bytes, any size). */
+  async captionPixels(rgb, width, height, options = {}) {
+    decodingOptions(options); // bad options fail before the encoder runs
+    return this.captionEncoded(await this.encodePixels(rgb, width, height), options);
   }
 
   /** A caption for an image file (a Blob or File) decoded by the browser (see decodeImage). */

@@ -15,8 +15,9 @@ const fileFetch = async (url) => new Response(await readFile(fileURLToPath(url))
 const captioner = await loadModel(pathToFileURL(job.model).href, { ort, int8: job.int8, fetch: fileFetch });
 for (const [index, image] of job.images.entries()) {
   const rgb = new Uint8Array(readFileSync(image.input));
+  const encoded = await captioner.encodePixels(rgb, image.width, image.height); // once per image
   for (const [run, options] of job.runs.entries()) {
-    const result = await captioner.captionPixels(rgb, image.width, image.height, options);
+    const result = await captioner.captionEncoded(encoded, options);
     process.stdout.write(`${JSON.stringify({ run, image: index, result })}\n`);
   }
 }
