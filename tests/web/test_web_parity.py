@@ -64,6 +64,13 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return paths
 
 
+@pytest.fixture(scope="module")
+def python_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One CAPGEN_HOME for the module's `capgen caption` runs: a model's optimised graphs are
+    cached once, not again for every test (each test's own home used to start empty)."""
+    return tmp_path_factory.mktemp("python_home")
+
+
 def _python_captions(
     model: Path, int8: bool, images: list[Path], home: Path, runs: list[dict[str, Any]] = RUNS
 ) -> list[list[dict[str, Any]]]:
@@ -114,7 +121,7 @@ def _web_captions(
 @pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
 @pytest.mark.parametrize("name", ["shapes", "default"])
 def test_tokens_equal_the_python_runtime(
-    name: str, int8: bool, images: list[Path], tmp_path: Path
+    name: str, int8: bool, images: list[Path], python_home: Path, tmp_path: Path
 ) -> None:
     ort_dist()
     model = built_model(name)
@@ -125,7 +132,7 @@ def test_tokens_equal_the_python_runtime(
         # flipped 2 of its 36 photo captions there. Its own scenes (and the next test's
         # generated ones) stay exact. docs/web.md "Same tokens as Python".
         images = images[2 * len(EXAMPLE_PHOTOS) :]
-    python = _python_captions(model, int8, images, tmp_path / "home")
+    python = _python_captions(model, int8, images, python_home)
     web = _web_captions(model, int8, images, tmp_path)
     _assert_same(python, web, images, RUNS, INT8_SCORE_TOLERANCE if int8 else SCORE_TOLERANCE)
 
@@ -200,7 +207,7 @@ def _generated_images(folder: Path, count: int) -> list[Path]:
 
 
 def test_tokens_equal_on_the_tiny_model_with_every_option(
-    tiny_word_gates_folder: Path, tmp_path: Path
+    tiny_word_gates_folder: Path, python_home: Path, tmp_path: Path
 ) -> None:
     """Needs no built model: the stop rules (no-word ids, max_length), length penalty, n-best,
     on TINY_GENERATED_IMAGES generated images.
@@ -210,7 +217,7 @@ def test_tokens_equal_on_the_tiny_model_with_every_option(
     tiny_model_folder = tiny_word_gates_folder
     ort_dist()
     images = _generated_images(tmp_path, TINY_GENERATED_IMAGES)
-    python = _python_captions(tiny_model_folder, False, images, tmp_path / "home", TINY_RUNS)
+    python = _python_captions(tiny_model_folder, False, images, python_home, TINY_RUNS)
     web = _web_captions(tiny_model_folder, False, images, tmp_path, TINY_RUNS, word_gates=True)
     reasons = {result["stopReason"] for run in web for result in run}
     assert len(reasons) > 1, reasons  # more than one stop rule was exercised
@@ -223,7 +230,7 @@ GENERATED_SCENES = int(os.environ.get("CAPGEN_WEB_SCENES", "40"))
 
 
 @pytest.mark.slow
-def test_tokens_equal_on_generated_scenes(tmp_path: Path) -> None:
+def test_tokens_equal_on_generated_scenes(python_home: Path, tmp_path: Path) -> None:
     """The issue's bulk check: GENERATED_SCENES new scenes (CAPGEN_WEB_SCENES), shapes model, INT8 encoder."""
     from capgen.models.scenes import render, sample_scene
 
@@ -234,6 +241,6 @@ def test_tokens_equal_on_generated_scenes(tmp_path: Path) -> None:
         path = tmp_path / f"scene-{index:04d}.jpg"
         path.write_bytes(render(sample_scene(2027, index), 2027, index))
         images.append(path)
-    python = _python_captions(model, True, images, tmp_path / "home")
+    python = _python_captions(model, True, images, python_home)
     web = _web_captions(model, True, images, tmp_path)
     _assert_same(python, web, images, RUNS, INT8_SCORE_TOLERANCE)
