@@ -110,9 +110,7 @@ def test_longest_allowed_side_still_captions() -> None:
     assert pixels.shape == (32, 32, 3)
 
 
-def test_cli_thin_image_is_one_line(
-    run: Run, hardening_model: TinyModel, tmp_path: Path
-) -> None:
+def test_cli_thin_image_is_one_line(run: Run, hardening_model: TinyModel, tmp_path: Path) -> None:
     path = tmp_path / "strip.png"
     path.write_bytes(_thin_png(1, 200_000))
     done = run("caption", "--model", hardening_model.folder, path)

@@ -123,9 +123,7 @@ def quantizable_model(tmp_path: Path, home: Path) -> Path:
 
 
 @pytest.mark.convert
-def test_partial_symlink_not_followed(
-    run: Run, quantizable_model: Path, tmp_path: Path
-) -> None:
+def test_partial_symlink_not_followed(run: Run, quantizable_model: Path, tmp_path: Path) -> None:
     """Planted `*.partial` links (INT8 encoder, fast step, manifest) must not redirect capgen's writes."""
     folder = quantizable_model
     victims = {}
@@ -212,9 +210,7 @@ def test_cache_key_covers_graph_options() -> None:
 
 @pytest.mark.parametrize("command", ["info", "caption"])
 @pytest.mark.parametrize("link", ["vocabulary.json", "manifest.json"])
-def test_symlink_leaving_folder_refused(
-    run: Run, tmp_path: Path, command: str, link: str
-) -> None:
+def test_symlink_leaving_folder_refused(run: Run, tmp_path: Path, command: str, link: str) -> None:
     """A link out of the folder is refused by name, without the outside file's size or checksum."""
     folder = write_tiny_model(tmp_path / "model").folder
     secret = tmp_path / "secret.txt"

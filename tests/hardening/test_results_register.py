@@ -44,9 +44,7 @@ def _registers_claiming_results_md() -> dict[str, str]:
 
 
 @pytest.mark.parametrize("label", list(_registers_claiming_results_md()))
-def test_a_crafted_register_never_lets_a_users_file_be_replaced(
-    tmp_path: Path, label: str
-) -> None:
+def test_a_crafted_register_never_lets_a_users_file_be_replaced(tmp_path: Path, label: str) -> None:
     (tmp_path / "RESULTS.md").write_text(MINE)
     (tmp_path / REGISTER).write_text(_registers_claiming_results_md()[label])
     folder = ResultsFolder(tmp_path)
