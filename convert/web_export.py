@@ -65,6 +65,10 @@ PAGE_FILES = ("index.html", "page.mjs")
 ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 HEADERS_FILE = "_headers"
 HOSTING_FILE = "HOSTING.txt"
+# Every file the site holds besides the model's.
+SITE_OWN_FILES = frozenset(
+    (*MODULE_FILES, *PAGE_FILES, *ORT_FILES, HEADERS_FILE, HOSTING_FILE, SITE_RECORD)
+)
 ONNX_EXTRA = "pip install 'capgen[convert-decoder]'"
 
 # Cross-origin isolation (COOP + COEP) is what makes SharedArrayBuffer, and so
@@ -125,13 +129,7 @@ class WebSite:
     @property
     def model_bytes(self) -> int:
         """What a first visit downloads for the model (the page caches it after that)."""
-        return sum(size for name, size in self.files.items() if name in self._model_names)
-
-    @property
-    def _model_names(self) -> frozenset[str]:
-        return frozenset(self.files) - frozenset(
-            (*MODULE_FILES, *PAGE_FILES, *ORT_FILES, HEADERS_FILE, HOSTING_FILE, SITE_RECORD)
-        )
+        return sum(size for name, size in self.files.items() if name not in SITE_OWN_FILES)
 
 
 def checkout_web_dir() -> Path:
@@ -268,10 +266,10 @@ def _create(folder: Path, name: str) -> BinaryIO:
     return os.fdopen(os.open(folder / name, flags, default_mode()), "wb")
 
 
-def _copy(source: Path, folder: Path, name: str, expected: tuple[str, int] | None = None) -> str:
+def _copy(source: Path, folder: Path, name: str, expected: FileRecord | None = None) -> str:
     """Copy `source` to a new file `folder/name` (created exclusively); return the sha256 written.
 
-    `expected`: the manifest's (sha256, bytes); the copy is refused unless the bytes
+    `expected`: the manifest's record; the copy is refused unless the bytes
     read (and written) match, so a file changed after the manifest never ships.
     """
     digest = hashlib.sha256()
@@ -284,12 +282,18 @@ def _copy(source: Path, folder: Path, name: str, expected: tuple[str, int] | Non
         writer.flush()
         os.fsync(writer.fileno())
     got = digest.hexdigest()
-    if expected is not None and (got, size) != expected:
+    if expected is not None:
+        _check_against_manifest(source, expected, (got, size))
+    return got
+
+
+def _check_against_manifest(path: Path, expected: FileRecord, got: tuple[str, int]) -> None:
+    """Refuse bytes (their sha256, size) that are not what the model's manifest records."""
+    if got != (expected.sha256, expected.bytes):
         raise ModelError(
-            f"{source}: does not match the sha256 and size in the model's manifest.json "
+            f"{path}: does not match the sha256 and size in the model's manifest.json "
             "(damaged or altered file); rebuild or re-download the model"
         )
-    return got
 
 
 def _write(folder: Path, name: str, data: bytes) -> str:
@@ -323,10 +327,7 @@ def export_web(
     _check_sources(web, ort)
     if split:
         require(("onnx",), "capgen export web needs onnx to split the decoder step", ONNX_EXTRA)
-    clashes = sorted(
-        set(names)
-        & {*MODULE_FILES, *PAGE_FILES, *ORT_FILES, HEADERS_FILE, HOSTING_FILE, SITE_RECORD}
-    )
+    clashes = sorted(SITE_OWN_FILES.intersection(names))
     if clashes:
         raise ModelError(
             f"{model_dir}: the model's file {clashes[0]!r} would clash with the site's own"
@@ -370,14 +371,10 @@ def _record(manifest: Manifest, name: str) -> FileRecord:
 
 def _read_verified(manifest: Manifest, name: str) -> bytes:
     """The bytes of the model's file `name`, refused unless they match the manifest's sha256 and size."""
-    record = _record(manifest, name)
     with open(manifest.path(name), "rb") as reader:
         data = reader.read()
-    if (hashlib.sha256(data).hexdigest(), len(data)) != (record.sha256, record.bytes):
-        raise ModelError(
-            f"{manifest.path(name)}: does not match the sha256 and size in the model's "
-            "manifest.json (damaged or altered file); rebuild or re-download the model"
-        )
+    got = (hashlib.sha256(data).hexdigest(), len(data))
+    _check_against_manifest(manifest.path(name), _record(manifest, name), got)
     return data
 
 
@@ -414,10 +411,9 @@ def _fill(
     """Every file of the site into `staging`; name -> sha256 of what was written."""
     digests: dict[str, str] = {}
     for name in names:
-        if split and name in (SITE_STEP_FILE, WORD_GATES_DATA_FILE):
-            continue
-        record = _record(manifest, name)
-        digests[name] = _copy(manifest.path(name), staging, name, (record.sha256, record.bytes))
+        if name in (SITE_STEP_FILE, WORD_GATES_DATA_FILE):
+            continue  # written by _write_split_step
+        digests[name] = _copy(manifest.path(name), staging, name, _record(manifest, name))
     if split:
         written, site_manifest = _write_split_step(staging, manifest)
         digests.update(written)

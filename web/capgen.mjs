@@ -237,6 +237,12 @@ export function wordGateRows(spec, bytes) {
   const memo = new Map();
   return {
     width,
+    /** The step's `x_gates` input for these words: their rows, stacked. */
+    feed(ort, words) {
+      const rows = new Float32Array(words.length * width);
+      words.forEach((word, i) => rows.set(this.row(word), i * width));
+      return { x_gates: new ort.Tensor("float32", rows, [words.length, width]) };
+    },
     row(word) {
       let row = memo.get(word);
       if (row !== undefined) return row;
@@ -374,11 +380,18 @@ export function decodingOptions({ beamSize = 3, maxLength = null, lengthPenalty 
   return { beamSize, maxLength, lengthPenalty, nBest };
 }
 
+/** The model folder's own step takes the word ids (a site's split step takes wordGateRows' feed). */
+const WORD_IDS = {
+  feed(ort, words) {
+    return { word: new ort.Tensor("int64", BigInt64Array.from(words, (w) => BigInt(w)), [words.length]) };
+  },
+};
+
 class StepState {
-  constructor(ort, session, units, photo, projectionSize, wordGates = null) {
+  constructor(ort, session, units, photo, projectionSize, wordInput = WORD_IDS) {
     this.ort = ort;
     this.session = session;
-    this.wordGates = wordGates;
+    this.wordInput = wordInput;
     this.units = units;
     this.projectionSize = projectionSize;
     this.rowPhoto = [photo];
@@ -395,13 +408,8 @@ class StepState {
   async step(words) {
     const { ort, units } = this;
     const n = words.length;
-    const { wordGates } = this;
-    // A site's step takes the word's gates (computed here) instead of the word.
-    const input = wordGates
-      ? { x_gates: new ort.Tensor("float32", this.stack(words.map((w) => wordGates.row(w)), wordGates.width), [n, wordGates.width]) }
-      : { word: new ort.Tensor("int64", BigInt64Array.from(words, (w) => BigInt(w)), [n]) };
     const outputs = await this.session.run({
-      ...input,
+      ...this.wordInput.feed(ort, words),
       h: new ort.Tensor("float32", this.stack(this.h, units), [n, units]),
       c: new ort.Tensor("float32", this.stack(this.c, units), [n, units]),
       photo: new ort.Tensor("float32", this.stack(this.rowPhoto, this.projectionSize), [n, this.projectionSize]),
@@ -448,7 +456,7 @@ export class Captioner {
     this.vocabulary = vocabulary;
     this.sessions = sessions;
     this.info = info;
-    this.wordGates = wordGates;
+    this.wordInput = wordGates ?? WORD_IDS;
   }
 
   /** The encoder's input: packed RGB bytes resized as the Python runtime resizes them. */
@@ -482,10 +490,19 @@ export class Captioner {
 
   /** A caption searched from an encoded photo (encodePixels), with these decoding options. */
   async captionEncoded(encoded, options = {}) {
-    const opts = decodingOptions(options);
+    return this.#search(encoded, decodingOptions(options));
+  }
+
+  /** A caption for decoded RGB pixels (height x width x 3 bytes, any size). */
+  async captionPixels(rgb, width, height, options = {}) {
+    const opts = decodingOptions(options); // bad options fail before the encoder runs
+    return this.#search(await this.encodePixels(rgb, width, height), opts);
+  }
+
+  async #search(encoded, opts) {
     const { ort, spec } = this;
     const start = performance.now();
-    const state = new StepState(ort, this.sessions.step, spec.units, encoded.photo, spec.projectionSize, this.wordGates);
+    const state = new StepState(ort, this.sessions.step, spec.units, encoded.photo, spec.projectionSize, this.wordInput);
     const maxLength = opts.maxLength ?? spec.maxLength;
     const ranked =
       opts.beamSize === 1
@@ -496,12 +513,6 @@ export class Captioner {
     const { preprocess, encode } = encoded.timings;
     result.timings = { preprocess, encode, decode, total: preprocess + encode + decode };
     return result;
-  }
-
-  /** A caption for decoded RGB pixels (height x width x 3 bytes, any size). */
-  async captionPixels(rgb, width, height, options = {}) {
-    decodingOptions(options); // bad options fail before the encoder runs
-    return this.captionEncoded(await this.encodePixels(rgb, width, height), options);
   }
 
   /** A caption for an image file (a Blob or File) decoded by the browser (see decodeImage). */

@@ -453,7 +453,14 @@ def info_command(
     report = ["\n".join(map(escape_controls, lines)) + "\nfiles:\n"]
     # The graphs the runtime loads: "ok" must mean the loader takes them too, and
     # it refuses a graph that keeps tensors in external data (matching sha256 or not).
-    graphs = {enc.file, enc.int8_file, dec.projection_file, dec.step_file, dec.int8_step_file}
+    graphs = {
+        enc.file,
+        enc.int8_file,
+        dec.projection_file,
+        dec.step_file,
+        dec.int8_step_file,
+        dec.word_gates_file,
+    }
     problems: list[ModelError] = []
     for name, record in manifest.files.items():
         try:
