@@ -15,6 +15,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from capgen.benchmarks import quiet
 from capgen.benchmarks.static_site import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -92,29 +93,14 @@ def chromium_session(profile: Path, wait_s: float) -> Iterator[tuple[Any, str]]:
         driver.wait(timeout=wait_s)
     # chromedriver does not wait for Chromium's processes: their CPU time never comes back
     # to this process, so the bench's quietness record (quiet.py) is told it was ours.
-    from capgen.benchmarks.quiet import credit_own_seconds
-
-    credit_own_seconds(browser_cpu - (_reaped_seconds() - before))
+    quiet.credit_own_seconds(browser_cpu - (_reaped_seconds() - before))
 
 
 def _tree_seconds(pid: int) -> float:
     """CPU-seconds of process `pid` and its descendants so far (their reaped children included)."""
-    try:
-        import psutil
-    except ImportError:  # the bench and dev extras have it; without it nothing is credited
-        return 0.0
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
-    total = 0.0
-    for process in processes:
-        try:
-            total += sum(process.cpu_times()[:4])
-        except psutil.Error:  # ended between listing and reading
-            continue
-    return total
+    if importlib.util.find_spec("psutil") is None:
+        return 0.0  # the bench and dev extras have it; without it nothing is credited
+    return quiet.tree_seconds(pid)
 
 
 def _reaped_seconds() -> float:

@@ -147,9 +147,10 @@ def many_cores(
     )
 
 
-def _row(
+def row(
     what: str, value: float | None, comparison: str, target: float, detail: str
 ) -> dict[str, Any]:
+    """One goal row (this module's, or another section's: web_bench.py), as `goal_table` prints it."""
     met = value is not None and (value >= target if comparison == ">=" else value <= target)
     return {
         "what": what,
@@ -189,7 +190,7 @@ def _encoder_rows(peers: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for key, (what, ours, theirs) in pairs.items():
         mine, peer = _fastest(rows, ours), _fastest(rows, theirs)
         if mine is None or peer is None:
-            found[key] = _row(
+            found[key] = row(
                 what,
                 None,
                 "<=",
@@ -202,7 +203,7 @@ def _encoder_rows(peers: dict[str, Any]) -> dict[str, dict[str, Any]]:
             f"{mine[1]['label']} {mine[1]['ms']['median']:.1f} ms vs "
             f"{peer[1]['label']} {peer[1]['ms']['median']:.1f} ms"
         )
-        found[key] = _row(what, value, "<=", 1.0, detail)
+        found[key] = row(what, value, "<=", 1.0, detail)
     return found
 
 
@@ -216,7 +217,7 @@ def goal_rows(
         ("many_cores", "throughput on N cores", cores),
     ):
         if part and "error" in part:
-            found[key] = _row(what, None, ">=", 0.0, f"not measured: {part['error']}")
+            found[key] = row(what, None, ">=", 0.0, f"not measured: {part['error']}")
     latency = None if latency and "error" in latency else latency
     cores = None if cores and "error" in cores else cores
     if latency:
@@ -231,13 +232,13 @@ def goal_rows(
             ("warm_int8", "capgen_int8", 90.0, "--precision int8"),
         ):
             if name not in stats:
-                found[key] = _row(
+                found[key] = row(
                     f"warm latency vs the tutorial, {mode}", None, ">=", target,
                     "not measured: " + latency["absent"].get(name, "no such arm"),
                 )  # fmt: skip
                 continue
             low, high = latency[f"range_{name}"]
-            found[key] = _row(
+            found[key] = row(
                 f"warm latency vs the tutorial, {mode}",
                 latency[f"speedup_{name}"],
                 ">=",
@@ -246,27 +247,27 @@ def goal_rows(
                 f"(IQR range {low:.1f}–{high:.1f}×, {latency['model']})",
             )
     if cores:
-        for count, row in cores["rows"].items():
+        for count, at_count in cores["rows"].items():
             if count == "1":
                 continue
-            batch = row["caption_batch"]
-            found[f"scaling_batch@{count}"] = _row(
+            batch = at_count["caption_batch"]
+            found[f"scaling_batch@{count}"] = row(
                 f"caption_batch throughput on {count} cores ÷ ({count} × 1-core)",
                 batch.get("scaling"),
                 ">=",
                 0.8,
                 f"{batch['images_per_second']:.2f} img/s vs {cores['rows']['1']['caption_batch']['images_per_second']:.2f} on 1 core",
             )
-            serve = row.get("serve")
+            serve = at_count.get("serve")
             if serve:
-                found[f"scaling_serve@{count}"] = _row(
+                found[f"scaling_serve@{count}"] = row(
                     f"capgen serve throughput on {count} cores ÷ ({count} × 1-core), {cores['clients']} clients",
                     serve.get("scaling"),
                     ">=",
                     0.8,
                     f"{serve['requests_per_second']:.2f} req/s, workers {serve['workers']}",
                 )
-                found[f"p99_p50@{count}"] = _row(
+                found[f"p99_p50@{count}"] = row(
                     f"capgen serve p99 ÷ p50 on {count} cores, {cores['clients']} clients",
                     serve["p99_over_p50"],
                     "<=",
@@ -274,10 +275,6 @@ def goal_rows(
                     f"p50 {serve['p50_s'] * 1000:.0f} ms, p99 {serve['p99_s'] * 1000:.0f} ms",
                 )
     return found
-
-
-# A goal row for another section (web_bench.py): the same fields, the same table.
-row = _row
 
 
 def goal_table(goals: dict[str, dict[str, Any]]) -> list[str]:

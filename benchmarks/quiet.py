@@ -54,18 +54,31 @@ def credit_own_seconds(seconds: float) -> None:
     _credited += max(float(seconds), 0.0)
 
 
-def _own_seconds() -> float:
-    """CPU-seconds used by this process and every child it has (including finished ones)."""
+def tree_seconds(pid: int | None = None) -> float:
+    """CPU-seconds of process `pid` (default: this one) and its descendants so far.
+
+    Each one's reaped children are included (user, system, children_user,
+    children_system); 0 when `pid` has ended.
+    """
     import psutil
 
-    me = psutil.Process()
-    total = sum(me.cpu_times()[:4])  # user, system, children_user, children_system
-    for child in me.children(recursive=True):
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for process in processes:
         try:
-            total += sum(child.cpu_times()[:4])
+            total += sum(process.cpu_times()[:4])
         except psutil.Error:  # ended between listing and reading
             continue
-    return float(total) + _credited
+    return total
+
+
+def _own_seconds() -> float:
+    """CPU-seconds used by this process and every child it has (including finished ones)."""
+    return tree_seconds() + _credited
 
 
 class _Adopted:

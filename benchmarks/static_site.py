@@ -25,7 +25,7 @@ ISOLATION_HEADERS = {
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 nothing listens on now."""
+    """A TCP port on 127.0.0.1 nothing listens on now (for a server this process does not bind)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -54,7 +54,7 @@ class IsolatedHandler(http.server.SimpleHTTPRequestHandler):
 def serve_folder(folder: Path) -> Iterator[str]:
     """`folder` served on 127.0.0.1 (a free port) from a thread; yields its URL, ending in /."""
     handler = functools.partial(IsolatedHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)  # a free port
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

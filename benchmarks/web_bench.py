@@ -40,6 +40,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from capgen.benchmarks import chromium
+from capgen.benchmarks.goals import goal_table, row
 from capgen.benchmarks.processes import in_turn
 from capgen.benchmarks.stats import ratio_range, speedup, summarize
 
@@ -129,7 +131,6 @@ def example_photos() -> list[Path]:
 
 def why_not(model_dir: Path | None = None) -> str | None:
     """Why the section cannot run here, in one line (None: it can)."""
-    from capgen.benchmarks import chromium
     from capgen.convert.web_export import ORT_FILES, default_ort_dir
     from capgen.runtime.captioner import resolve_model_dir
     from capgen.runtime.errors import CapgenError
@@ -159,25 +160,22 @@ class _Page:
     """The WebDriver calls the section makes, each one failing with the page's own message."""
 
     def __init__(self, client: Any, session: str) -> None:
-        from capgen.benchmarks import chromium
-
-        self._chromium = chromium
         self.client, self.session = client, session
         answer = client.post(f"{session}/timeouts", json={"script": int(WAIT_S * 1000)})
         if answer.status_code != 200:
             raise RuntimeError(f"chromedriver refused the script timeout: {answer.text}")
 
     def open(self, url: str) -> None:
-        self._chromium.open_url(self.client, self.session, url)
+        chromium.open_url(self.client, self.session, url)
 
     def run(self, script: str, *args: Any) -> Any:
-        value = self._chromium.execute(self.client, self.session, script, *args, asynchronous=True)
+        value = chromium.execute(self.client, self.session, script, *args, asynchronous=True)
         if isinstance(value, dict) and "error" in value:
             raise RuntimeError(f"in Chromium: {value['error']}")
         return value
 
     def state(self) -> dict[str, Any]:
-        return dict(self._chromium.execute(self.client, self.session, PAGE_STATE_SCRIPT))
+        return dict(chromium.execute(self.client, self.session, PAGE_STATE_SCRIPT))
 
 
 def _python_arm(captioner: Any, photos: Sequence[bytes], beam: int) -> list[dict[str, Any]]:
@@ -207,15 +205,16 @@ def _compare(
     page: _Page, captioner: Any, photos: Sequence[bytes], beam: int, repetitions: int
 ) -> dict[str, Any]:
     """Both arms caption every photo, `repetitions` times, taking turns (who goes first alternates)."""
-    rows: dict[str, list[dict[str, Any]]] = {"web": [], "python": []}
     indices = list(range(len(photos)))
-    for rep in range(repetitions):
-        for arm in in_turn(["web", "python"], rep):
+    arms: dict[str, Callable[[], list[dict[str, Any]]]] = {
+        "web": lambda: page.run(CAPTION_SCRIPT, beam, indices),
+        "python": lambda: _python_arm(captioner, photos, beam),
+    }
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in arms}
+    for turn in range(repetitions):
+        for name in in_turn(list(arms), turn):
             time.sleep(SETTLE_SECONDS)  # let the other arm's threads stop spinning
-            if arm == "web":
-                rows["web"] += page.run(CAPTION_SCRIPT, beam, indices)
-            else:
-                rows["python"] += _python_arm(captioner, photos, beam)
+            rows[name] += arms[name]()
     web, python = _stats(rows["web"], WEB_STAGES), _stats(rows["python"], PYTHON_STAGES)
     same = sum(
         a["tokens"] == b["tokens"]
@@ -236,12 +235,10 @@ def _check_page(page: _Page, url: str) -> dict[str, Any]:
     """The site's own page: loaded (from Cache Storage by now), isolated, its thread count."""
     page.open(url)
     deadline = time.monotonic() + WAIT_S
-    status = page.state()
-    while status["state"] not in ("ready", "failed"):
+    while (status := page.state())["state"] not in ("ready", "failed"):
         if time.monotonic() > deadline:
             raise RuntimeError(f"the site's page did not load its model in {WAIT_S:.0f} s")
         time.sleep(0.25)
-        status = page.state()
     if status["state"] != "ready":
         raise RuntimeError(f"the site's page failed: {status['model']}")
     return {
@@ -255,7 +252,6 @@ def measure_web(
 ) -> dict[str, Any]:
     """The section's numbers (see the module's docstring); raises RuntimeError with the page's message."""
     from capgen import Captioner
-    from capgen.benchmarks.chromium import chromium_session
     from capgen.benchmarks.static_site import serve_folder
     from capgen.convert.web_export import export_web
     from capgen.runtime.captioner import max_threads, resolve_model_dir
@@ -275,7 +271,7 @@ def measure_web(
         _python_arm(captioner, data[:1], 1)  # its first caption: allocations, not speed
         with (
             serve_folder(root) as url,
-            chromium_session(root / "profile", WAIT_S) as (client, session),
+            chromium.chromium_session(root / "profile", WAIT_S) as (client, session),
         ):
             page = _Page(client, session)
             page.open(url + BENCH_PAGE)
@@ -333,8 +329,6 @@ def measure_web(
 
 def goal_row(section: dict[str, Any]) -> dict[str, Any]:
     """Issue 27's goal: warm greedy caption in Chromium ≤ 0.5 s, 2 threads, default model INT8."""
-    from capgen.benchmarks.goals import row
-
     browser = section["browser"]
     median = float(section["greedy"]["web"]["caption"]["median"])
     entry = row(
@@ -366,8 +360,6 @@ def _ms(stats: dict[str, Any]) -> str:
 
 def markdown(section: dict[str, Any]) -> list[str]:
     """RESULTS.md lines: the stages in Chromium and in Python, then issue 27's goal row."""
-    from capgen.benchmarks.goals import goal_table
-
     if "skipped" in section:
         return ["", f"## Web: captions in Chromium\n**Not run: {section['skipped']}**"]
     if "error" in section:

@@ -7,24 +7,18 @@ bench's web section's (benchmarks/chromium.py), one copy for both.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from capgen.benchmarks import chromium
-from capgen.benchmarks.static_site import free_port
-
-__all__ = ["chromium_session", "free_port"]
 
 
-@contextmanager
-def chromium_session(profile: Path, wait_s: float) -> Iterator[tuple[Any, str]]:
+def chromium_session(profile: Path, wait_s: float) -> AbstractContextManager[tuple[Any, str]]:
     """(a client of chromedriver, the session path) for one headless Chromium using `profile`."""
     reason = chromium.missing()
     if reason is not None:
         pytest.skip(reason)
-    with chromium.chromium_session(profile, wait_s) as session:
-        yield session
+    return chromium.chromium_session(profile, wait_s)

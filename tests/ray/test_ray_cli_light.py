@@ -5,7 +5,6 @@ The unreachable address is a port on 127.0.0.1 nobody listens at (loopback only)
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 from capgen_cli import assert_one_line_error
 
+from capgen.benchmarks.static_site import free_port
 from capgen.cli_support.exit_codes import ExitCode, exit_code_for
 
 pytest.importorskip("ray", reason="needs the ray extra: pip install 'capgen[ray]'")
@@ -26,12 +26,6 @@ def _capgen(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _free_loopback_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _photo(tmp_path: Path) -> Path:
     from PIL import Image
 
@@ -41,7 +35,7 @@ def _photo(tmp_path: Path) -> Path:
 
 
 def test_an_unreachable_cluster_is_one_line_and_exit_2(tmp_path: Path, model_folder: Path) -> None:
-    address = f"127.0.0.1:{_free_loopback_port()}"
+    address = f"127.0.0.1:{free_port()}"
     out = tmp_path / "out.jsonl"
     done = _capgen(str(_photo(tmp_path)), "-o", str(out), "--address", address, cwd=tmp_path)
     assert f"cannot reach a Ray cluster at {address}" in assert_one_line_error(done, ExitCode.USAGE)

@@ -26,7 +26,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from runtime_venvs import OLDEST, RuntimeFlavour
-from tiny_model import TinyModel
+from tiny_model import TinyModel, write_word_gates
 
 from capgen.cli_support.exit_codes import ExitCode
 from capgen.convert.portable import file_requirement
@@ -70,7 +70,6 @@ def written(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> 
     """One file of each kind, written by capgen (the tiny model folder gains a fast step)."""
     from capgen.convert.fast_decoder import add_fast_decoder
     from capgen.convert.quantize import quantize_encoder
-    from capgen.convert.step_graph import build_word_gates_graph
     from capgen.convert.web_step import web_step
 
     root = tmp_path_factory.mktemp("portable")
@@ -81,10 +80,8 @@ def written(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> 
     images = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(4)]
     int8 = quantize_encoder(_conv_encoder(root / "conv.onnx"), root / "conv.int8.onnx", images)
     # The converter's word gates and the browser site's step without its table.
-    onnx.save(build_word_gates_graph(tiny_model.weights), str(folder / "word_gates.onnx"))
-    split = web_step(
-        (folder / "decoder_step.onnx").read_bytes(), (folder / "word_gates.onnx").read_bytes()
-    )
+    gates = write_word_gates(folder, tiny_model.weights)
+    split = web_step((folder / "decoder_step.onnx").read_bytes(), gates.read_bytes())
     (folder / "decoder_step.web.onnx").write_bytes(split.step)
     return {
         "folder": folder,
@@ -92,7 +89,7 @@ def written(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> 
         "decoder_step.onnx": folder / "decoder_step.onnx",
         "decoder_step.int8.onnx": folder / "decoder_step.int8.onnx",
         "encoder.int8.onnx": int8.output,
-        "word_gates.onnx": folder / "word_gates.onnx",
+        "word_gates.onnx": gates,
         "decoder_step.web.onnx": folder / "decoder_step.web.onnx",
     }
 

@@ -24,8 +24,10 @@ from capgen.convert.step_graph import (
     DecoderWeights,
     build_projection_graph,
     build_step_graph,
+    build_word_gates_graph,
     step_metadata,
 )
+from capgen.runtime.manifest import WORD_GATES_FILE
 
 HEIGHT = WIDTH = 32
 POOL = 8
@@ -199,3 +201,10 @@ def write_tiny_model(
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return TinyModel(folder=folder, weights=weights, words=words, max_length=max_length)
+
+
+def write_word_gates(folder: Path, weights: DecoderWeights) -> Path:
+    """word_gates.onnx for `weights`, as the converter writes it (not listed in the manifest)."""
+    path = folder / WORD_GATES_FILE
+    onnx.save(build_word_gates_graph(weights), path)
+    return path

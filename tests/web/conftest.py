@@ -5,16 +5,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import onnx
 import pytest
 
 TESTS = Path(__file__).resolve().parents[1]
 if str(TESTS / "runtime") not in sys.path:
     sys.path.append(str(TESTS / "runtime"))
 
-from tiny_model import write_tiny_model  # noqa: E402
+from tiny_model import write_tiny_model, write_word_gates  # noqa: E402
+from web_helpers import fake_ort_dir  # noqa: E402
 
-from capgen.convert.step_graph import build_word_gates_graph  # noqa: E402
 from capgen.runtime.manifest import WORD_GATES_FILE  # noqa: E402
 from capgen.runtime.optional_files import OptionalFile, add_optional_file  # noqa: E402
 
@@ -29,6 +28,12 @@ def tiny_model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_word_gates_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model with word_gates.onnx, as the converter writes every folder since recipe 3."""
     tiny = write_tiny_model(tmp_path_factory.mktemp("web") / "tiny-gates", with_int8=True)
-    onnx.save(build_word_gates_graph(tiny.weights), str(tiny.folder / WORD_GATES_FILE))
+    write_word_gates(tiny.folder, tiny.weights)
     add_optional_file(tiny.folder, OptionalFile.WORD_GATES, WORD_GATES_FILE)
     return tiny.folder
+
+
+@pytest.fixture()
+def fake_ort(tmp_path: Path) -> Path:
+    """onnxruntime-web's three files as stand-ins: the export copies them, it does not run them."""
+    return fake_ort_dir(tmp_path / "ort")

@@ -35,16 +35,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture()
-def fake_ort(tmp_path: Path) -> Path:
-    """onnxruntime-web's three files as stand-ins: the export copies them, it does not run them."""
-    folder = tmp_path / "ort"
-    folder.mkdir()
-    for name in ORT_FILES:
-        (folder / name).write_bytes(f"// {name}\n".encode())
-    return folder
-
-
 def test_the_site_holds_verified_copies_and_a_record(
     tiny_model_folder: Path, fake_ort: Path, tmp_path: Path
 ) -> None:

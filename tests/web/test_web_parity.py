@@ -214,11 +214,11 @@ def test_tokens_equal_on_the_tiny_model_with_every_option(
 
     Through a site with the step split (word gates computed in JS), as the default model's.
     """
-    tiny_model_folder = tiny_word_gates_folder
     ort_dist()
+    model = tiny_word_gates_folder
     images = _generated_images(tmp_path, TINY_GENERATED_IMAGES)
-    python = _python_captions(tiny_model_folder, False, images, python_home, TINY_RUNS)
-    web = _web_captions(tiny_model_folder, False, images, tmp_path, TINY_RUNS, word_gates=True)
+    python = _python_captions(model, False, images, python_home, TINY_RUNS)
+    web = _web_captions(model, False, images, tmp_path, TINY_RUNS, word_gates=True)
     reasons = {result["stopReason"] for run in web for result in run}
     assert len(reasons) > 1, reasons  # more than one stop rule was exercised
     _assert_same(python, web, images, TINY_RUNS)

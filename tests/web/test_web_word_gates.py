@@ -25,11 +25,11 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 from tiny_model import UNITS, WORDS, encoder_graph, random_weights
-from web_helpers import REPO, built_model, node
+from web_helpers import REPO, built_model, fake_ort_dir, node
 
 from capgen.convert.delimiters import Delimiters
 from capgen.convert.model_folder import ModelFolderSpec, describe_encoder, write_model_folder
-from capgen.convert.web_export import ORT_FILES, export_web
+from capgen.convert.web_export import export_web
 from capgen.convert.web_step import (
     SITE_STEP_FILE,
     WORD_GATES_DATA_FILE,
@@ -47,6 +47,12 @@ SITE_LIMIT_BYTES = 45_000_000
 def _initializers(path: Path) -> dict[str, np.ndarray]:
     model = onnx.load(str(path))
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def _table(folder: Path) -> np.ndarray:
+    """The word-gate table the model folder's step graph holds."""
+    manifest = load_manifest(folder)
+    return _initializers(manifest.path(manifest.decoder.step_file))["word_gate_table"]
 
 
 def _converted(tmp_path: Path, start: str | None) -> Path:
@@ -84,7 +90,7 @@ def test_the_converter_writes_the_tables_factors(tmp_path: Path, start: str | No
     assert props["capgen.word_gates.zero_padding_row"] == ("true" if start is None else "false")
     factors = _initializers(folder / name)
     assert all(factors[key].dtype == np.float32 for key in ("embedding", "kernel", "bias"))
-    table = _initializers(folder / manifest.decoder.step_file)["word_gate_table"]
+    table = _table(folder)
     product = factors["embedding"].astype(np.float64) @ factors["kernel"].astype(np.float64)
     expected = (product + factors["bias"].astype(np.float64)).astype(np.float32)
     if start is None:
@@ -103,8 +109,7 @@ def _split(folder: Path) -> tuple[np.ndarray, WebStep]:
     assert manifest.decoder.word_gates_file is not None
     step = manifest.path(manifest.decoder.step_file).read_bytes()
     gates = manifest.path(manifest.decoder.word_gates_file).read_bytes()
-    table = _initializers(manifest.path(manifest.decoder.step_file))["word_gate_table"]
-    return table, web_step(step, gates)
+    return _table(folder), web_step(step, gates)
 
 
 def _rebuilt_table(split: WebStep) -> np.ndarray:
@@ -176,15 +181,6 @@ def test_the_site_step_gives_the_original_steps_outputs(tiny_word_gates_folder: 
     assert before.graph.output == after.graph.output
 
 
-@pytest.fixture()
-def fake_ort(tmp_path: Path) -> Path:
-    folder = tmp_path / "ort"
-    folder.mkdir()
-    for name in ORT_FILES:
-        (folder / name).write_bytes(f"// {name}\n".encode())
-    return folder
-
-
 def test_the_site_ships_the_split_step_described_in_its_manifest(
     tiny_word_gates_folder: Path, fake_ort: Path, tmp_path: Path
 ) -> None:
@@ -235,8 +231,7 @@ def _js_rows(site: Path, ids: list[int]) -> dict[int, np.ndarray]:
 
 
 def _check_js_rows(model: Path, site: Path, ids: list[int]) -> None:
-    manifest = load_manifest(model)
-    table = _initializers(manifest.path(manifest.decoder.step_file))["word_gate_table"]
+    table = _table(model)
     rows = _js_rows(site, ids)
     assert sorted(rows) == sorted(ids)
     for word, row in rows.items():
@@ -255,11 +250,8 @@ def default_int8_site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
     model = built_model("default")
     if load_manifest(model).decoder.word_gates_file is None:
         pytest.skip(f"{model} was built by an older converter recipe (run capgen setup)")
-    ort_dir = tmp_path_factory.mktemp("ort")
-    for name in ORT_FILES:
-        (ort_dir / name).write_bytes(b"//\n")
-    out = tmp_path_factory.mktemp("default-site") / "site"
-    site = export_web(out, model=model, int8=True, ort_dir=ort_dir)
+    root = tmp_path_factory.mktemp("default-site")
+    site = export_web(root / "site", model=model, int8=True, ort_dir=fake_ort_dir(root / "ort"))
     return model, site.folder, site.model_bytes
 
 

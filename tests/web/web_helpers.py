@@ -27,6 +27,16 @@ def ort_dist() -> Path:
     return ORT_DIST
 
 
+def fake_ort_dir(folder: Path) -> Path:
+    """`folder` holding stand-ins for onnxruntime-web's files (`capgen export web` only copies them)."""
+    from capgen.convert.web_export import ORT_FILES
+
+    folder.mkdir()
+    for name in ORT_FILES:
+        (folder / name).write_bytes(f"// {name}\n".encode())
+    return folder
+
+
 def built_model(name: str) -> Path:
     """A model folder capgen built in $CAPGEN_HOME/models (read only here), or a skip."""
     from capgen.runtime.home import models_dir
