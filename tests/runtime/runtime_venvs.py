@@ -88,7 +88,8 @@ def build_runtime_venv(flavour: RuntimeFlavour, root: Path, wheel: Path, extras:
             "pip",
             "install",
             "--quiet",
-            "--python",
+            "--compile-bytecode",  # as pip does: a process under PYTHONDONTWRITEBYTECODE
+            "--python",  # (CI) would otherwise recompile numpy and onnxruntime every time
             str(venv / "bin" / "python"),
             "-c",
             str(flavour.constraints),
