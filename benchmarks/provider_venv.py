@@ -60,6 +60,12 @@ def install_commands(
     ]
 
 
+def uv_beside(python: str = sys.executable) -> str | None:
+    """The uv next to `python` (capgen's dev extra installs it), or None."""
+    candidate = Path(python).with_name("uv")
+    return str(candidate) if candidate.is_file() else None
+
+
 def build_provider_venv(
     venv: Path,
     build: str,
@@ -67,19 +73,36 @@ def build_provider_venv(
     python: str = sys.executable,
     constraints: Path | None = CONSTRAINTS,
     editable: bool = False,
+    uv: str | None = None,
 ) -> Path:
-    """A venv at `venv` made by the recipe (reused when its capgen script exists); its python."""
+    """A venv at `venv` made by the recipe (reused when its capgen script exists); its python.
+
+    `uv`: run the recipe's two installs with `uv pip` instead of pip (the same
+    arguments, the same resolution): `capgen bench` does where the checkout's
+    venv has uv, as the pip install of onnxruntime-openvino took most of a
+    minute. The README's recipe, and its test, stay pip's.
+    """
     interpreter = venv / "bin" / "python"
     if (venv / "bin" / "capgen").exists():
         return interpreter
-    subprocess.run([python, "-m", "venv", str(venv)], check=True, capture_output=True)
-    for arguments in install_commands(build, capgen, constraints, editable):
-        done = subprocess.run(
-            [str(interpreter), *PIP, *arguments], capture_output=True, text=True, check=False
+    if uv is None:
+        subprocess.run([python, "-m", "venv", str(venv)], check=True, capture_output=True)
+    else:
+        subprocess.run(
+            [uv, "venv", "--quiet", "--python", python, str(venv)], check=True, capture_output=True
         )
+    for arguments in install_commands(build, capgen, constraints, editable):
+        command, rest = arguments[0], arguments[1:]
+        installer = (
+            [str(interpreter), *PIP, command]
+            if uv is None
+            else [uv, "pip", command, "--python", str(interpreter), "--compile-bytecode"]
+        )
+        done = subprocess.run([*installer, *rest], capture_output=True, text=True, check=False)
         if done.returncode != 0:
             tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
-            raise ProviderVenvError(f"pip {' '.join(arguments[:4])} … failed:\n{tail}")
+            tool = "pip" if uv is None else "uv pip"
+            raise ProviderVenvError(f"{tool} {' '.join(arguments[:4])} … failed:\n{tail}")
     return interpreter
 
 
@@ -109,9 +132,11 @@ def openvino_bench_python(venv: Path, echo: Callable[[str], None] = print) -> Pa
         if problem is not None:
             echo(f"  no OpenVINO arm: the package index cannot serve {OPENVINO_BUILD}: {problem}")
             return None
-        echo(f"building the OpenVINO arm's venv ({OPENVINO_BUILD}, about a minute): {venv}")
+        echo(f"building the OpenVINO arm's venv ({OPENVINO_BUILD}): {venv}")
     try:
-        return build_provider_venv(venv, OPENVINO_BUILD, str(REPO_ROOT), editable=True)
+        return build_provider_venv(
+            venv, OPENVINO_BUILD, str(REPO_ROOT), editable=True, uv=uv_beside()
+        )
     except (ProviderVenvError, OSError, subprocess.CalledProcessError) as error:
         echo(f"  no OpenVINO arm: {error}")
         return None

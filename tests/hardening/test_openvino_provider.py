@@ -158,6 +158,7 @@ def openvino_bench_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ProviderVenvError,
         build_provider_venv,
         index_problem,
+        uv_beside,
     )
 
     problem = index_problem(OPENVINO_BUILD)
@@ -166,7 +167,7 @@ def openvino_bench_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = tmp_path_factory.mktemp("openvino-bench") / "venv"
     try:
         checkout = str(Path(__file__).resolve().parents[2])
-        return build_provider_venv(venv, OPENVINO_BUILD, checkout, editable=True)
+        return build_provider_venv(venv, OPENVINO_BUILD, checkout, editable=True, uv=uv_beside())
     except ProviderVenvError as error:
         pytest.fail(f"capgen bench's onnxruntime-openvino venv: {error}")
 
