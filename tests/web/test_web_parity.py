@@ -19,7 +19,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,6 @@ RUNS = [
     {"cli": ["--beam-size", "1"], "js": {"beamSize": 1}},
     {"cli": ["--beam-size", "3", "--n-best", "3"], "js": {"beamSize": 3, "nBest": 3}},
 ]
-CAPGEN = Path(sys.executable).with_name("capgen")
 # The examples' scores through WASM differ from native onnxruntime's in the 4th decimal.
 SCORE_TOLERANCE = 5e-3
 # INT8 encoders differ more: x86 onnxruntime runs their convolutions in VNNI/AMX integer
@@ -64,28 +62,45 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return paths
 
 
-@pytest.fixture(scope="module")
-def python_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One CAPGEN_HOME for the module's `capgen caption` runs: a model's optimised graphs are
-    cached once, not again for every test (each test's own home used to start empty)."""
-    return tmp_path_factory.mktemp("python_home")
+# The JS option names, as the Python runtime's DecodingOptions fields.
+_PYTHON_OPTION = {
+    "beamSize": "beam_size",
+    "nBest": "n_best",
+    "lengthPenalty": "length_penalty",
+    "maxLength": "max_length",
+}
 
 
 def _python_captions(
-    model: Path, int8: bool, images: list[Path], home: Path, runs: list[dict[str, Any]] = RUNS
+    model: Path, int8: bool, images: list[Path], runs: list[dict[str, Any]] = RUNS
 ) -> list[list[dict[str, Any]]]:
-    per_run = []
-    for run in runs:
-        command = [str(CAPGEN), "caption", "--model", str(model), "--json", *run["cli"]]
-        command += ["--int8"] if int8 else []
-        done = subprocess.run(
-            [*command, *map(str, images)],
-            capture_output=True, text=True, check=True, timeout=1800,
-            env={**os.environ, "CAPGEN_HOME": str(home)},
-        )  # fmt: skip
-        lines = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
-        assert [line["path"] for line in lines] == [str(path) for path in images]
-        per_run.append(lines)
+    """What `capgen caption --json` writes for each run (its `cli` flags), computed in-process.
+
+    The command's own path (`Captioner.iter_captions` at its default batch size: each
+    batch's pixels stacked, encoded together, the batch decoded together), except that each
+    batch is encoded once for every run instead of once per command; each record is the
+    command's (`success_record`). This used to start the console script once per run and
+    encode every image again each time.
+    """
+    from capgen.runtime.captioner import DEFAULT_BATCH_SIZE, Captioner
+    from capgen.runtime.decoding import DecodingOptions
+    from capgen.runtime.results import success_record
+
+    captioner = Captioner(model, int8=int8)
+    options = [
+        DecodingOptions(**{_PYTHON_OPTION[name]: value for name, value in run["js"].items()})
+        for run in runs
+    ]
+    per_run: list[list[dict[str, Any]]] = [[] for _ in runs]
+    for start in range(0, len(images), DEFAULT_BATCH_SIZE):
+        batch = images[start : start + DEFAULT_BATCH_SIZE]
+        features = captioner.features(np.stack([captioner.preprocess(path) for path in batch]))
+        for records, chosen in zip(per_run, options, strict=True):
+            results = captioner.decode_features(features, chosen)
+            records += [
+                success_record(str(path), result)
+                for path, result in zip(batch, results, strict=True)
+            ]
     return per_run
 
 
@@ -121,7 +136,7 @@ def _web_captions(
 @pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
 @pytest.mark.parametrize("name", ["shapes", "default"])
 def test_tokens_equal_the_python_runtime(
-    name: str, int8: bool, images: list[Path], python_home: Path, tmp_path: Path
+    name: str, int8: bool, images: list[Path], tmp_path: Path
 ) -> None:
     ort_dist()
     model = built_model(name)
@@ -132,7 +147,7 @@ def test_tokens_equal_the_python_runtime(
         # flipped 2 of its 36 photo captions there. Its own scenes (and the next test's
         # generated ones) stay exact. docs/web.md "Same tokens as Python".
         images = images[2 * len(EXAMPLE_PHOTOS) :]
-    python = _python_captions(model, int8, images, python_home)
+    python = _python_captions(model, int8, images)
     web = _web_captions(model, int8, images, tmp_path)
     _assert_same(python, web, images, RUNS, INT8_SCORE_TOLERANCE if int8 else SCORE_TOLERANCE)
 
@@ -207,7 +222,7 @@ def _generated_images(folder: Path, count: int) -> list[Path]:
 
 
 def test_tokens_equal_on_the_tiny_model_with_every_option(
-    tiny_word_gates_folder: Path, python_home: Path, tmp_path: Path
+    tiny_word_gates_folder: Path, tmp_path: Path
 ) -> None:
     """Needs no built model: the stop rules (no-word ids, max_length), length penalty, n-best,
     on TINY_GENERATED_IMAGES generated images.
@@ -217,7 +232,7 @@ def test_tokens_equal_on_the_tiny_model_with_every_option(
     ort_dist()
     model = tiny_word_gates_folder
     images = _generated_images(tmp_path, TINY_GENERATED_IMAGES)
-    python = _python_captions(model, False, images, python_home, TINY_RUNS)
+    python = _python_captions(model, False, images, TINY_RUNS)
     web = _web_captions(model, False, images, tmp_path, TINY_RUNS, word_gates=True)
     reasons = {result["stopReason"] for run in web for result in run}
     assert len(reasons) > 1, reasons  # more than one stop rule was exercised
@@ -230,7 +245,7 @@ GENERATED_SCENES = int(os.environ.get("CAPGEN_WEB_SCENES", "40"))
 
 
 @pytest.mark.slow
-def test_tokens_equal_on_generated_scenes(python_home: Path, tmp_path: Path) -> None:
+def test_tokens_equal_on_generated_scenes(tmp_path: Path) -> None:
     """The issue's bulk check: GENERATED_SCENES new scenes (CAPGEN_WEB_SCENES), shapes model, INT8 encoder."""
     from capgen.models.scenes import render, sample_scene
 
@@ -241,6 +256,6 @@ def test_tokens_equal_on_generated_scenes(python_home: Path, tmp_path: Path) -> 
         path = tmp_path / f"scene-{index:04d}.jpg"
         path.write_bytes(render(sample_scene(2027, index), 2027, index))
         images.append(path)
-    python = _python_captions(model, True, images, python_home)
+    python = _python_captions(model, True, images)
     web = _web_captions(model, True, images, tmp_path)
     _assert_same(python, web, images, RUNS, INT8_SCORE_TOLERANCE)

@@ -134,7 +134,7 @@ def test_tokens_equal_on_the_tutorial_size_model(shared_data: Path, tmp_path: Pa
     for index, source in enumerate(EXAMPLE_PHOTOS):
         images += _variants(source, tmp_path, index)
 
-    python = _python_captions(model, False, images, tmp_path / "home")
+    python = _python_captions(model, False, images)
     web = _web_captions(model, False, images, tmp_path, word_gates=True)
     _assert_same(python, web, images, RUNS, SCORE_TOLERANCE)
 
