@@ -21,21 +21,18 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from capgen.benchmarks.provider_venv import uv_beside
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONSTRAINTS = REPO_ROOT / "constraints.txt"
 OLDEST_CONSTRAINTS = REPO_ROOT / "constraints-oldest.txt"
 # uv beside this interpreter (the dev extra), else on PATH.
-UV = (
-    str(Path(sys.executable).with_name("uv"))
-    if Path(sys.executable).with_name("uv").exists()
-    else "uv"
-)
+UV = uv_beside() or "uv"
 
 
 @dataclass(frozen=True)
