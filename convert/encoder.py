@@ -21,6 +21,11 @@ current and is not rebuilt: model folders and feature caches record the encoder'
 re-exporting would invalidate them for a difference below 1e-5.
 `build_xception_encoder` (TensorFlow) stays the reference the tests compare
 with and the base of TensorFlow-built kinds such as `xception+colour`.
+
+The Keras application kinds (`vgg16`, `resnet50`, `inceptionv3`,
+`densenet201`) are written the same way (`capgen.convert.application_onnx`),
+each kind's `EncoderKindSpec.write_onnx`; their tf2onnx exports (kind recipe
+1) are redone once.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from capgen.convert.weights import (
     default_weights_path,
     fetch_imagenet_weights,
 )
+from capgen.convert.xception_onnx import write_xception_onnx
 from capgen.runtime.atomic_write import atomic_path, atomic_write_text
 from capgen.runtime.errors import ConversionError, InputError
 from capgen.runtime.home import encoders_dir
@@ -68,9 +74,6 @@ PORTABLE_CHECK = 1
 # capgen.convert.xception_onnx (no TensorFlow). Both compute the same features
 # (within 1e-5), so an export of recipe 1 stays current (`EQUIVALENT_KIND_RECIPES`).
 XCEPTION_RECIPE_VERSION = 2
-# Kinds capgen writes in ONNX itself: their graphs depend on no TensorFlow, Keras or
-# tf2onnx, so those versions are not in their recipe and need not be installed.
-DIRECT_KINDS = frozenset({"xception"})
 # Older kind recipes whose exports compute the same features as the current one
 # (tested within 1e-5): their cache entries are kept, whatever libraries made them.
 EQUIVALENT_KIND_RECIPES: dict[str, frozenset[int]] = {"xception": frozenset({1})}
@@ -156,6 +159,7 @@ XCEPTION = register_encoder_kind(
         recipe_version=XCEPTION_RECIPE_VERSION,
         input_size=XCEPTION_INPUT_SIZE,
         legacy_recipes=frozenset({XCEPTION_LEGACY_RECIPE}),
+        write_onnx=write_xception_onnx,
     )
 )
 
@@ -193,17 +197,26 @@ def export_recipe_versions() -> dict[str, str]:
 def export_recipe(spec: EncoderKindSpec) -> dict[str, str]:
     """Everything the exported graph depends on besides the weights: versions and inputs' content.
 
-    A kind capgen writes itself (`DIRECT_KINDS`) depends on onnx, not on
+    A kind capgen writes itself (`writes_directly`) depends on onnx, not on
     TensorFlow, Keras or tf2onnx, so their versions are left out.
     """
     versions = export_recipe_versions()
-    if spec.name in DIRECT_KINDS:
+    if writes_directly(spec):
         versions = _without(versions, set(EXPORT_STACK))
     return {
         **versions,
         "kind_recipe": str(spec.recipe_version),
         **spec.recipe_inputs(),
     }
+
+
+def writes_directly(spec: EncoderKindSpec) -> bool:
+    """capgen writes this kind's graph itself (`EncoderKindSpec.write_onnx`): no TensorFlow.
+
+    Its graph depends on no TensorFlow, Keras or tf2onnx, so their versions
+    are not in its recipe and need not be installed.
+    """
+    return spec.write_onnx is not None
 
 
 def _loadable_in_a_fresh_process(kind: str) -> bool:
@@ -230,23 +243,22 @@ def encoder_props(kind: str) -> dict[str, str]:
 def export_encoder(kind: str, weights_path: Path, output_path: Path, isolated: bool = True) -> Path:
     """Write the encoder graph (opset 17, dynamic batch) with its ports named per the contract.
 
-    `xception` (`DIRECT_KINDS`) is written from its HDF5 weights in this
-    process (no TensorFlow, about 0.4 GB); the other kinds go through tf2onnx.
-    `isolated`: the tf2onnx export runs in a child process
+    `xception` and the Keras application families (`writes_directly`) are
+    written from their HDF5 weights in this process (no TensorFlow; at most
+    1.7 GB, for VGG16's 0.5 GB of weights); the other kinds go through
+    tf2onnx. `isolated`: the tf2onnx export runs in a child process
     (capgen.convert.isolated), so this process's memory peak stays low and it
     never imports TensorFlow for the export.
     """
-    if kind in DIRECT_KINDS:
-        from capgen.convert.xception_onnx import write_xception_onnx
-
-        return write_xception_onnx(weights_path, output_path, encoder_props(kind))
+    spec = get_encoder_kind(kind)
+    if spec.write_onnx is not None:
+        return spec.write_onnx(weights_path, output_path, encoder_props(kind))
     if isolated and _loadable_in_a_fresh_process(kind):
         from capgen.convert.isolated import run_isolated
 
         return run_isolated(
             export_encoder, kind, weights_path, output_path, False, what=f"exporting {kind}"
         )
-    spec = get_encoder_kind(kind)
     encode = spec.build(weights_path)
     size = spec.input_size
     props = encoder_props(kind)
@@ -332,7 +344,7 @@ def ensure_encoder(
     target = encoders_dir() / f"{stem}.onnx"
     record_path = target.with_name(target.name + ".json")
     wanted = {"kind": kind, "weights_sha256": weights_sha, "recipe": export_recipe(spec)}
-    direct = kind in DIRECT_KINDS
+    direct = writes_directly(spec)
     can_export = not missing_modules(DECODER_STACK if direct else EXPORT_STACK)
     if not force and target.is_file():
         record = _read_record(record_path)

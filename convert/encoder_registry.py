@@ -34,7 +34,8 @@ class EncoderKindSpec:
 
     `build(weights_path)` returns a TensorFlow function of uint8 images
     [N, input_size, input_size, 3] to float32 features [N, feature_size]; the
-    converter exports it with tf2onnx. `recipe_version` must be bumped
+    converter exports it with tf2onnx, unless the kind has `write_onnx`, which
+    writes the same function's graph itself. `recipe_version` must be bumped
     whenever the exported graph changes for the same inputs (it keys the
     export cache, with the weights' and `recipe_inputs()`'s content).
     `calibration_pixels(count)` may add kind-specific images (uint8 HWC) to
@@ -60,6 +61,11 @@ class EncoderKindSpec:
     # Called as finish_graph(onnx_model, built_function) after tf2onnx, to complete the
     # graph in ONNX directly (VGG16's Dense layers: through tf2onnx they need > 22 GB).
     finish_graph: Callable[[Any, Any], None] | None = None
+    # write_onnx(weights_path, output_path, props) writes the kind's encoder graph
+    # straight from its weights file with onnx and h5py, in this process, without
+    # TensorFlow (`xception` and the Keras application families); `build` stays the
+    # TensorFlow reference. None: the graph is `build` through tf2onnx.
+    write_onnx: Callable[[Path, Path, Mapping[str, str]], Path] | None = None
 
 
 _KINDS: dict[str, EncoderKindSpec] = {}

@@ -101,7 +101,8 @@ def model_command(
     """Convert a tutorial model (model_9.h5 + tokenizer.p) into a capgen model folder.
 
     Needs h5py and onnx (pip install 'capgen\\[convert-decoder]'); TensorFlow
-    only to export an encoder that is not in the cache yet.
+    only to export an encoder capgen does not write itself (xception+colour, a
+    Keras encoder file) that is not in the cache yet.
     """
     from capgen.convert.stack import DECODER_STACK, quiet_tensorflow, require
 
@@ -111,7 +112,7 @@ def model_command(
         DECODER_STACK,
         "converting a model needs the conversion stack",
         "pip install 'capgen[convert-decoder]' (add TensorFlow with 'capgen[convert]' to "
-        "export an encoder)",
+        "export xception+colour or a Keras encoder file)",
     )
     quiet_tensorflow()  # before anything imports TensorFlow
     from capgen.convert.convert_model import convert_model

@@ -116,9 +116,19 @@ def check_weights_layout(model: Any, path: Path, kind: str, weights_file: str, t
     layers at the end) is accepted; False: `model` is the full model and the
     file must hold every layer, its top included.
     """
-    layout = read_layout(path)
+    return check_layout(path, read_layout(path), model_shapes(model), kind, weights_file, top)
+
+
+def check_layout(
+    path: Path, layout: Layout, wanted: list[Any], kind: str, weights_file: str, top: bool
+) -> bool:
+    """`check_weights_layout` for a file already read (`read_layout`) and the shapes it must hold.
+
+    `wanted`: the weight shapes of each weighted layer in Keras's order, from a
+    Keras model (`model_shapes`) or from capgen's own description of the
+    family (`capgen.convert.layer_graph`, no Keras).
+    """
     found = [shapes for _, shapes in layout]
-    wanted = model_shapes(model)
     if found == wanted:
         return False
     if top and len(found) > len(wanted) and found[: len(wanted)] == wanted:

@@ -7,7 +7,8 @@ top, average-pooled) is a fixed, plain graph: convolutions, separable
 convolutions (a depthwise Conv with group=C, then a 1x1 Conv), batch norms,
 ReLUs, 3x3/2 max pools, strided 1x1 residual convolutions with adds, and a
 global average pool. It is written here with `onnx.helper`, as
-`capgen.convert.dense_head` writes VGG16's Dense layers:
+`capgen.convert.application_onnx` writes the Keras application families
+(with the graph-writing helpers of `capgen.convert.onnx_layers`):
 
 - every batch norm is folded into the convolution before it (inference mode:
   scale = gamma / sqrt(moving_variance + 1e-3), computed in float64 and
@@ -39,9 +40,14 @@ from typing import Any
 
 import numpy as np
 
+from capgen.convert.layer_graph import same_pads as _same_pads
+from capgen.convert.onnx_layers import GraphWriter, checked, fold_batch_norm, save_model
+
+# Re-exported: capgen.convert.xception_from_keras reads the ImageNet file with them.
+from capgen.convert.stored_arrays import read_stored_array as read_stored_array
+from capgen.convert.stored_arrays import stored_child as stored_child
 from capgen.runtime.errors import ConversionError, InputError
 
-OPSET = 17
 INPUT_SIZE = 299
 FEATURES = 2048
 # keras.layers.BatchNormalization's default, which Xception's batch norms use.
@@ -122,59 +128,6 @@ def expected_layers() -> list[_Layer]:
 
 def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def stored_child(group: Any, path: str, what: str) -> Any:
-    """`group[path]`, walking one hard link at a time: a soft or external link is refused.
-
-    h5py follows external links (to another file) and soft links on plain
-    indexing; a weights file someone sent must not make capgen open other files.
-    """
-    import h5py
-
-    current = group
-    for part in path.split("/"):
-        if not part:
-            continue
-        link = current.get(part, getlink=True)
-        if link is None:
-            raise ConversionError(f"{what}: missing {path!r}")
-        if not isinstance(link, h5py.HardLink):
-            raise ConversionError(
-                f"{what}: {path!r} is a link to elsewhere, not stored in the file"
-            )
-        current = current[part]
-    return current
-
-
-def read_stored_array(
-    group: Any,
-    weight_name: str,
-    shape: tuple[int, ...],
-    what: str,
-    exact_dtype: np.dtype | None = None,
-) -> np.ndarray:
-    """One weight array, checked before it is read (shape, float dtype, storage in the file)
-    and after (finite); `exact_dtype` demands that dtype rather than any float."""
-    import h5py
-
-    dataset = stored_child(group, weight_name, what)
-    if not isinstance(dataset, h5py.Dataset):
-        raise ConversionError(f"{what}: {weight_name!r} is not an array")
-    if dataset.external or dataset.is_virtual:
-        raise ConversionError(f"{what}: {weight_name!r} keeps its values outside the file")
-    if tuple(dataset.shape) != shape:
-        raise ConversionError(
-            f"{what}: {weight_name!r} has shape {tuple(dataset.shape)}, expected {shape}"
-        )
-    if exact_dtype is not None and dataset.dtype != exact_dtype:
-        raise ConversionError(f"{what}: {weight_name!r} is {dataset.dtype}, not {exact_dtype}")
-    if dataset.dtype.kind != "f":
-        raise ConversionError(f"{what}: {weight_name!r} is {dataset.dtype}, not float")
-    array = np.asarray(dataset[()], dtype=np.float32)
-    if not np.isfinite(array).all():
-        raise ConversionError(f"{what}: {weight_name!r} holds NaN or infinite values")
-    return array
 
 
 def _weighted_layers(root: Any, path: Path) -> list[tuple[str, Any, list[str]]]:
@@ -287,71 +240,18 @@ def _refuse_layer_count(path: Path, weighted: list[Any], expected: list[_Layer])
 
 
 def _fold(kernel: np.ndarray, bn: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """An ONNX Conv weight [out, in, kh, kw] and bias [out] equal to the Keras conv + batch norm.
-
-    `kernel` is Keras's [kh, kw, in, out]; the fold is computed in float64 and
-    rounded once, so it is at least as close as TensorFlow's float32 batch norm.
-    """
-    scale = bn["gamma"].astype(np.float64) / np.sqrt(
-        bn["moving_variance"].astype(np.float64) + BN_EPSILON
-    )
-    bias = bn["beta"].astype(np.float64) - bn["moving_mean"].astype(np.float64) * scale
-    weight = kernel.astype(np.float64).transpose(3, 2, 0, 1) * scale[:, None, None, None]
-    return weight.astype(np.float32), bias.astype(np.float32)
+    """An ONNX Conv weight and bias equal to the Keras conv + batch norm (Xception's epsilon)."""
+    return fold_batch_norm(kernel, bn, BN_EPSILON)
 
 
-def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
-    """TensorFlow's `same` padding for one spatial axis: (before, after, output size)."""
-    output = -(-size // stride)
-    total = max((output - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2, output
-
-
-class _GraphWriter:
-    """Collects nodes and initializers; each node's output is named after the node."""
-
-    def __init__(self) -> None:
-        from onnx import helper, numpy_helper
-
-        self._helper = helper
-        self._numpy_helper = numpy_helper
-        self.nodes: list[Any] = []
-        self.initializers: list[Any] = []
-
-    def constant(self, name: str, array: np.ndarray) -> str:
-        self.initializers.append(self._numpy_helper.from_array(array, name))
-        return name
-
-    def node(self, op_type: str, inputs: list[str], name: str, **attributes: Any) -> str:
-        self.nodes.append(self._helper.make_node(op_type, inputs, [name], name=name, **attributes))
-        return name
-
-    def conv(
-        self,
-        name: str,
-        source: str,
-        weight: np.ndarray,
-        bias: np.ndarray | None = None,
-        stride: int = 1,
-        pads: tuple[int, int, int, int] = (0, 0, 0, 0),
-        group: int = 1,
-    ) -> str:
-        inputs = [source, self.constant(f"{name}.weight", weight)]
-        if bias is not None:
-            inputs.append(self.constant(f"{name}.bias", bias))
-        kernel = list(weight.shape[2:])
-        return self.node(
-            "Conv", inputs, name, kernel_shape=kernel, strides=[stride, stride],
-            pads=list(pads), dilations=[1, 1], group=group,
-        )  # fmt: skip
-
-
-def _build_graph(weights: list[tuple[_Layer, dict[str, np.ndarray]]]) -> Any:
-    """The uint8 NHWC -> features graph (see the module docstring)."""
-    from onnx import TensorProto, helper
+def _build_model(
+    weights: list[tuple[_Layer, dict[str, np.ndarray]]], props: Mapping[str, str]
+) -> Any:
+    """The uint8 NHWC -> features model, not yet checked (see the module docstring)."""
+    from onnx import TensorProto
 
     arrays = iter(weights)
-    writer = _GraphWriter()
+    writer = GraphWriter()
 
     def take(kind: str) -> tuple[_Layer, dict[str, np.ndarray]]:
         layer, values = next(arrays)
@@ -436,33 +336,18 @@ def _build_graph(weights: list[tuple[_Layer, dict[str, np.ndarray]]]) -> Any:
     if next(arrays, None) is not None:
         raise ConversionError("internal: Xception's weights and graph disagree")
 
-    return helper.make_graph(
-        writer.nodes,
+    return writer.finish(
         "xception",
-        [
-            helper.make_tensor_value_info(
-                "image", TensorProto.UINT8, ["N", INPUT_SIZE, INPUT_SIZE, 3]
-            )
-        ],
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", FEATURES])],
-        writer.initializers,
+        ["N", INPUT_SIZE, INPUT_SIZE, 3],
+        ["N", FEATURES],
+        props,
+        "capgen (xception_onnx)",
     )
 
 
 def build_xception_onnx(weights_path: Path, props: Mapping[str, str]) -> Any:
     """The checked, portable (opset 17, IR 8) ModelProto of Xception with `props` as metadata."""
-    import onnx
-    from onnx import helper
-
-    from capgen.convert.portable import make_portable
-
-    graph = _build_graph(read_xception_weights(weights_path))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.producer_name = "capgen (xception_onnx)"
-    helper.set_model_props(model, dict(props))
-    make_portable(model, "the Xception encoder graph")
-    onnx.checker.check_model(model)
-    return model
+    return checked(_build_model(read_xception_weights(weights_path), props))
 
 
 def write_xception_onnx(weights_path: Path, output_path: Path, props: Mapping[str, str]) -> Path:
@@ -471,13 +356,4 @@ def write_xception_onnx(weights_path: Path, output_path: Path, props: Mapping[st
     Nothing but `output_path` is written: the graph is saved to an exclusively
     created temporary file beside it and renamed into place.
     """
-    import onnx
-
-    from capgen.runtime.atomic_write import atomic_path
-
-    model = build_xception_onnx(weights_path, props)
-    output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(output_path) as partial:
-        onnx.save(model, str(partial))
-    return output_path
+    return save_model(_build_model(read_xception_weights(weights_path), props), output_path)

@@ -45,13 +45,21 @@ class FamilyExports:
         self._features: dict[tuple[str, str], np.ndarray] = {}
 
     def weights(self, kind: str) -> Path:
-        """The kind's random weights file (made once), without exporting it."""
+        """The kind's random weights file (made once), without exporting it.
+
+        Written with h5py (family_weights_h5), not by a freshly built Keras model:
+        its batch norms get random statistics instead of ones and zeros, so a
+        statistic read in the wrong place changes the features; VGG16's file
+        names its arrays as the ImageNet file does (Keras 1, `block1_conv1_W_1:0`).
+        """
+        from family_weights_h5 import write_family_weights
+
         from capgen.convert.applications import FAMILIES
-        from capgen.convert.random_weights import random_weights_file
 
         path = self.folder / kind / FAMILIES[kind].weights_file
         if not path.is_file():
-            random_weights_file(kind, self.folder / kind, seed=KINDS.index(kind) + 1)
+            naming = "keras1" if kind == "vgg16" else "keras3"
+            write_family_weights(kind, path, naming=naming, seed=KINDS.index(kind) + 1)
         return path
 
     def get(self, kind: str) -> ExportedFamily:
