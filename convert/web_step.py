@@ -41,7 +41,9 @@ ROW_RECIPE = (
     "rounded to float32; then the exceptions (flat indices into [V, G]) replace their entries"
 )
 _TABLE = "word_gate_table"
-_ROWS_PER_BLOCK = 256  # [256, 4U] float64 blocks stay in cache while E products are added
+# [64, 4U] float64 blocks (2 x 512 KB at U = 256) stay in L2 while E products are added
+# (measured on the 7,577-word step: 1.8 s, against 2.6 s with 256 rows).
+_ROWS_PER_BLOCK = 64
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,10 @@ export interface ModelSpec {
   units: number;
   projectionSize: number;
   maxLength: number;
+  /** The model files this captioner runs (encoder: the INT8 one when loaded with int8). */
+  files: { encoder: string; projection: string; step: string };
+  /** The manifest's `files` records: each file's sha256 (and bytes, onnxruntime requirement). */
+  records: Record<string, { sha256: string; bytes?: number; onnxruntime?: string | null }>;
 }
 
 export interface DecodedImage {
@@ -95,6 +99,12 @@ export interface EncodedPhoto {
   timings: { preprocess: number; encode: number };
 }
 
+/** An image after the encoder, before the photo projection (Captioner.encodeFeatures). */
+export interface EncodedFeatures {
+  features: Float32Array;
+  timings: { preprocess: number; encode: number };
+}
+
 export declare class Captioner {
   readonly info: ModelInfo;
   readonly spec: ModelSpec;
@@ -103,6 +113,10 @@ export declare class Captioner {
   captionPixels(rgb: Uint8Array, width: number, height: number, options?: DecodingOptions): Promise<CaptionResult>;
   /** Encode once, then search several ways (captionEncoded): one encoder run per image. */
   encodePixels(rgb: Uint8Array, width: number, height: number): Promise<EncodedPhoto>;
+  /** encodePixels in two steps: the encoder's features depend only on the encoder file and the
+   * pixels, so models listing the same encoder (sha256 in spec.records) can share them. */
+  encodeFeatures(rgb: Uint8Array, width: number, height: number): Promise<EncodedFeatures>;
+  projectFeatures(encoded: EncodedFeatures): Promise<EncodedPhoto>;
   captionEncoded(encoded: EncodedPhoto, options?: DecodingOptions): Promise<CaptionResult>;
   captionBlob(blob: Blob, options?: DecodingOptions & { maxPixels?: number }): Promise<CaptionResult>;
   release(): Promise<void>;

@@ -469,6 +469,15 @@ export class Captioner {
    * every search over this image starts from, so several searches need one encoder run.
    */
   async encodePixels(rgb, width, height) {
+    return this.projectFeatures(await this.encodeFeatures(rgb, width, height));
+  }
+
+  /**
+   * The encoder's features for decoded RGB pixels, before the photo projection
+   * (projectFeatures). They depend only on the encoder file and the pixels: captioners
+   * whose models list the same encoder (its sha256 in spec.records) can share them.
+   */
+  async encodeFeatures(rgb, width, height) {
     const start = performance.now();
     const pixels = this.preprocess(rgb, width, height);
     const preprocessed = performance.now();
@@ -476,16 +485,30 @@ export class Captioner {
     const { features } = await this.sessions.encoder.run({
       image: new ort.Tensor("uint8", pixels, [1, spec.height, spec.width, 3]),
     });
-    if (!features) throw new CapgenError("model", "the encoder gave no 'features' output");
-    const { photo } = await this.sessions.projection.run({ features });
+    if (features?.type !== "float32" || features.dims.length !== 2 || features.dims[0] !== 1) {
+      throw new CapgenError("model", "the encoder gave no float32 [1, n] 'features' output");
+    }
+    return {
+      features: features.data,
+      timings: { preprocess: (preprocessed - start) / 1000, encode: (performance.now() - preprocessed) / 1000 },
+    };
+  }
+
+  /** An encoded photo for captionEncoded from encodeFeatures' result (this model's or a same-encoder one's). */
+  async projectFeatures({ features, timings }) {
+    if (!(features instanceof Float32Array)) {
+      throw new CapgenError("input", "projectFeatures takes encodeFeatures' result ({features: Float32Array, timings})");
+    }
+    const start = performance.now();
+    const { ort, spec } = this;
+    const { photo } = await this.sessions.projection.run({
+      features: new ort.Tensor("float32", features, [1, features.length]),
+    });
     if (photo?.type !== "float32" || photo.data.length !== spec.projectionSize) {
       throw new CapgenError("model", `the photo projection did not give float32 [1, ${spec.projectionSize}]`);
     }
-    const end = performance.now();
-    return {
-      photo: photo.data,
-      timings: { preprocess: (preprocessed - start) / 1000, encode: (end - preprocessed) / 1000 },
-    };
+    const encode = timings.encode + (performance.now() - start) / 1000;
+    return { photo: photo.data, timings: { preprocess: timings.preprocess, encode } };
   }
 
   /** A caption searched from an encoded photo (encodePixels), with these decoding options. */

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ if str(TESTS / "runtime") not in sys.path:
     sys.path.append(str(TESTS / "runtime"))
 
 from tiny_model import write_tiny_model, write_word_gates  # noqa: E402
-from web_helpers import fake_ort_dir  # noqa: E402
+from web_helpers import NodeCaptioner, SiteCache, fake_ort_dir, ort_dist  # noqa: E402
 
 from capgen.runtime.manifest import WORD_GATES_FILE  # noqa: E402
 from capgen.runtime.optional_files import OptionalFile, add_optional_file  # noqa: E402
@@ -37,3 +38,20 @@ def tiny_word_gates_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fake_ort(tmp_path: Path) -> Path:
     """onnxruntime-web's three files as stand-ins: the export copies them, it does not run them."""
     return fake_ort_dir(tmp_path / "ort")
+
+
+@pytest.fixture(scope="session")
+def web_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeCaptioner]:
+    """One Node process for every caption job of the session (web_helpers.NodeCaptioner)."""
+    ort_dist()
+    captioner = NodeCaptioner(tmp_path_factory.mktemp("web-node"))
+    try:
+        yield captioner
+    finally:
+        captioner.close()
+
+
+@pytest.fixture(scope="session")
+def web_sites(tmp_path_factory: pytest.TempPathFactory) -> SiteCache:
+    """`capgen export web`'s site for (model, int8, word_gates), written once a session (SiteCache)."""
+    return SiteCache(tmp_path_factory.mktemp("web-sites"))

@@ -11,6 +11,12 @@ decoding, the graphs on WASM and the search. The module loads the site
 without its word-gate table, the rows computed in JS; the tiny model is made
 to ship that too). Skips saying why without node, without `make web`, or
 without the built models.
+
+One Node process runs every test's captions (conftest.py `web_node`, caption_files.mjs:
+onnxruntime-web is compiled once a session), each site is exported once (`web_sites`), and
+each image is encoded once per encoder file: WASM features are kept by the encoder's sha256
+and the pixels (the generated scenes include the 5 example scenes; the tutorial-size model
+of test_web_tutorial_size.py runs the default model's encoder.onnx on the same photos).
 """
 
 from __future__ import annotations
@@ -25,10 +31,21 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
-from web_helpers import EXAMPLE_PHOTOS, EXAMPLE_SCENES, REPO, built_model, node, ort_dist
+from web_helpers import (
+    EXAMPLE_PHOTOS,
+    EXAMPLE_SCENES,
+    REPO,
+    SHARES_NODE,
+    NodeCaptioner,
+    SiteCache,
+    built_model,
+    node,
+    ort_dist,
+)
 
-from capgen.convert.web_export import export_web
 from capgen.runtime.preprocess import load_image, to_rgb
+
+pytestmark = SHARES_NODE
 
 RUNS = [
     {"cli": ["--beam-size", "1"], "js": {"beamSize": 1}},
@@ -105,14 +122,14 @@ def _python_captions(
 
 
 def _web_captions(
-    model: Path,
+    web_node: NodeCaptioner,
+    site: Path,
     int8: bool,
     images: list[Path],
     folder: Path,
     runs: list[dict[str, Any]] = RUNS,
-    word_gates: bool | None = None,
 ) -> list[list[dict[str, Any]]]:
-    site = export_web(folder / "site", model=model, int8=int8, word_gates=word_gates).folder
+    """caption_files.mjs's results for `site` (one job of the session's Node process)."""
     jobs = []
     for index, path in enumerate(images):
         pixels = np.asarray(to_rgb(load_image(path)))
@@ -120,14 +137,8 @@ def _web_captions(
         raw.write_bytes(pixels.tobytes())
         jobs.append({"input": str(raw), "width": pixels.shape[1], "height": pixels.shape[0]})
     job = {"model": str(site), "int8": int8, "runs": [run["js"] for run in runs], "images": jobs}
-    (folder / "job.json").write_text(json.dumps(job))
-    done = subprocess.run(
-        [node(), str(REPO / "tests" / "web" / "caption_files.mjs"), str(folder / "job.json")],
-        capture_output=True, text=True, check=True, timeout=1800,
-    )  # fmt: skip
     results: list[list[dict[str, Any]]] = [[{} for _ in images] for _ in runs]
-    for line in done.stdout.splitlines():
-        item = json.loads(line)
+    for item in web_node.run(job):
         results[item["run"]][item["image"]] = item["result"]
     return results
 
@@ -136,7 +147,12 @@ def _web_captions(
 @pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
 @pytest.mark.parametrize("name", ["shapes", "default"])
 def test_tokens_equal_the_python_runtime(
-    name: str, int8: bool, images: list[Path], tmp_path: Path
+    name: str,
+    int8: bool,
+    images: list[Path],
+    web_node: NodeCaptioner,
+    web_sites: SiteCache,
+    tmp_path: Path,
 ) -> None:
     ort_dist()
     model = built_model(name)
@@ -148,7 +164,8 @@ def test_tokens_equal_the_python_runtime(
         # generated ones) stay exact. docs/web.md "Same tokens as Python".
         images = images[2 * len(EXAMPLE_PHOTOS) :]
     python = _python_captions(model, int8, images)
-    web = _web_captions(model, int8, images, tmp_path)
+    site = web_sites(model, int8).folder
+    web = _web_captions(web_node, site, int8, images, tmp_path)
     _assert_same(python, web, images, RUNS, INT8_SCORE_TOLERANCE if int8 else SCORE_TOLERANCE)
 
 
@@ -222,7 +239,7 @@ def _generated_images(folder: Path, count: int) -> list[Path]:
 
 
 def test_tokens_equal_on_the_tiny_model_with_every_option(
-    tiny_word_gates_folder: Path, tmp_path: Path
+    tiny_word_gates_folder: Path, web_node: NodeCaptioner, web_sites: SiteCache, tmp_path: Path
 ) -> None:
     """Needs no built model: the stop rules (no-word ids, max_length), length penalty, n-best,
     on TINY_GENERATED_IMAGES generated images.
@@ -233,10 +250,42 @@ def test_tokens_equal_on_the_tiny_model_with_every_option(
     model = tiny_word_gates_folder
     images = _generated_images(tmp_path, TINY_GENERATED_IMAGES)
     python = _python_captions(model, False, images, TINY_RUNS)
-    web = _web_captions(model, False, images, tmp_path, TINY_RUNS, word_gates=True)
+    site = web_sites(model, word_gates=True).folder
+    web = _web_captions(web_node, site, False, images, tmp_path, TINY_RUNS)
     reasons = {result["stopReason"] for run in web for result in run}
     assert len(reasons) > 1, reasons  # more than one stop rule was exercised
     _assert_same(python, web, images, TINY_RUNS)
+
+
+def test_encoder_features_serve_every_model_with_that_encoder(
+    tiny_model_folder: Path, tiny_word_gates_folder: Path, tmp_path: Path
+) -> None:
+    """encodePixels is encodeFeatures then projectFeatures (the same photo, bit for bit); another
+    model listing the same encoder file captions from those features as from the pixels, as
+    caption_files.mjs relies on when it keeps features across jobs. Features are Python's."""
+    from capgen.runtime.captioner import Captioner
+
+    ort_dist()
+    rng = np.random.default_rng(11)
+    path = tmp_path / "noise.png"
+    Image.fromarray(rng.integers(0, 256, (37, 45, 3), dtype=np.uint8)).save(path)
+    pixels = np.asarray(to_rgb(load_image(path)))
+    raw = tmp_path / "noise.rgb"
+    raw.write_bytes(pixels.tobytes())
+    done = subprocess.run(
+        [node(), str(REPO / "tests" / "web" / "encode_steps.mjs"), str(tiny_model_folder),
+         str(tiny_word_gates_folder), str(raw), str(pixels.shape[1]), str(pixels.shape[0])],
+        capture_output=True, text=True, check=True, timeout=300,
+    )  # fmt: skip
+    out = json.loads(done.stdout)
+    first, second = out["encoders"]
+    assert first == second  # the tiny models share encoder.onnx, byte for byte
+    photo = np.array(out["pixels"], dtype=np.float32)
+    assert np.array_equal(photo.view(np.uint32), np.array(out["steps"], np.float32).view(np.uint32))
+    captioner = Captioner(tiny_model_folder)
+    want = captioner.features(captioner.preprocess(path)[None])[0]
+    np.testing.assert_allclose(np.array(out["features"], np.float32), want, rtol=1e-5, atol=1e-6)
+    assert out["shared"] == out["own"] and len(out["own"]) == 2
 
 
 # 40 in CI (about a minute of WASM encoding on 2 cores); the issue's 200-scene study is
@@ -245,7 +294,9 @@ GENERATED_SCENES = int(os.environ.get("CAPGEN_WEB_SCENES", "40"))
 
 
 @pytest.mark.slow
-def test_tokens_equal_on_generated_scenes(tmp_path: Path) -> None:
+def test_tokens_equal_on_generated_scenes(
+    web_node: NodeCaptioner, web_sites: SiteCache, tmp_path: Path
+) -> None:
     """The issue's bulk check: GENERATED_SCENES new scenes (CAPGEN_WEB_SCENES), shapes model, INT8 encoder."""
     from capgen.models.scenes import render, sample_scene
 
@@ -257,5 +308,5 @@ def test_tokens_equal_on_generated_scenes(tmp_path: Path) -> None:
         path.write_bytes(render(sample_scene(2027, index), 2027, index))
         images.append(path)
     python = _python_captions(model, True, images)
-    web = _web_captions(model, True, images, tmp_path)
+    web = _web_captions(web_node, web_sites(model, True).folder, True, images, tmp_path)
     _assert_same(python, web, images, RUNS, INT8_SCORE_TOLERANCE)

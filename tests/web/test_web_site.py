@@ -103,9 +103,12 @@ Browser = tuple[Any, str]
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture()
-def browser(tmp_path: Path) -> Iterator[Browser]:
-    with chromium_session(tmp_path / "profile", WAIT_S) as (client, session):
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    """One Chromium for the module's tests (each start, and each first load of the model in a
+    fresh profile, cost seconds of CPU); a test that needs an empty Cache Storage empties it."""
+    profile = tmp_path_factory.mktemp("chromium") / "profile"
+    with chromium_session(profile, WAIT_S) as (client, session):
         client.post(f"{session}/timeouts", json={"script": int(WAIT_S * 1000)})
         yield client, session
 
@@ -203,12 +206,23 @@ def test_the_exported_page_captions_as_the_cli_does(
         assert row["alternatives"] == [alt["caption"] for alt in record.get("alternatives", [])]
 
 
+# Empties the origin's Cache Storage (run on a page of the site's origin that loads no model).
+CLEAR_CACHES_SCRIPT = """
+const done = arguments[arguments.length - 1];
+caches.keys().then((keys) => Promise.all(keys.map((key) => caches.delete(key))))
+  .then(async () => done((await caches.keys()).length), (error) => done(String(error)));
+"""
+
+
 def test_a_second_visit_downloads_no_model_file(
     site_url: str, site: Path, browser: Browser
 ) -> None:
+    # As a fresh profile: the browser is the module's, so earlier visits filled Cache Storage.
+    _open(browser, site_url + "capgen-site.json")
+    assert _script(browser, CLEAR_CACHES_SCRIPT, asynchronous=True) == 0
     _open(browser, site_url)
     first = _ready(browser)
-    assert first["cached"] == ""  # a fresh profile: everything was downloaded
+    assert first["cached"] == ""  # nothing in Cache Storage: everything was downloaded
     _open(browser, site_url + "?again")
     second = _ready(browser)
     record = json.loads((site / "capgen-site.json").read_text())
@@ -220,7 +234,11 @@ def _pillow_rgb(path: Path) -> np.ndarray:
 
 
 def _browser_rgb(browser: Browser, site_url: str, urls: list[str]) -> list[np.ndarray]:
-    _open(browser, site_url)
+    """`urls` decoded by the page's module (decodeImage), in the site's page with its model loaded
+    (the page this module's browser shows already, if an earlier test left it there)."""
+    here = _script(browser, "return [location.href, document.body?.dataset.state || ''];")
+    if not (here[0].startswith(site_url) and here[1] == "ready"):
+        _open(browser, site_url)
     _ready(browser)
     decoded = _script(browser, DECODE_SCRIPT, urls, asynchronous=True)
     assert isinstance(decoded, list), decoded

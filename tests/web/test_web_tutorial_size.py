@@ -37,7 +37,14 @@ from test_web_parity import (
     _variants,
     _web_captions,
 )
-from web_helpers import EXAMPLE_PHOTOS, REPO, built_model, node, ort_dist
+from web_helpers import (
+    EXAMPLE_PHOTOS,
+    REPO,
+    SHARES_NODE,
+    NodeCaptioner,
+    SiteCache,
+    built_model,
+)
 
 TESTS = REPO / "tests"
 if str(TESTS / "convert") not in sys.path:
@@ -122,10 +129,11 @@ def build_tutorial_size_model(shared_data: Path, encoder: Path, folder: Path) ->
     return output
 
 
+@SHARES_NODE
 @pytest.mark.slow
-def test_tokens_equal_on_the_tutorial_size_model(shared_data: Path, tmp_path: Path) -> None:
-    node()
-    ort_dist()
+def test_tokens_equal_on_the_tutorial_size_model(
+    shared_data: Path, web_node: NodeCaptioner, web_sites: SiteCache, tmp_path: Path
+) -> None:
     pytest.importorskip("h5py", reason="writing the decoder needs h5py (capgen[convert-decoder])")
     pytest.importorskip("onnx", reason="converting needs onnx (capgen[convert-decoder])")
     encoder = built_model("default") / "encoder.onnx"
@@ -135,7 +143,7 @@ def test_tokens_equal_on_the_tutorial_size_model(shared_data: Path, tmp_path: Pa
         images += _variants(source, tmp_path, index)
 
     python = _python_captions(model, False, images)
-    web = _web_captions(model, False, images, tmp_path, word_gates=True)
+    web = _web_captions(web_node, web_sites(model, word_gates=True).folder, False, images, tmp_path)
     _assert_same(python, web, images, RUNS, SCORE_TOLERANCE)
 
     # What makes the comparison mean something (measured: 8 different greedy captions of 8).

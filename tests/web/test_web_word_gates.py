@@ -25,7 +25,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 from tiny_model import UNITS, WORDS, encoder_graph, random_weights
-from web_helpers import REPO, built_model, fake_ort_dir, node
+from web_helpers import REPO, SHARES_NODE, SiteCache, built_model, node
 
 from capgen.convert.delimiters import Delimiters
 from capgen.convert.model_folder import ModelFolderSpec, describe_encoder, write_model_folder
@@ -246,15 +246,16 @@ def test_the_js_rows_are_the_tables_rows_on_the_tiny_model(tmp_path: Path, fake_
 
 
 @pytest.fixture(scope="module")
-def default_int8_site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, int]:
+def default_int8_site(web_sites: SiteCache) -> tuple[Path, Path, int]:
+    """The default model's INT8 site, as test_web_parity.py's (one export a session)."""
     model = built_model("default")
     if load_manifest(model).decoder.word_gates_file is None:
         pytest.skip(f"{model} was built by an older converter recipe (run capgen setup)")
-    root = tmp_path_factory.mktemp("default-site")
-    site = export_web(root / "site", model=model, int8=True, ort_dir=fake_ort_dir(root / "ort"))
+    site = web_sites(model, True)
     return model, site.folder, site.model_bytes
 
 
+@SHARES_NODE
 def test_the_js_rows_are_the_tables_rows_on_the_default_model(
     default_int8_site: tuple[Path, Path, int],
 ) -> None:
@@ -264,6 +265,7 @@ def test_the_js_rows_are_the_tables_rows_on_the_default_model(
     _check_js_rows(model, site, [0, 1, 2, 3, 17, 500, size // 2, size - 2, size - 1])
 
 
+@SHARES_NODE
 def test_the_default_int8_site_fits_the_issues_45_mb(
     default_int8_site: tuple[Path, Path, int],
 ) -> None:
