@@ -174,7 +174,8 @@ def _run(
     quiet_ray_console()  # not even its errors: job_failure says them in one line
     if not shared_model:
         progress("shipping the model to the cluster's object store")
-    model = folder if shared_model else ship_model(folder)
+    # Only the files these actors load (with --int8, not the FP32 encoder), to every node.
+    model = folder if shared_model else ship_model(folder, int8=int8, fast_decoder=fast_decoder)
     dataset = ray.data.from_items([{"path": path} for path in todo])
     captions = caption_dataset(
         dataset, model, batch_size=batch_size, concurrency=concurrency, num_cpus=num_cpus,

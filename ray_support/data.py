@@ -128,7 +128,8 @@ def caption_dataset(
     bytes, image, path. A `path` column, when present, names each row.
 
     `model`: a folder (or installed NAME, None for the default) every node
-    can read, or `ship_model(folder)`. `concurrency`: actors (or a (min, max)
+    can read, or `ship_model(folder)` (shipped for these `int8` and `fast_decoder`
+    settings, or for any). `concurrency`: actors (or a (min, max)
     range for autoscaling); each takes `num_cpus` CPUs and that many encoder
     threads (at least one), and `num_gpus` GPUs (0: none; for a cluster whose
     actors should sit on GPU nodes).
@@ -143,6 +144,8 @@ def caption_dataset(
         raise InputError(f"num_cpus must be a number above 0, got {num_cpus!r}")
     if not isinstance(num_gpus, (int, float)) or isinstance(num_gpus, bool) or num_gpus < 0:
         raise InputError(f"num_gpus must be a number of 0 or more, got {num_gpus!r}")
+    if isinstance(model, ShippedModel):
+        model.check_settings(int8=int8, fast_decoder=fast_decoder)
     # Only columns Ray knows without running the dataset (see the module docstring).
     known = dataset.columns(fetch_if_missing=False)
     image_column = _image_column(list(known), column) if known else column

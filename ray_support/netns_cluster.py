@@ -57,6 +57,10 @@ class NetnsCluster:
     temp_dir: Path
     env: dict[str, str] = field(default_factory=dict)
     workers: int = 0
+    # Ray's log monitor on each node copies worker output to drivers that ask for it
+    # (ray.init(log_to_driver=True)); off, a node has one process less (it polls the
+    # node's log files even when nobody reads them).
+    log_monitor: bool = True
 
     @property
     def ip(self) -> str:
@@ -110,7 +114,7 @@ class NetnsCluster:
         self._checked(
             [_bin("ray"), "start", "--head", f"--node-ip-address={self.ip}", f"--port={HEAD_PORT}",
              f"--num-cpus={head_cpus}", "--include-dashboard=false", "--disable-usage-stats",
-             f"--temp-dir={self.temp_dir}"],
+             f"--temp-dir={self.temp_dir}", *self._log_monitor_args()],
             "ray start --head",
         )  # fmt: skip
         for cpus in worker_cpus:
@@ -122,10 +126,14 @@ class NetnsCluster:
         port = WORKER_MANAGER_PORT + self.workers
         self._checked(
             [_bin("ray"), "start", f"--address={self.address}", f"--node-ip-address={self.ip}",
-             f"--num-cpus={cpus}", f"--node-manager-port={port}", "--disable-usage-stats"],
+             f"--num-cpus={cpus}", f"--node-manager-port={port}", "--disable-usage-stats",
+             *self._log_monitor_args()],
             "ray start (worker)",
         )  # fmt: skip
         return port
+
+    def _log_monitor_args(self) -> list[str]:
+        return [] if self.log_monitor else ["--include-log-monitor=false"]
 
     def raylet_pids(self, port: int) -> list[int]:
         """The raylet of the node started with `port` (its --node_manager_port)."""
@@ -204,12 +212,20 @@ def netns_cluster(
     worker_cpus: Sequence[int] = (4,),
     label: str = "capgen",
     env: dict[str, str] | None = None,
+    log_monitor: bool = True,
 ) -> Iterator[NetnsCluster]:
-    """A running cluster for the `with` block; stopped and its namespace deleted afterwards, always."""
+    """A running cluster for the `with` block; stopped and its namespace deleted afterwards, always.
+
+    `log_monitor=False` starts the nodes without Ray's log monitor, for clusters whose
+    drivers all call `ray.init(log_to_driver=False)` (nothing would read what it sends).
+    """
     unique = f"{os.getpid()}-{time.monotonic_ns() % 100000}"
     # A short temp dir: Ray's socket paths must stay under 107 bytes.
     temp_dir = Path(f"/tmp/{label}-ray-{unique}")
-    cluster = NetnsCluster(f"{label}-ray-{unique}", os.getpid() % 25600, temp_dir, dict(env or {}))
+    cluster = NetnsCluster(
+        f"{label}-ray-{unique}", os.getpid() % 25600, temp_dir, dict(env or {}),
+        log_monitor=log_monitor,
+    )  # fmt: skip
     try:
         cluster.start(head_cpus, worker_cpus)
         yield cluster

@@ -60,6 +60,8 @@ class CaptionDeployment:
 
         from capgen.runtime.captioner import Captioner
 
+        if isinstance(model, ShippedModel):
+            model.check_settings(int8=int8, fast_decoder=fast_decoder)
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         self.captioner = Captioner(
             model_folder(model), threads=max(1, math.ceil(cpus)), int8=int8,

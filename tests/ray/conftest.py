@@ -6,21 +6,40 @@ The cluster's traffic stays on the namespace's loopback device; teardown
 (its own processes ended by PID, `ip netns del`) runs whatever happened.
 Actors get their own CAPGEN_HOME, so a shipped model is written there and
 not into the shared cache.
+
+What these tests cost is CPU on a 2-core CI machine, and most of it is Ray worker
+processes (each takes 1.2-1.6 s of CPU to start: Ray Data and pandas imports). So the
+nodes announce 2 logical CPUs each, not 4 (Ray Data ran as many read and projection
+tasks side by side as there were CPUs, each task in a worker process of its own: the
+cluster tests took 132 s of CPU with 4, 115 s with 2), start no workers ahead for the
+first driver, and run no log monitor (every driver here calls
+`ray.init(log_to_driver=False)`). `serial_captions` is the serial reference the tests
+compare with, each image captioned once per session.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from ray_images import write_bad_images, write_scenes
 
 from capgen.ray.netns_cluster import NetnsCluster, netns_cluster, why_unavailable
+from capgen.runtime.captioner import Captioner
+from capgen.runtime.decoding import DecodingResult
+from capgen.runtime.errors import CapgenError
 from capgen.runtime.home import default_model_dir
 
 IMAGE_COUNT = 200
+# Logical CPUs of each node: room for the caption actors (0.5 CPU each) and a read task
+# beside them (actors that take every CPU starve the reads and the job hangs), no more.
+NODE_CPUS = 2
+# Settings of every node of the test cluster (documented in Ray's ray_config_def.h):
+# no idle workers started ahead for the first driver; each job starts what it uses.
+CLUSTER_RAY_ENV = {"RAY_prestart_worker_first_driver": "0"}
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +71,11 @@ class ClusterWhileNeeded:
             stack = contextlib.ExitStack()
             self._running = stack.enter_context(
                 netns_cluster(
-                    head_cpus=4, worker_cpus=(4,), label="cgt", env={"CAPGEN_HOME": str(self.home)}
+                    head_cpus=NODE_CPUS,
+                    worker_cpus=(NODE_CPUS,),
+                    label="cgt",
+                    env={"CAPGEN_HOME": str(self.home), **CLUSTER_RAY_ENV},
+                    log_monitor=False,
                 )
             )
             self._stack = stack
@@ -115,3 +138,40 @@ def scenes(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], list[P
     """(200 good images, 2 bad ones), all in one folder."""
     folder = tmp_path_factory.mktemp("scenes")
     return write_scenes(folder, IMAGE_COUNT, seed=13), write_bad_images(folder)
+
+
+class SerialCaptions:
+    """The serial `Captioner`'s outcome for images, each computed once for the whole session.
+
+    INT8 encoder on one thread, as every caption actor here runs it (0.5 CPU each, so one
+    encoder thread): the captions do not depend on the thread count, and one thread does
+    not spin a second core (1.5x less CPU than the default two). Images are known by
+    their bytes, so a copy of an image already captioned costs nothing.
+    """
+
+    def __init__(self, model: Path) -> None:
+        self.model = model
+        self._captioner: Captioner | None = None
+        self._done: dict[tuple[str, int], DecodingResult | CapgenError] = {}
+
+    def __call__(
+        self, paths: Sequence[Path | str], beam_size: int
+    ) -> dict[str, DecodingResult | CapgenError]:
+        """{str(path): outcome} for `paths`, failures as their CapgenError."""
+        keys = {
+            str(p): (hashlib.sha256(Path(p).read_bytes()).hexdigest(), beam_size) for p in paths
+        }
+        todo = {key: path for path, key in keys.items() if key not in self._done}
+        if todo:
+            if self._captioner is None:
+                self._captioner = Captioner(self.model, int8=True, threads=1)
+            outcomes = self._captioner.caption_batch(
+                [Path(p).read_bytes() for p in todo.values()], beam_size=beam_size, errors="return"
+            )
+            self._done.update(zip(todo, outcomes, strict=True))
+        return {path: self._done[key] for path, key in keys.items()}
+
+
+@pytest.fixture(scope="session")
+def serial_captions(model_folder: Path) -> SerialCaptions:
+    return SerialCaptions(model_folder)

@@ -3,7 +3,8 @@
 `write_copy` is what `materialise` does with the bytes `ray.get` returns
 (a plain {file name: bytes}), so these tests need no Ray cluster. An actor
 killed mid-copy is played by a child process that creates its staging
-folder the way `write_copy` does and is killed with SIGKILL.
+folder the way `write_copy` does and is killed with SIGKILL. A model shipped
+for given Captioner settings holds only the files such a Captioner loads.
 """
 
 from __future__ import annotations
@@ -15,8 +16,17 @@ from pathlib import Path
 import pytest
 from staging_helpers import killed_staging
 
-from capgen.ray.model_store import read_model, write_copy
-from capgen.runtime.errors import ModelIntegrityError
+from capgen.ray.model_store import (
+    ShippedModel,
+    captioner_files,
+    copy_folder_name,
+    materialise,
+    read_model,
+    write_copy,
+)
+from capgen.runtime.captioner import Captioner
+from capgen.runtime.errors import InputError, ModelIntegrityError
+from capgen.runtime.manifest import MANIFEST_FILE, load_manifest
 from capgen.runtime.staging import MARKER, create_staging
 
 
@@ -73,3 +83,62 @@ def test_a_second_copy_uses_the_first_and_bad_bytes_never_land(
         write_copy(name, digest, {**contents, "../escape.txt": b"x"}, other)
     assert not (tmp_path / "escape.txt").exists()
     assert list(other.iterdir()) == []  # no staging folder left behind by a failed copy
+
+
+def test_a_model_shipped_for_its_settings_holds_what_such_a_captioner_loads(
+    tmp_path: Path, model_folder: Path
+) -> None:
+    manifest = load_manifest(model_folder)
+    encoder, decoder = manifest.encoder, manifest.decoder
+    names = captioner_files(manifest, int8=True, fast_decoder=False)
+    assert sorted(names) == sorted(
+        [encoder.int8_file, decoder.step_file, decoder.projection_file, manifest.vocabulary.file]
+    )
+    # A setting left open ships the files of both choices; never the browser's word gates.
+    assert sorted(captioner_files(manifest, int8=True)) == sorted([*names, decoder.int8_step_file])
+    assert sorted(captioner_files(manifest)) == sorted(
+        [encoder.file, *captioner_files(manifest, int8=True)]
+    )
+    assert decoder.word_gates_file not in captioner_files(manifest)
+
+    name, digest, contents = read_model(model_folder, names)
+    assert set(contents) == {MANIFEST_FILE, *names}
+    store = tmp_path / "ray-models"
+    copy = write_copy(name, digest, contents, store, names)
+    assert (
+        copy == store / copy_folder_name(digest, names) != store / digest
+    )  # apart from a whole one
+    assert sorted(p.name for p in copy.iterdir()) == sorted(contents)
+    # The next actor on the node finds it verified (nothing fetched, so no Ray needed here).
+    shipped = ShippedModel(name, digest, None, tuple(names), int8=True, fast_decoder=False)
+    assert materialise(shipped, store) == copy.resolve()
+    assert Captioner(copy, int8=True, threads=1).model_files == (
+        encoder.int8_file,
+        decoder.projection_file,
+        decoder.step_file,
+    )
+    with pytest.raises(ModelIntegrityError, match="missing"):
+        Captioner(copy)  # the FP32 encoder stayed home
+
+    # Other files than those it was shipped with never land.
+    other = tmp_path / "other"
+    with pytest.raises(ModelIntegrityError, match="not the ones"):
+        write_copy(name, digest, {**contents, encoder.file: b"x"}, other, names)
+    assert not other.exists()
+
+
+def test_captioners_with_other_settings_than_shipped_for_are_refused_on_the_driver() -> None:
+    from capgen.ray.data import caption_dataset
+
+    shipped = ShippedModel("m", "0" * 64, "a reference", ("x",), int8=True, fast_decoder=False)
+    with pytest.raises(
+        InputError, match=r"shipped with int8=True.*ship_model\(\.\.\., int8=False\)"
+    ):
+        caption_dataset(object(), shipped, int8=False)
+    with pytest.raises(InputError, match="fast_decoder=False"):
+        caption_dataset(object(), shipped, int8=True, fast_decoder=True)
+    shipped.check_settings(int8=True, fast_decoder=False)
+    ShippedModel("m", "0" * 64, "ref", ("x",), int8=True).check_settings(
+        int8=True, fast_decoder=True
+    )
+    ShippedModel("m", "0" * 64, "ref").check_settings(int8=False, fast_decoder=True)  # whole folder

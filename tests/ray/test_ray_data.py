@@ -2,7 +2,8 @@
 
 Each driver runs inside the cluster's namespace (`ip netns exec`) as its own
 process and writes its rows as JSON; the comparison with a serial
-`Captioner` run happens here, in the test process.
+`Captioner` run happens here, in the test process (conftest's
+`serial_captions`: each image captioned once for every test).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from typing import Any
 
 import pytest
 
+from capgen.ray.model_store import captioner_files
 from capgen.ray.netns_cluster import NetnsCluster
-from capgen.runtime.captioner import Captioner
 from capgen.runtime.decoding import DecodingResult
-from capgen.runtime.manifest import MANIFEST_FILE
+from capgen.runtime.manifest import MANIFEST_FILE, load_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +35,8 @@ ray.data.DataContext.get_current().enable_progress_bars = False
 paths, model, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 images = ray.data.read_binary_files(paths, include_paths=True)
 captions = caption_dataset(
-    images, ship_model(model), concurrency=2, beam_size=__BEAM__, int8=True,
+    images, ship_model(model, int8=True, fast_decoder=False), concurrency=2,
+    beam_size=__BEAM__, int8=True,
 )
 with open(out, "w") as handle:
     json.dump(captions.take_all(), handle)
@@ -42,17 +44,9 @@ with open(out, "w") as handle:
 
 
 @pytest.fixture(scope="module")
-def serial(model_folder: Path, scenes: tuple[list[Path], list[Path]]) -> dict[str, Any]:
+def serial(serial_captions: Any, scenes: tuple[list[Path], list[Path]]) -> dict[str, Any]:
     """The serial Captioner's outcome for every image, keyed by path."""
-    return serial_captions(model_folder, [*scenes[0], *scenes[1]])
-
-
-def serial_captions(model: Path, paths: list[Path]) -> dict[str, DecodingResult | Exception]:
-    captioner = Captioner(model, int8=True)
-    outcomes = captioner.caption_batch(
-        [p.read_bytes() for p in paths], beam_size=BEAM, errors="return"
-    )
-    return {str(p): o for p, o in zip(paths, outcomes, strict=True)}
+    return serial_captions([*scenes[0], *scenes[1]], beam_size=BEAM)
 
 
 def assert_rows_match(rows: list[dict[str, Any]], expected: dict[str, Any]) -> None:
@@ -90,9 +84,17 @@ def test_200_images_each_captioned_once_as_serially(
     rows = json.loads(out.read_text())
     assert_rows_match(rows, serial)
     assert sum(row["error"] is not None for row in rows) == len(bad)
-    # The model reached the actors through the object store: each node wrote one verified copy.
+    # The model reached the actors through the object store: each node wrote one verified copy,
+    # of the files these actors load only (INT8 encoder, exact step), as shipped.
     (copy,) = (Path(cluster.env["CAPGEN_HOME"]) / "ray-models").iterdir()
     assert (copy / MANIFEST_FILE).read_bytes() == (model_folder / MANIFEST_FILE).read_bytes()
+    assert sorted(p.name for p in copy.iterdir()) == sorted(
+        [
+            MANIFEST_FILE,
+            *captioner_files(load_manifest(model_folder), int8=True, fast_decoder=False),
+        ]
+    )
+    assert "encoder.onnx" not in {p.name for p in copy.iterdir()}
 
 
 KILL_A_NODE = """
@@ -107,7 +109,8 @@ paths, model, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 victim_port, raylets, kill_after = int(sys.argv[4]), json.loads(sys.argv[5]), int(sys.argv[6])
 (victim,) = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeManagerPort"] == victim_port]
 captions = caption_dataset(
-    ray.data.read_binary_files(paths, include_paths=True), ship_model(model),
+    ray.data.read_binary_files(paths, include_paths=True),
+    ship_model(model, int8=True, fast_decoder=False),
     concurrency=3, batch_size=4, beam_size=__BEAM__, int8=True,
 )
 rows, report = [], {}

@@ -1,22 +1,23 @@
-"""`capgen ray caption` against a real local Ray: a stale address file, a corrupt node copy (tiny model).
+"""`capgen ray caption` against a real local Ray: a stale address file (tiny model).
 
 The local Ray the command starts without --address runs inside a network
 namespace of the test's own (netns_only), its temp dir (RAY_TMPDIR) a fresh
 folder: the real /tmp/ray and other people's clusters are never touched.
+(A corrupt node copy of a shipped model, which needs no Ray of its own, is
+test_ray_cli.py's, on the cluster the other tests share.)
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from capgen.cli_support.exit_codes import ExitCode
-from capgen.ray.netns_cluster import NetnsCluster, netns_only, why_unavailable
+from capgen.ray.netns_cluster import netns_only, why_unavailable
 
 TESTS = Path(__file__).resolve().parents[1]
 if str(TESTS / "runtime") not in sys.path:
@@ -67,40 +68,3 @@ def test_a_stale_ray_address_file_does_not_hang_a_local_run(tmp_path: Path) -> N
     assert done.returncode == ExitCode.OK, done.stderr
     (record,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert record["path"] == str(photo) and "caption" in record
-
-
-def test_a_corrupt_node_copy_is_the_local_one_line_and_exit_3(tmp_path: Path) -> None:
-    """The shipped model's copy on the node no longer matches: the actor's error, as capgen says it."""
-    reason = why_unavailable()
-    if reason is not None:
-        pytest.skip(reason)
-    from capgen.ray.model_store import STORE_FOLDER, read_model
-
-    model = write_tiny_model(tmp_path / "model").folder
-    _, digest, _ = read_model(model)
-    home = tmp_path / "actor-home"
-    copy = home / STORE_FOLDER / digest
-    copy.mkdir(parents=True)
-    for name in os.listdir(model):
-        (copy / name).write_bytes((model / name).read_bytes())
-    (copy / "decoder_step.onnx").write_bytes(b"not the graph")
-    photo = _photo(tmp_path / "photos")
-    with netns_only(label="cgc", env={"RAY_AUTH_MODE": "disabled",
-                                      "RAY_USAGE_STATS_ENABLED": "0"}) as space:  # fmt: skip
-        space.env.update(RAY_TMPDIR=str(space.temp_dir), CAPGEN_HOME=str(home))
-        done = _run_in(space, photo, tmp_path / "out.jsonl", model)
-    _capgen_lines_only(done.stderr)
-    assert done.returncode == ExitCode.MODEL, done.stderr
-    assert "does not match its manifest" in done.stderr, done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-
-
-def _run_in(
-    space: NetnsCluster, photo: Path, out: Path, model: Path
-) -> subprocess.CompletedProcess[str]:
-    """The command inside `space`, on one actor."""
-    return space.run(
-        [CAPGEN, "ray", "caption", str(photo), "-o", str(out), "-m", str(model),
-         "--concurrency", "1", "-b", "1"],
-        timeout=180,
-    )  # fmt: skip
