@@ -202,12 +202,15 @@ def measure_mode_costs(
     home: Path,
     echo: Echo,
     auto_reason: str | None,
+    untimed: bool = True,
 ) -> dict[str, Any]:
     """Cold start, load, first and warm caption, and peak RSS of every precision mode.
 
     `home`: the CAPGEN_HOME the processes use (the peers section's scratch one,
     which holds `auto`'s decision tuned in the same run); `rounds`: at most
     MAX_COLD_ROUNDS cold processes per mode, and each photo that many times warm.
+    `untimed`: one untimed process per mode first (`_untimed`; the bench always runs it, a
+    smoke test may leave it out: a mode that cannot run then fails its timed process instead).
     """
     from capgen.runtime.manifest import load_manifest
 
@@ -237,7 +240,7 @@ def measure_mode_costs(
     if not modes:
         return result
     echo(f"  mode costs: {', '.join(modes)}: one-photo processes, {rounds} round(s)")
-    failed = _untimed(modes, command, scratch, environment)
+    failed = _untimed(modes, command, scratch, environment) if untimed else {}
     for mode, reason in failed.items():
         echo(f"  mode costs: {mode} left out ({reason})")
         absent[mode] = reason

@@ -215,11 +215,14 @@ def measure_peers(
     weights: Path | None,
     litert_cache: Path,
     calibration: Callable[[], list[np.ndarray]],
+    mode_warmup: bool = True,
 ) -> dict[str, Any]:
     """The peers table's numbers (see the module's docstring); `scratch` is this run's own folder.
 
     `weights`: the ImageNet Xception weights Keras loads (None: no Keras row, no cosines).
     `calibration`: the photos LiteRT's full INT8 file is calibrated on (asked only if it is made).
+    `mode_warmup`: the precision modes' untimed processes (mode_costs.measure_mode_costs's
+    `untimed`; the bench always runs them, a smoke test may leave them out).
     """
     from capgen import Captioner
     from capgen.runtime.decoding import DecodingOptions
@@ -339,7 +342,9 @@ def measure_peers(
     if "keras" in tokens and reference is not None:
         same = sum(a == b for a, b in zip(tokens["keras"], reference, strict=True))
         result["keras"]["identical_share"] = same / len(photos)
-    result["mode_costs"] = _mode_costs(model_dir, photos, rounds, scratch, home, echo, result)
+    result["mode_costs"] = _mode_costs(
+        model_dir, photos, rounds, scratch, home, echo, result, mode_warmup
+    )
     return result
 
 
@@ -351,6 +356,7 @@ def _mode_costs(
     home: Path,
     echo: Echo,
     result: dict[str, Any],
+    warmup: bool = True,
 ) -> dict[str, Any]:
     """Each `--precision` mode's cold start, memory and warm caption (mode_costs.py), after the
     peer processes have ended; `auto` with the decision tuned above, or left out with its reason.
@@ -368,6 +374,7 @@ def _mode_costs(
             home,
             echo,
             auto["reason"] if auto else None,
+            untimed=warmup,
         )
     except Exception as exc:  # like run.py's goal parts: one failing part leaves the others
         echo(f"  mode costs failed: {exc}")

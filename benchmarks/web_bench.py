@@ -248,9 +248,17 @@ def _check_page(page: _Page, url: str) -> dict[str, Any]:
 
 
 def measure_web(
-    model_dir: Path | None, photos: Sequence[Path], repetitions: int, echo: Echo
+    model_dir: Path | None,
+    photos: Sequence[Path],
+    repetitions: int,
+    echo: Echo,
+    warmup: bool = True,
 ) -> dict[str, Any]:
-    """The section's numbers (see the module's docstring); raises RuntimeError with the page's message."""
+    """The section's numbers (see the module's docstring); raises RuntimeError with the page's message.
+
+    `warmup`: the untimed pass over the photos before the timed ones (the bench always makes
+    it; a smoke test, whose numbers mean nothing, may leave it out).
+    """
     from capgen import Captioner
     from capgen.benchmarks.static_site import serve_folder
     from capgen.convert.web_export import export_web
@@ -284,7 +292,8 @@ def measure_web(
             (first,) = page.run(CAPTION_SCRIPT, 1, [0])
             # One untimed pass over the photos: WebAssembly's optimising tier compiles the hot
             # functions in the background during the first captions (they ran 30% slower).
-            page.run(CAPTION_SCRIPT, 1, list(range(len(photos))))
+            if warmup:
+                page.run(CAPTION_SCRIPT, 1, list(range(len(photos))))
             greedy = _compare(page, captioner, data, 1, repetitions)
             echo(
                 f"  warm greedy: Chromium {greedy['web']['caption']['median']:.3f} s "

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bench_shared import SHARES_PEERS_RUN, PeersRun
 
 from capgen.benchmarks import mode_costs
 
@@ -48,23 +49,22 @@ def _runnable(manifest: Any, mode: str) -> bool:
     return True
 
 
+@SHARES_PEERS_RUN
 @pytest.mark.slow
 def test_every_mode_has_its_costs_and_an_absent_mode_its_reason(
-    tmp_path: Path, flickr_photos: list[Path], default_model: Path
+    default_model: Path, peers_run: PeersRun
 ) -> None:
+    """The modes' costs as the peers section measures them (1 photo, 1 round), from the same
+    run test_peers_section.py checks (conftest's `peers_run`): running them once more alone
+    would start the same dozen processes again. `auto` is absent there with the reason the
+    section gives it (one photo is too few to tune on)."""
     from capgen.runtime.manifest import load_manifest
 
     manifest = load_manifest(default_model)
-    messages: list[str] = []
-    section = mode_costs.measure_mode_costs(
-        default_model,
-        flickr_photos[:1],
-        rounds=1,
-        scratch=tmp_path / "scratch",
-        home=tmp_path / "home",
-        echo=messages.append,
-        auto_reason="capgen tune needs at least 10 photos; this run has 1",
-    )
+    messages = peers_run.messages
+    section = peers_run.section["mode_costs"]
+    assert "error" not in section, section.get("error")
+    assert section["photos"] == 1 and section["rounds"] == 1
 
     expected = [m for m in ("fp32", "bf16", "int8") if _runnable(manifest, m)]
     assert "fp32" in expected

@@ -1,13 +1,15 @@
 """The bench's peers section on 1 photo and 1 round: every row has its figures, absences say why.
 
 The section's precision-mode costs (benchmarks/mode_costs.py) run too; their own
-checks are in test_mode_costs.py, here only that they are part of the section.
+checks are in test_mode_costs.py, on the same run (conftest's `peers_run`, once
+per xdist worker, both tests in one xdist group), here only that they are part
+of the section.
 
 No timing is asserted (the machine is shared): only that each row exists with
 a positive median, a cosine against Keras and a caption agreement, that the
 capgen fp32 row is the reference (it agrees with itself), and that an engine
 that cannot be imported is listed with its reason instead of failing the run.
-LiteRT is blocked here the way a missing package is seen (None in
+LiteRT is blocked in that run the way a missing package is seen (None in
 sys.modules: find_spec answers "not installed"), which also keeps its
 minute-long conversions out of the test.
 """
@@ -19,40 +21,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
+from bench_shared import SHARES_PEERS_RUN, PeersRun
 
 
-def _no_calibration() -> list[np.ndarray]:
-    raise AssertionError("LiteRT is absent: its calibration photos must not be asked for")
-
-
+@SHARES_PEERS_RUN
 @pytest.mark.convert
 @pytest.mark.slow
-def test_peers_rows_and_absent_engines(
-    tmp_path: Path,
-    flickr_photos: list[Path],
-    tensorflow_stack: None,
-    default_model: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_peers_rows_and_absent_engines(tensorflow_stack: None, peers_run: PeersRun) -> None:
     from capgen.benchmarks import goals, peers
-    from capgen.convert.weights import fetch_imagenet_weights
 
-    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
-    messages: list[str] = []
-    section = peers.measure_peers(
-        default_model,
-        flickr_photos[:1],
-        rounds=1,
-        threads=1,
-        scratch=tmp_path / "scratch",
-        echo=messages.append,
-        weights=fetch_imagenet_weights(),
-        litert_cache=tmp_path / "litert",
-        calibration=_no_calibration,
-    )
-
+    section, messages = peers_run.section, peers_run.messages
     rows: dict[str, Any] = section["rows"]
     expected = {"onnxruntime_fp32", "onnxruntime_int8", "capgen_fp32", "capgen_int8"}
     if importlib.util.find_spec("openvino") is not None:

@@ -1,4 +1,8 @@
-"""The bench's web section (issue 27) at QUICK size: the site in headless Chromium against Python.
+"""The bench's web section (issue 27), smoke size: the site in headless Chromium against Python.
+
+Every example photo, once per arm (REPETITIONS), and no untimed pass before the
+timed ones: each caption in the browser is about 0.4 s of CPU, and the numbers
+are not what is checked here.
 
 No timing is asserted (the machine is shared): only that every figure exists
 and is positive, that the page ran cross-origin isolated with the 2 threads
@@ -16,7 +20,9 @@ from typing import Any
 import pytest
 
 from capgen.benchmarks import web_bench
-from capgen.benchmarks.run import QUICK, check_sections
+from capgen.benchmarks.run import check_sections
+
+REPETITIONS = 1
 
 
 def _positive(stats: dict[str, Any]) -> None:
@@ -32,7 +38,7 @@ def section() -> dict[str, Any]:
     pytest.importorskip("onnx", reason="the default model's site ships the split step: needs onnx")
     lines: list[str] = []
     return web_bench.measure_web(
-        None, web_bench.example_photos(), QUICK.web_repetitions, lines.append
+        None, web_bench.example_photos(), REPETITIONS, lines.append, warmup=False
     )
 
 
@@ -52,7 +58,7 @@ def test_the_web_section_measures_every_stage(section: dict[str, Any]) -> None:
         for stage in ("caption", "encode", "search"):
             _positive(entry["web"][stage])
             _positive(entry["python"][stage])
-            assert entry["web"][stage]["n"] == photos * QUICK.web_repetitions
+            assert entry["web"][stage]["n"] == photos * REPETITIONS
         assert entry["ratio"] > 0
         assert 0 < entry["ratio_range"][0] <= entry["ratio_range"][1]
     assert section["greedy"]["same_tokens"] == f"{photos}/{photos}"
