@@ -71,6 +71,9 @@ def serve_command(
     max_queue: Annotated[int, typer.Option(help="Most images waiting; more: 503.")] = 64,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body, MB; more: 413.")] = 20.0,
     timeout_s: Annotated[float, typer.Option(help="Longest a request may take; more: 504.")] = 30.0,
+    head_timeout_s: Annotated[
+        float, typer.Option(help="Longest a client may take to send a request head; more: closed.")
+    ] = 10.0,
     api_key: Annotated[
         str | None,
         typer.Option(
@@ -87,6 +90,13 @@ def serve_command(
     max_uploads: Annotated[
         int, typer.Option(help="Request bodies read at once; more: 503 busy.")
     ] = 16,
+    restart_delay_s: Annotated[
+        float,
+        typer.Option(
+            help="A worker that exits before it is ready starts again after this, "
+            "doubling each time in a row (at most 8 s).",
+        ),
+    ] = 0.5,
     insecure_public: Annotated[
         bool,
         typer.Option(
@@ -108,10 +118,12 @@ def serve_command(
         max_queue=max_queue,
         max_body_mb=max_body_mb,
         timeout_s=timeout_s,
+        head_timeout_s=head_timeout_s,
         api_key=api_key,
         cors_origins=tuple(cors_origin or ()),
         max_beam=max_beam,
         max_uploads=max_uploads,
+        restart_delay_s=restart_delay_s,
         insecure_public=insecure_public,
     )
     require_serve_extra()

@@ -7,9 +7,9 @@ slow client can hold a connection (and a file descriptor) forever, and a
 
 - the protocol is h11, whose incomplete-event limit (`MAX_HEAD_BYTES`, set
   through uvicorn's `h11_max_incomplete_event_size`) refuses a huge head;
-- every request head must be complete within `HEAD_TIMEOUT_S` of the
-  connection opening or of the previous answer, or the connection is closed
-  (slowloris); idle keep-alive connections close after `KEEP_ALIVE_S`;
+- every request head must be complete within `--head-timeout-s`
+  (`HEAD_TIMEOUT_S` unless set; `protocol_class`) of the connection opening
+  or of the previous answer, or the connection is closed (slowloris); idle keep-alive connections close after `KEEP_ALIVE_S`;
 - what h11 refuses is answered with the service's JSON error body, not
   uvicorn's text/plain;
 - when the server stops after a drain, a connection whose request may be on
@@ -46,6 +46,7 @@ BAD_REQUEST = json.dumps(
 class CapgenH11Protocol(H11Protocol):
     """h11 with a deadline for each request head and JSON for what h11 refuses."""
 
+    head_timeout_s = HEAD_TIMEOUT_S  # --head-timeout-s: protocol_class() sets it
     _head_timer: asyncio.TimerHandle | None = None
     _answered = 0  # responses completed on this connection
     _stopping = False  # the server is shutting down: close after the next answer
@@ -81,7 +82,7 @@ class CapgenH11Protocol(H11Protocol):
 
     def _arm_head_timer(self) -> None:
         self._cancel_head_timer()
-        self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_late, self.cycle)
+        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_late, self.cycle)
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -111,3 +112,12 @@ class CapgenH11Protocol(H11Protocol):
         except h11.LocalProtocolError:  # h11 cannot answer in this state: just close
             pass
         self.transport.close()
+
+
+def protocol_class(head_timeout_s: float = HEAD_TIMEOUT_S) -> type[CapgenH11Protocol]:
+    """The protocol with `--head-timeout-s`: uvicorn builds one per connection from a class."""
+    if head_timeout_s == HEAD_TIMEOUT_S:
+        return CapgenH11Protocol
+    return type(
+        "CapgenH11Protocol", (CapgenH11Protocol,), {"head_timeout_s": float(head_timeout_s)}
+    )

@@ -221,11 +221,11 @@ def _worker_bytes(captioner: Captioner) -> int | None:
 
 def uvicorn_config(app: object, settings: ServeSettings, **extra: object) -> uvicorn.Config:
     """uvicorn's settings: h11 with bounded heads, head and keep-alive timeouts (protocol.py)."""
-    from capgen.serve.protocol import KEEP_ALIVE_S, MAX_HEAD_BYTES, CapgenH11Protocol
+    from capgen.serve.protocol import KEEP_ALIVE_S, MAX_HEAD_BYTES, protocol_class
 
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
-        http=CapgenH11Protocol,
+        http=protocol_class(settings.head_timeout_s),
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         timeout_keep_alive=KEEP_ALIVE_S,
         log_config=None,

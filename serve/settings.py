@@ -20,6 +20,7 @@ MAX_QUEUE_LIMIT = 100_000
 MAX_BODY_MB_LIMIT = 1024
 MAX_WAIT_MS_LIMIT = 60_000
 MAX_UPLOADS_LIMIT = 1024
+MAX_RESTART_DELAY_S = 8.0  # the back-off's cap (workers.py): a first delay no longer than it
 # scheme://host[:port], no path: what a browser sends as Origin ("*" is not accepted).
 _ORIGIN = re.compile(
     r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
@@ -85,10 +86,12 @@ class ServeSettings:
     max_queue: int = 64
     max_body_mb: float = 20.0
     timeout_s: float = 30.0
+    head_timeout_s: float = 10.0  # to send each request head (slowloris); protocol.py
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()  # CORS is off unless origins are given
     max_beam: int = 10  # the largest beam_size a request may ask for
     max_uploads: int = 16  # request bodies read at once; more: 503 busy
+    restart_delay_s: float = 0.5  # a worker's first restart after an exit before ready
     insecure_public: bool = False  # a non-loopback --host without --api-key, on purpose
     plan: WorkerPlan | None = None  # what serve() resolved auto to: shown in /v1/model
 
@@ -107,8 +110,12 @@ class ServeSettings:
         _check_int("--max-queue", self.max_queue, 1, MAX_QUEUE_LIMIT)
         _check_number("--max-body-mb", self.max_body_mb, 0, MAX_BODY_MB_LIMIT, open_low=True)
         _check_number("--timeout-s", self.timeout_s, 0, 86_400, open_low=True)
+        _check_number("--head-timeout-s", self.head_timeout_s, 0, 3_600, open_low=True)
         _check_int("--max-beam", self.max_beam, 1, MAX_BEAM_SIZE)
         _check_int("--max-uploads", self.max_uploads, 1, MAX_UPLOADS_LIMIT)
+        _check_number(
+            "--restart-delay-s", self.restart_delay_s, 0, MAX_RESTART_DELAY_S, open_low=True
+        )
         if self.api_key is not None and (
             not self.api_key
             or not self.api_key.isascii()

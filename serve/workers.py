@@ -12,7 +12,7 @@ meantime). When no worker is left the command ends with a ModelError (exit 3).
 A worker that dies otherwise (killed, crashed) is replaced, with one line:
 at once if it had been serving; if it died before it was ready (killed
 while loading, out of memory, a native crash), after a back-off that
-doubles from RESTART_DELAY_S, and after GIVE_UP_AFTER such exits in a row
+doubles from RESTART_DELAY_S (`--restart-delay-s`), and after GIVE_UP_AFTER such exits in a row
 not at all, so a deployment that cannot start fails in seconds instead of
 spinning. When no worker is left the command ends with a ModelError (exit
 3: no worker could start with this model here).
@@ -42,26 +42,27 @@ from typing import Any
 from capgen.cli_support.console import say
 from capgen.runtime.errors import ModelError
 from capgen.serve.server import DrainingServer, configure_logging, uvicorn_config
-from capgen.serve.settings import ServeSettings
+from capgen.serve.settings import MAX_RESTART_DELAY_S, ServeSettings
 
 MODEL_FAILED = 3  # a worker's exit code when its model failed to load: not replaced
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # A worker that exits before it is ready (killed while loading, out of memory, a crash in a
 # native library) is started again after RESTART_DELAY_S, doubling each time in a row up to
 # RESTART_DELAY_CAP_S; after GIVE_UP_AFTER such exits in a row it is not started again.
-RESTART_DELAY_S = 0.5
-RESTART_DELAY_CAP_S = 8.0
+RESTART_DELAY_S = 0.5  # ServeSettings.restart_delay_s's default
+RESTART_DELAY_CAP_S = MAX_RESTART_DELAY_S
 GIVE_UP_AFTER = 5
 
 
-def restart_delay(exits_in_a_row: int) -> float | None:
+def restart_delay(exits_in_a_row: int, first: float = RESTART_DELAY_S) -> float | None:
     """Seconds before starting a worker again after its `exits_in_a_row`-th exit before ready
-    (0 after one that had been ready); None: give up, it is not started again."""
+    (0 after one that had been ready; `first` after the first); None: give up, it is not
+    started again."""
     if exits_in_a_row <= 0:
         return 0.0
     if exits_in_a_row >= GIVE_UP_AFTER:
         return None
-    return float(min(RESTART_DELAY_S * 2 ** (exits_in_a_row - 1), RESTART_DELAY_CAP_S))
+    return float(min(first * 2 ** (exits_in_a_row - 1), RESTART_DELAY_CAP_S))
 
 
 def killed_by(code: int | None) -> str:
@@ -223,7 +224,7 @@ class Supervisor:
     def _back_off(self, what: str, code: int | None, exits_before: int) -> None:
         """One more exit before ready in a row: start another after restart_delay, or give up."""
         exits = exits_before + 1
-        delay = restart_delay(exits)
+        delay = restart_delay(exits, self.settings.restart_delay_s)
         if delay is None:
             self.last_failure = (
                 f"no worker could start: workers exited before they were ready {exits} times "

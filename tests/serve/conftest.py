@@ -48,3 +48,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "server_args(*args): extra `capgen serve` options for a test"
     )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test module's tests that share a module-scoped server (or browser) run on one xdist
+    worker (`--dist loadgroup`), so it starts once, not once on each worker."""
+    for item in items:
+        if not item.nodeid.startswith("tests/serve/"):
+            continue
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs if info is not None else {}
+        if any(d[-1].scope == "module" for d in defs.values() if d):
+            item.add_marker(pytest.mark.xdist_group(f"serve-{item.path.stem}"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,16 @@ pytest.importorskip(
 )
 pytest.importorskip("httpx", reason="httpx (dev extra) is not installed")
 
-from serve_helpers import CONSOLE_SCRIPT, raw_request, read_response, start_server, until
+from serve_helpers import CONSOLE_SCRIPT, Server, raw_request, read_response, start_server, until
 
 PNG = {"Content-Type": "image/png"}
+ORIGIN = "http://app.test:8080"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(serve_model: Path, serve_home: Path) -> Iterator[Server]:
+    """`--api-key k --cors-origin ORIGIN`, on the default host: the tests using it only read it."""
+    yield from start_server(serve_model, serve_home, "--cors-origin", ORIGIN, "--api-key", "k")
 
 
 def test_sigterm_drains_then_exits_0(
@@ -84,14 +92,12 @@ def test_api_key_from_the_environment_is_required(
         assert not any("s3cret" in line for line in server.lines)  # the key is never logged
 
 
-def test_api_key_option_and_loopback_default(
-    serve_model: Path, serve_home: Path, images: dict[str, bytes]
-) -> None:
-    for server in start_server(serve_model, serve_home, "--api-key", "k"):
-        assert server.address[0] == "127.0.0.1"
-        with server.client() as client:
-            assert client.get("/v1/model").status_code == 401
-            assert client.get("/v1/model", headers={"Authorization": "Bearer k"}).status_code == 200
+def test_api_key_option_and_loopback_default(keyed_server: Server) -> None:
+    server = keyed_server  # started with --api-key k and no --host
+    assert server.address[0] == "127.0.0.1"
+    with server.client() as client:
+        assert client.get("/v1/model").status_code == 401
+        assert client.get("/v1/model", headers={"Authorization": "Bearer k"}).status_code == 200
 
 
 def run_serve(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
@@ -130,14 +136,13 @@ def test_bad_options_are_one_line_errors(
     assert fragment in done.stderr
 
 
-def test_a_port_in_use_is_one_line(serve_model: Path, serve_home: Path, tmp_path: Path) -> None:
-    for server in start_server(serve_model, serve_home):
-        done = run_serve(
-            "--model", str(serve_model), "--port", str(server.address[1]), home=tmp_path
-        )
-        assert done.returncode == 2, done.stderr
-        assert "capgen: error: cannot listen on 127.0.0.1:" in done.stderr
-        assert done.stderr.count("\n") == 1, done.stderr
+def test_a_port_in_use_is_one_line(keyed_server: Server, serve_model: Path, tmp_path: Path) -> None:
+    done = run_serve(
+        "--model", str(serve_model), "--port", str(keyed_server.address[1]), home=tmp_path
+    )
+    assert done.returncode == 2, done.stderr
+    assert "capgen: error: cannot listen on 127.0.0.1:" in done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
 
 
 def test_without_the_serve_extra_it_says_what_to_install(tmp_path: Path) -> None:
@@ -217,30 +222,27 @@ def test_int8_is_served_when_the_model_has_it_and_refused_when_not(
 
 
 def test_cors_only_for_the_origins_asked_for(
-    serve_model: Path, serve_home: Path, images: dict[str, bytes]
+    keyed_server: Server, images: dict[str, bytes]
 ) -> None:
-    args = ("--cors-origin", "http://app.test:8080", "--api-key", "k")
-    for server in start_server(serve_model, serve_home, *args):
-        ask = {
-            "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization,content-type",
-        }
-        with server.client() as client:
-            allowed = client.options(
-                "/v1/captions", headers={"Origin": "http://app.test:8080", **ask}
-            )
-            other = client.options("/v1/captions", headers={"Origin": "http://evil.test", **ask})
-            posted = client.post(
-                "/v1/captions",
-                content=images["red"],
-                headers={**PNG, "Origin": "http://app.test:8080", "Authorization": "Bearer k"},
-            )
-        assert allowed.status_code == 200  # a preflight carries no key, and needs none
-        assert allowed.headers["access-control-allow-origin"] == "http://app.test:8080"
-        assert "access-control-allow-origin" not in other.headers
-        assert posted.status_code == 200
-        assert posted.headers["access-control-allow-origin"] == "http://app.test:8080"
-        assert "x-request-id" in posted.headers["access-control-expose-headers"].lower()
+    server = keyed_server  # --cors-origin ORIGIN --api-key k
+    ask = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
+    with server.client() as client:
+        allowed = client.options("/v1/captions", headers={"Origin": ORIGIN, **ask})
+        other = client.options("/v1/captions", headers={"Origin": "http://evil.test", **ask})
+        posted = client.post(
+            "/v1/captions",
+            content=images["red"],
+            headers={**PNG, "Origin": ORIGIN, "Authorization": "Bearer k"},
+        )
+    assert allowed.status_code == 200  # a preflight carries no key, and needs none
+    assert allowed.headers["access-control-allow-origin"] == ORIGIN
+    assert "access-control-allow-origin" not in other.headers
+    assert posted.status_code == 200
+    assert posted.headers["access-control-allow-origin"] == ORIGIN
+    assert "x-request-id" in posted.headers["access-control-expose-headers"].lower()
 
 
 def test_a_bad_cors_origin_is_one_line(tmp_path: Path) -> None:

@@ -74,16 +74,27 @@ return Array.from(document.querySelectorAll("#results .row"), (row) => ({
 """
 
 Browser = tuple[httpx.Client, str]
+# One Chromium and one plain server for the module (each test navigates afresh; the
+# plain server's state is only read as differences); conftest.py keeps them on one worker.
 
 
-@pytest.fixture()
-def browser(tmp_path: Path) -> Iterator[Browser]:
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
     """(a client of chromedriver, the session path) for one headless Chromium."""
-    with chromium_session(tmp_path / "profile", WAIT_S) as session:
+    with chromium_session(tmp_path_factory.mktemp("chromium") / "profile", WAIT_S) as session:
         yield session
 
 
 @pytest.fixture()
+def browser(chromium: Browser) -> Iterator[Browser]:
+    """The module's Chromium, left on a blank page at the window's own size after each test."""
+    yield chromium
+    client, session = chromium
+    client.post(f"{session}/goog/cdp/execute", json={"cmd": "Emulation.clearDeviceMetricsOverride", "params": {}})  # fmt: skip
+    _open(chromium, "about:blank")
+
+
+@pytest.fixture(scope="module")
 def server(serve_model: Path, serve_home: Path) -> Iterator[Server]:
     yield from start_server(serve_model, serve_home)
 
@@ -94,10 +105,14 @@ def keyed_server(serve_model: Path, serve_home: Path) -> Iterator[Server]:
 
 
 @pytest.fixture()
-def screenshot_server(serve_model: Path, serve_home: Path) -> Iterator[Server]:
-    """The tiny model, or CAPGEN_SCREENSHOT_MODEL's (a real one, for the README's screenshot)."""
+def screenshot_server(serve_home: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
+    """The tiny model (the module's server), or CAPGEN_SCREENSHOT_MODEL's (a real one, for
+    the README's screenshot)."""
     chosen = os.environ.get("CAPGEN_SCREENSHOT_MODEL")
-    yield from start_server(Path(chosen).expanduser() if chosen else serve_model, serve_home)
+    if chosen:
+        yield from start_server(Path(chosen).expanduser(), serve_home)
+    else:
+        yield request.getfixturevalue("server")
 
 
 # --- WebDriver, one call each -------------------------------------------------------------

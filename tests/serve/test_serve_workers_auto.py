@@ -216,6 +216,13 @@ def test_the_restart_delay_doubles_is_bounded_and_gives_up(monkeypatch: pytest.M
     assert delays[0] == 0.0  # a worker that had been ready is replaced at once
     assert delays[1:GIVE_UP_AFTER] == [0.5, 1.0, 2.0, 4.0]
     assert delays[GIVE_UP_AFTER] is None
+    # --restart-delay-s sets the first; its default is this one, and it is bounded by the cap.
+    assert ServeSettings().restart_delay_s == 0.5
+    short = [restart_delay(exits, 0.05) for exits in range(0, GIVE_UP_AFTER + 1)]
+    assert short == [0.0, 0.05, 0.1, 0.2, 0.4, None]
+    for bad in (0, -1, RESTART_DELAY_CAP_S + 1, float("nan")):
+        with pytest.raises(InputError, match="--restart-delay-s must be a number more than 0"):
+            ServeSettings(restart_delay_s=bad)
     import capgen.serve.workers as workers
 
     monkeypatch.setattr(workers, "GIVE_UP_AFTER", 100)
@@ -345,7 +352,7 @@ def _crashing_env(tmp_path: Path, once: bool) -> dict[str, str]:
     return env
 
 
-def _two_workers(serve_model: Path) -> list[str]:
+def _two_workers(serve_model: Path, *args: str) -> list[str]:
     return [
         str(CONSOLE_SCRIPT),
         "serve",
@@ -355,6 +362,7 @@ def _two_workers(serve_model: Path) -> list[str]:
         "0",
         "--workers",
         "2",
+        *args,
     ]
 
 
@@ -368,11 +376,14 @@ def test_workers_that_keep_crashing_before_ready_back_off_then_give_up_with_exit
 ) -> None:
     if cores() < 2:
         pytest.skip("--workers 2 needs 2 cores (workers x threads <= cores); one runs in-process")
+    # The back-off's first delay set small (--restart-delay-s): the same doubling, 0.75 s in
+    # all per worker instead of 7.5 s at the default (whose values the tests above and below
+    # check: the pure function, and the 0.5 s and 1 s of the two tests around this one).
     done = subprocess.run(
-        _two_workers(serve_model),
+        _two_workers(serve_model, "--restart-delay-s", "0.05"),
         capture_output=True,
         text=True,
-        timeout=180,  # the back-off adds up to 7.5 s per worker; this only stops a hang
+        timeout=180,  # this only stops a hang
         env=_always_crashing_env(serve_home, tmp_path),
         stdin=subprocess.DEVNULL,
     )
@@ -388,7 +399,7 @@ def test_workers_that_keep_crashing_before_ready_back_off_then_give_up_with_exit
             )
         )
     ]
-    assert sorted(backed_off) == sorted([0.5, 1.0, 2.0, 4.0] * 2), lines  # per worker, doubling
+    assert sorted(backed_off) == sorted([0.05, 0.1, 0.2, 0.4] * 2), lines  # per worker, doubling
     gave_up = [
         line for line in lines if f"{GIVE_UP_AFTER} times in a row; it is not replaced" in line
     ]
