@@ -20,7 +20,7 @@ pytest.importorskip(
 )
 pytest.importorskip("httpx", reason="httpx (dev extra) is not installed")
 
-from serve_helpers import CONSOLE_SCRIPT, Server, raw_request, read_response, start_server
+from serve_helpers import CONSOLE_SCRIPT, Server, raw_request, read_response, start_server, until
 
 PNG = {"Content-Type": "image/png"}
 SUCCESS_KEYS = {"path", "caption", "log_probability", "finished", "tokens", "timings"}
@@ -208,6 +208,12 @@ def test_request_id_is_echoed_and_logged_once(server: Server, images: dict[str, 
         generated = client.get("/healthz").headers["x-request-id"]
     assert answer.headers["x-request-id"] == "test-id-42"
     assert re.fullmatch(r"[0-9a-f]{32}", generated)
+    # The lines reach the test through a reader thread: wait for both requests' lines
+    # (the later request's too, so a duplicate of the first would have arrived as well).
+    until(
+        lambda: all(any(f'"{rid}"' in line for line in server.lines) for rid in ("test-id-42", generated)),
+        "both requests' log lines",
+    )  # fmt: skip
     logged = [json.loads(line) for line in server.lines if '"test-id-42"' in line]
     assert len(logged) == 1
     assert logged[0]["images"] == 2 and logged[0]["status"] == 200 and logged[0]["ms"] > 0
