@@ -121,32 +121,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(getattr(pytest.mark, mark))
 
 
-# Handed out first under --dist loadgroup (xdist gives work units out in collection order):
-# the largest groups, then every other group, then the single tests. A group is one unit,
-# so one handed out last kept one worker busy alone at the end (tests/web, collected last,
-# holds the ~1-minute web-node group; the ray group is ~2.5 minutes).
-_FIRST_GROUPS = ("ray", "web-node")
-
-
-def _hand_out_order(item: pytest.Item) -> int:
-    groups = {str(m.args[0]) for m in item.iter_markers("xdist_group") if m.args}
-    if groups & set(_FIRST_GROUPS):
-        return 0
-    return 1 if groups else 2
-
-
-class _HandOutOrder:
-    """A plugin of its own, so its hook can run after every conftest has grouped its tests."""
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        items.sort(key=_hand_out_order)  # stable: each folder keeps its own order
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.pluginmanager.register(_HandOutOrder(), "capgen-hand-out-order")
-
-
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """`capgen(...)` (tests/capgen_cli.py) runs a real process for a test marked `subprocess`."""
     capgen_cli.in_process_allowed = item.get_closest_marker("subprocess") is None
