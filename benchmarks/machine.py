@@ -67,7 +67,7 @@ def machine_info() -> dict[str, Any]:
         "versions": {name: _version(name) for name in VERSIONED},
         "env": {
             key: os.environ[key]
-            for key in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS")
+            for key in ("OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "CAPGEN_NO_SPINNING")
             if key in os.environ
         },
     }

@@ -139,7 +139,11 @@ def _report_features(encoder_path: Path, size: tuple[int, int]) -> None:
     import numpy as np
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(encoder_path), providers=["CPUExecutionProvider"])
+    from capgen.runtime.session import plain_options
+
+    session = ort.InferenceSession(
+        str(encoder_path), sess_options=plain_options(), providers=["CPUExecutionProvider"]
+    )
     image = np.full((1, *size, 3), 128, dtype=np.uint8)
     session.run(None, {"image": image})
     started = time.perf_counter()

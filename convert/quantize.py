@@ -393,8 +393,10 @@ def feature_cosines(fp32_path: Path, int8_path: Path, images: Sequence[np.ndarra
     """Per-image cosine between FP32 and INT8 features: how much quantization moved them."""
     import onnxruntime as ort
 
+    from capgen.runtime.session import plain_options
+
     batch = np.stack(list(images))
-    options = ort.SessionOptions()
+    options = plain_options()
     options.log_severity_level = 3  # onnxruntime's warnings are not the user's problem
     sessions = [
         ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])

@@ -52,7 +52,11 @@ def encoder_session(encoder_path: Path) -> Any:
     """An onnxruntime session of the encoder graph (CPU), made once per extraction run."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(encoder_path), providers=["CPUExecutionProvider"])
+    from capgen.runtime.session import plain_options
+
+    return ort.InferenceSession(
+        str(encoder_path), sess_options=plain_options(), providers=["CPUExecutionProvider"]
+    )
 
 
 def extract_features(

@@ -14,6 +14,7 @@ InputError naming the ones it has.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -96,8 +97,32 @@ class SessionSettings:
     memory_pattern: bool = True
 
 
-def _options(settings: SessionSettings) -> ort.SessionOptions:
+NO_SPINNING_VAR = "CAPGEN_NO_SPINNING"
+
+
+def spinning_allowed() -> bool:
+    """False when CAPGEN_NO_SPINNING is set to anything but '', '0', 'false' or 'no'.
+
+    onnxruntime's idle intra-op threads spin (busy-wait) for their next piece of
+    work, which wins a little latency on cores capgen has to itself and wastes
+    the cores it shares: two test workers on 2 cores, several services or jobs
+    on one machine. Off, the same suite of runtime tests took about a tenth less
+    CPU (docs/cli.md, "Sharing cores"). It changes no number a model computes.
+    """
+    value = os.environ.get(NO_SPINNING_VAR, "").strip().lower()
+    return value in ("", "0", "false", "no")
+
+
+def plain_options() -> ort.SessionOptions:
+    """onnxruntime's default options, with CAPGEN_NO_SPINNING honoured (every capgen session)."""
     options = ort.SessionOptions()
+    if not spinning_allowed():
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def _options(settings: SessionSettings) -> ort.SessionOptions:
+    options = plain_options()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.inter_op_num_threads = 1
     if settings.threads is not None:

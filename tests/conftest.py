@@ -7,11 +7,18 @@ when it is missing; CI has both, so there they run.
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import capgen_cli
 import pytest
 from capgen_wheel import build_capgen_wheel
+
+# onnxruntime's idle threads busy-wait for work, taking cycles the other xdist worker needs on
+# CI's 2 cores (tests/runtime under -n 2: 35 instead of 39 CPU-s, docs/cli.md "Sharing
+# cores"). Set here, before the workers start, so their subprocesses and Ray nodes inherit
+# it; the name is capgen.runtime.session.NO_SPINNING_VAR (not imported: no onnxruntime yet).
+os.environ.setdefault("CAPGEN_NO_SPINNING", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

@@ -12,6 +12,7 @@ from tiny_model import TinyModel
 
 from capgen.runtime.cache_entries import prune_cache
 from capgen.runtime.captioner import Captioner
+from capgen.runtime.session import NO_SPINNING_VAR, OnnxSession, spinning_allowed
 
 IMAGES = [np.full((20, 30, 3), v, np.uint8) for v in (0, 90, 180, 255)]
 
@@ -78,3 +79,36 @@ def test_pruning_drops_the_least_recently_used_first(tmp_path: Path) -> None:
         os.utime(entry, ns=(10**18 - age * 10**9, 10**18 - age * 10**9))
     prune_cache(tmp_path, limit_bytes=250)
     assert sorted(p.stem for p in tmp_path.iterdir()) == ["middle", "newest"]
+
+
+def _spinning_entry(session: OnnxSession) -> str | None:
+    options = session._session.get_session_options()
+    try:
+        return str(options.get_session_config_entry("session.intra_op.allow_spinning"))
+    except RuntimeError:  # onnxruntime's way of saying the entry is not set (its default, on)
+        return None
+
+
+@pytest.mark.parametrize(
+    ("value", "spinning"),
+    [(None, True), ("", True), ("0", True), ("no", True), ("1", False), ("yes", False)],
+)
+def test_no_spinning_reaches_every_session_and_changes_no_caption(
+    tiny_model: TinyModel,
+    own_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    value: str | None,
+    spinning: bool,
+) -> None:
+    """CAPGEN_NO_SPINNING turns onnxruntime's busy-waiting threads off, cached graph or not."""
+    reference = _captions(tiny_model.folder)  # spinning as the environment had it
+    if value is None:
+        monkeypatch.delenv(NO_SPINNING_VAR, raising=False)
+    else:
+        monkeypatch.setenv(NO_SPINNING_VAR, value)
+    assert spinning_allowed() is spinning
+    encoder = tiny_model.folder / "encoder.onnx"
+    for cache_key in (None, "a-cache-key"):
+        session = OnnxSession(encoder, ["image"], ["features"], cache_key=cache_key)
+        assert _spinning_entry(session) == (None if spinning else "0")
+    assert _captions(tiny_model.folder) == reference
