@@ -25,6 +25,8 @@ from pathlib import Path
 
 HEAD_PORT = 6390
 WORKER_MANAGER_PORT = 6410  # the first worker's raylet port; the nth adds n
+# How long stop() waits after SIGTERM before SIGKILL (the cluster is thrown away either way).
+TERM_GRACE_S = 2.0
 
 
 def why_unavailable() -> str | None:
@@ -107,9 +109,12 @@ class NetnsCluster:
             RAY_ADDRESS=self.address,
             # The nodes' log and session files: one folder per cluster, removed at stop.
             RAY_TMPDIR=str(self.temp_dir),
-            # A killed node is declared dead within seconds, not half a minute.
-            RAY_health_check_period_ms="2000",
-            RAY_health_check_failure_threshold="5",
+            # A killed node is declared dead within about 3 s (it was 10 s, all of it idle
+            # time of the job that lost the node): a killed raylet refuses each check at
+            # once, while a live but busy one still has Ray's health_check_timeout_ms to
+            # answer each check before it counts as failed.
+            RAY_health_check_period_ms="1000",
+            RAY_health_check_failure_threshold="3",
         )
         self._checked(
             [_bin("ray"), "start", "--head", f"--node-ip-address={self.ip}", f"--port={HEAD_PORT}",
@@ -170,8 +175,11 @@ class NetnsCluster:
         """End this cluster's processes, and only those, then delete the namespace.
 
         Not `ray stop`: it ends every Ray process on the machine, other clusters' too.
+        SIGTERM gets `TERM_GRACE_S`: workers and agents go at once, but Ray 2.60's
+        GCS and raylets, all told at the same time, still ran after 6 s (each waits
+        for the other), and the old 10 s grace was idle time in every test's teardown.
         """
-        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        for sig, wait in ((signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, 5.0)):
             for pid in self.own_processes():
                 with contextlib.suppress(OSError):
                     os.kill(pid, sig)
