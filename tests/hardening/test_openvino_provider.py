@@ -37,21 +37,36 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "shapes"
 OPENVINO = "OpenVINOExecutionProvider"
 COLOUR_TOLERANCE = 2e-2
 
+# argv: the model folder, then a JSON list of photo groups; one JSON line of results per group.
+# Both Captioners are built once for every group (each build compiles the graphs on OpenVINO).
+# The CPU side runs caption_batch's own steps (Captioner.iter_captions: DEFAULT_BATCH_SIZE
+# photos stacked, encoded, decoded), so its captions are `caption_batch`'s bit for bit and its
+# features are the CPU side of the comparison too: each photo is encoded once on the CPU, not
+# a second time by caption_batch. OpenVINO encodes each group stacked, as before.
 FEATURES = textwrap.dedent("""
     import json, sys
     import numpy as np
     from capgen import Captioner
-    folder, photos = sys.argv[1], sys.argv[2:]
+    from capgen.runtime.captioner import DEFAULT_BATCH_SIZE
+    from capgen.runtime.decoding import DecodingOptions
+    folder, groups = sys.argv[1], json.loads(sys.argv[2])
     cpu = Captioner(folder)
     openvino = Captioner(folder, providers=["OpenVINOExecutionProvider"])
-    pixels = np.stack([cpu.preprocess(p) for p in photos])
-    difference = np.abs(cpu.features(pixels) - openvino.features(pixels))
-    print(json.dumps({
-        "providers": openvino._encoder._session._session.get_providers(),
-        "xception": float(difference[:, :2048].max()),
-        "all": float(difference.max()),
-        "cpu_captions": [result.text for result in cpu.caption_batch(photos, beam_size=1)],
-    }))
+    greedy = DecodingOptions(beam_size=1)
+    for photos in groups:
+        pixels = [cpu.preprocess(p) for p in photos]
+        cpu_features, captions = [], []
+        for start in range(0, len(pixels), DEFAULT_BATCH_SIZE):
+            features = cpu.features(np.stack(pixels[start : start + DEFAULT_BATCH_SIZE]))
+            cpu_features.append(features)
+            captions += [result.text for result in cpu.decode_features(features, greedy)]
+        difference = np.abs(np.concatenate(cpu_features) - openvino.features(np.stack(pixels)))
+        print(json.dumps({
+            "providers": openvino._encoder._session._session.get_providers(),
+            "xception": float(difference[:, :2048].max()),
+            "all": float(difference.max()),
+            "cpu_captions": captions,
+        }))
 """)
 
 
@@ -60,20 +75,22 @@ def openvino_python(tmp_path_factory: pytest.TempPathFactory, capgen_wheel: Path
     return build_openvino_venv(tmp_path_factory.mktemp("openvino"), capgen_wheel)
 
 
-@pytest.fixture()
-def plain_xception_model(tmp_path: Path, tf_keras_stack: None) -> Path:
+@pytest.fixture(scope="module")
+def plain_xception_model(tmp_path_factory: pytest.TempPathFactory, tf_keras_stack: None) -> Path:
+    """The plain-Xception model folder (read only), converted once for the module's two tests
+    that use it: each conversion builds a Keras decoder and runs tf2onnx (seconds of CPU).
+    model_9.h5 and tokenizer.p are beside it (the bench's BenchModel names model_9.h5)."""
     if not XCEPTION_ONNX.is_file():
         pytest.skip(f"no exported plain Xception at {XCEPTION_ONNX} (capgen setup makes it)")
     from keras_decoder_builders import fit_small_tokenizer, save_small_tutorial_decoder
 
     from capgen.convert.convert_model import convert_model
 
-    tokenizer = fit_small_tokenizer(tmp_path / "tokenizer.p")
-    save_small_tutorial_decoder(tmp_path / "model_9.h5", tokenizer, 2048, seed=9, units=32)
-    out = tmp_path / "plain"
-    convert_model(
-        tmp_path / "model_9.h5", tmp_path / "tokenizer.p", out, encoder=str(XCEPTION_ONNX)
-    )
+    folder = tmp_path_factory.mktemp("plain-xception")
+    tokenizer = fit_small_tokenizer(folder / "tokenizer.p")
+    save_small_tutorial_decoder(folder / "model_9.h5", tokenizer, 2048, seed=9, units=32)
+    out = folder / "plain"
+    convert_model(folder / "model_9.h5", folder / "tokenizer.p", out, encoder=str(XCEPTION_ONNX))
     return out
 
 
@@ -107,24 +124,34 @@ def _captions(python: Path, home: Path, folder: Path, photos: list[Path], *extra
 def _assert_openvino_matches_cpu(
     python: Path,
     folder: Path,
-    photos: list[Path],
+    groups: list[list[Path]],
     home: Path,
     extra_tolerance: float = 1e-4,
 ) -> None:
-    """Captions identical; Xception's features within 1e-4, any appended ones within
-    `extra_tolerance`. The CPU provider's captions come from the features script's own
-    Captioner (what `capgen caption -b 1` runs), the OpenVINO ones from the console script:
-    one process fewer per check, as each loads the model and encodes every photo."""
-    result = json.loads(
-        _in_venv(home, str(python), "-c", FEATURES, str(folder), *map(str, photos)).stdout
+    """For each group of photos: captions identical; Xception's features within 1e-4, any
+    appended ones within `extra_tolerance`. The CPU provider's captions come from the features
+    script's own Captioner (caption_batch's steps, what `capgen caption -b 1` runs), the
+    OpenVINO ones from the console script, once per group as before (its batches never mix
+    two groups). One features process serves every group: one model load and one OpenVINO
+    compile per check instead of one per group."""
+    done = _in_venv(
+        home,
+        str(python),
+        "-c",
+        FEATURES,
+        str(folder),
+        json.dumps([list(map(str, g)) for g in groups]),
     )
-    assert result["providers"][0] == OPENVINO
-    assert result["xception"] < 1e-4
-    assert result["all"] < extra_tolerance
-    cpu = result["cpu_captions"]
-    openvino = _captions(python, home, folder, photos, "--provider", OPENVINO)
-    assert len(cpu) == len(photos) and all(cpu)
-    assert openvino == cpu
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    assert len(results) == len(groups)
+    for photos, result in zip(groups, results, strict=True):
+        assert result["providers"][0] == OPENVINO
+        assert result["xception"] < 1e-4
+        assert result["all"] < extra_tolerance
+        cpu = result["cpu_captions"]
+        openvino = _captions(python, home, folder, photos, "--provider", OPENVINO)
+        assert len(cpu) == len(photos) and all(cpu)
+        assert openvino == cpu
 
 
 @pytest.mark.slow
@@ -132,7 +159,7 @@ def test_openvino_captions_like_the_cpu_provider_on_the_plain_xception_encoder(
     openvino_python: Path, plain_xception_model: Path, flickr_photos: list[Path], tmp_path: Path
 ) -> None:
     assert len(flickr_photos) == 12
-    _assert_openvino_matches_cpu(openvino_python, plain_xception_model, flickr_photos, tmp_path)
+    _assert_openvino_matches_cpu(openvino_python, plain_xception_model, [flickr_photos], tmp_path)
 
 
 @pytest.mark.slow
@@ -141,13 +168,14 @@ def test_openvino_captions_like_the_cpu_provider_on_the_shapes_models_colour_enc
 ) -> None:
     if not (SHAPES_MODEL / "manifest.json").is_file():
         pytest.skip(f"no shapes model in {SHAPES_MODEL} (capgen setup --model all builds it)")
-    _assert_openvino_matches_cpu(
-        openvino_python, SHAPES_MODEL, flickr_photos, tmp_path, extra_tolerance=COLOUR_TOLERANCE
-    )
     scenes = sorted(EXAMPLES.glob("*.jpg"))
     assert scenes, f"no example scenes in {EXAMPLES}"
     _assert_openvino_matches_cpu(
-        openvino_python, SHAPES_MODEL, scenes, tmp_path, extra_tolerance=COLOUR_TOLERANCE
+        openvino_python,
+        SHAPES_MODEL,
+        [flickr_photos, scenes],
+        tmp_path,
+        extra_tolerance=COLOUR_TOLERANCE,
     )
 
 
@@ -175,6 +203,9 @@ def openvino_bench_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.fail(f"capgen bench's onnxruntime-openvino venv: {error}")
 
 
+# With the tests above (tests/conftest.py groups those by `openvino_python`): on one xdist
+# worker, so the module's plain-Xception model is converted once, not once per worker.
+@pytest.mark.xdist_group("openvino")
 @pytest.mark.slow
 def test_capgen_bench_openvino_arm_runs_its_worker_in_the_openvino_venv(
     openvino_bench_python: Path,
@@ -191,8 +222,8 @@ def test_capgen_bench_openvino_arm_runs_its_worker_in_the_openvino_venv(
     monkeypatch.setenv("CAPGEN_HOME", str(tmp_path / "home"))
     model = BenchModel(
         name="plain",
-        keras_file=tmp_path / "model_9.h5",
-        tokenizer=tmp_path / "tokenizer.p",
+        keras_file=plain_xception_model.parent / "model_9.h5",
+        tokenizer=plain_xception_model.parent / "tokenizer.p",
         model_dir=plain_xception_model,
         colour=False,
         note="",

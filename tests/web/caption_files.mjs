@@ -7,6 +7,8 @@
 // Each image is encoded once for every run; its encoder features are kept, keyed by the
 // encoder file's sha256 and the pixels, for later jobs whose model lists the same encoder
 // (the tutorial-size model runs the default model's encoder.onnx on the same photos).
+// A job {encodeSteps: {a, b, input, width, height}} is encode_steps.mjs's check instead: it
+// prints {steps: its result}, then {done: true}.
 import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { readFileSync } from "node:fs";
@@ -46,13 +48,21 @@ async function caption(job) {
   process.stdout.write(`${JSON.stringify({ done: true })}\n`);
 }
 
+async function runJob(job) {
+  if (job.encodeSteps === undefined) return caption(job);
+  const { encodeSteps } = await import("./encode_steps.mjs");
+  const steps = await encodeSteps(ort, fileFetch, job.encodeSteps);
+  process.stdout.write(`${JSON.stringify({ steps })}\n`);
+  process.stdout.write(`${JSON.stringify({ done: true })}\n`);
+}
+
 if (process.argv[2]) {
   await caption(JSON.parse(readFileSync(process.argv[2], "utf8")));
 } else {
   for await (const line of createInterface({ input: process.stdin, crlfDelay: Infinity })) {
     if (!line.trim()) continue;
     try {
-      await caption(JSON.parse(line));
+      await runJob(JSON.parse(line));
     } catch (error) {
       process.stdout.write(`${JSON.stringify({ error: String(error?.stack ?? error) })}\n`);
     }

@@ -13,7 +13,13 @@ if str(TESTS / "runtime") not in sys.path:
     sys.path.append(str(TESTS / "runtime"))
 
 from tiny_model import write_tiny_model, write_word_gates  # noqa: E402
-from web_helpers import NodeCaptioner, SiteCache, fake_ort_dir, ort_dist  # noqa: E402
+from web_helpers import (  # noqa: E402
+    NodeCaptioner,
+    PythonRuntime,
+    SiteCache,
+    fake_ort_dir,
+    ort_dist,
+)
 
 from capgen.runtime.manifest import WORD_GATES_FILE  # noqa: E402
 from capgen.runtime.optional_files import OptionalFile, add_optional_file  # noqa: E402
@@ -55,3 +61,9 @@ def web_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeCaptioner
 def web_sites(tmp_path_factory: pytest.TempPathFactory) -> SiteCache:
     """`capgen export web`'s site for (model, int8, word_gates), written once a session (SiteCache)."""
     return SiteCache(tmp_path_factory.mktemp("web-sites"))
+
+
+@pytest.fixture(scope="session")
+def python_runtime() -> PythonRuntime:
+    """The Python side's Captioners and batch features, kept a session (web_helpers.PythonRuntime)."""
+    return PythonRuntime()

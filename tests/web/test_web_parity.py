@@ -22,9 +22,7 @@ of test_web_tutorial_size.py runs the default model's encoder.onnx on the same p
 from __future__ import annotations
 
 import io
-import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +32,11 @@ from PIL import Image, ImageOps
 from web_helpers import (
     EXAMPLE_PHOTOS,
     EXAMPLE_SCENES,
-    REPO,
     SHARES_NODE,
     NodeCaptioner,
+    PythonRuntime,
     SiteCache,
     built_model,
-    node,
     ort_dist,
 )
 
@@ -89,7 +86,11 @@ _PYTHON_OPTION = {
 
 
 def _python_captions(
-    model: Path, int8: bool, images: list[Path], runs: list[dict[str, Any]] = RUNS
+    runtime: PythonRuntime,
+    model: Path,
+    int8: bool,
+    images: list[Path],
+    runs: list[dict[str, Any]] = RUNS,
 ) -> list[list[dict[str, Any]]]:
     """What `capgen caption --json` writes for each run (its `cli` flags), computed in-process.
 
@@ -97,7 +98,9 @@ def _python_captions(
     batch's pixels stacked, encoded together, the batch decoded together), except that each
     batch is encoded once for every run instead of once per command; each record is the
     command's (`success_record`). This used to start the console script once per run and
-    encode every image again each time.
+    encode every image again each time. `runtime` keeps each batch's features for the
+    session: a batch another test encoded with the same encoder file is not encoded again
+    (web_helpers.PythonRuntime).
     """
     from capgen.runtime.captioner import DEFAULT_BATCH_SIZE, Captioner
     from capgen.runtime.decoding import DecodingOptions
@@ -111,7 +114,8 @@ def _python_captions(
     per_run: list[list[dict[str, Any]]] = [[] for _ in runs]
     for start in range(0, len(images), DEFAULT_BATCH_SIZE):
         batch = images[start : start + DEFAULT_BATCH_SIZE]
-        features = captioner.features(np.stack([captioner.preprocess(path) for path in batch]))
+        pixels = np.stack([captioner.preprocess(path) for path in batch])
+        features = runtime.features(captioner, pixels)
         for records, chosen in zip(per_run, options, strict=True):
             results = captioner.decode_features(features, chosen)
             records += [
@@ -152,6 +156,7 @@ def test_tokens_equal_the_python_runtime(
     images: list[Path],
     web_node: NodeCaptioner,
     web_sites: SiteCache,
+    python_runtime: PythonRuntime,
     tmp_path: Path,
 ) -> None:
     ort_dist()
@@ -163,7 +168,7 @@ def test_tokens_equal_the_python_runtime(
         # flipped 2 of its 36 photo captions there. Its own scenes (and the next test's
         # generated ones) stay exact. docs/web.md "Same tokens as Python".
         images = images[2 * len(EXAMPLE_PHOTOS) :]
-    python = _python_captions(model, int8, images)
+    python = _python_captions(python_runtime, model, int8, images)
     site = web_sites(model, int8).folder
     web = _web_captions(web_node, site, int8, images, tmp_path)
     _assert_same(python, web, images, RUNS, INT8_SCORE_TOLERANCE if int8 else SCORE_TOLERANCE)
@@ -223,13 +228,13 @@ def _generated_images(folder: Path, count: int) -> list[Path]:
             height, width = (int(side) for side in rng.integers(5, 120, 2))
             image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
         else:
-            with Image.open(io.BytesIO(render(sample_scene(2028, index), 2028, index))) as scene:
-                scene = scene.convert("RGB")
+            with Image.open(io.BytesIO(render(sample_scene(2028, index), 2028, index))) as opened:
+                scene = opened.convert("RGB")
                 left, top = (int(v) for v in rng.integers(0, scene.width // 3, 2))
                 box = (left, top, scene.width - int(rng.integers(0, scene.width // 3)),
                        scene.height - int(rng.integers(0, scene.height // 3)))  # fmt: skip
-                size = tuple(int(v) for v in rng.integers(8, 640, 2))
-                image = scene.crop(box).resize(size, Image.Resampling.BILINEAR)
+                size_x, size_y = (int(v) for v in rng.integers(8, 640, 2))
+                image = scene.crop(box).resize((size_x, size_y), Image.Resampling.BILINEAR)
             if index % 2:
                 image = ImageOps.mirror(image)
         path = folder / f"generated-{index:03d}.{'png' if index % 3 else 'jpg'}"
@@ -239,7 +244,11 @@ def _generated_images(folder: Path, count: int) -> list[Path]:
 
 
 def test_tokens_equal_on_the_tiny_model_with_every_option(
-    tiny_word_gates_folder: Path, web_node: NodeCaptioner, web_sites: SiteCache, tmp_path: Path
+    tiny_word_gates_folder: Path,
+    web_node: NodeCaptioner,
+    web_sites: SiteCache,
+    python_runtime: PythonRuntime,
+    tmp_path: Path,
 ) -> None:
     """Needs no built model: the stop rules (no-word ids, max_length), length penalty, n-best,
     on TINY_GENERATED_IMAGES generated images.
@@ -249,7 +258,7 @@ def test_tokens_equal_on_the_tiny_model_with_every_option(
     ort_dist()
     model = tiny_word_gates_folder
     images = _generated_images(tmp_path, TINY_GENERATED_IMAGES)
-    python = _python_captions(model, False, images, TINY_RUNS)
+    python = _python_captions(python_runtime, model, False, images, TINY_RUNS)
     site = web_sites(model, word_gates=True).folder
     web = _web_captions(web_node, site, False, images, tmp_path, TINY_RUNS)
     reasons = {result["stopReason"] for run in web for result in run}
@@ -258,11 +267,14 @@ def test_tokens_equal_on_the_tiny_model_with_every_option(
 
 
 def test_encoder_features_serve_every_model_with_that_encoder(
-    tiny_model_folder: Path, tiny_word_gates_folder: Path, tmp_path: Path
+    tiny_model_folder: Path, tiny_word_gates_folder: Path, web_node: NodeCaptioner, tmp_path: Path
 ) -> None:
     """encodePixels is encodeFeatures then projectFeatures (the same photo, bit for bit); another
     model listing the same encoder file captions from those features as from the pixels, as
-    caption_files.mjs relies on when it keeps features across jobs. Features are Python's."""
+    caption_files.mjs relies on when it keeps features across jobs. Features are Python's.
+
+    encode_steps.mjs runs as a job of the session's Node process (its own process would
+    compile onnxruntime-web's WebAssembly once more: seconds of CPU)."""
     from capgen.runtime.captioner import Captioner
 
     ort_dist()
@@ -272,12 +284,15 @@ def test_encoder_features_serve_every_model_with_that_encoder(
     pixels = np.asarray(to_rgb(load_image(path)))
     raw = tmp_path / "noise.rgb"
     raw.write_bytes(pixels.tobytes())
-    done = subprocess.run(
-        [node(), str(REPO / "tests" / "web" / "encode_steps.mjs"), str(tiny_model_folder),
-         str(tiny_word_gates_folder), str(raw), str(pixels.shape[1]), str(pixels.shape[0])],
-        capture_output=True, text=True, check=True, timeout=300,
-    )  # fmt: skip
-    out = json.loads(done.stdout)
+    job = {
+        "a": str(tiny_model_folder),
+        "b": str(tiny_word_gates_folder),
+        "input": str(raw),
+        "width": pixels.shape[1],
+        "height": pixels.shape[0],
+    }
+    (record,) = web_node.run({"encodeSteps": job}, timeout=300)
+    out = record["steps"]
     first, second = out["encoders"]
     assert first == second  # the tiny models share encoder.onnx, byte for byte
     photo = np.array(out["pixels"], dtype=np.float32)
@@ -295,7 +310,7 @@ GENERATED_SCENES = int(os.environ.get("CAPGEN_WEB_SCENES", "40"))
 
 @pytest.mark.slow
 def test_tokens_equal_on_generated_scenes(
-    web_node: NodeCaptioner, web_sites: SiteCache, tmp_path: Path
+    web_node: NodeCaptioner, web_sites: SiteCache, python_runtime: PythonRuntime, tmp_path: Path
 ) -> None:
     """The issue's bulk check: GENERATED_SCENES new scenes (CAPGEN_WEB_SCENES), shapes model, INT8 encoder."""
     from capgen.models.scenes import render, sample_scene
@@ -307,6 +322,6 @@ def test_tokens_equal_on_generated_scenes(
         path = tmp_path / f"scene-{index:04d}.jpg"
         path.write_bytes(render(sample_scene(2027, index), 2027, index))
         images.append(path)
-    python = _python_captions(model, True, images)
+    python = _python_captions(python_runtime, model, True, images)
     web = _web_captions(web_node, web_sites(model, True).folder, True, images, tmp_path)
     _assert_same(python, web, images, RUNS, INT8_SCORE_TOLERANCE)

@@ -23,8 +23,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from capgen_cli import capgen
 from chromium_session import chromium_session
 from PIL import Image
 from web_helpers import EXAMPLE_PHOTOS, EXAMPLE_SCENES, built_model, ort_dist
@@ -44,7 +43,6 @@ httpx = pytest.importorskip("httpx", reason="httpx (dev extra) is not installed"
 
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C WebDriver element key
 WAIT_S = 600.0  # loading 40 MB and captioning on a loaded 2-core machine; a bound, not a timing
-CAPGEN = Path(sys.executable).with_name("capgen")
 ROWS_SCRIPT = """
 return Array.from(document.querySelectorAll("#results .row"), (row) => ({
   state: row.dataset.state,
@@ -170,13 +168,17 @@ def _ready(browser: Browser) -> dict[str, Any]:
 
 
 def _cli(files: list[Path], model: Path, home: Path, *options: str) -> list[dict[str, Any]]:
-    """`capgen caption --json --int8` with a private CAPGEN_HOME (its verification stamps go there)."""
-    done = subprocess.run(
-        [str(CAPGEN), "caption", "--model", str(model), "--json", "--int8", *options, *map(str, files)],
-        capture_output=True, text=True, check=True, timeout=1800,
-        env={**os.environ, "CAPGEN_HOME": str(home)},
+    """`capgen caption --json --int8` with a private CAPGEN_HOME (its verification stamps go there).
+
+    Through tests/capgen_cli.py: in this process, with the command's own argv, environment and
+    streams (a child process, as before, under CAPGEN_TEST_SUBPROCESS=1), so the check pays no
+    interpreter start and no second import of onnxruntime and capgen."""
+    done = capgen(
+        "caption", "--model", str(model), "--json", "--int8", *options, *map(str, files),
+        env={**os.environ, "CAPGEN_HOME": str(home)}, timeout=1800,
     )  # fmt: skip
-    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
+    return [json.loads(line) for line in done.stdout.decode().splitlines() if line.strip()]
 
 
 def test_the_exported_page_captions_as_the_cli_does(

@@ -42,6 +42,7 @@ from web_helpers import (
     REPO,
     SHARES_NODE,
     NodeCaptioner,
+    PythonRuntime,
     SiteCache,
     built_model,
 )
@@ -132,7 +133,11 @@ def build_tutorial_size_model(shared_data: Path, encoder: Path, folder: Path) ->
 @SHARES_NODE
 @pytest.mark.slow
 def test_tokens_equal_on_the_tutorial_size_model(
-    shared_data: Path, web_node: NodeCaptioner, web_sites: SiteCache, tmp_path: Path
+    shared_data: Path,
+    web_node: NodeCaptioner,
+    web_sites: SiteCache,
+    python_runtime: PythonRuntime,
+    tmp_path: Path,
 ) -> None:
     pytest.importorskip("h5py", reason="writing the decoder needs h5py (capgen[convert-decoder])")
     pytest.importorskip("onnx", reason="converting needs onnx (capgen[convert-decoder])")
@@ -142,7 +147,7 @@ def test_tokens_equal_on_the_tutorial_size_model(
     for index, source in enumerate(EXAMPLE_PHOTOS):
         images += _variants(source, tmp_path, index)
 
-    python = _python_captions(model, False, images)
+    python = _python_captions(python_runtime, model, False, images)
     web = _web_captions(web_node, web_sites(model, word_gates=True).folder, False, images, tmp_path)
     _assert_same(python, web, images, RUNS, SCORE_TOLERANCE)
 

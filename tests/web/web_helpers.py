@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import queue
 import shutil
@@ -11,10 +12,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pytest
 
 if TYPE_CHECKING:
     from capgen.convert.web_export import WebSite
+    from capgen.runtime.captioner import Captioner
 
 REPO = Path(__file__).resolve().parents[2]
 WEB = REPO / "web"
@@ -148,3 +151,41 @@ class SiteCache:
                 folder, model=model, int8=int8, ort_dir=ort, word_gates=word_gates
             )
         return self._made[key]
+
+
+class PythonRuntime:
+    """The parity tests' Python side: each batch's encoder features, kept for the session
+    (conftest.py's `python_runtime`).
+
+    The same photos go through the same encoder file in more than one test: the default
+    model's encoder.onnx serves test_tokens_equal_the_python_runtime[default-fp32] and the
+    tutorial-size model (test_web_tutorial_size.py), whose first batch of 8 is the former's.
+    onnxruntime gives the same features for the same graph, session settings and input, so
+    a batch seen before is not encoded again (caption_files.mjs keeps Node's the same way).
+    The key is the whole batch (the encoder file's sha256, how it runs, the stacked pixels'
+    bytes), not each image: `capgen caption` encodes a batch together, and an image in a
+    batch of other neighbours is encoded anew, exactly as the command would. Only features
+    are kept (kilobytes); Captioners, with their sessions, are not.
+    """
+
+    def __init__(self) -> None:
+        self._features: dict[tuple[object, ...], np.ndarray] = {}
+
+    def features(self, captioner: Captioner, pixels: np.ndarray) -> np.ndarray:
+        """`captioner.features(pixels)`, computed once per encoder file, engine and batch."""
+        plan = captioner.encoder_plan
+        sha256 = captioner.manifest.files[plan.file].sha256
+        digest = hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+        key = (
+            sha256,
+            plan.engine,
+            plan.inference_precision,
+            pixels.shape,
+            str(pixels.dtype),
+            digest,
+        )
+        if key not in self._features:
+            features = captioner.features(pixels)
+            features.setflags(write=False)  # shared by every test that meets this batch
+            self._features[key] = features
+        return self._features[key]
