@@ -18,6 +18,10 @@ import numpy as np
 import pytest
 
 KINDS = ("vgg16", "resnet50", "inceptionv3", "densenet201")
+# Keras extractors are kept for the next call up to this size (DenseNet201 has 18 M weights,
+# ResNet50 and InceptionV3 about 23 M); VGG16's 134 M (0.5 GB) are freed at once: its
+# caption test reads the features its parity test computed, so it is never asked again.
+KEEP_MODELS_UP_TO = 50_000_000
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class FamilyExports:
         self.home = folder / "capgen_home"
         self._done: dict[str, ExportedFamily] = {}
         self._features: dict[tuple[str, str], np.ndarray] = {}
+        self._model: tuple[str, Any] | None = None  # the last Keras extractor built, if kept
 
     def weights(self, kind: str) -> Path:
         """The kind's random weights file (made once), without exporting it.
@@ -76,17 +81,37 @@ class FamilyExports:
         """Keras `predict` of the tutorial's extractor on `pixels` (after `preprocess_input`),
         once per kind and pixels: the parity and caption tests of VGG16 feed it the same
         nearest-resized photos, and building VGG16 with its 138 M weights is the slow part."""
-        import keras
-
         floats = np.ascontiguousarray(pixels, dtype=np.float32)
         key = (kind, hashlib.sha256(floats.tobytes() + repr(floats.shape).encode()).hexdigest())
         if key not in self._features:
-            model = keras_reference_model(kind, self.weights(kind))
+            model = self._extractor(kind)
             self._features[key] = model.predict(
                 keras_preprocess(kind, floats), batch_size=4, verbose=0
             )
-            keras.backend.clear_session()  # the model is not needed again; free it
+            if model.count_params() > KEEP_MODELS_UP_TO:
+                self._forget_model()
         return self._features[key]
+
+    def _extractor(self, kind: str) -> Any:
+        """The kind's Keras extractor, the last one built when it is the same kind.
+
+        DenseNet201's caption test asks for features of bilinear-resized photos
+        after its parity test's nearest-resized ones: the same model, kept from
+        one to the other (its tests share an xdist group, so they run one after
+        the other on one worker), saves building it and tracing its predict
+        function again, about 10 s of CPU (measured: 4.6 s build and load, 5.4 s
+        tracing). One model at a time, so a worker holds at most one.
+        """
+        if self._model is None or self._model[0] != kind:
+            self._forget_model()
+            self._model = (kind, keras_reference_model(kind, self.weights(kind)))
+        return self._model[1]
+
+    def _forget_model(self) -> None:
+        import keras
+
+        self._model = None
+        keras.backend.clear_session()  # frees the model's weights
 
 
 def keras_reference_model(kind: str, weights: Path) -> Any:
@@ -115,9 +140,9 @@ def keras_preprocess(kind: str, pixels: np.ndarray) -> np.ndarray:
 
 
 def onnx_features(encoder: Path, pixels: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
+    from onnx_interface import cpu_session
 
-    session = ort.InferenceSession(str(encoder), providers=["CPUExecutionProvider"])
+    session = cpu_session(encoder)
     return np.concatenate(
         [
             session.run(["features"], {"image": pixels[i : i + 4]})[0]

@@ -52,6 +52,9 @@ from capgen.runtime.errors import InputError
 
 pytest.importorskip("h5py")
 pytest.importorskip("onnx")
+# One worker runs the module, so each shared weights file below is written once, not once
+# on each worker that gets a test needing it.
+pytestmark = pytest.mark.xdist_group("application-onnx")
 
 
 # Each shared file in another Keras's naming; VGG16's as its ImageNet file (Keras 1).

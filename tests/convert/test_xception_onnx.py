@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from blocked_imports import TENSORFLOW_STACK, blocking_prelude
 from h5_edits import Change, delete, drop_layer, edited_copy, rename_layer, replace_array, set_nan
-from onnx_interface import graph_interface
+from onnx_interface import cpu_session, graph_interface
 
 from capgen.convert import encoder
 from capgen.convert.encoder_registry import get_encoder_kind
@@ -38,6 +38,10 @@ from capgen.convert.xception_onnx import (
 )
 from capgen.runtime.errors import CapgenError, ConversionError, InputError
 from capgen.runtime.home import encoders_dir
+
+# One worker runs the module: its module fixtures (the ImageNet graph written here and its
+# features on the 12 photos, the random weights file) are made once, not on both workers.
+pytestmark = pytest.mark.xdist_group("xception-onnx")
 
 TOLERANCE = 1e-5
 BLOCKED = TENSORFLOW_STACK
@@ -63,9 +67,7 @@ def _run_blocked(code: str, home: Path, blocked: tuple[str, ...] = BLOCKED) -> s
 
 
 def _features(path: Path, pixels: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = cpu_session(path)
     return np.concatenate(
         [
             session.run(["features"], {"image": pixels[i : i + 4]})[0]
