@@ -52,11 +52,13 @@ from capgen.runtime.errors import ConversionError
 FEATURES = "features"
 
 
-def preprocess(writer: GraphWriter, mode: str) -> str:
+def preprocess(writer: GraphWriter, mode: str, output_name: str = "preprocessed") -> str:
     """uint8 NHWC `image` -> `preprocess_input(mode=...)`'s float32 tensor, then NCHW.
 
     The operations and their order are `applications.preprocess_in_graph`'s
-    (and Keras's numpy path's), with the same float32 constants.
+    (and Keras's numpy path's), with the same float32 constants. `output_name`
+    names the scaled tensor: xception_onnx's graphs call it "scaled", and keep
+    that name so their bytes (and sha256, which caches key on) stay as they were.
     """
     from onnx import TensorProto
 
@@ -65,19 +67,19 @@ def preprocess(writer: GraphWriter, mode: str) -> str:
         order = writer.constant("bgr_order", np.array([2, 1, 0], np.int64))
         bgr = writer.node("Gather", [pixels, order], "to_bgr", axis=3)
         mean = writer.constant("caffe_mean", np.array(CAFFE_MEAN_BGR, np.float32))
-        scaled = writer.node("Sub", [bgr, mean], "preprocessed")
+        scaled = writer.node("Sub", [bgr, mean], output_name)
     elif mode == "torch":
         divisor = writer.constant("torch_divisor", np.array(255.0, np.float32))
         unit = writer.node("Div", [pixels, divisor], "scale_div")
         mean = writer.constant("torch_mean", np.array(TORCH_MEAN, np.float32))
         std = writer.constant("torch_std", np.array(TORCH_STD, np.float32))
         centred = writer.node("Sub", [unit, mean], "centred")
-        scaled = writer.node("Div", [centred, std], "preprocessed")
+        scaled = writer.node("Div", [centred, std], output_name)
     elif mode == "tf":
         divisor = writer.constant("scale_divisor", np.array(127.5, np.float32))
         one = writer.constant("scale_offset", np.array(1.0, np.float32))
         divided = writer.node("Div", [pixels, divisor], "scale_div")
-        scaled = writer.node("Sub", [divided, one], "preprocessed")
+        scaled = writer.node("Sub", [divided, one], output_name)
     elif mode == "none":
         scaled = pixels
     else:

@@ -248,7 +248,8 @@ def _build_model(
     weights: list[tuple[_Layer, dict[str, np.ndarray]]], props: Mapping[str, str]
 ) -> Any:
     """The uint8 NHWC -> features model, not yet checked (see the module docstring)."""
-    from onnx import TensorProto
+    # Here, not at the top: application_onnx -> applications -> encoder imports this module.
+    from capgen.convert.application_onnx import preprocess
 
     arrays = iter(weights)
     writer = GraphWriter()
@@ -292,13 +293,7 @@ def _build_model(
         before, after, _ = _same_pads(size, 1, 2)
         return conv_bn(name, source, 2, (before, before, after, after))
 
-    as_float = writer.node("Cast", ["image"], "image_float", to=TensorProto.FLOAT)
-    divisor = writer.constant("scale_divisor", np.array(127.5, np.float32))
-    one = writer.constant("scale_offset", np.array(1.0, np.float32))
-    scaled = writer.node(
-        "Sub", [writer.node("Div", [as_float, divisor], "scale_div"), one], "scaled"
-    )
-    x = writer.node("Transpose", [scaled], "to_nchw", perm=[0, 3, 1, 2])
+    x = preprocess(writer, "tf", output_name="scaled")  # x / 127.5 - 1, then NCHW
 
     x = relu("block1_conv1_act", conv_bn("block1_conv1", x, 2, (0, 0, 0, 0)))
     size = (size - 3) // 2 + 1
