@@ -134,7 +134,13 @@ def read_model(
     `file_names`: the files to read besides manifest.json (None: every file it lists).
     """
     folder, _ = resolve_model_dir(model)
-    manifest = load_manifest(folder)
+    return _read_files(folder, load_manifest(folder), file_names)
+
+
+def _read_files(
+    folder: Path, manifest: Manifest, file_names: Collection[str] | None
+) -> tuple[str, str, dict[str, bytes]]:
+    """read_model's work on a folder whose manifest is already loaded."""
     chosen = list(manifest.files) if file_names is None else list(file_names)
     unknown = [name for name in chosen if name not in manifest.files]
     if unknown:
@@ -164,13 +170,12 @@ def ship_model(
     """
     import ray
 
+    folder, _ = resolve_model_dir(model)
+    manifest = load_manifest(folder)
     file_names = None
     if int8 is not None or fast_decoder is not None:
-        folder, _ = resolve_model_dir(model)
-        file_names = tuple(
-            captioner_files(load_manifest(folder), int8=int8, fast_decoder=fast_decoder)
-        )
-    name, digest, contents = read_model(model, file_names)
+        file_names = tuple(captioner_files(manifest, int8=int8, fast_decoder=fast_decoder))
+    name, digest, contents = _read_files(folder, manifest, file_names)
     return ShippedModel(name, digest, ray.put(contents), file_names, int8, fast_decoder)
 
 
