@@ -15,7 +15,13 @@ import typer
 
 from capgen.cli_support.usage_errors import OneLineUsageCommand
 from capgen.runtime.errors import InputError
-from capgen.serve.settings import API_KEY_ENV, ServeSettings, parse_count
+from capgen.serve.settings import (
+    API_KEY_ENV,
+    HEAD_TIMEOUT_S,
+    RESTART_DELAY_S,
+    ServeSettings,
+    parse_count,
+)
 
 # import name -> distribution, for the one-line message
 SERVE_EXTRA = {
@@ -73,7 +79,7 @@ def serve_command(
     timeout_s: Annotated[float, typer.Option(help="Longest a request may take; more: 504.")] = 30.0,
     head_timeout_s: Annotated[
         float, typer.Option(help="Longest a client may take to send a request head; more: closed.")
-    ] = 10.0,
+    ] = HEAD_TIMEOUT_S,
     api_key: Annotated[
         str | None,
         typer.Option(
@@ -96,7 +102,7 @@ def serve_command(
             help="A worker that exits before it is ready starts again after this, "
             "doubling each time in a row (at most 8 s).",
         ),
-    ] = 0.5,
+    ] = RESTART_DELAY_S,
     insecure_public: Annotated[
         bool,
         typer.Option(

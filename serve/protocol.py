@@ -31,7 +31,8 @@ import json
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-HEAD_TIMEOUT_S = 10.0
+from capgen.serve.settings import HEAD_TIMEOUT_S
+
 DRAIN_HEAD_GRACE_S = 2.0  # at shutdown, for a request that may already be on its way
 KEEP_ALIVE_S = 5
 MAX_HEAD_BYTES = 16 * 1024

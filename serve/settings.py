@@ -21,6 +21,8 @@ MAX_BODY_MB_LIMIT = 1024
 MAX_WAIT_MS_LIMIT = 60_000
 MAX_UPLOADS_LIMIT = 1024
 MAX_RESTART_DELAY_S = 8.0  # the back-off's cap (workers.py): a first delay no longer than it
+HEAD_TIMEOUT_S = 10.0  # --head-timeout-s's default: to send each request head (protocol.py)
+RESTART_DELAY_S = 0.5  # --restart-delay-s's default: a worker's first restart (workers.py)
 # scheme://host[:port], no path: what a browser sends as Origin ("*" is not accepted).
 _ORIGIN = re.compile(
     r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
@@ -86,12 +88,12 @@ class ServeSettings:
     max_queue: int = 64
     max_body_mb: float = 20.0
     timeout_s: float = 30.0
-    head_timeout_s: float = 10.0  # to send each request head (slowloris); protocol.py
+    head_timeout_s: float = HEAD_TIMEOUT_S  # to send each request head (slowloris)
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()  # CORS is off unless origins are given
     max_beam: int = 10  # the largest beam_size a request may ask for
     max_uploads: int = 16  # request bodies read at once; more: 503 busy
-    restart_delay_s: float = 0.5  # a worker's first restart after an exit before ready
+    restart_delay_s: float = RESTART_DELAY_S  # a worker's first restart after an exit before ready
     insecure_public: bool = False  # a non-loopback --host without --api-key, on purpose
     plan: WorkerPlan | None = None  # what serve() resolved auto to: shown in /v1/model
 

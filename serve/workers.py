@@ -42,14 +42,13 @@ from typing import Any
 from capgen.cli_support.console import say
 from capgen.runtime.errors import ModelError
 from capgen.serve.server import DrainingServer, configure_logging, uvicorn_config
-from capgen.serve.settings import MAX_RESTART_DELAY_S, ServeSettings
+from capgen.serve.settings import MAX_RESTART_DELAY_S, RESTART_DELAY_S, ServeSettings
 
 MODEL_FAILED = 3  # a worker's exit code when its model failed to load: not replaced
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # A worker that exits before it is ready (killed while loading, out of memory, a crash in a
 # native library) is started again after RESTART_DELAY_S, doubling each time in a row up to
 # RESTART_DELAY_CAP_S; after GIVE_UP_AFTER such exits in a row it is not started again.
-RESTART_DELAY_S = 0.5  # ServeSettings.restart_delay_s's default
 RESTART_DELAY_CAP_S = MAX_RESTART_DELAY_S
 GIVE_UP_AFTER = 5
 
