@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from capgen.convert.isolated import read_untrusted
 from capgen.convert.layer_graph import Layer, LayerGraph
 from capgen.convert.stored_arrays import read_stored_array, stored_child
 from capgen.convert.weights_layout import check_layout, read_layout
@@ -56,7 +57,23 @@ def read_application_weights(
     exactly the graph's layers (VGG16's full file). Every problem is one
     InputError line naming `path`.
     """
-    path = Path(path)
+    # In a child with a time bound: a damaged HDF5 file can hang h5py in C (isolated.py).
+    return read_untrusted(
+        _read_application_weights,
+        Path(path),
+        graph,
+        output,
+        kind,
+        weights_file,
+        top,
+        what=f"weights file {path}",
+        error=InputError,
+    )
+
+
+def _read_application_weights(
+    path: Path, graph: LayerGraph, output: int, kind: str, weights_file: str, top: bool
+) -> LayerArrays:
     layout = read_layout(path)
     expected = graph.weighted(graph.last)
     check_layout(path, layout, [layer.shapes for layer in expected], kind, weights_file, top)

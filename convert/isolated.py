@@ -1,46 +1,157 @@
-"""Run a TensorFlow step in a child process, so the converter's own memory stays small.
+"""Run a conversion step in a child process: for memory (TensorFlow) or for a time bound (HDF5).
 
 TensorFlow never gives memory back: building the ImageNet weights file and
 exporting the encoder in one process peaked at 7.2 GB RSS (the export alone
-5.3 GB). Each runs in a fresh `spawn`ed process instead, so the peak is the
-largest single step and the converting process itself never imports
-TensorFlow. Exceptions (ConversionError and friends) come back pickled and
-are raised here, so the user still sees one line.
+5.3 GB). Each runs in a fresh `spawn`ed process instead (`run_isolated`), so
+the peak is the largest single step and the converting process itself never
+imports TensorFlow.
+
+HDF5 files capgen has not verified (a user's `model_9.h5`, `.keras`, weights
+or encoder files, Keras's own download cache) are parsed in a child too, with
+a time bound (`read_untrusted`): one flipped byte in a global-heap length made
+HDF5's C code loop forever inside h5py's attribute read (found by the
+damaged-file fuzz test, 2026-12-05). No Python timeout can interrupt C code,
+but a process can be killed. The bounded child reads directly when it calls
+another bounded read, so nesting costs nothing.
+
+Exceptions (ConversionError and friends) come back pickled and are raised
+here, so the user still sees one line. The child is killed, never left
+running, when the parent stops waiting for it (timeout, Ctrl-C, any error).
 """
 
 from __future__ import annotations
 
+import os
+import pickle
+import subprocess
+import sys
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import get_context
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
-from capgen.runtime.errors import ConversionError
+from capgen.runtime.errors import CapgenError, ConversionError
 
 T = TypeVar("T")
 
+# Reading the largest file capgen accepts (Xception's 88 MB of weights) takes
+# about a second here; two minutes leaves room for a slow disk and a busy
+# machine, and stops a file built to hang its reader.
+UNTRUSTED_READ_TIMEOUT_S = 120.0
 
-def _quietly(function: Callable[..., T], *args: Any) -> T:
-    """In the child: TensorFlow's C++ start-up lines (oneDNN, absl) ignore TF_CPP_MIN_LOG_LEVEL,
-    so the child's stderr goes to /dev/null; its exceptions still reach the parent, pickled."""
-    import os
+# The child is a plain `python -c`, not a multiprocessing process: `spawn` re-runs
+# the parent's main module in the child, so a user's script that calls the converter
+# at top level (no `if __name__ == "__main__":`) failed in the child. This child
+# imports nothing of the parent's but capgen and the function's own module.
+_CHILD_SOURCE = (
+    "import pickle, sys\n"
+    "sys.path[:] = pickle.load(sys.stdin.buffer)\n"
+    "from capgen.convert.isolated import child_main\n"
+    "child_main(sys.stdin.buffer)\n"
+)
 
+_inside_bounded_child = False
+
+
+class _ChildDied(Exception):
+    """The child ended without a result: killed (out of memory) or crashed in C."""
+
+
+class _ChildTimedOut(Exception):
+    """The child gave no result within its time bound and was killed."""
+
+
+def _quiet_output() -> IO[bytes]:
+    """The channel the result goes back on; every other write in the child goes to /dev/null.
+
+    TensorFlow's C++ start-up lines (oneDNN, absl) ignore TF_CPP_MIN_LOG_LEVEL, and
+    HDF5 prints its error stack for damaged files; a stray print on stdout would
+    corrupt the result. Exceptions still reach the parent, pickled.
+    """
     from capgen.convert.stack import quiet_tensorflow
 
     quiet_tensorflow()  # the child's own logging set-up (the environment is inherited)
+    result = os.fdopen(os.dup(1), "wb")
     devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
     os.dup2(devnull, 2)
     os.close(devnull)
-    return function(*args)
+    return result
+
+
+def child_main(stream: IO[bytes]) -> None:
+    """In the child: read (bounded, function, args), run it, write (succeeded, value) back."""
+    global _inside_bounded_child
+    result = _quiet_output()
+    try:
+        bounded, function, args = pickle.load(stream)
+        _inside_bounded_child = bounded
+        outcome: tuple[bool, Any] = (True, function(*args))
+    except BaseException as error:  # every failure goes back to the parent
+        outcome = (False, error)
+    try:
+        payload = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as error:  # an unpicklable result or exception
+        failure = ConversionError(f"{type(error).__name__}: {error}")
+        payload = pickle.dumps((False, failure), protocol=pickle.HIGHEST_PROTOCOL)
+    with result:
+        result.write(payload)
+
+
+def _run_in_child(
+    function: Callable[..., T], args: tuple[Any, ...], timeout_s: float | None, bounded: bool
+) -> T:
+    request = pickle.dumps(sys.path, protocol=pickle.HIGHEST_PROTOCOL) + pickle.dumps(
+        (bounded, function, args), protocol=pickle.HIGHEST_PROTOCOL
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", _CHILD_SOURCE],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    ) as process:
+        try:
+            output, _ = process.communicate(request, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise _ChildTimedOut from None
+        except BaseException:  # Ctrl-C, or anything else: the child never outlives the wait
+            process.kill()
+            raise
+    if process.returncode != 0 or not output:
+        raise _ChildDied
+    succeeded, value = pickle.loads(output)  # our own child wrote it
+    if succeeded:
+        return value
+    raise value
 
 
 def run_isolated(function: Callable[..., T], *args: Any, what: str) -> T:
     """`function(*args)` in a fresh process; `what` names the step if the process dies."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        try:
-            return pool.submit(_quietly, function, *args).result()
-        except BrokenProcessPool:
-            raise ConversionError(
-                f"{what} was killed before it finished (out of memory? it needs about 6 GB)"
-            ) from None
+    try:
+        return _run_in_child(function, args, None, bounded=False)
+    except _ChildDied:
+        raise ConversionError(
+            f"{what} was killed before it finished (out of memory? it needs about 6 GB)"
+        ) from None
+
+
+def read_untrusted(
+    function: Callable[..., T], *args: Any, what: str, error: type[CapgenError]
+) -> T:
+    """`function(*args)`, which parses a file capgen has not verified, bounded in time.
+
+    `what` names the file ("model file model_9.h5"); `error` is the CapgenError
+    class the caller raises for a damaged file of this kind, so a file that
+    hangs its reader fails the way a file that breaks it does.
+    """
+    if _inside_bounded_child:
+        return function(*args)
+    try:
+        return _run_in_child(function, args, UNTRUSTED_READ_TIMEOUT_S, bounded=True)
+    except _ChildTimedOut:
+        raise error(
+            f"{what} was still being read after {UNTRUSTED_READ_TIMEOUT_S:g} s and was "
+            "abandoned: its HDF5 structure is damaged or built to hang the reader"
+        ) from None
+    except _ChildDied:
+        raise error(f"{what} crashed the process that read it: the file is damaged") from None

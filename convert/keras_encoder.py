@@ -17,6 +17,7 @@ from typing import Any
 
 from capgen.convert.applications import PREPROCESSING_MODES, SCALING
 from capgen.convert.hashing import sha256_file
+from capgen.convert.isolated import read_untrusted
 from capgen.convert.untrusted import describe
 from capgen.runtime.errors import InputError, ModelError, UnsupportedModelError
 from capgen.runtime.git_lfs import is_pointer
@@ -188,8 +189,13 @@ def read_saved_config(path: Path) -> dict[str, Any]:
 
     The HDF5 (the .h5 itself, or a .keras zip's model.weights.h5) must hold
     everything Keras will read: no external links, external storage or
-    virtual datasets (keras_reader.check_self_contained).
+    virtual datasets (keras_reader.check_self_contained). Read in a child with a
+    time bound: a damaged HDF5 file can hang h5py in C (isolated.py).
     """
+    return read_untrusted(_read_saved_config, path, what=f"Keras encoder {path}", error=InputError)
+
+
+def _read_saved_config(path: Path) -> dict[str, Any]:
     import zipfile
 
     from capgen.convert.keras_reader import (

@@ -35,6 +35,7 @@ from capgen.convert.decoder_weights import (
     expected_weight_shapes,
     shape_mismatch,
 )
+from capgen.convert.isolated import read_untrusted
 from capgen.convert.source_files import check_source_file
 from capgen.runtime.errors import InputError, ModelError
 
@@ -450,11 +451,25 @@ def _read_keras_zip(path: Path, architecture: dict[str, Any] | None) -> KerasMod
         model_config = architecture or _parse_config(config_text, f"config.json inside {path}")
         version = metadata.get("keras_version") if isinstance(metadata, dict) else None
         needed = _needed_weights(model_config, version)
-        with _h5py().File(io.BytesIO(weights_bytes), "r") as handle:
-            weights = _read_weights_group(handle, model_config, needed, where)
-        return KerasModelFiles(
-            model_config, _text(version) if version is not None else None, weights
-        )
+    # zipfile is Python and its sizes are checked above; HDF5 is C that a damaged file can
+    # hang, so the weights are parsed in a child with a time bound (isolated.py).
+    weights = read_untrusted(
+        _read_weights_bytes,
+        weights_bytes,
+        model_config,
+        needed,
+        where,
+        what=where,
+        error=ModelError,
+    )
+    return KerasModelFiles(model_config, _text(version) if version is not None else None, weights)
+
+
+def _read_weights_bytes(
+    weights_bytes: bytes, model_config: dict[str, Any], needed: WeightShapes, where: str
+) -> LayerWeights:
+    with _damage_is_model_error(where), _h5py().File(io.BytesIO(weights_bytes), "r") as handle:
+        return _read_weights_group(handle, model_config, needed, where)
 
 
 def read_keras_model(path: Path, architecture_json: Path | None = None) -> KerasModelFiles:
@@ -471,7 +486,10 @@ def read_keras_model(path: Path, architecture_json: Path | None = None) -> Keras
     if head.startswith(b"PK"):
         files = _read_keras_zip(path, architecture)
     elif head == _HDF5_SIGNATURE:
-        files = _read_h5(path, architecture)
+        # In a child with a time bound: a damaged HDF5 file can hang h5py in C (isolated.py).
+        files = read_untrusted(
+            _read_h5, path, architecture, what=f"model file {path}", error=ModelError
+        )
     else:
         raise ModelError(f"{path} is neither a Keras .h5 (HDF5) nor a .keras (zip) file")
     if architecture is not None and files.keras_version is None:

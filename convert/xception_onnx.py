@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from capgen.convert.isolated import read_untrusted
 from capgen.convert.layer_graph import same_pads as _same_pads
 from capgen.convert.onnx_layers import GraphWriter, checked, fold_batch_norm, save_model
 
@@ -161,8 +162,6 @@ def read_xception_weights(path: Path) -> list[tuple[_Layer, dict[str, np.ndarray
     ConversionError in one line for a file that is not exactly that (InputError
     for Xception's full, with-top, file: the user passed the wrong one of two).
     """
-    import h5py
-
     from capgen.runtime.git_lfs import is_pointer
 
     path = Path(path)
@@ -177,6 +176,13 @@ def read_xception_weights(path: Path) -> list[tuple[_Layer, dict[str, np.ndarray
         raise ConversionError(
             f"{path} is a Git LFS pointer, not a weights file; run `git lfs pull`"
         )
+    # In a child with a time bound: a damaged HDF5 file can hang h5py in C (isolated.py).
+    return read_untrusted(_read_layers, path, what=f"weights file {path}", error=ConversionError)
+
+
+def _read_layers(path: Path) -> list[tuple[_Layer, dict[str, np.ndarray]]]:
+    import h5py
+
     expected = expected_layers()
     try:
         with h5py.File(path, "r") as root:

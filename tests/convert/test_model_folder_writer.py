@@ -315,10 +315,11 @@ def test_cli_prints_what_it_found(sources: dict[str, Any], tmp_path: Path) -> No
     assert (out / "manifest.json").is_file()
 
 
-# derandomize: the same 60 damaged files every run. A random draw in CI (2026-12-05) made a
-# file on which h5py's attribute read (HDF5's C code) never returned, hanging the suite: a
-# finding on its own (reading a hostile .h5 needs a bound, e.g. a child process with a
-# timeout), not something a run should find by chance and hang on.
+# derandomize: the same 60 damaged files every run. A random draw (2026-12-05) made a file on
+# which h5py's attribute read (HDF5's C code) never returned, hanging the suite. The converter
+# now reads such files in a child with a time bound (convert/isolated.py), tested on a file
+# crafted that way (tests/hardening/test_hdf5_read_bound.py); a run should not find a hang by
+# chance and then wait out the 2-minute bound.
 @settings(
     max_examples=60,
     deadline=None,
