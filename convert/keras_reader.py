@@ -37,6 +37,7 @@ from capgen.convert.decoder_weights import (
 )
 from capgen.convert.isolated import read_untrusted
 from capgen.convert.source_files import check_source_file
+from capgen.convert.untrusted import describe
 from capgen.runtime.errors import InputError, ModelError
 
 # Keras 3 stores each layer's variables by position; these are the positions.
@@ -180,10 +181,16 @@ def check_self_contained(root: Any, where: str) -> None:
     Link types are read with getlink=True and nothing is dereferenced until
     its link is known to be hard, so an external link to a FIFO is refused,
     not opened (it hung the export forever).
+
+    Every attribute is read too (`_read_attributes`). Callers run this in a
+    child with a time bound (isolated.read_untrusted), and Keras's loader,
+    which runs after it without one, reads attributes: a damaged heap behind
+    any of them hangs HDF5 here, where it is stopped, rather than there.
     """
     h5py = _h5py()
     pending = [root]
     count = 0
+    _read_attributes(root, where)
     while pending:
         group = pending.pop()
         for part in list(group.keys()):  # the link names only: nothing is resolved
@@ -197,6 +204,7 @@ def check_self_contained(root: Any, where: str) -> None:
             if not isinstance(link, h5py.HardLink):
                 raise _link_error(group, part, link, where)
             child = group[part]
+            _read_attributes(child, where)
             if isinstance(child, h5py.Group):
                 pending.append(child)
             elif isinstance(child, h5py.Dataset) and (child.is_virtual or child.external):
@@ -205,6 +213,26 @@ def check_self_contained(root: Any, where: str) -> None:
                     "(a virtual dataset or external storage); capgen reads only what the "
                     "file itself holds"
                 )
+
+
+# Keras's largest attribute is a layer_names list (DenseNet201: 707 names) or the config
+# string; each value of a variable-length array can point at any string in the file, so a
+# small file could declare gigabytes of text this way.
+MAX_ATTRIBUTE_VALUES = 1 << 16
+
+
+def _read_attributes(node: Any, where: str) -> None:
+    """Decode each attribute of `node` once (see check_self_contained), its size checked first."""
+    h5py = _h5py()
+    for name in list(node.attrs.keys()):
+        attribute = h5py.h5a.open(node.id, name.encode("utf-8"))
+        values = int(np.prod(attribute.shape)) if attribute.shape else 1
+        if values > MAX_ATTRIBUTE_VALUES:
+            raise ModelError(
+                f"{where}: {describe(node.name)} has an attribute {describe(name)} of "
+                f"{values:,} values; no Keras file does"
+            )
+        _ = node.attrs[name]  # the decoding is the point
 
 
 def _group(parent: Any, name: str, where: str) -> Any | None:

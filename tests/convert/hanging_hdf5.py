@@ -16,12 +16,18 @@ _MARKED_STRING = b"photo_dense/kernel"  # 18 bytes: its heap object's length fie
 _SIZE_FIELD = 8  # a heap object: index (2), references (2), reserved (4), size (8), data
 
 
-def write_hdf5_that_hangs_h5py(path: Path) -> Path:
-    """A Keras-looking .h5 (model_config, layer_names, weight_names) with one heap length wrong."""
-    import h5py
+def write_hdf5_that_hangs_h5py(path: Path, config_apart: bool = False) -> Path:
+    """A Keras-looking .h5 (model_config, layer_names, weight_names) with one heap length wrong.
 
+    `config_apart`: the model config is a fixed-length string, stored outside the
+    heap, so it still reads and only the names (what Keras's loader reads next) hang.
+    """
+    import h5py
+    import numpy as np
+
+    config = '{"class_name": "Functional", "config": {"layers": []}}'
     with h5py.File(path, "w") as handle:
-        handle.attrs["model_config"] = '{"class_name": "Functional", "config": {"layers": []}}'
+        handle.attrs["model_config"] = np.bytes_(config.encode()) if config_apart else config
         handle.attrs["keras_version"] = "2.8.0"
         handle.attrs["layer_names"] = [b"photo_dense"]
         weights = handle.create_group("model_weights")

@@ -25,8 +25,8 @@ def pids_of_nested_reads() -> tuple[int, int]:
     return os.getpid(), read_untrusted(own_pid, what="nested", error=ModelError)
 
 
-def sleep_forever() -> None:
-    time.sleep(3600)
+def sleep_for(seconds: float) -> None:
+    time.sleep(seconds)
 
 
 def raise_model_error(message: str) -> None:

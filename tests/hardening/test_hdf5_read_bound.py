@@ -121,6 +121,38 @@ def test_every_reader_of_unverified_hdf5_gives_up_at_the_bound(
 
 
 @pytest.mark.convert
+def test_a_saved_encoder_is_refused_before_keras_reads_a_heap_that_hangs(
+    tmp_path: Path, short_bound: float, no_process_left_behind: None
+) -> None:
+    """Its config reads; the weight names Keras's loader (in a child with no bound) reads next
+    would hang. The bounded check reads every attribute, so it stops there first."""
+    from capgen.convert.keras_encoder import check_user_model
+
+    path = write_hdf5_that_hangs_h5py(tmp_path / "encoder.h5", config_apart=True)
+    config = "import h5py, sys; print(len(h5py.File(sys.argv[1], 'r').attrs['model_config']))"
+    read = subprocess.run([sys.executable, "-c", config, str(path)], timeout=60, check=False)
+    assert read.returncode == 0  # a check of the config alone would have let it through
+    with pytest.raises(InputError, match=r"^Keras encoder .* was still being read after 1 s"):
+        check_user_model(path)
+
+
+@pytest.mark.convert
+def test_an_attribute_of_too_many_values_is_refused_unread(tmp_path: Path) -> None:
+    import h5py
+    import numpy as np
+
+    from capgen.convert.keras_reader import MAX_ATTRIBUTE_VALUES
+    from capgen.convert.weights_layout import read_layout
+
+    path = tmp_path / "weights.h5"
+    with h5py.File(path, "w", libver="latest") as handle:  # dense storage: attributes > 64 kB
+        handle.attrs["layer_names"] = [b"conv1"]
+        handle.create_group("conv1").attrs["notes"] = np.zeros(MAX_ATTRIBUTE_VALUES + 1, np.uint8)
+    with pytest.raises(InputError, match=r"'/conv1' has an attribute 'notes' of 65,537 values"):
+        read_layout(path)
+
+
+@pytest.mark.convert
 def test_a_hanging_copy_in_the_keras_cache_is_simply_not_used(
     tmp_path: Path, short_bound: float, no_process_left_behind: None
 ) -> None:
@@ -181,7 +213,7 @@ def test_a_child_that_never_returns_is_killed_at_the_bound(
     started = time.monotonic()
     with pytest.raises(InputError, match=r"^the file f\.h5 was still being read after 1 s"):
         isolated.read_untrusted(
-            child_functions.sleep_forever, what="the file f.h5", error=InputError
+            child_functions.sleep_for, 30.0, what="the file f.h5", error=InputError
         )
     assert time.monotonic() - started < short_bound + 15
 
@@ -203,9 +235,15 @@ def test_output_the_child_prints_does_not_corrupt_its_result() -> None:
 
 
 def test_ctrl_c_while_waiting_kills_the_child(no_process_left_behind: None) -> None:
-    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
-    with pytest.raises(KeyboardInterrupt):
-        isolated.run_isolated(child_functions.sleep_forever, what="x")
+    # Python's own Ctrl-C handler: xdist's workers ignore SIGINT (their controller takes it).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+        with pytest.raises(KeyboardInterrupt):
+            # 30 s, not forever: without the interrupt this fails instead of hanging the suite
+            isolated.run_isolated(child_functions.sleep_for, 30.0, what="x")
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_a_script_without_a_main_guard_can_convert(tmp_path: Path) -> None:
