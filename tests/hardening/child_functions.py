@@ -45,3 +45,7 @@ def print_then_return(value: int) -> int:
     print("chatter on stdout that must not corrupt the result")
     os.write(1, b"and more, below Python\n")
     return value
+
+
+def environment_value(name: str) -> str | None:
+    return os.environ.get(name)

@@ -49,9 +49,16 @@ def no_process_left_behind() -> Iterator[None]:
     left = [
         child
         for child in me.children(recursive=True)
-        if child.pid not in before and child.status() != psutil.STATUS_ZOMBIE
+        if child.pid not in before and _running(child)
     ]
-    assert not left, f"still running: {[child.cmdline() for child in left]}"
+    assert not left, f"still running: {[child.pid for child in left]}"
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:  # it ended between the listing and the question
+        return False
 
 
 @pytest.mark.convert
@@ -230,6 +237,20 @@ def test_an_unpicklable_result_is_one_conversion_error() -> None:
         isolated.run_isolated(child_functions.unpicklable_result, what="x")
 
 
+def test_a_bounded_child_starts_one_blas_thread_unless_the_user_chose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def blas_threads() -> str | None:
+        return isolated.read_untrusted(
+            child_functions.environment_value, "OPENBLAS_NUM_THREADS", what="x", error=ModelError
+        )
+
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    assert blas_threads() == "1"
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+    assert blas_threads() == "3"
+
+
 def test_output_the_child_prints_does_not_corrupt_its_result() -> None:
     assert isolated.run_isolated(child_functions.print_then_return, 7, what="x") == 7
 
@@ -244,6 +265,34 @@ def test_ctrl_c_while_waiting_kills_the_child(no_process_left_behind: None) -> N
             isolated.run_isolated(child_functions.sleep_for, 30.0, what="x")
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_child_ends_with_a_parent_killed_outright(tmp_path: Path) -> None:
+    """SIGKILL gives the parent no chance to kill its child; the kernel ends the child."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(child_functions.__file__).parent)!r})\n"
+        "import child_functions\n"
+        "from capgen.convert.isolated import run_isolated\n"
+        "run_isolated(child_functions.sleep_for, 60.0, what='x')\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)])
+    try:
+        deadline = time.monotonic() + 30
+        children: list[psutil.Process] = []
+        while not children and time.monotonic() < deadline:
+            children = psutil.Process(parent.pid).children()
+            time.sleep(0.05)
+        assert children, "the parent started no child within 30 s"
+        parent.kill()
+        parent.wait()
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive
+    finally:
+        parent.kill()
+        parent.wait()
 
 
 def test_a_script_without_a_main_guard_can_convert(tmp_path: Path) -> None:
