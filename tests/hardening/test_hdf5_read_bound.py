@@ -267,17 +267,23 @@ def test_ctrl_c_while_waiting_kills_the_child(no_process_left_behind: None) -> N
         signal.signal(signal.SIGINT, previous)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-def test_a_child_ends_with_a_parent_killed_outright(tmp_path: Path) -> None:
-    """SIGKILL gives the parent no chance to kill its child; the kernel ends the child."""
-    script = tmp_path / "parent.py"
+def _top_level_script(folder: Path, call: str) -> Path:
+    """A user's script that runs `call` at top level: no `if __name__ == "__main__":`."""
+    script = folder / "script.py"
     script.write_text(
         "import sys\n"
         f"sys.path.insert(0, {str(Path(child_functions.__file__).parent)!r})\n"
         "import child_functions\n"
         "from capgen.convert.isolated import run_isolated\n"
-        "run_isolated(child_functions.sleep_for, 60.0, what='x')\n"
+        f"{call}\n"
     )
+    return script
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_child_ends_with_a_parent_killed_outright(tmp_path: Path) -> None:
+    """SIGKILL gives the parent no chance to kill its child; the kernel ends the child."""
+    script = _top_level_script(tmp_path, "run_isolated(child_functions.sleep_for, 60.0, what='x')")
     parent = subprocess.Popen([sys.executable, str(script)])
     try:
         deadline = time.monotonic() + 30
@@ -297,13 +303,8 @@ def test_a_child_ends_with_a_parent_killed_outright(tmp_path: Path) -> None:
 
 def test_a_script_without_a_main_guard_can_convert(tmp_path: Path) -> None:
     """multiprocessing's spawn re-runs the caller's main module in the child; this child does not."""
-    script = tmp_path / "convert_at_top_level.py"
-    script.write_text(
-        "import sys\n"
-        f"sys.path.insert(0, {str(Path(child_functions.__file__).parent)!r})\n"
-        "import child_functions\n"
-        "from capgen.convert.isolated import run_isolated\n"
-        "print('ran', run_isolated(child_functions.print_then_return, 5, what='x'))\n"
+    script = _top_level_script(
+        tmp_path, "print('ran', run_isolated(child_functions.print_then_return, 5, what='x'))"
     )
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
