@@ -40,7 +40,9 @@ UNTRUSTED_READ_TIMEOUT_S = 120.0
 # The child is a plain `python -c`, not a multiprocessing process: `spawn` re-runs
 # the parent's main module in the child, so a user's script that calls the converter
 # at top level (no `if __name__ == "__main__":`) failed in the child. This child
-# imports nothing of the parent's but capgen and the function's own module.
+# imports nothing of the parent's but capgen and the function's own module. It runs
+# with -P: `python -c` would put the working folder first on sys.path, so a `pickle.py`
+# lying there would run in place of the standard library's.
 _CHILD_SOURCE = (
     "import pickle, sys\n"
     "parent, sys.path[:] = pickle.load(sys.stdin.buffer)\n"
@@ -131,7 +133,7 @@ def _run_in_child(
     if bounded:
         environment = {**dict.fromkeys(_ONE_BLAS_THREAD, "1"), **os.environ}
     with subprocess.Popen(
-        [sys.executable, "-c", _CHILD_SOURCE],
+        [sys.executable, "-P", "-c", _CHILD_SOURCE],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

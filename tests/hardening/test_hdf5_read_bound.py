@@ -207,6 +207,17 @@ def test_reads_nested_in_a_bounded_child_run_in_that_child() -> None:
     assert outer == inner != os.getpid()
 
 
+def test_modules_in_the_working_folder_never_run_in_the_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -c` puts the working folder first on sys.path; the child does not."""
+    marker = tmp_path / "ran"
+    (tmp_path / "pickle.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(tmp_path)
+    assert isolated.read_untrusted(child_functions.own_pid, what="x", error=ModelError)
+    assert not marker.exists()
+
+
 def test_a_capgen_error_in_the_child_arrives_as_itself() -> None:
     with pytest.raises(ModelError, match=r"^the file says no$"):
         isolated.read_untrusted(
