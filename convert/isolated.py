@@ -2,7 +2,7 @@
 
 TensorFlow never gives memory back: building the ImageNet weights file and
 exporting the encoder in one process peaked at 7.2 GB RSS (the export alone
-5.3 GB). Each runs in a fresh `spawn`ed process instead (`run_isolated`), so
+5.3 GB). Each runs in a fresh Python process instead (`run_isolated`), so
 the peak is the largest single step and the converting process itself never
 imports TensorFlow.
 
@@ -54,7 +54,11 @@ _inside_bounded_child = False
 
 
 class _ChildDied(Exception):
-    """The child ended without a result: killed (out of memory) or crashed in C."""
+    """The child ended without a result: killed (out of memory), crashed in C, or never started.
+
+    `args[0]` is the last line the child wrote to stderr before it silenced it (a
+    Python that cannot import capgen says why there), or "" when it said nothing.
+    """
 
 
 class _ChildTimedOut(Exception):
@@ -136,11 +140,11 @@ def _run_in_child(
         [sys.executable, "-P", "-c", _CHILD_SOURCE],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,  # what it says before _quiet_output: why it could not start
         env=environment,
     ) as process:
         try:
-            output, _ = process.communicate(request, timeout=timeout_s)
+            output, start_up = process.communicate(request, timeout=timeout_s)
         except subprocess.TimeoutExpired:
             process.kill()
             process.communicate()
@@ -150,7 +154,8 @@ def _run_in_child(
             process.wait()  # Popen's exit does not reap after a KeyboardInterrupt
             raise
     if process.returncode != 0 or not output:
-        raise _ChildDied
+        said = start_up.decode("utf-8", "replace").strip().splitlines()
+        raise _ChildDied(said[-1] if said else "")
     succeeded, value = pickle.loads(output)  # our own child wrote it
     if succeeded:
         return value
@@ -161,10 +166,19 @@ def run_isolated(function: Callable[..., T], *args: Any, what: str) -> T:
     """`function(*args)` in a fresh process; `what` names the step if the process dies."""
     try:
         return _run_in_child(function, args, None, bounded=False)
-    except _ChildDied:
+    except _ChildDied as died:
         raise ConversionError(
-            f"{what} was killed before it finished (out of memory? it needs about 6 GB)"
+            _could_not_start(what, died)
+            or f"{what} was killed before it finished (out of memory? it needs about 6 GB)"
         ) from None
+
+
+def _could_not_start(what: str, died: _ChildDied) -> str | None:
+    """The message for a child that failed before it ran anything of the caller's, else None."""
+    said = died.args[0] if died.args else ""
+    if not said:
+        return None
+    return f"{what} failed: the Python process capgen starts for it ({sys.executable}) said: {said}"
 
 
 def read_untrusted(
@@ -185,5 +199,8 @@ def read_untrusted(
             f"{what} was still being read after {UNTRUSTED_READ_TIMEOUT_S:g} s and was "
             "abandoned: its HDF5 structure is damaged or built to hang the reader"
         ) from None
-    except _ChildDied:
-        raise error(f"{what} crashed the process that read it: the file is damaged") from None
+    except _ChildDied as died:
+        raise error(
+            _could_not_start(f"reading {what}", died)
+            or f"{what} crashed the process that read it: the file is damaged"
+        ) from None

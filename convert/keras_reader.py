@@ -223,9 +223,8 @@ MAX_ATTRIBUTE_VALUES = 1 << 16
 
 def _read_attributes(node: Any, where: str) -> None:
     """Decode each attribute of `node` once (see check_self_contained), its size checked first."""
-    h5py = _h5py()
     for name in list(node.attrs.keys()):
-        attribute = h5py.h5a.open(node.id, name.encode("utf-8"))
+        attribute = node.attrs.get_id(name)
         values = int(np.prod(attribute.shape)) if attribute.shape else 1
         if values > MAX_ATTRIBUTE_VALUES:
             raise ModelError(

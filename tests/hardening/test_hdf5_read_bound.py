@@ -243,6 +243,24 @@ def test_a_child_that_dies_is_the_callers_error_in_one_line() -> None:
         isolated.run_isolated(child_functions.die, what="exporting x")
 
 
+def test_a_python_that_cannot_start_the_child_says_why_not_that_the_file_is_damaged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An embedding application's sys.executable may not be a Python that imports capgen."""
+    not_python = tmp_path / "not-python"
+    not_python.write_text("#!/bin/sh\necho 'ModuleNotFoundError: no capgen here' >&2\nexit 1\n")
+    not_python.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(not_python))
+    with pytest.raises(ModelError) as raised:
+        isolated.read_untrusted(child_functions.own_pid, what="model file m.h5", error=ModelError)
+    assert str(raised.value) == (
+        f"reading model file m.h5 failed: the Python process capgen starts for it ({not_python}) "
+        "said: ModuleNotFoundError: no capgen here"
+    )
+    with pytest.raises(ConversionError, match=r"^exporting x failed: .* no capgen here$"):
+        isolated.run_isolated(child_functions.own_pid, what="exporting x")
+
+
 def test_an_unpicklable_result_is_one_conversion_error() -> None:
     with pytest.raises(ConversionError, match=r"^\w+: .*[Pp]ickl"):
         isolated.run_isolated(child_functions.unpicklable_result, what="x")
