@@ -137,13 +137,10 @@ def _copy_out(source: Path, output: Path) -> None:
 def _report_features(encoder_path: Path, size: tuple[int, int]) -> None:
     """Run the encoder once on a blank image: proves it loads and shows its speed."""
     import numpy as np
-    import onnxruntime as ort
 
-    from capgen.runtime.session import plain_options
+    from capgen.runtime.session import plain_cpu_session
 
-    session = ort.InferenceSession(
-        str(encoder_path), sess_options=plain_options(), providers=["CPUExecutionProvider"]
-    )
+    session = plain_cpu_session(encoder_path)
     image = np.full((1, *size, 3), 128, dtype=np.uint8)
     session.run(None, {"image": image})
     started = time.perf_counter()

@@ -391,17 +391,12 @@ def quantize_model_folder(
 
 def feature_cosines(fp32_path: Path, int8_path: Path, images: Sequence[np.ndarray]) -> np.ndarray:
     """Per-image cosine between FP32 and INT8 features: how much quantization moved them."""
-    import onnxruntime as ort
-
-    from capgen.runtime.session import plain_options
+    from capgen.runtime.session import plain_cpu_session, plain_options
 
     batch = np.stack(list(images))
     options = plain_options()
     options.log_severity_level = 3  # onnxruntime's warnings are not the user's problem
-    sessions = [
-        ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-        for path in (fp32_path, int8_path)
-    ]
+    sessions = [plain_cpu_session(path, options) for path in (fp32_path, int8_path)]
     reference, quantized = (session.run(["features"], {"image": batch})[0] for session in sessions)
     dot = np.sum(reference * quantized, axis=1)
     norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(quantized, axis=1)

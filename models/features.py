@@ -50,13 +50,9 @@ def cache_path(images_dir: Path, encoder_path: Path, cache_dir: Path | None = No
 
 def encoder_session(encoder_path: Path) -> Any:
     """An onnxruntime session of the encoder graph (CPU), made once per extraction run."""
-    import onnxruntime as ort
+    from capgen.runtime.session import plain_cpu_session
 
-    from capgen.runtime.session import plain_options
-
-    return ort.InferenceSession(
-        str(encoder_path), sess_options=plain_options(), providers=["CPUExecutionProvider"]
-    )
+    return plain_cpu_session(encoder_path)
 
 
 def extract_features(

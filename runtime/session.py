@@ -121,6 +121,18 @@ def plain_options() -> ort.SessionOptions:
     return options
 
 
+def plain_cpu_session(
+    model: str | bytes | Path, options: ort.SessionOptions | None = None
+) -> ort.InferenceSession:
+    """A CPU session on `plain_options` (or `options`, made from them) for the checks and tools
+    outside the runtime's OnnxSession: the converter's speed report, quantization's feature
+    check, training's feature extraction. One place, so none of them forgets the variable."""
+    model = str(model) if isinstance(model, Path) else model
+    return ort.InferenceSession(
+        model, sess_options=options or plain_options(), providers=["CPUExecutionProvider"]
+    )
+
+
 def _options(settings: SessionSettings) -> ort.SessionOptions:
     options = plain_options()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

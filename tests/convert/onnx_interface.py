@@ -41,10 +41,6 @@ def cpu_session(path: Path) -> Any:
     optimisation level stays onnxruntime's default, as the runtime's own: its
     fused convolutions are faster here than an unoptimised graph (4.0 s).
     """
-    import onnxruntime as ort
+    from capgen.runtime.session import plain_cpu_session
 
-    from capgen.runtime.session import plain_options
-
-    return ort.InferenceSession(
-        str(path), sess_options=plain_options(), providers=["CPUExecutionProvider"]
-    )
+    return plain_cpu_session(path)
